@@ -1,0 +1,104 @@
+"""AiMusicSeparator backend: the Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from flask import Flask, Request
+from flask_smorest import Api
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from app import config as config_module
+from app.extensions import cors, db, jwt, migrate
+
+MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
+
+
+class UploadRequest(Request):
+    """Spools uploaded files into ``DATA_DIR/tmp`` instead of ``/tmp``.
+
+    Werkzeug writes every file part over 500 KB to a temporary file; keeping
+    those on the data volume means the upload is streamed to the same disk the
+    job folder lives on, and a full data disk shows up as one clear error.
+    """
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        from flask import current_app
+
+        tmp_dir = Path(current_app.config["DATA_DIR"]) / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryFile(dir=tmp_dir, prefix="upload-")
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """API and workers write the same SQLite file: WAL and a busy timeout keep
+    them from failing with "database is locked" under concurrent jobs."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the application; ``config`` overrides settings read from the environment."""
+    app = Flask(__name__)
+    app.request_class = UploadRequest
+
+    settings = config_module.from_environment()
+    settings.update(config or {})
+    app.config.update(config_module.finalise(settings))
+    configure_logging(app.config["LOG_LEVEL"])
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
+    jwt.init_app(app)
+    # One Api (and OpenAPI document) per app: a shared one would mix the specs
+    # of apps created side by side, as tests do.
+    api = Api(app)
+    app.extensions["api"] = api
+    cors.init_app(
+        app,
+        resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+        expose_headers=["Location", "Content-Disposition", "Content-Range", "Accept-Ranges"],
+        supports_credentials=False,
+        always_send=False,
+    )
+
+    from app import auth_callbacks, errors_http
+
+    auth_callbacks.register(jwt)
+    errors_http.register(app)
+
+    from app.blueprints import register_blueprints
+
+    register_blueprints(app, api)
+
+    from app.celery_app import celery_init_app
+
+    celery_init_app(app)
+
+    from app.cli import register_cli
+
+    register_cli(app)
+    return app

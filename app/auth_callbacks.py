@@ -1,0 +1,63 @@
+"""JWT callbacks: revocation lookups and 401 JSON for every token problem.
+
+flask-jwt-extended answers 422 for malformed or forged tokens by default;
+RFC 6750 and most clients expect 401, so every loader is overridden here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.typing import ResponseReturnValue
+from flask_jwt_extended import JWTManager
+from sqlalchemy import select
+
+from app.errors_http import error_response
+from app.extensions import db
+from app.records import RevokedToken, User
+
+
+def register(jwt: JWTManager) -> None:
+    @jwt.token_in_blocklist_loader
+    def _is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        # An access token also dies with the refresh token it was issued from
+        # ("rjti"), so logging out with either token ends the whole session.
+        jtis = [payload["jti"]] + ([payload["rjti"]] if payload.get("rjti") else [])
+        found = db.session.execute(select(RevokedToken.jti).where(RevokedToken.jti.in_(jtis)))
+        return found.first() is not None
+
+    @jwt.user_lookup_loader
+    def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
+        return db.session.get(User, payload["sub"])
+
+    @jwt.unauthorized_loader
+    def _missing(reason: str) -> ResponseReturnValue:
+        return error_response(
+            401,
+            "Authentication required: send 'Authorization: Bearer <token>'.",
+            code="unauthorized",
+        )
+
+    @jwt.invalid_token_loader
+    def _invalid(reason: str) -> ResponseReturnValue:
+        return error_response(401, "The token is invalid.", code="invalid_token")
+
+    @jwt.expired_token_loader
+    def _expired(_header: dict[str, Any], _payload: dict[str, Any]) -> ResponseReturnValue:
+        return error_response(401, "The token has expired.", code="token_expired")
+
+    @jwt.revoked_token_loader
+    def _revoked(_header: dict[str, Any], _payload: dict[str, Any]) -> ResponseReturnValue:
+        return error_response(401, "The token has been revoked.", code="token_revoked")
+
+    @jwt.user_lookup_error_loader
+    def _no_user(_header: dict[str, Any], _payload: dict[str, Any]) -> ResponseReturnValue:
+        return error_response(401, "The token's user no longer exists.", code="invalid_token")
+
+    @jwt.needs_fresh_token_loader
+    def _not_fresh(_header: dict[str, Any], _payload: dict[str, Any]) -> ResponseReturnValue:
+        return error_response(401, "A fresh token is required.", code="fresh_token_required")
+
+    @jwt.token_verification_failed_loader
+    def _failed(_header: dict[str, Any], _payload: dict[str, Any]) -> ResponseReturnValue:
+        return error_response(401, "The token is invalid.", code="invalid_token")

@@ -1,0 +1,44 @@
+"""The HTTP layer: one blueprint per resource, thin routes over service functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Request
+from flask_smorest import Api
+from flask_smorest import Blueprint as SmorestBlueprint
+from marshmallow import Schema
+from webargs.flaskparser import FlaskParser
+from webargs.multidictproxy import MultiDictProxy
+
+
+class Parser(FlaskParser):
+    """Adds the ``multipart`` location: form fields and files in one schema, so a
+    multipart upload is validated by one schema and documented as one body."""
+
+    __location_map__ = {**FlaskParser.__location_map__, "multipart": "load_multipart"}
+
+    def load_multipart(self, req: Request, schema: Schema) -> Any:
+        data = req.form.copy()
+        data.update(req.files)
+        return MultiDictProxy(data, schema)
+
+
+class Blueprint(SmorestBlueprint):
+    ARGUMENTS_PARSER = Parser()
+    DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {
+        **SmorestBlueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
+        "multipart": "multipart/form-data",
+    }
+
+
+def register_blueprints(app: Flask, api: Api) -> None:
+    from app.blueprints import auth, health, jobs, models, pages, separations
+
+    api.spec.components.security_scheme(
+        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    for module in (auth, jobs, separations, models):
+        api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
+    api.register_blueprint(health.blp)
+    app.register_blueprint(pages.bp)

@@ -1,0 +1,248 @@
+"""Jobs: status, list, cancel, delete, result files and the zip archive."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, send_file, stream_with_context, url_for
+from flask_jwt_extended import current_user, jwt_required
+from marshmallow import Schema, fields, validate
+
+from app import storage
+from app.blueprints import Blueprint
+from app.errors import ServiceError
+from app.records import JOB_STATUSES, Job
+from app.services import jobs as job_service
+
+PREFIX = "/jobs"
+blp = Blueprint("jobs", __name__, description="Jobs of every kind: poll, cancel, download.")
+BEARER = [{"bearerAuth": []}]
+KINDS = ("separation", "transcription", "generation")
+
+
+class JobErrorSchema(Schema):
+    code = fields.String(metadata={"example": "audio_decode_failed"})
+    message = fields.String()
+
+
+class InputSchema(Schema):
+    filename = fields.String(metadata={"example": "song.mp3"})
+    format = fields.String(metadata={"example": "mp3"})
+    codec = fields.String(metadata={"example": "mp3"})
+    duration = fields.Float(metadata={"description": "Seconds.", "example": 214.3})
+    sample_rate = fields.Integer(metadata={"example": 44100})
+    channels = fields.Integer(metadata={"example": 2})
+    size = fields.Integer(metadata={"description": "Bytes."})
+
+
+class ResultFileSchema(Schema):
+    name = fields.String(metadata={"example": "harmonic.wav"})
+    stem = fields.String(metadata={"example": "harmonic"})
+    size = fields.Integer(metadata={"description": "Bytes."})
+    content_type = fields.String(metadata={"example": "audio/wav"})
+    duration = fields.Float(metadata={"description": "Seconds."})
+    sample_rate = fields.Integer()
+    channels = fields.Integer()
+    url = fields.String(metadata={"description": "Download URL (send the Bearer token)."})
+
+
+class ResultSchema(Schema):
+    files = fields.List(fields.Nested(ResultFileSchema))
+    stems = fields.List(fields.String())
+    sample_rate = fields.Integer()
+    archive_url = fields.String(metadata={"description": "All files as one zip."})
+
+
+class MetricsSchema(Schema):
+    queue_seconds = fields.Float(metadata={"description": "Time spent waiting for a worker."})
+    run_seconds = fields.Float(metadata={"description": "Time the worker spent on the job."})
+    audio_seconds = fields.Float(metadata={"description": "Duration of the input audio."})
+    real_time_factor = fields.Float(
+        allow_none=True, metadata={"description": "run_seconds / audio_seconds."}
+    )
+    device = fields.String(metadata={"example": "cpu"})
+    attempt = fields.Integer()
+
+
+class JobSchema(Schema):
+    id = fields.String(metadata={"example": "0b6f7c1e-5d0e-4a52-9a8e-2f3d6c1b9a10"})
+    kind = fields.String(metadata={"example": "separation"})
+    model = fields.String(attribute="engine", metadata={"example": "hpss"})
+    status = fields.String(
+        metadata={"enum": list(JOB_STATUSES), "example": "running"},
+    )
+    progress = fields.Float(metadata={"description": "0..1", "example": 0.42})
+    stage = fields.String(allow_none=True, metadata={"example": "separating"})
+    params = fields.Dict()
+    input = fields.Nested(InputSchema, allow_none=True)
+    result = fields.Method("_result", allow_none=True, metadata={"type": "object"})
+    error = fields.Nested(JobErrorSchema, allow_none=True)
+    metrics = fields.Nested(MetricsSchema, allow_none=True)
+    attempts = fields.Integer()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    expires_at = fields.DateTime(allow_none=True)
+    url = fields.Method("_url")
+
+    def _url(self, job: Job) -> str:
+        return url_for("jobs.get_job", job_id=job.id)
+
+    def _result(self, job: Job) -> dict[str, Any] | None:
+        if job.status != "succeeded" or not job.result:
+            return None
+        result = dict(job.result)
+        result["files"] = [
+            {**f, "url": url_for("jobs.get_file", job_id=job.id, name=f["name"])}
+            for f in result.get("files", [])
+        ]
+        result["archive_url"] = url_for("jobs.get_archive", job_id=job.id)
+        return ResultSchema().dump(result)
+
+
+class JobListQuerySchema(Schema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    status = fields.String(validate=validate.OneOf(JOB_STATUSES))
+    kind = fields.String(validate=validate.OneOf(KINDS))
+
+
+class JobPageSchema(Schema):
+    items = fields.List(fields.Nested(JobSchema))
+    page = fields.Integer()
+    per_page = fields.Integer()
+    total = fields.Integer()
+
+
+@blp.route("", methods=["GET"])
+@jwt_required()
+@blp.arguments(JobListQuerySchema, location="query")
+@blp.response(200, JobPageSchema)
+@blp.doc(security=BEARER)
+def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
+    """Your jobs, newest first."""
+    items, total = job_service.list_jobs(current_user, **query)
+    return {"items": items, "page": query["page"], "per_page": query["per_page"], "total": total}
+
+
+@blp.route("/<job_id>", methods=["GET"])
+@jwt_required()
+@blp.response(200, JobSchema)
+@blp.alt_response(404, description="No such job (or not yours).")
+@blp.doc(security=BEARER)
+def get_job(job_id: str) -> Job:
+    """One job: status, progress, stage, result files, error, metrics."""
+    return job_service.get(current_user, job_id)
+
+
+@blp.route("/<job_id>", methods=["DELETE"])
+@jwt_required()
+@blp.response(204)
+@blp.doc(security=BEARER)
+def delete_job(job_id: str) -> None:
+    """Delete a job and its files (a running job is canceled first)."""
+    job_service.delete(current_user, job_id)
+
+
+@blp.route("/<job_id>/cancel", methods=["POST"])
+@jwt_required()
+@blp.response(200, JobSchema)
+@blp.alt_response(409, description="The job has already ended.")
+@blp.doc(security=BEARER)
+def cancel_job(job_id: str) -> Job:
+    """Cancel a queued or running job."""
+    return job_service.cancel(current_user, job_id)
+
+
+def _finished_job(job_id: str) -> Job:
+    job = job_service.get(current_user, job_id)
+    if job.status != "succeeded":
+        raise ServiceError(
+            f"The job has no results (status: {job.status}).", code="not_ready", status=409
+        )
+    return job
+
+
+@blp.route("/<job_id>/files/<path:name>", methods=["GET"])
+@jwt_required()
+@blp.response(200, description="The file (supports HTTP Range requests).")
+@blp.alt_response(404, description="No such job or file.")
+@blp.doc(security=BEARER)
+def get_file(job_id: str, name: str) -> Response:
+    """Download one result file; supports Range requests for seeking."""
+    job = _finished_job(job_id)
+    listed = {f["name"]: f for f in (job.result or {}).get("files", [])}
+    if name not in listed:
+        raise ServiceError("No such file.", code="not_found", status=404)
+    path = storage.result_file(job.id, job.attempts, name)
+    return send_file(
+        path,
+        mimetype=listed[name]["content_type"],
+        as_attachment=True,
+        download_name=_download_name(job, name),
+        conditional=True,
+        max_age=0,
+    )
+
+
+def _download_name(job: Job, name: str) -> str:
+    stem = (job.input or {}).get("filename", "audio").rsplit(".", 1)[0][:80] or "audio"
+    return f"{stem} - {name}"
+
+
+class _ZipSink:
+    """A write-only file object whose bytes are handed to the response as they come."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.offset = 0
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> Iterator[bytes]:
+        chunks, self.chunks = self.chunks, []
+        yield from chunks
+
+
+@blp.route("/<job_id>/archive", methods=["GET"])
+@jwt_required()
+@blp.response(200, description="A zip of every result file, streamed.")
+@blp.alt_response(404, description="No such job.")
+@blp.doc(security=BEARER)
+def get_archive(job_id: str) -> Response:
+    """Download every result file as one zip (streamed, never built in memory)."""
+    job = _finished_job(job_id)
+    paths = [
+        (f["name"], storage.result_file(job.id, job.attempts, f["name"]))
+        for f in (job.result or {}).get("files", [])
+    ]
+
+    def generate() -> Iterator[bytes]:
+        sink = _ZipSink()
+        with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:  # type: ignore[arg-type]
+            for arcname, path in paths:
+                with (
+                    archive.open(arcname, mode="w", force_zip64=True) as entry,
+                    open(path, "rb") as fh,
+                ):
+                    while chunk := fh.read(1024 * 1024):
+                        entry.write(chunk)
+                        yield from sink.drain()
+                yield from sink.drain()
+        yield from sink.drain()
+
+    stem = (job.input or {}).get("filename", "audio").rsplit(".", 1)[0][:80] or "audio"
+    response = Response(stream_with_context(generate()), mimetype="application/zip")
+    response.headers.set("Content-Disposition", "attachment", filename=f"{stem}.zip")
+    return response

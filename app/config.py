@@ -1,0 +1,178 @@
+"""Configuration from the environment only.
+
+Every setting a deployment changes is an environment variable (README has the
+table); tests pass overrides to ``create_app``. Nothing secret is ever a literal
+in code: a missing secret is generated once and kept in ``DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+MIN_SECRET_BYTES = 32
+QUEUES = ("separation", "transcription", "generation")
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise RuntimeError(f"{name} must be an integer, got {value!r}") from exc
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise RuntimeError(f"{name} must be a number, got {value!r}") from exc
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def from_environment() -> dict[str, Any]:
+    """Read every setting the service knows from ``os.environ``."""
+    data_dir = Path(os.environ.get("DATA_DIR") or "./var").resolve()
+    redis_url = os.environ.get("REDIS_URL") or None
+    port = _env_int("PORT", 5000)
+    return {
+        "DATA_DIR": str(data_dir),
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
+        "JWT_SECRET_KEY": os.environ.get("JWT_SECRET_KEY") or None,
+        "DATABASE_URL": os.environ.get("DATABASE_URL") or None,
+        "REDIS_URL": redis_url,
+        "MAX_UPLOAD_MB": _env_int("MAX_UPLOAD_MB", 200),
+        "MAX_AUDIO_SECONDS": _env_float("MAX_AUDIO_SECONDS", 1200.0),
+        "CORS_ORIGINS": _env_list(
+            "CORS_ORIGINS",
+            [f"http://localhost:{port}", f"http://127.0.0.1:{port}"],
+        ),
+        "RESULT_TTL_HOURS": _env_float("RESULT_TTL_HOURS", 24.0),
+        "MODEL_DEVICE": (os.environ.get("MODEL_DEVICE") or "auto").lower(),
+        "MODELS_DIR": os.environ.get("MODELS_DIR") or str(data_dir / "models"),
+        "ALLOW_MODEL_DOWNLOAD": _env_bool("ALLOW_MODEL_DOWNLOAD", True),
+        "LOG_LEVEL": (os.environ.get("LOG_LEVEL") or "INFO").upper(),
+        "JWT_ACCESS_MINUTES": _env_int("JWT_ACCESS_MINUTES", 15),
+        "JWT_REFRESH_DAYS": _env_int("JWT_REFRESH_DAYS", 30),
+        "WORKER_HEARTBEAT_SECONDS": _env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
+    }
+
+
+def load_secret(data_dir: Path, name: str) -> str:
+    """Return the secret kept in ``DATA_DIR/<name>``, creating it on first use.
+
+    Generated secrets survive restarts (tokens stay valid) and are shared by
+    every process using the same ``DATA_DIR`` (API and worker), without anyone
+    having to invent one. The file is created 0600 atomically so two processes
+    starting together agree on one value.
+    """
+    path = data_dir / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def finalise(config: dict[str, Any]) -> dict[str, Any]:
+    """Derive Flask, SQLAlchemy, JWT and Celery settings from the service settings."""
+    data_dir = Path(config["DATA_DIR"]).resolve()
+    config["DATA_DIR"] = str(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    secret = config.get("SECRET_KEY") or load_secret(data_dir, "secret_key")
+    jwt_secret = config.get("JWT_SECRET_KEY") or secret
+    for label, value in (("SECRET_KEY", secret), ("JWT_SECRET_KEY", jwt_secret)):
+        if len(value.encode()) < MIN_SECRET_BYTES:
+            raise RuntimeError(
+                f"{label} must be at least {MIN_SECRET_BYTES} bytes of random data; "
+                "unset it to have one generated in DATA_DIR"
+            )
+    config["SECRET_KEY"] = secret
+    config["JWT_SECRET_KEY"] = jwt_secret
+
+    database_url = config.get("DATABASE_URL") or f"sqlite:///{data_dir / 'jobs.sqlite'}"
+    config["DATABASE_URL"] = database_url
+    config["SQLALCHEMY_DATABASE_URI"] = database_url
+    config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+
+    config["MAX_CONTENT_LENGTH"] = int(config["MAX_UPLOAD_MB"]) * 1024 * 1024 + 64 * 1024
+    # Text fields only (files stream to disk); Werkzeug's parser buffer must fit too.
+    config["MAX_FORM_MEMORY_SIZE"] = 512 * 1024
+    config["MAX_FORM_PARTS"] = 100
+
+    config["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(minutes=int(config["JWT_ACCESS_MINUTES"]))
+    config["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(days=int(config["JWT_REFRESH_DAYS"]))
+    config["JWT_ALGORITHM"] = "HS256"
+    config["JWT_DECODE_ALGORITHMS"] = ["HS256"]
+    config["JWT_TOKEN_LOCATION"] = ["headers"]
+
+    config["API_TITLE"] = "AiMusicSeparator API"
+    config["API_VERSION"] = "v1"
+    config["OPENAPI_VERSION"] = "3.0.3"
+    config["OPENAPI_URL_PREFIX"] = "/"
+    config["OPENAPI_JSON_PATH"] = "openapi.json"
+    config["OPENAPI_SWAGGER_UI_PATH"] = "/docs"
+    config["OPENAPI_SWAGGER_UI_URL"] = "/docs/assets/"
+
+    config.setdefault("CELERY", celery_settings(config))
+    return config
+
+
+def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Celery settings for the embedded default (SQLite) or Redis.
+
+    The job status API reads the SQL job table, never the result backend, so
+    results are not stored; the backend is only configured so Celery tools work.
+    """
+    data_dir = Path(config["DATA_DIR"])
+    redis_url = config.get("REDIS_URL")
+    if redis_url:
+        broker, backend = redis_url, redis_url
+        transport_options: dict[str, Any] = {"visibility_timeout": 4 * 3600}
+    else:
+        broker = f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
+        backend = f"db+sqlite:///{data_dir / 'celery-results.sqlite'}"
+        transport_options = {}
+    return {
+        "broker_url": broker,
+        "result_backend": backend,
+        "broker_transport_options": transport_options,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": "separation",
+        "task_routes": {
+            "app.tasks.separation.*": {"queue": "separation"},
+            "app.tasks.transcription.*": {"queue": "transcription"},
+            "app.tasks.generation.*": {"queue": "generation"},
+        },
+        "worker_hijack_root_logger": False,
+        "broker_connection_timeout": 2,
+    }

@@ -1,0 +1,117 @@
+"""``make run``: the API and a Celery worker together, in the foreground.
+
+The embedded default needs nothing but this checkout: SQLite for jobs, a
+SQLite broker for Celery, files under ``DATA_DIR``. With ``REDIS_URL`` set the
+same command uses Redis, though production runs API and workers separately
+(docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+from app.config import QUEUES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def migrate_database() -> None:
+    from flask_migrate import upgrade
+
+    from app import create_app
+
+    app = create_app()
+    with app.app_context():
+        upgrade()
+
+
+def _wait_until_up(url: str, timeout: float, api: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and api.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def main() -> int:
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = os.environ.get("PORT", "5000")
+    os.environ.setdefault("DATA_DIR", str(ROOT / "var"))
+    migrate_database()
+
+    python = sys.executable
+    worker_cmd = [
+        python, "-m", "celery", "-A", "celery_worker", "worker",
+        "-Q", ",".join(QUEUES),
+        "--concurrency", os.environ.get("WORKER_CONCURRENCY", "1"),
+        "--loglevel", os.environ.get("LOG_LEVEL", "INFO"),
+        "--hostname", f"embedded@{os.uname().nodename}",
+    ]  # fmt: skip
+    api_cmd = [
+        python, "-m", "gunicorn", "wsgi:app",
+        "--bind", f"{host}:{port}",
+        "--worker-class", "gthread", "--workers", "2", "--threads", "8",
+        "--timeout", "300", "--graceful-timeout", "30",
+        "--access-logfile", "-",
+    ]  # fmt: skip
+    children = [
+        subprocess.Popen(worker_cmd, cwd=ROOT),
+        subprocess.Popen(api_cmd, cwd=ROOT),
+    ]
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
+    base = f"http://{shown_host}:{port}"
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    if _wait_until_up(f"http://{probe_host}:{port}/healthz", 60, children[1]):
+        print(
+            "\nAiMusicSeparator is running (embedded default: SQLite jobs and queue, "
+            f"data in {os.environ['DATA_DIR']})\n"
+            f"  API:      {base}/api/v1\n"
+            f"  API docs: {base}/docs\n"
+            f"  Web page: {base}/\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+    exit_code = 0
+    while not stopping:
+        for child in children:
+            if child.poll() is not None:
+                print(f"{child.args[2:5]} exited with {child.returncode}; stopping", flush=True)
+                exit_code = child.returncode or 1
+                stopping = True
+        time.sleep(0.2)
+
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 40
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

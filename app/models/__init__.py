@@ -1,0 +1,1 @@
+"""ML engines and the catalogue of models a request may name."""

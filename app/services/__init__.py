@@ -1,0 +1,1 @@
+"""Business logic as plain functions: routes and tasks call these."""

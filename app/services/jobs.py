@@ -1,0 +1,242 @@
+"""Job lifecycle as plain functions: submit, look up, list, cancel, delete, expire.
+
+Routes call these; tests can too, without HTTP. Every lookup is scoped to the
+owner, so another user's job id behaves exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from flask import current_app
+from sqlalchemy import select, update
+
+from app import audio, storage
+from app.errors import ServiceError
+from app.extensions import db
+from app.records import ACTIVE_STATUSES, Job, User, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+    status = 404
+
+
+def _not_found() -> NotFound:
+    return NotFound("No job with this id.")
+
+
+def store_upload(stream: IO[bytes], filename: str | None) -> tuple[Path, dict[str, Any]]:
+    """Stream an upload to disk and check that it is audio the service can use.
+
+    Returns the temporary path and the input metadata. Anything wrong raises a
+    ServiceError and leaves nothing behind.
+    """
+    config = current_app.config
+    limit = int(config["MAX_UPLOAD_MB"]) * 1024 * 1024
+    path, size = storage.save_stream(stream, limit)
+    try:
+        if size == 0:
+            raise audio.AudioError("The uploaded file is empty.", code="empty_audio", status=422)
+        info = audio.probe(path, max_seconds=float(config["MAX_AUDIO_SECONDS"]))
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    meta = info.to_dict()
+    meta["filename"] = (filename or "upload")[:255]
+    meta["size"] = size
+    return path, meta
+
+
+def submit(
+    owner: User,
+    kind: str,
+    engine: str,
+    params: dict[str, Any],
+    upload: IO[bytes],
+    filename: str | None,
+) -> Job:
+    """Accept a job: store its input, commit its row, then enqueue it.
+
+    The row and the input are durable before the message is published, so a
+    job the client was told about can always be found. If the broker refuses
+    the message the job is marked failed (never left queued with no message)
+    and the client gets a 503.
+    """
+    path, meta = store_upload(upload, filename)
+    job_id = str(uuid.uuid4())
+    try:
+        storage.adopt_input(job_id, path, meta["format"] or "bin")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        storage.remove_job_files(job_id)
+        raise
+    ttl = timedelta(hours=float(current_app.config["RESULT_TTL_HOURS"]))
+    now = utcnow()
+    job = Job(
+        id=job_id,
+        owner_id=owner.id,
+        kind=kind,
+        engine=engine,
+        status="queued",
+        stage="queued",
+        progress=0.0,
+        params=params,
+        input=meta,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + ttl,
+    )
+    db.session.add(job)
+    try:
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        storage.remove_job_files(job_id)
+        raise
+    enqueue(job)
+    return job
+
+
+def enqueue(job: Job) -> None:
+    from app.tasks import task_for_kind
+
+    task = task_for_kind(job.kind)
+    try:
+        sent = task.apply_async(args=[job.id], task_id=job.id)
+    except Exception as exc:
+        log.exception("Could not publish job %s", job.id)
+        finish(job.id, "failed", error=("broker_unavailable", "The job queue is unavailable."))
+        raise ServiceError(
+            "The job queue is unavailable; try again shortly.",
+            code="broker_unavailable",
+            status=503,
+        ) from exc
+    db.session.execute(update(Job).where(Job.id == job.id).values(task_id=sent.id))
+    db.session.commit()
+
+
+def get(owner: User, job_id: str) -> Job:
+    try:
+        uuid.UUID(job_id)
+    except ValueError:
+        raise _not_found() from None
+    job = db.session.execute(
+        select(Job).where(Job.id == job_id, Job.owner_id == owner.id)
+    ).scalar_one_or_none()
+    if job is None:
+        raise _not_found()
+    return job
+
+
+def list_jobs(
+    owner: User,
+    *,
+    page: int = 1,
+    per_page: int = 20,
+    status: str | None = None,
+    kind: str | None = None,
+) -> tuple[list[Job], int]:
+    query = select(Job).where(Job.owner_id == owner.id)
+    if status:
+        query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
+    total = db.session.execute(select(db.func.count()).select_from(query.subquery())).scalar_one()
+    items = (
+        db.session.execute(
+            query.order_by(Job.created_at.desc(), Job.id)
+            .offset((page - 1) * per_page)
+            .limit(per_page)
+        )
+        .scalars()
+        .all()
+    )
+    return list(items), int(total)
+
+
+def finish(
+    job_id: str,
+    status: str,
+    *,
+    error: tuple[str, str] | None = None,
+    only_from: tuple[str, ...] = ACTIVE_STATUSES,
+    attempt: int | None = None,
+) -> bool:
+    """Move a job to a final status if it is still in one of ``only_from``.
+
+    A compare-and-set: when two parties race (a cancel and a finishing worker,
+    two attempts), exactly one wins and the other sees False.
+    """
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now}
+    if status == "canceled":
+        values["stage"] = "canceled"
+    if error is not None:
+        values["error_code"], values["error_message"] = error
+        values["stage"] = "failed"
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_(only_from))
+    if attempt is not None:
+        stmt = stmt.where(Job.attempts == attempt)
+    result = db.session.execute(stmt.values(**values))
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def cancel(owner: User, job_id: str) -> Job:
+    """Cancel a queued or running job; finished jobs answer 409.
+
+    A queued job never starts (the task checks its status first); a running one
+    stops at its next progress report, and its partial output is discarded.
+    """
+    job = get(owner, job_id)
+    if job.is_final:
+        raise ServiceError(
+            f"The job has already ended ({job.status}).", code="job_finished", status=409
+        )
+    finish(job.id, "canceled")
+    _revoke(job)
+    db.session.refresh(job)
+    return job
+
+
+def _revoke(job: Job) -> None:
+    # Best effort: brokers without broadcast (the SQLite one) ignore it, and the
+    # status check at task start covers them.
+    try:
+        current_app.extensions["celery"].control.revoke(job.task_id or job.id)
+    except Exception:
+        log.debug("revoke not delivered for %s", job.id, exc_info=True)
+
+
+def delete(owner: User, job_id: str) -> None:
+    job = get(owner, job_id)
+    if not job.is_final:
+        finish(job.id, "canceled")
+        _revoke(job)
+    db.session.delete(job)
+    db.session.commit()
+    storage.remove_job_files(job.id)
+
+
+def purge_expired(now: Any = None) -> int:
+    """Delete finished jobs past ``expires_at`` with their files."""
+    now = now or utcnow()
+    expired = (
+        db.session.execute(
+            select(Job).where(Job.expires_at < now, Job.status.not_in(ACTIVE_STATUSES))
+        )
+        .scalars()
+        .all()
+    )
+    for job in expired:
+        db.session.delete(job)
+        db.session.commit()
+        storage.remove_job_files(job.id)
+    return len(expired)

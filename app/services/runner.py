@@ -1,0 +1,190 @@
+"""Running one attempt of a job inside a worker.
+
+The rules every job kind gets for free:
+- a job starts only from ``queued`` (a canceled or finished job's message does nothing);
+- each attempt writes into its own ``work/<attempt>`` folder, published by one
+  rename, and commits ``succeeded`` with a compare-and-set on (job, attempt,
+  running), so a late or duplicate attempt can never overwrite a result;
+- progress writes are throttled, and each write doubles as the cancel check;
+- every failure ends in ``failed`` with a code and a message, never a silent loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+
+from app import storage
+from app.errors import ServiceError
+from app.extensions import db
+from app.records import Job, utcnow
+from app.services.jobs import finish
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+
+
+class JobCanceled(Exception):
+    """The job was canceled, deleted or taken over while this attempt ran."""
+
+
+@dataclass
+class Attempt:
+    job_id: str
+    number: int
+    workdir: Path
+
+
+class ProgressReporter:
+    """Writes ``progress``/``stage`` at most every ``interval`` seconds.
+
+    A write that matches no running row (canceled, deleted, or superseded by
+    another attempt) raises JobCanceled, which is how a running job stops.
+    """
+
+    def __init__(self, attempt: Attempt, interval: float = 0.5) -> None:
+        self.attempt = attempt
+        self.interval = interval
+        self._last_write = 0.0
+        self._stage: str | None = None
+        self.progress = 0.0
+
+    def __call__(self, progress: float, stage: str | None = None, *, force: bool = False) -> None:
+        progress = min(max(float(progress), 0.0), 1.0)
+        self.progress = max(self.progress, progress)
+        now = time.monotonic()
+        stage_changed = stage is not None and stage != self._stage
+        if not (force or stage_changed or now - self._last_write >= self.interval):
+            return
+        values: dict[str, Any] = {"progress": round(self.progress, 4), "updated_at": utcnow()}
+        if stage is not None:
+            values["stage"] = stage
+            self._stage = stage
+        result = db.session.execute(
+            update(Job)
+            .where(
+                Job.id == self.attempt.job_id,
+                Job.status == "running",
+                Job.attempts == self.attempt.number,
+            )
+            .values(**values)
+        )
+        db.session.commit()
+        self._last_write = now
+        if result.rowcount != 1:
+            raise JobCanceled(self.attempt.job_id)
+
+    def stage(self, stage: str, progress: float | None = None) -> None:
+        self(self.progress if progress is None else progress, stage)
+
+
+Work = Callable[[Job, Attempt, ProgressReporter], dict[str, Any]]
+
+
+def start(job_id: str) -> Attempt | None:
+    """Claim a queued job for this attempt, or return None if it must not run."""
+    job = db.session.get(Job, job_id)
+    if job is None or job.status != "queued":
+        return None
+    number = job.attempts + 1
+    if number > MAX_ATTEMPTS:
+        finish(job_id, "failed", error=("worker_lost", "The job was attempted too many times."))
+        return None
+    now = utcnow()
+    claimed = db.session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued", Job.attempts == job.attempts)
+        .values(
+            status="running",
+            attempts=number,
+            started_at=now,
+            updated_at=now,
+            stage="starting",
+            worker=socket.gethostname(),
+        )
+    ).rowcount
+    db.session.commit()
+    if claimed != 1:
+        return None
+    workdir = storage.work_dir(job_id, number)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    return Attempt(job_id=job_id, number=number, workdir=workdir)
+
+
+def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
+    """Run ``work`` for a job and record how it ended. Returns the final status."""
+    attempt = start(job_id)
+    if attempt is None:
+        return None
+    report = ProgressReporter(attempt)
+    job = db.session.get(Job, job_id)
+    assert job is not None
+    began = time.monotonic()
+    try:
+        outcome = work(job, attempt, report)
+        report(1.0, "finishing", force=True)
+        return _commit(job, attempt, outcome, time.monotonic() - began, device)
+    except JobCanceled:
+        log.info("job %s attempt %s stopped: canceled or superseded", job_id, attempt.number)
+        return "canceled"
+    except ServiceError as exc:
+        _fail(job_id, attempt, exc.code, exc.message)
+        return "failed"
+    except Exception:
+        log.exception("job %s failed with an internal error", job_id)
+        _fail(job_id, attempt, "internal_error", "The job failed with an internal error.")
+        return "failed"
+    finally:
+        db.session.rollback()
+        shutil.rmtree(attempt.workdir, ignore_errors=True)
+
+
+def _fail(job_id: str, attempt: Attempt, code: str, message: str) -> None:
+    db.session.rollback()
+    finish(job_id, "failed", error=(code, message), only_from=("running",), attempt=attempt.number)
+
+
+def _commit(
+    job: Job, attempt: Attempt, outcome: dict[str, Any], run_seconds: float, device: str
+) -> str:
+    started = job.started_at or utcnow()
+    audio_seconds = float((job.input or {}).get("duration") or 0.0)
+    metrics = {
+        "queue_seconds": round((started - job.created_at).total_seconds(), 3),
+        "run_seconds": round(run_seconds, 3),
+        "audio_seconds": round(audio_seconds, 3),
+        "real_time_factor": round(run_seconds / audio_seconds, 4) if audio_seconds else None,
+        "device": device,
+        "attempt": attempt.number,
+    }
+    folder = storage.publish_results(job.id, attempt.number)
+    now = utcnow()
+    won = db.session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "running", Job.attempts == attempt.number)
+        .values(
+            status="succeeded",
+            progress=1.0,
+            stage="done",
+            result=outcome,
+            metrics=metrics,
+            finished_at=now,
+            updated_at=now,
+        )
+    ).rowcount
+    db.session.commit()
+    if won != 1:
+        # Canceled (or deleted) between the last progress check and now.
+        shutil.rmtree(folder, ignore_errors=True)
+        return "canceled"
+    return "succeeded"

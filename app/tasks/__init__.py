@@ -1,0 +1,12 @@
+"""Celery tasks, one module per capability (one queue each)."""
+
+from __future__ import annotations
+
+from celery import Task
+
+
+def task_for_kind(kind: str) -> Task:
+    from app.tasks import separation
+
+    tasks: dict[str, Task] = {"separation": separation.separate}
+    return tasks[kind]
