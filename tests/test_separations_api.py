@@ -36,6 +36,7 @@ def test_separation_end_to_end(client: FlaskClient, auth_headers: dict, song_wav
     job = client.get(response.headers["Location"], headers=auth_headers).json
     assert job["status"] == "succeeded", job
     assert job["progress"] == 1.0
+    assert job["created_at"].endswith("+00:00") and job["finished_at"].endswith("+00:00")
     assert job["error"] is None
     assert job["metrics"]["audio_seconds"] == 2.0
     assert job["metrics"]["run_seconds"] > 0

@@ -8,6 +8,7 @@ from flask_jwt_extended import current_user, get_jwt, jwt_required
 from marshmallow import Schema, fields, validate
 
 from app.blueprints import Blueprint
+from app.blueprints.fields import UTCDateTime
 from app.records import User
 from app.services import auth as auth_service
 
@@ -44,7 +45,7 @@ class LoginSchema(Schema):
 class UserSchema(Schema):
     id = fields.String(metadata={"example": "3f1c2b9e-8d4a-4c53-9a77-0d5a2e8b1c44"})
     email = fields.String(metadata={"example": "ada@example.com"})
-    created_at = fields.DateTime()
+    created_at = UTCDateTime()
 
 
 class TokenSchema(Schema):

@@ -12,6 +12,7 @@ from marshmallow import Schema, fields, validate
 
 from app import storage
 from app.blueprints import Blueprint
+from app.blueprints.fields import UTCDateTime
 from app.errors import ServiceError
 from app.records import JOB_STATUSES, Job
 from app.services import jobs as job_service
@@ -81,10 +82,10 @@ class JobSchema(Schema):
     error = fields.Nested(JobErrorSchema, allow_none=True)
     metrics = fields.Nested(MetricsSchema, allow_none=True)
     attempts = fields.Integer()
-    created_at = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
-    expires_at = fields.DateTime(allow_none=True)
+    created_at = UTCDateTime()
+    started_at = UTCDateTime(allow_none=True)
+    finished_at = UTCDateTime(allow_none=True)
+    expires_at = UTCDateTime(allow_none=True)
     url = fields.Method("_url")
 
     def _url(self, job: Job) -> str:

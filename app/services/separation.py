@@ -52,15 +52,18 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
             bit_depth=str(params.get("bit_depth", "16")),
             mp3_bitrate=int(params.get("mp3_bitrate", 320)),
         )
+        # Describe the file as written: MP3 may have been resampled to a rate
+        # LAME supports, and its frames pad the length slightly.
+        written = audio.probe(path)
         files.append(
             {
                 "name": name,
                 "stem": stem,
                 "size": path.stat().st_size,
                 "content_type": audio.CONTENT_TYPES[fmt],
-                "duration": round(data.shape[-1] / sample_rate, 3),
-                "sample_rate": sample_rate,
-                "channels": int(data.shape[0]),
+                "duration": round(written.duration, 3),
+                "sample_rate": written.sample_rate,
+                "channels": written.channels,
             }
         )
         report(0.9 + 0.1 * (index + 1) / len(stems))
