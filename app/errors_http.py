@@ -63,6 +63,8 @@ def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
     message = data.get("message") or exc.description or HTTPStatus(status).phrase
     if status == 422 and errors:
         message = "The request has invalid fields."
+    elif status == 400 and errors:
+        message = "The request body could not be parsed."
     if status == 413:
         from flask import current_app
 

@@ -136,3 +136,13 @@ def test_job_expiry_purges_rows_and_files(
         assert purge_expired(utcnow() + timedelta(hours=25)) == 1
     assert not folder.exists()
     assert client.get(f"/api/v1/jobs/{job['id']}", headers=auth_headers).status_code == 404
+
+
+def test_display_name_strips_directories_and_control_characters() -> None:
+    from app.services.jobs import display_name
+
+    assert display_name("..\\..\\Music\\song.wav") == "song.wav"
+    assert display_name("/etc/passwd") == "passwd"
+    assert display_name("a\tb\x00c.mp3") == "abc.mp3"
+    assert display_name(None) == "upload"
+    assert display_name("Ünïcødé song.flac") == "Ünïcødé song.flac"

@@ -59,6 +59,10 @@ def test_errors_are_json(client: FlaskClient) -> None:
     assert wrong_method.status_code == 405
     assert wrong_method.json["code"] == "method_not_allowed"
     assert "GET" in wrong_method.headers["Allow"]
+    broken = client.post("/api/v1/auth/login", data="{bad", content_type="application/json")
+    assert broken.status_code == 400
+    assert broken.json["code"] == "bad_request"
+    assert broken.json["message"] == "The request body could not be parsed."
     not_json = client.post("/api/v1/auth/login", data="x", content_type="text/plain")
     assert not_json.status_code in (415, 422)
     assert not_json.is_json

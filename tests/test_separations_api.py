@@ -145,6 +145,7 @@ def test_bad_requests_change_nothing(
             "unsupported_media_type",
         ),
         ({"data": {"file": (io.BytesIO(b""), "empty.wav")}}, 422, "empty_audio"),
+        ({"data": {"file": "just text, not a file part"}}, 422, "validation_error"),
         (
             {"data": {"file": (io.BytesIO(b"%PDF-1.4\n" + b"0" * 4000), "doc.pdf")}},
             415,
@@ -197,3 +198,24 @@ def test_requires_a_token(client: FlaskClient, song_wav: bytes) -> None:
     response = _upload(client, {}, song_wav)
     assert response.status_code == 401
     assert response.json["code"] == "unauthorized"
+
+
+def test_client_file_names_are_only_displayed(
+    app: Flask, client: FlaskClient, auth_headers: dict, song_wav: bytes
+) -> None:
+    names = {
+        "../../etc/evil.wav": "evil.wav",
+        # (HTTP quoting eats the backslashes before the app sees them)
+        "..\\..\\win\\evil.wav": "....winevil.wav",
+        "bad\x00na\x1bme.wav": "badname.wav",
+        "x" * 4000 + ".wav": "x" * 255,
+        "": "upload",
+    }
+    for sent, shown in names.items():
+        response = _upload(client, auth_headers, song_wav, name=sent)
+        assert response.status_code == 202, (sent, response.json)
+        assert response.json["input"]["filename"] == shown
+        folder = Path(app.config["DATA_DIR"]) / "jobs" / response.json["id"]
+        assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["input.wav"]
+    outside = [p for p in Path(app.config["DATA_DIR"]).rglob("*evil*")]
+    assert outside == []

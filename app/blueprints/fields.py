@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import fields
+from flask_smorest.fields import Upload
+from marshmallow import ValidationError, fields
+from werkzeug.datastructures import FileStorage
 
 
 class UTCDateTime(fields.DateTime):
@@ -16,3 +18,13 @@ class UTCDateTime(fields.DateTime):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return super()._serialize(value, attr, obj, **kwargs)
+
+
+class FileUpload(Upload):
+    """A multipart file part. flask-smorest's ``Upload`` only documents the
+    field; this one also refuses a plain text value sent under the same name."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> FileStorage:
+        if not isinstance(value, FileStorage):
+            raise ValidationError("Must be a file: send it as a multipart file part.")
+        return value

@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import url_for
 from flask_jwt_extended import current_user, jwt_required
-from flask_smorest.fields import Upload
 from marshmallow import Schema, fields, validate
 
 from app import audio
 from app.blueprints import Blueprint
+from app.blueprints.fields import FileUpload
 from app.blueprints.jobs import BEARER, JobSchema
 from app.models import registry
 from app.records import Job
@@ -21,7 +21,7 @@ blp = Blueprint("separations", __name__, description="Split a song into stems (a
 
 
 class SeparationFormSchema(Schema):
-    file = Upload(
+    file = FileUpload(
         required=True,
         metadata={"description": "Audio file (mp3, wav, flac, ogg, opus, m4a, ...)."},
     )

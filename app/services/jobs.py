@@ -32,6 +32,17 @@ def _not_found() -> NotFound:
     return NotFound("No job with this id.")
 
 
+def display_name(filename: str | None) -> str:
+    """The client's file name, kept only for display and download names.
+
+    Stored files always get server-chosen names; this strips any directory part,
+    control characters and excess length so the name is safe to echo back.
+    """
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return name[:255] or "upload"
+
+
 def store_upload(stream: IO[bytes], filename: str | None) -> tuple[Path, dict[str, Any]]:
     """Stream an upload to disk and check that it is audio the service can use.
 
@@ -49,7 +60,7 @@ def store_upload(stream: IO[bytes], filename: str | None) -> tuple[Path, dict[st
         path.unlink(missing_ok=True)
         raise
     meta = info.to_dict()
-    meta["filename"] = (filename or "upload")[:255]
+    meta["filename"] = display_name(filename)
     meta["size"] = size
     return path, meta
 
