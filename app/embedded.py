@@ -64,6 +64,7 @@ def main() -> int:
         "--worker-class", "gthread", "--workers", "2", "--threads", "8",
         "--timeout", "300", "--graceful-timeout", "30",
         "--access-logfile", "-",
+        "--control-socket", str(Path(os.environ["DATA_DIR"]).resolve() / "gunicorn.ctl"),
     ]  # fmt: skip
     children = [
         subprocess.Popen(worker_cmd, cwd=ROOT),

@@ -72,12 +72,14 @@ def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
             f"The upload is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB."
         )
     response = error_response(status, message, errors=errors)
-    headers = exc.get_response().headers if status == 405 else None
-    if headers is not None and "Allow" in headers:
-        resp, code = response  # type: ignore[misc]
-        resp.headers["Allow"] = headers["Allow"]
-        return resp, code
-    return response
+    # Headers the exception carries matter to clients: Allow (405),
+    # Content-Range (416), Retry-After (429, 503).
+    resp, code = response  # type: ignore[misc]
+    for name in ("Allow", "Content-Range", "Retry-After"):
+        value = exc.get_response().headers.get(name)
+        if value:
+            resp.headers[name] = value
+    return resp, code
 
 
 def _handle_service_error(exc: ServiceError) -> ResponseReturnValue:

@@ -219,3 +219,35 @@ def test_client_file_names_are_only_displayed(
         assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["input.wav"]
     outside = [p for p in Path(app.config["DATA_DIR"]).rglob("*evil*")]
     assert outside == []
+
+
+def test_non_latin_names_download_safely(
+    client: FlaskClient, auth_headers: dict, song_wav: bytes
+) -> None:
+    job = _upload(client, auth_headers, song_wav, name="曲 «live».wav").json
+    job = client.get(f"/api/v1/jobs/{job['id']}", headers=auth_headers).json
+    archive = client.get(job["result"]["archive_url"], headers=auth_headers)
+    assert archive.status_code == 200
+    header = archive.headers["Content-Disposition"]
+    assert header.isascii()
+    assert "filename*=UTF-8''%E6%9B%B2%20%C2%ABlive%C2%BB.zip" in header
+    stem = client.get(job["result"]["files"][0]["url"], headers=auth_headers)
+    assert stem.status_code == 200 and stem.headers["Content-Disposition"].isascii()
+
+
+def test_flac_has_no_float_depth(client: FlaskClient, auth_headers: dict, song_wav: bytes) -> None:
+    response = _upload(client, auth_headers, song_wav, output_format="flac", bit_depth="32f")
+    assert response.status_code == 422
+    assert "bit_depth" in response.json["errors"]
+
+
+def test_unsatisfiable_range_says_the_size(
+    client: FlaskClient, auth_headers: dict, song_wav: bytes
+) -> None:
+    job = _upload(client, auth_headers, song_wav).json
+    job = client.get(f"/api/v1/jobs/{job['id']}", headers=auth_headers).json
+    entry = job["result"]["files"][0]
+    response = client.get(entry["url"], headers={**auth_headers, "Range": "bytes=99999999-"})
+    assert response.status_code == 416
+    assert response.json["code"] == "range_not_satisfiable"
+    assert response.headers["Content-Range"] == f"bytes */{entry['size']}"

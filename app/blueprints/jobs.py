@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
 import zipfile
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 from flask import Response, send_file, stream_with_context, url_for
 from flask_jwt_extended import current_user, jwt_required
@@ -245,5 +247,16 @@ def get_archive(job_id: str) -> Response:
 
     stem = (job.input or {}).get("filename", "audio").rsplit(".", 1)[0][:80] or "audio"
     response = Response(stream_with_context(generate()), mimetype="application/zip")
-    response.headers.set("Content-Disposition", "attachment", filename=f"{stem}.zip")
+    response.headers["Content-Disposition"] = attachment_header(f"{stem}.zip")
     return response
+
+
+def attachment_header(name: str) -> str:
+    """``Content-Disposition`` for any file name: an ASCII fallback plus the
+    RFC 6266 ``filename*`` form, as ``send_file`` does, so names like ``曲.mp3``
+    survive and never break the header."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    ascii_name = "".join(c for c in ascii_name if c.isprintable() and c not in '"\\') or "download"
+    if ascii_name == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import url_for
 from flask_jwt_extended import current_user, jwt_required
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app import audio
 from app.blueprints import Blueprint
@@ -45,6 +45,11 @@ class SeparationFormSchema(Schema):
         validate=validate.OneOf(audio.MP3_BITRATES),
         metadata={"description": "MP3 bitrate in kbit/s.", "example": 320},
     )
+
+    @validates_schema
+    def _check_combinations(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("output_format") == "flac" and data.get("bit_depth") == "32f":
+            raise ValidationError("FLAC stores 16 or 24 bits; use wav for 32f.", "bit_depth")
 
 
 @blp.route("", methods=["POST"])
