@@ -1,5 +1,10 @@
 """Reading and writing audio files: probe, decode, encode.
 
+``iter_decode`` and ``AudioWriter`` are the streaming counterparts of
+``decode`` and ``encode`` (which are built on them, so the samples and files
+are the same): a long song can be processed window by window in memory that
+does not grow with its length.
+
 Everything a client uploads goes through PyAV (FFmpeg), so any container or
 codec FFmpeg can decode is accepted, and every failure leaves as an
 ``AudioError`` with a stable code instead of one of PyAV's many exception types.
@@ -15,12 +20,15 @@ way to upload audio.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import av
@@ -39,8 +47,10 @@ __all__ = [
     "OUTPUT_FORMATS",
     "AudioError",
     "AudioInfo",
+    "AudioWriter",
     "decode",
     "encode",
+    "iter_decode",
     "probe",
 ]
 
@@ -344,6 +354,13 @@ def _decoded_frames(
         yield from frames
 
 
+def _check_decode_args(sample_rate: int | None, channels: int | None) -> None:
+    if channels is not None and channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, not {channels!r}")
+    if sample_rate is not None and sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, not {sample_rate!r}")
+
+
 def decode(
     path: str | os.PathLike[str],
     *,
@@ -359,104 +376,223 @@ def decode(
     samples decoded so far, so a file whose header understates its length is
     stopped early instead of filling memory.
 
-    Returns ``(audio, sample_rate_of_audio)``.
+    Returns ``(audio, sample_rate_of_audio)``. ``iter_decode`` gives the same
+    samples block by block, in memory that does not grow with the file.
     """
-    if channels is not None and channels not in (1, 2):
-        raise ValueError(f"channels must be 1 or 2, not {channels!r}")
-    if sample_rate is not None and sample_rate <= 0:
-        raise ValueError(f"sample_rate must be positive, not {sample_rate!r}")
+    _check_decode_args(sample_rate, channels)
     path = os.fspath(path)
     try:
         with _open(path) as container:
-            return _decode_stream(container, sample_rate, channels, max_seconds)
+            chunks = _DecodedChunks(container, sample_rate, channels, max_seconds)
+            return _concatenate(chunks), chunks.sample_rate
     except _AV_ERRORS as exc:
         raise _broken(f"The audio file could not be decoded ({exc.__class__.__name__}).") from exc
 
 
-def _decode_stream(
-    container: av.container.InputContainer,
+def iter_decode(
+    path: str | os.PathLike[str],
+    *,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    block_frames: int,
+    max_seconds: float | None = None,
+) -> Iterator[np.ndarray]:
+    """Decode like ``decode``, as float32 ``(channels, block_frames)`` blocks.
+
+    Concatenated, the blocks are exactly what ``decode`` returns for the same
+    arguments (same samples, same length); every block has ``block_frames``
+    frames except the last, which may be shorter but is never empty. The rate
+    of the blocks is ``sample_rate`` if given, else the file's own (``probe``
+    tells it). Memory stays around a few blocks, whatever the file's length.
+
+    Bad arguments raise ValueError at the call. Everything about the file
+    raises ``AudioError`` from ``next()``, with the same codes as ``decode``:
+    ``unsupported_media_type``/``audio_decode_failed``/``empty_audio`` from the
+    first ``next()`` (a file with no samples never yields), ``audio_too_long``
+    as soon as the decoded samples pass ``max_seconds``, i.e. possibly after
+    some blocks were yielded, so a consumer must treat what it made from them
+    as incomplete. The file stays open until the iterator is exhausted or
+    closed: wrap it in ``contextlib.closing`` when stopping early.
+    """
+    _check_decode_args(sample_rate, channels)
+    if isinstance(block_frames, bool) or not isinstance(block_frames, int | np.integer):
+        raise ValueError(f"block_frames must be a positive integer, not {block_frames!r}")
+    if block_frames <= 0:
+        raise ValueError(f"block_frames must be a positive integer, not {block_frames!r}")
+    return _iter_blocks(os.fspath(path), sample_rate, channels, int(block_frames), max_seconds)
+
+
+def _iter_blocks(
+    path: str,
     sample_rate: int | None,
     channels: int | None,
+    block_frames: int,
     max_seconds: float | None,
-) -> tuple[np.ndarray, int]:
-    stream = _audio_stream(container)
-    chunks: list[np.ndarray] = []  # (work channels, n) float32, in order
-    native_rate = 0
-    out_channels = 0
-    decoded = 0  # samples at native_rate, the unit max_seconds is checked in
-    limit = float("inf")
-    layout: av.AudioLayout | str = "mono"
-    resampler: av.AudioResampler | None = None
-    key: tuple[str, str, int] | None = None
-    rate_converter: soxr.ResampleStream | None = None
+) -> Iterator[np.ndarray]:
+    try:
+        with _open(path) as container:
+            chunks = _DecodedChunks(container, sample_rate, channels, max_seconds)
+            yield from _reblock(chunks, block_frames)
+    except _AV_ERRORS as exc:
+        raise _broken(f"The audio file could not be decoded ({exc.__class__.__name__}).") from exc
 
-    def keep(frames: list[av.AudioFrame]) -> None:
-        for converted in frames:
-            chunk = converted.to_ndarray()
-            if rate_converter is not None:
-                chunk = rate_converter.resample_chunk(np.ascontiguousarray(chunk.T)).T
-            if chunk.shape[1]:
-                chunks.append(chunk)
 
-    for frame in _decoded_frames(container, stream):
-        if not frame.samples:
-            continue
-        if resampler is None:
-            # The first frame fixes the output: its rate, and the layout FFmpeg
-            # converts every frame to. Mono becomes stereo by duplication at the
-            # end, not by FFmpeg's upmix, which would attenuate it by 3 dB.
-            native_rate = frame.sample_rate
-            source_channels = frame.layout.nb_channels
-            _check_shape(native_rate, source_channels)
-            out_channels = channels or source_channels
-            if channels is None:
-                layout = frame.layout
-            elif channels == 2 and source_channels > 1:
-                layout = "stereo"
-            work_channels = source_channels if channels is None else min(channels, source_channels)
-            if max_seconds is not None:
-                limit = max_seconds * native_rate
-            if sample_rate is not None and sample_rate != native_rate:
-                rate_converter = soxr.ResampleStream(
-                    native_rate, sample_rate, work_channels, dtype="float32", quality="HQ"
-                )
-        if _frame_key(frame) != key:
+class _DecodedChunks:
+    """The decoded, converted audio of a container, as it arrives: the one code
+    path behind ``decode`` and ``iter_decode``.
+
+    Iterating yields float32 ``(work channels, n)`` chunks of any length, in
+    order; ``work channels`` is 1 when mono is to become stereo (the caller
+    duplicates it by broadcasting), else ``channels``. ``channels`` and
+    ``sample_rate`` describe the output and are set before the first chunk.
+    Raises ``empty_audio`` at the end if nothing came out.
+
+    (Kept in small methods: tracemalloc, which the memory tests use, costs time
+    proportional to the size of the function an allocation happens in.)
+    """
+
+    def __init__(
+        self,
+        container: av.container.InputContainer,
+        sample_rate: int | None,
+        channels: int | None,
+        max_seconds: float | None,
+    ) -> None:
+        self._container = container
+        self._sample_rate = sample_rate
+        self._channels = channels
+        self._max_seconds = max_seconds
+        self.channels = 0  # of the output
+        self.sample_rate = 0  # of the output
+        self._native_rate = 0
+        self._work_channels = 0
+        self._layout: av.AudioLayout | str = "mono"
+        self._limit = float("inf")  # in samples at the native rate
+        self._decoded = 0  # samples at the native rate, the unit max_seconds is checked in
+        self._produced = 0  # frames yielded
+        self._key: tuple[str, str, int] | None = None
+        self._resampler: av.AudioResampler | None = None
+        self._rate_converter: soxr.ResampleStream | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        stream = _audio_stream(self._container)
+        for frame in _decoded_frames(self._container, stream):
+            if frame.samples:
+                yield from self._feed(frame)
+        yield from self._finish()
+        if self._produced == 0:
+            raise _empty()
+
+    def _start(self, frame: av.AudioFrame) -> None:
+        # The first frame fixes the output: its rate, and the layout FFmpeg
+        # converts every frame to. Mono becomes stereo by duplication
+        # (broadcasting), not by FFmpeg's upmix, which would attenuate it by 3 dB.
+        channels = self._channels
+        native_rate = frame.sample_rate
+        source_channels = frame.layout.nb_channels
+        _check_shape(native_rate, source_channels)
+        self._native_rate = native_rate
+        self.channels = channels or source_channels
+        self.sample_rate = self._sample_rate or native_rate
+        if channels is None:
+            self._layout = frame.layout
+        elif channels == 2 and source_channels > 1:
+            self._layout = "stereo"
+        self._work_channels = (
+            source_channels if channels is None else min(channels, source_channels)
+        )
+        if self._max_seconds is not None:
+            self._limit = self._max_seconds * native_rate
+        if self.sample_rate != native_rate:
+            # Streaming soxr: the same samples and length as one-shot soxr.resample.
+            self._rate_converter = soxr.ResampleStream(
+                native_rate, self.sample_rate, self._work_channels, dtype="float32", quality="HQ"
+            )
+
+    def _feed(self, frame: av.AudioFrame) -> Iterator[np.ndarray]:
+        if self._resampler is None:
+            self._start(frame)
+        if _frame_key(frame) != self._key:
             # First frame, or the stream changed format mid-file (concatenated
             # files do this): a converter for the new input, same output.
-            if resampler is not None:
-                keep(resampler.resample(None))
-            key = _frame_key(frame)
-            resampler = av.AudioResampler(
+            if self._resampler is not None:
+                yield from self._convert(self._resampler.resample(None))
+            self._key = _frame_key(frame)
+            self._resampler = av.AudioResampler(
                 format="fltp",
-                layout=layout,
-                rate=native_rate,
+                layout=self._layout,
+                rate=self._native_rate,
                 # Scale FFmpeg's downmix matrix so a downmix cannot clip.
                 options={"rematrix_maxval": "1.0"},
             )
-        decoded += frame.samples
-        if decoded > limit:
-            raise _too_long(decoded / native_rate, max_seconds or 0.0, at_least=True)
-        keep(resampler.resample(frame))
-    if resampler is not None:
-        keep(resampler.resample(None))
-    if rate_converter is not None:
-        tail = rate_converter.resample_chunk(np.zeros((0, work_channels), np.float32), last=True)
-        if len(tail):
-            chunks.append(tail.T)
+        self._decoded += frame.samples
+        if self._decoded > self._limit:
+            seconds = self._decoded / self._native_rate
+            raise _too_long(seconds, self._max_seconds or 0.0, at_least=True)
+        yield from self._convert(self._resampler.resample(frame))
 
-    total = sum(chunk.shape[1] for chunk in chunks)
-    if total == 0:
-        raise _empty()
+    def _convert(self, frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
+        for converted in frames:
+            chunk = converted.to_ndarray()
+            if self._rate_converter is not None:
+                chunk = self._rate_converter.resample_chunk(np.ascontiguousarray(chunk.T)).T
+            if chunk.shape[1]:
+                self._produced += chunk.shape[1]
+                yield chunk
+
+    def _finish(self) -> Iterator[np.ndarray]:
+        if self._resampler is not None:
+            yield from self._convert(self._resampler.resample(None))
+        if self._rate_converter is not None:
+            tail = self._rate_converter.resample_chunk(
+                np.zeros((0, self._work_channels), np.float32), last=True
+            )
+            if len(tail):
+                self._produced += len(tail)
+                yield tail.T
+
+
+def _concatenate(chunks: _DecodedChunks) -> np.ndarray:
+    collected = list(chunks)
+    total = sum(chunk.shape[1] for chunk in collected)
     # One allocation for the result; chunks are dropped as they are copied, so
     # peak memory stays near two copies of the audio.
-    result = np.empty((out_channels, total), dtype=np.float32)
+    result = np.empty((chunks.channels, total), dtype=np.float32)
     offset = 0
-    chunks.reverse()
-    while chunks:
-        chunk = chunks.pop()
+    collected.reverse()
+    while collected:
+        chunk = collected.pop()
         result[:, offset : offset + chunk.shape[1]] = chunk  # (1, n) broadcasts to stereo
         offset += chunk.shape[1]
-    return result, sample_rate or native_rate
+    return result
+
+
+def _reblock(chunks: _DecodedChunks, block_frames: int) -> Iterator[np.ndarray]:
+    """Regroup chunks into ``(channels, block_frames)`` blocks, the last one shorter."""
+    pending: deque[np.ndarray] = deque()
+    pending_frames = 0
+
+    def take(frames: int) -> np.ndarray:
+        nonlocal pending_frames
+        block = np.empty((chunks.channels, frames), dtype=np.float32)
+        offset = 0
+        while offset < frames:
+            chunk = pending.popleft()
+            used = min(chunk.shape[1], frames - offset)
+            block[:, offset : offset + used] = chunk[:, :used]  # (1, n) broadcasts to stereo
+            if used < chunk.shape[1]:
+                pending.appendleft(chunk[:, used:])
+            offset += used
+        pending_frames -= frames
+        return block
+
+    for chunk in chunks:
+        pending.append(chunk)
+        pending_frames += chunk.shape[1]
+        while pending_frames >= block_frames:
+            yield take(block_frames)
+    if pending_frames:
+        yield take(pending_frames)
 
 
 # --------------------------------------------------------------------------- writing
@@ -489,52 +625,205 @@ def _mp3_rate(sample_rate: int) -> int:
     return next(rate for rate in _MP3_SAMPLE_RATES if rate >= sample_rate)
 
 
-def _write_mp3(audio: np.ndarray, sample_rate: int, path: str, bitrate: int) -> None:
-    channels = audio.shape[0]
-    if channels > 2:
-        raise ValueError(f"mp3 holds mono or stereo, not {channels} channels")
-    # LAME only encodes MPEG sample rates and otherwise resamples on its own
-    # (badly); it also drops the rate at low bitrates unless told not to.
-    rate = _mp3_rate(sample_rate)
-    converter = (
-        soxr.ResampleStream(sample_rate, rate, channels, dtype="float32", quality="HQ")
-        if rate != sample_rate
-        else None
-    )
-    encoder = lameenc.Encoder()
-    encoder.set_bit_rate(bitrate)
-    encoder.set_in_sample_rate(rate)
-    encoder.set_out_sample_rate(rate)
-    encoder.set_channels(channels)
-    encoder.set_quality(2)
-
-    def pcm(block: np.ndarray) -> bytes:
-        return np.rint(np.clip(block, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-
-    with open(path, "wb") as handle:
-        for block in _blocks(audio, clip=True):
-            if converter is not None:
-                block = converter.resample_chunk(block)
-            handle.write(encoder.encode(pcm(block)))
-        if converter is not None:
-            tail = converter.resample_chunk(np.zeros((0, channels), np.float32), last=True)
-            handle.write(encoder.encode(pcm(tail)))
-        handle.write(encoder.flush())
+def _check_output(
+    format: str, bit_depth: str, mp3_bitrate: int, sample_rate: int
+) -> tuple[str, int]:
+    """Validate encoding arguments; returns the normalised ``(bit_depth, sample_rate)``."""
+    bit_depth = str(bit_depth)
+    if format not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, not {format!r}")
+    if bit_depth not in BIT_DEPTHS:
+        raise ValueError(f"bit_depth must be one of {BIT_DEPTHS}, not {bit_depth!r}")
+    if mp3_bitrate not in MP3_BITRATES:
+        raise ValueError(f"mp3_bitrate must be one of {MP3_BITRATES}, not {mp3_bitrate!r}")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, not {sample_rate!r}")
+    return bit_depth, int(sample_rate)
 
 
-def _write_soundfile(
-    audio: np.ndarray, sample_rate: int, path: str, container: str, subtype: str
-) -> None:
-    with sf.SoundFile(
-        path,
-        "w",
-        samplerate=sample_rate,
-        channels=audio.shape[0],
-        format=container,
-        subtype=subtype,
-    ) as handle:
-        for block in _blocks(audio, clip=subtype != "FLOAT"):
-            handle.write(block)
+def _pcm16(block: np.ndarray) -> bytes:
+    return np.rint(np.clip(block, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+class _Mp3Sink:
+    """LAME fed block by block, through soxr when LAME cannot take the rate."""
+
+    def __init__(self, path: str, sample_rate: int, channels: int, bitrate: int) -> None:
+        # LAME only encodes MPEG sample rates and otherwise resamples on its own
+        # (badly); it also drops the rate at low bitrates unless told not to.
+        rate = _mp3_rate(sample_rate)
+        self._channels = channels
+        self._converter = (
+            soxr.ResampleStream(sample_rate, rate, channels, dtype="float32", quality="HQ")
+            if rate != sample_rate
+            else None
+        )
+        encoder = lameenc.Encoder()
+        encoder.set_bit_rate(bitrate)
+        encoder.set_in_sample_rate(rate)
+        encoder.set_out_sample_rate(rate)
+        encoder.set_channels(channels)
+        encoder.set_quality(2)
+        self._encoder = encoder
+        self._handle = open(path, "wb")  # noqa: SIM115 - closed by finish()/abort()
+
+    def write(self, block: np.ndarray) -> None:
+        if self._converter is not None:
+            block = self._converter.resample_chunk(block)
+        self._handle.write(self._encoder.encode(_pcm16(block)))
+
+    def finish(self) -> None:
+        try:
+            if self._converter is not None:
+                tail = self._converter.resample_chunk(
+                    np.zeros((0, self._channels), np.float32), last=True
+                )
+                self._handle.write(self._encoder.encode(_pcm16(tail)))
+            self._handle.write(self._encoder.flush())
+        finally:
+            self._handle.close()
+
+    def abort(self) -> None:
+        self._handle.close()
+
+
+class _SoundFileSink:
+    """WAV or FLAC through libsndfile."""
+
+    def __init__(
+        self, path: str, sample_rate: int, channels: int, container: str, subtype: str
+    ) -> None:
+        self._handle = sf.SoundFile(
+            path, "w", samplerate=sample_rate, channels=channels, format=container, subtype=subtype
+        )
+
+    def write(self, block: np.ndarray) -> None:
+        self._handle.write(block)
+
+    def finish(self) -> None:
+        self._handle.close()
+
+    def abort(self) -> None:
+        self._handle.close()
+
+
+class AudioWriter:
+    """Write an audio file block by block; the file appears at ``path`` only when complete.
+
+    ``write`` takes float ``(channels, n)`` blocks of any length. Formats, bit
+    depths, clipping, NaN handling, validation and the mp3 rate fallback are
+    those of ``encode`` (which is built on this class): the output is the same
+    whatever the blocks' sizes. Samples go to a temporary file beside ``path``
+    that ``close`` renames into place; ``abort`` (or leaving the ``with`` block
+    by an exception) deletes it, so ``path`` never holds a partial file. Used
+    without ``with``, call ``close`` or ``abort`` in a ``finally``.
+
+    Bad arguments raise ValueError, before anything is created.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int,
+        channels: int,
+        *,
+        format: str = "wav",
+        bit_depth: str = "16",
+        mp3_bitrate: int = 320,
+    ) -> None:
+        bit_depth, sample_rate = _check_output(format, bit_depth, mp3_bitrate, sample_rate)
+        if isinstance(channels, bool) or int(channels) != channels or channels < 1:
+            raise ValueError(f"channels must be a positive integer, not {channels!r}")
+        channels = int(channels)
+        if format == "mp3" and channels > 2:
+            raise ValueError(f"mp3 holds mono or stereo, not {channels} channels")
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.format = format
+        self._frames = 0
+        self._sink: _Mp3Sink | _SoundFileSink | None = None
+        fd, self._tmp_name = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        try:
+            if format == "mp3":
+                self._clip = True
+                self._sink = _Mp3Sink(self._tmp_name, sample_rate, channels, mp3_bitrate)
+            else:
+                if format == "flac":
+                    container, subtype = "FLAC", "PCM_24" if bit_depth == "24" else "PCM_16"
+                else:
+                    container = "WAV"
+                    subtype = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}[bit_depth]
+                # libsndfile wraps loud PCM samples around; float keeps overs.
+                self._clip = subtype != "FLOAT"
+                self._sink = _SoundFileSink(
+                    self._tmp_name, sample_rate, channels, container, subtype
+                )
+        except BaseException:
+            Path(self._tmp_name).unlink(missing_ok=True)
+            raise
+
+    @property
+    def frames_written(self) -> int:
+        """Frames given to ``write`` so far, at the input rate (before any mp3 resampling)."""
+        return self._frames
+
+    @property
+    def closed(self) -> bool:
+        return self._sink is None
+
+    def write(self, block: np.ndarray) -> None:
+        if self._sink is None:
+            raise ValueError("write to a closed AudioWriter")
+        block = _as_channels_first(block)
+        if block.shape[0] != self.channels:
+            raise ValueError(
+                f"block has {block.shape[0]} channels, the writer {self.channels}: "
+                "blocks must have shape (channels, frames)"
+            )
+        for piece in _blocks(block, clip=self._clip):
+            self._sink.write(piece)
+        self._frames += block.shape[1]
+
+    def close(self) -> None:
+        """Finish the file and move it to ``path``. Does nothing once closed or aborted."""
+        if self._sink is None:
+            return
+        sink, self._sink = self._sink, None
+        try:
+            sink.finish()
+            os.replace(self._tmp_name, self.path)
+        except BaseException:
+            Path(self._tmp_name).unlink(missing_ok=True)
+            raise
+
+    def abort(self) -> None:
+        """Drop what was written: no file at ``path``, no temporary file left."""
+        if self._sink is None:
+            return
+        sink, self._sink = self._sink, None
+        try:
+            with contextlib.suppress(Exception):
+                sink.abort()
+        finally:
+            Path(self._tmp_name).unlink(missing_ok=True)
+
+    def __enter__(self) -> AudioWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def encode(
@@ -552,32 +841,16 @@ def encode(
     samples around); 32-bit float WAV keeps overs. The file appears at ``path``
     only once complete, so a crash never leaves a truncated stem to download.
     Bad arguments raise ValueError: they are programming errors, not client ones.
+    ``AudioWriter`` writes the same file block by block.
     """
-    bit_depth = str(bit_depth)
-    if format not in OUTPUT_FORMATS:
-        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, not {format!r}")
-    if bit_depth not in BIT_DEPTHS:
-        raise ValueError(f"bit_depth must be one of {BIT_DEPTHS}, not {bit_depth!r}")
-    if mp3_bitrate not in MP3_BITRATES:
-        raise ValueError(f"mp3_bitrate must be one of {MP3_BITRATES}, not {mp3_bitrate!r}")
-    if int(sample_rate) != sample_rate or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive integer, not {sample_rate!r}")
-    sample_rate = int(sample_rate)
+    bit_depth, sample_rate = _check_output(format, bit_depth, mp3_bitrate, sample_rate)
     audio = _as_channels_first(audio)
-
-    target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        if format == "mp3":
-            _write_mp3(audio, sample_rate, tmp_name, mp3_bitrate)
-        elif format == "flac":
-            subtype = "PCM_24" if bit_depth == "24" else "PCM_16"
-            _write_soundfile(audio, sample_rate, tmp_name, "FLAC", subtype)
-        else:
-            subtype = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}[bit_depth]
-            _write_soundfile(audio, sample_rate, tmp_name, "WAV", subtype)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with AudioWriter(
+        path,
+        sample_rate,
+        audio.shape[0],
+        format=format,
+        bit_depth=bit_depth,
+        mp3_bitrate=mp3_bitrate,
+    ) as writer:
+        writer.write(audio)

@@ -11,10 +11,11 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from flask import Flask
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,48 @@ def _connect_worker_signals(app: Flask) -> None:
         )
         thread.start()
 
+        # With the solo and threads pools, tasks run in this process.
+        pool_module = type(getattr(sender, "pool", None)).__module__
+        if pool_module.endswith((".solo", ".threads")):
+            start_model_housekeeping(app)
+
     def on_shutdown(sender: Any = None, **_: Any) -> None:
         _heartbeat_stop.set()
 
+    def on_process_init(**_: Any) -> None:
+        # A prefork child: the process whose model cache jobs use.
+        start_model_housekeeping(app)
+
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
+    worker_process_init.connect(on_process_init, weak=False)
+
+
+def start_model_housekeeping(app: Flask) -> threading.Thread:
+    """In the process that runs tasks: load ``PRELOAD_MODELS``, then unload
+    models idle for ``MODEL_IDLE_SECONDS``, in a background thread so the
+    worker starts taking jobs at once."""
+
+    def run() -> None:
+        from app.models import registry
+        from app.models.cache import get_cache
+
+        with app.app_context():
+            for name in app.config.get("PRELOAD_MODELS") or []:
+                try:
+                    registry.preload(name, app.config)
+                except Exception:
+                    log.warning("could not preload model %s", name, exc_info=True)
+            cache = get_cache(app.config)
+            if not cache.idle_seconds:
+                return
+            while True:
+                time.sleep(max(1.0, min(cache.idle_seconds / 4, 60.0)))
+                cache.evict_idle()
+
+    thread = threading.Thread(target=run, daemon=True, name="model-housekeeping")
+    thread.start()
+    return thread
 
 
 def _heartbeat_loop(app: Flask, hostname: str, queues: str) -> None:

@@ -20,3 +20,37 @@ def register_cli(app: Flask) -> None:
         count = purge_expired()
         purge_revoked()
         click.echo(f"purged {count} expired job(s)")
+
+    @app.cli.group("models")
+    def models_group() -> None:
+        """Model weights: list them, fetch them ahead of time."""
+
+    @models_group.command("list")
+    def list_command() -> None:
+        """Every model, and whether its weights are present here."""
+        from app.models import registry
+
+        for entry in registry.catalogue(app.config):
+            mark = "available" if entry["available"] else "missing"
+            default = " (default)" if entry["default"] else ""
+            click.echo(f"{entry['kind']:<14} {entry['name']:<16} {mark}{default}")
+
+    @models_group.command("download")
+    @click.argument("names", nargs=-1, required=True)
+    def download_command(names: tuple[str, ...]) -> None:
+        """Fetch pretrained weights into MODELS_DIR (for images and air-gapped hosts)."""
+        from tqdm import tqdm
+
+        from app.models import demucs_engine
+
+        failed = []
+        for name in tqdm(names, desc="models", unit="model", disable=len(names) < 2):
+            try:
+                path = demucs_engine.download(name, app.config)
+            except Exception as exc:
+                failed.append(name)
+                click.echo(f"{name}: failed: {exc}", err=True)
+            else:
+                click.echo(f"{name}: saved to {path.parent}")
+        if failed:
+            raise SystemExit(1)

@@ -76,6 +76,11 @@ def from_environment() -> dict[str, Any]:
         "JWT_ACCESS_MINUTES": _env_int("JWT_ACCESS_MINUTES", 15),
         "JWT_REFRESH_DAYS": _env_int("JWT_REFRESH_DAYS", 30),
         "WORKER_HEARTBEAT_SECONDS": _env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
+        "MODEL_CACHE_SIZE": os.environ.get("MODEL_CACHE_SIZE") or "3",
+        "MODEL_IDLE_SECONDS": _env_float("MODEL_IDLE_SECONDS", 0.0) or None,
+        "PRELOAD_MODELS": _env_list("PRELOAD_MODELS", []),
+        "SEPARATION_WINDOW_SECONDS": _env_float("SEPARATION_WINDOW_SECONDS", 60.0),
+        "SEPARATION_OVERLAP_SECONDS": _env_float("SEPARATION_OVERLAP_SECONDS", 4.0),
     }
 
 

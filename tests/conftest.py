@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,9 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from app import create_app
 
 SR = 44100
+
+# No model hub is reachable from test machines: fail fast instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def make_app(data_dir: Path, **overrides: Any) -> Flask:
@@ -99,3 +103,31 @@ def wav_bytes(audio: np.ndarray, sr: int = SR, fmt: str = "WAV", subtype: str = 
 @pytest.fixture
 def song_wav() -> bytes:
     return wav_bytes(sine_and_clicks())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_cache() -> Iterator[None]:
+    """Each test starts with an empty per-process model cache."""
+    from app.models.cache import reset_cache
+
+    reset_cache()
+    yield
+    reset_cache()
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MODELS_DIR with a local Demucs repo of tiny random models (see demucs_repo.py)."""
+    from tests.demucs_repo import build_repo
+
+    root = tmp_path_factory.mktemp("models")
+    build_repo(root / "demucs")
+    return root
+
+
+@pytest.fixture
+def demucs_app(tmp_path: Path, models_dir: Path) -> Iterator[Flask]:
+    """Like ``app``, with the tiny Demucs repo as MODELS_DIR and downloads off."""
+    app = make_app(tmp_path / "data", MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=False)
+    app.extensions["celery"].conf.task_always_eager = True
+    yield app

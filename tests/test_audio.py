@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import time
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from app import audio
 from app.audio import AudioError
@@ -346,3 +348,327 @@ def test_error_status_follows_code():
     assert AudioError("x", code="unsupported_media_type").status == 415
     assert AudioError("x", code="empty_audio").status == 422
     assert AudioError("x").to_dict()["code"] == "audio_decode_failed"
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def collect(blocks, block_frames: int) -> np.ndarray:
+    """Concatenate iter_decode blocks, checking their sizes on the way."""
+    blocks = list(blocks)
+    assert blocks, "iter_decode yielded nothing"
+    for block in blocks[:-1]:
+        assert block.dtype == np.float32 and block.ndim == 2
+        assert block.shape[1] == block_frames
+    assert 0 < blocks[-1].shape[1] <= block_frames
+    assert blocks[-1].dtype == np.float32
+    assert len({block.shape[0] for block in blocks}) == 1
+    return np.concatenate(blocks, axis=1)
+
+
+def _stereo(seconds: float, sr: int) -> np.ndarray:
+    return np.stack([sine(seconds, sr), sine(seconds, sr, 660, 0.3)])
+
+
+STREAM_CASES = {
+    # name: (make file, decode kwargs, block_frames)
+    "48k->44.1k": (
+        lambda p: write_sf(p / "a.wav", _stereo(2.0, 48000), 48000, "FLOAT"),
+        {"sample_rate": 44100},
+        4096,
+    ),
+    "no rate change": (
+        lambda p: write_sf(p / "a.wav", _stereo(2.0, 48000), 48000),
+        {"sample_rate": 48000},
+        10000,
+    ),
+    "mono->stereo": (
+        lambda p: write_sf(p / "a.wav", sine(1.0, 22050), 22050, "FLOAT"),
+        {"channels": 2},
+        3000,
+    ),
+    "6ch->stereo": (
+        lambda p: write_sf(p / "a.wav", np.tile(sine(1.0, 44100, amp=0.9), (6, 1)), 44100, "FLOAT"),
+        {"channels": 2},
+        44100,  # divides the length: no short last block
+    ),
+    "6ch kept": (
+        lambda p: write_sf(p / "a.wav", np.tile(sine(0.5, 44100), (6, 1)), 44100, "FLOAT"),
+        {},
+        1,
+    ),
+    "mp3": (
+        lambda p: write_av(p / "a.mp3", "mp3", "mp3", _stereo(2.0, 44100), 44100),
+        {},
+        5000,
+    ),
+    "mp3 48k->44.1k mono": (
+        lambda p: write_av(p / "a.mp3", "mp3", "mp3", _stereo(2.0, 48000), 48000),
+        {"sample_rate": 44100, "channels": 1},
+        7777,
+    ),
+    "flac": (
+        lambda p: write_sf(p / "a.flac", sine(2.0, 48000), 48000),
+        {"sample_rate": 16000},
+        2048,
+    ),
+    "ogg": (
+        lambda p: write_av(p / "a.ogg", "ogg", "libopus", _stereo(2.0, 48000), 48000),
+        {},
+        1 << 20,  # longer than the file: a single block
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(STREAM_CASES))
+def test_iter_decode_equals_decode(tmp_path, case):
+    make, kwargs, block_frames = STREAM_CASES[case]
+    path = make(tmp_path)
+    whole, rate = audio.decode(path, **kwargs)
+    streamed = collect(audio.iter_decode(path, block_frames=block_frames, **kwargs), block_frames)
+    assert streamed.shape == whole.shape
+    np.testing.assert_allclose(streamed, whole, rtol=0, atol=1e-6)
+    assert rate == kwargs.get("sample_rate", rate)
+
+
+def test_iter_decode_resamples_like_one_shot_soxr(tmp_path):
+    x = _stereo(1.3, 48000)
+    path = write_sf(tmp_path / "a.wav", x, 48000, "FLOAT")
+    expected = soxr.resample(x.T, 48000, 44100, quality="HQ").T
+    streamed = collect(audio.iter_decode(path, sample_rate=44100, block_frames=1000), 1000)
+    assert streamed.shape == expected.shape
+    np.testing.assert_allclose(streamed, expected, rtol=0, atol=1e-5)
+    whole, _ = audio.decode(path, sample_rate=44100)
+    assert whole.shape == expected.shape
+
+
+def test_iter_decode_enforces_max_seconds_mid_stream(tmp_path):
+    samples = (sine(10.0, 8000) * 32767).astype("<i2").tobytes()
+    path = tmp_path / "lies.wav"
+    path.write_bytes(wav_bytes(1, samples, size=0xFFFFFFFF))  # data size "unknown"
+    blocks = audio.iter_decode(path, block_frames=8000, max_seconds=3)
+    received = []
+    with pytest.raises(AudioError) as exc:
+        for block in blocks:
+            received.append(block)
+    assert_error(exc, "audio_too_long", 422)
+    assert 2 <= len(received) <= 3  # blocks before the limit came through, then it stopped
+    full = collect(audio.iter_decode(path, block_frames=8000, max_seconds=11), 8000)
+    assert full.shape == (1, 80000)
+
+
+def test_iter_decode_errors(tmp_path):
+    good = write_sf(tmp_path / "good.wav", sine(0.1, 8000), 8000)
+    for bad in (0, -5, 1.5, True, None):
+        with pytest.raises(ValueError):
+            audio.iter_decode(good, block_frames=bad)  # at the call, not at next()
+    with pytest.raises(ValueError):
+        audio.iter_decode(good, channels=3, block_frames=10)
+    with pytest.raises(ValueError):
+        audio.iter_decode(good, sample_rate=0, block_frames=10)
+
+    silent = tmp_path / "silent.wav"
+    silent.write_bytes(wav_bytes(1, b""))
+    blocks = audio.iter_decode(silent, block_frames=10)
+    with pytest.raises(AudioError) as exc:
+        next(blocks)  # empty_audio comes from the first next()
+    assert_error(exc, "empty_audio", 422)
+
+    text = tmp_path / "text.mp3"
+    text.write_bytes(b"not audio\n" * 50)
+    with pytest.raises(AudioError) as exc:
+        next(audio.iter_decode(text, block_frames=10))
+    assert_error(exc, "unsupported_media_type", 415)
+    with pytest.raises(AudioError) as exc:
+        next(audio.iter_decode(tmp_path / "missing.wav", block_frames=10))
+    assert_error(exc, "audio_decode_failed", 422)
+
+
+def test_iter_decode_can_stop_early(tmp_path):
+    path = write_sf(tmp_path / "a.wav", sine(1.0, 8000), 8000)
+    blocks = audio.iter_decode(path, block_frames=100)
+    assert next(blocks).shape == (1, 100)
+    blocks.close()  # closes the file
+    with pytest.raises(StopIteration):
+        next(blocks)
+
+
+def test_iter_decode_memory_does_not_grow_with_length(tmp_path):
+    """20 minutes of stereo 44.1 kHz: decode() needs > 400 MB, iter_decode a few blocks."""
+    sr = 44100
+    minute = (300 * np.sin(2 * np.pi * 440 * np.arange(sr * 60) / sr)).astype(np.int16)
+    minute = np.stack([minute, minute], axis=1)
+    path = tmp_path / "long.flac"
+    # Levels below 0.4 use 1152-frame FLAC blocks: 4x the frames, which tracemalloc's
+    # per-allocation cost makes 3x slower to decode here.
+    with sf.SoundFile(path, "w", sr, 2, "PCM_16", format="FLAC", compression_level=0.5) as handle:
+        for _ in range(20):
+            handle.write(minute)
+    del minute
+    block_frames = sr * 10
+    frames = blocks = 0
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        for block in audio.iter_decode(path, block_frames=block_frames):
+            frames += block.shape[1]
+            blocks += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert frames == 20 * 60 * sr and blocks == 120
+    assert peak < 60e6, f"peak {peak / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "bit_depth", "tolerance"),
+    [
+        ("wav", "16", 1e-4),
+        ("wav", "24", 1e-6),
+        ("wav", "32f", 0),
+        ("flac", "16", 1e-4),
+        ("flac", "24", 1e-6),
+    ],
+)
+def test_audio_writer_lossless(tmp_path, fmt, bit_depth, tolerance):
+    x = _stereo(1.0, 44100)
+    path = tmp_path / f"out.{fmt}"
+    with audio.AudioWriter(path, 44100, 2, format=fmt, bit_depth=bit_depth) as writer:
+        for start, stop in ((0, 1), (1, 20000), (20000, 20000), (20000, 44100)):
+            writer.write(x[:, start:stop])
+        assert writer.frames_written == 44100
+        assert not path.exists()  # only once closed
+    assert writer.closed and writer.frames_written == 44100
+    decoded, rate = audio.decode(path)
+    assert rate == 44100 and decoded.shape == x.shape
+    assert np.max(np.abs(decoded - x)) <= tolerance
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    ("sr", "channels", "bitrate", "out_sr"),
+    [
+        (44100, 2, 320, 44100),
+        (22050, 1, 128, 22050),
+        (96000, 1, 192, 48000),
+        (50000, 2, 256, 48000),
+    ],
+)
+def test_audio_writer_mp3(tmp_path, sr, channels, bitrate, out_sr):
+    x = np.tile(sine(1.0, sr), (channels, 1))
+    path = tmp_path / "out.mp3"
+    with audio.AudioWriter(path, sr, channels, format="mp3", mp3_bitrate=bitrate) as writer:
+        for start in range(0, x.shape[1], 10007):
+            writer.write(x[:, start : start + 10007])
+    assert writer.frames_written == sr  # input frames, before LAME's rate
+    info = audio.probe(path)
+    assert (info.sample_rate, info.channels) == (out_sr, channels)
+    decoded, rate = audio.decode(path)
+    assert rate == out_sr and decoded.shape[0] == channels
+    assert 0 <= decoded.shape[1] - out_sr <= 2 * 1152  # encoder delay and frame padding
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "bit_depth", "sr", "channels"),
+    [
+        ("wav", "16", 44100, 2),
+        ("wav", "24", 44100, 2),
+        ("wav", "32f", 44100, 2),
+        ("flac", "24", 48000, 2),
+        ("mp3", "16", 44100, 2),
+        ("mp3", "16", 96000, 1),  # through the resampler
+    ],
+)
+def test_audio_writer_blocks_equal_encode(tmp_path, fmt, bit_depth, sr, channels):
+    rng = np.random.default_rng(3)
+    x = (0.4 * rng.standard_normal((channels, sr + 123))).astype(np.float32)
+    x[:, ::997] = 1.7  # overs, clipped for PCM
+    x[0, 5] = np.nan
+    audio.encode(x, sr, tmp_path / "whole", format=fmt, bit_depth=bit_depth)
+    with audio.AudioWriter(tmp_path / "blocks", sr, channels, format=fmt, bit_depth=bit_depth) as w:
+        for part in np.array_split(x, [1000, 70001], axis=1):
+            w.write(part)
+    assert (tmp_path / "blocks").read_bytes() == (tmp_path / "whole").read_bytes()
+
+
+def test_audio_writer_clips_pcm_but_not_float(tmp_path):
+    x = np.array([[0.0, 1.5, -2.0, np.nan, 0.25, np.inf]], dtype=np.float32)
+    for name, depth in (("a.wav", "16"), ("f.wav", "32f")):
+        with audio.AudioWriter(tmp_path / name, 8000, 1, bit_depth=depth) as writer:
+            writer.write(x[:, :2])
+            writer.write(x[0, 2:])  # 1-D is mono
+    pcm, _ = sf.read(tmp_path / "a.wav", dtype="float32")
+    np.testing.assert_allclose(pcm, [0.0, 1.0, -1.0, 0.0, 0.25, 1.0], atol=1e-4)
+    flt, _ = sf.read(tmp_path / "f.wav", dtype="float32")
+    np.testing.assert_array_equal(flt, [0.0, 1.5, -2.0, 0.0, 0.25, 1.0])
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3"])
+def test_audio_writer_exception_leaves_nothing(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    with (
+        pytest.raises(RuntimeError, match="model crashed"),
+        audio.AudioWriter(path, 44100, 2, format=fmt) as writer,
+    ):
+        writer.write(_stereo(0.5, 44100))
+        assert len(list(tmp_path.iterdir())) == 1  # the temporary file
+        raise RuntimeError("model crashed")
+    assert writer.closed
+    assert list(tmp_path.iterdir()) == []
+
+    writer = audio.AudioWriter(path, 44100, 2, format=fmt)
+    writer.write(_stereo(0.1, 44100))
+    writer.abort()
+    writer.abort()
+    writer.close()  # after abort: nothing to finish
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_audio_writer_close_and_misuse(tmp_path):
+    path = tmp_path / "out.wav"
+    writer = audio.AudioWriter(path, 8000, 2)
+    with pytest.raises(ValueError):
+        writer.write(np.zeros((1, 10), np.float32))  # wrong channel count
+    with pytest.raises(ValueError):
+        writer.write(np.zeros((2, 2, 2), np.float32))
+    writer.write(np.zeros((2, 10), np.float32))
+    writer.close()
+    writer.close()  # idempotent
+    writer.abort()  # after close: keeps the file
+    assert sf.info(path).frames == 10
+    with pytest.raises(ValueError):
+        writer.write(np.zeros((2, 10), np.float32))
+    with audio.AudioWriter(tmp_path / "empty.wav", 8000, 1):
+        pass
+    assert sf.info(tmp_path / "empty.wav").frames == 0
+
+
+def test_audio_writer_rejects_bad_arguments(tmp_path):
+    for kwargs in (
+        {"format": "ogg"},
+        {"bit_depth": "8"},
+        {"format": "mp3", "mp3_bitrate": 100},
+        {"sample_rate": 0},
+        {"sample_rate": 44100.5},
+        {"channels": 0},
+        {"channels": 3, "format": "mp3"},
+    ):
+        args = {"sample_rate": 44100, "channels": 2, **kwargs}
+        with pytest.raises(ValueError):
+            audio.AudioWriter(tmp_path / "x", **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_streaming_pipeline_equals_whole_file(tmp_path):
+    """Decode window by window, process, encode: the same file as doing it in one go."""
+    src = write_sf(tmp_path / "in.flac", _stereo(3.0, 48000), 48000)
+    out = tmp_path / "out" / "stem.wav"
+    out.parent.mkdir()
+    with audio.AudioWriter(out, 44100, 2, bit_depth="24") as writer:
+        for block in audio.iter_decode(src, sample_rate=44100, channels=2, block_frames=20000):
+            writer.write(block * 0.5)
+    whole, rate = audio.decode(src, sample_rate=44100, channels=2)
+    audio.encode(whole * 0.5, rate, tmp_path / "whole.wav", bit_depth="24")
+    assert out.read_bytes() == (tmp_path / "whole.wav").read_bytes()
+    assert writer.frames_written == whole.shape[1]

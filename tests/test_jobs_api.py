@@ -15,7 +15,7 @@ from tests.conftest import register_and_login
 def _submit(client: FlaskClient, headers: dict, data: bytes) -> dict:
     response = client.post(
         "/api/v1/separations",
-        data={"file": (io.BytesIO(data), "song.wav")},
+        data={"file": (io.BytesIO(data), "song.wav"), "model": "hpss"},
         headers=headers,
         content_type="multipart/form-data",
     )

@@ -128,15 +128,23 @@ def test_landing_page(client: FlaskClient) -> None:
 
 def test_models_catalogue(client: FlaskClient) -> None:
     body = client.get("/api/v1/models").json
-    assert body["defaults"]["separation"] == "hpss"
+    assert body["defaults"]["separation"] == "htdemucs"
     hpss = next(m for m in body["models"] if m["name"] == "hpss")
     assert hpss == {
         **hpss,
         "kind": "separation",
         "available": True,
-        "default": True,
+        "default": False,
         "stems": ["harmonic", "percussive"],
     }
+    names = {m["name"] for m in body["models"]}
+    assert {"htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx", "mdx_extra"} <= names
+    assert {"mdx_q", "mdx_extra_q"} <= names
+    htdemucs = next(m for m in body["models"] if m["name"] == "htdemucs")
+    assert htdemucs["default"] is True and htdemucs["engine"] == "demucs"
+    assert htdemucs["stems"] == ["drums", "bass", "other", "vocals"]
+    assert htdemucs["available"] is False  # no weights on a fresh machine
+    assert body["loaded"] == []
 
 
 def test_healthz_and_readyz(app: Flask, client: FlaskClient) -> None:

@@ -21,7 +21,7 @@ def queued_job(queued_app: Flask, song_wav: bytes) -> str:
     headers = register_and_login(client)
     response = client.post(
         "/api/v1/separations",
-        data={"file": (io.BytesIO(song_wav), "song.wav")},
+        data={"file": (io.BytesIO(song_wav), "song.wav"), "model": "hpss"},
         headers=headers,
         content_type="multipart/form-data",
     )

@@ -15,6 +15,7 @@ from tests.conftest import SR, sine_and_clicks, wav_bytes
 
 
 def _upload(client: FlaskClient, headers: dict, data: bytes, name: str = "song.wav", **form):
+    form.setdefault("model", "hpss")
     payload = {"file": (io.BytesIO(data), name), **{k: str(v) for k, v in form.items()}}
     return client.post(
         "/api/v1/separations", data=payload, headers=headers, content_type="multipart/form-data"
@@ -135,7 +136,7 @@ def test_bad_requests_change_nothing(
             "validation_error",
         ),
         (
-            {"data": {"file": (io.BytesIO(song_wav), "s.wav"), "shifts": "3"}},
+            {"data": {"file": (io.BytesIO(song_wav), "s.wav"), "shifts": "3", "model": "hpss"}},
             422,
             "validation_error",
         ),

@@ -90,6 +90,7 @@ def drive_a_job(app: Flask, log_path: Path) -> None:
         data={
             "file": (io.BytesIO(wav_bytes(sine_and_clicks())), "song.wav"),
             "output_format": "flac",
+            "model": "hpss",
         },
         headers=headers,
         content_type="multipart/form-data",

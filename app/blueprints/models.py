@@ -9,6 +9,7 @@ from marshmallow import Schema, fields
 
 from app.blueprints import Blueprint
 from app.models import registry
+from app.models.cache import get_cache
 
 PREFIX = "/models"
 blp = Blueprint("models", __name__, description="Engines and models available to jobs.")
@@ -16,19 +17,51 @@ blp = Blueprint("models", __name__, description="Engines and models available to
 
 class ModelSchema(Schema):
     kind = fields.String(metadata={"example": "separation"})
-    name = fields.String(metadata={"example": "hpss"})
+    name = fields.String(metadata={"example": "htdemucs"})
+    engine = fields.String(metadata={"example": "demucs"})
     description = fields.String()
-    stems = fields.List(fields.String(), metadata={"example": ["harmonic", "percussive"]})
-    available = fields.Boolean(metadata={"description": "Weights present (or not needed) here."})
+    stems = fields.List(
+        fields.String(),
+        allow_none=True,
+        metadata={"example": ["drums", "bass", "other", "vocals"]},
+    )
+    available = fields.Boolean(
+        metadata={"description": "Weights present here (or none needed): jobs can run offline."}
+    )
+    downloadable = fields.Boolean(
+        metadata={"description": "Missing weights will be downloaded on first use."}
+    )
     needs_weights = fields.Boolean()
-    sample_rate = fields.Integer(allow_none=True)
+    sample_rate = fields.Integer(allow_none=True, metadata={"example": 44100})
+    max_segment = fields.Float(
+        allow_none=True, metadata={"description": "Largest `segment` this model accepts."}
+    )
+    requires = fields.String(
+        allow_none=True, metadata={"description": "A Python package missing for this model."}
+    )
     default = fields.Boolean(metadata={"description": "The default of its kind."})
+
+
+class LoadedModelSchema(Schema):
+    kind = fields.String()
+    name = fields.String()
+    device = fields.String(metadata={"example": "cpu"})
+    bytes = fields.Integer()
+    load_seconds = fields.Float()
+    idle_seconds = fields.Float()
+    uses = fields.Integer()
 
 
 class ModelListSchema(Schema):
     models = fields.List(fields.Nested(ModelSchema))
+    loaded = fields.List(
+        fields.Nested(LoadedModelSchema),
+        metadata={"description": "Models resident in the process that answered (API or worker)."},
+    )
     defaults = fields.Dict(
-        keys=fields.String(), values=fields.String(), metadata={"example": {"separation": "hpss"}}
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={"example": {"separation": "htdemucs"}},
     )
 
 
@@ -36,4 +69,8 @@ class ModelListSchema(Schema):
 @blp.response(200, ModelListSchema)
 def list_models() -> dict[str, Any]:
     """Every engine with its kind, description, availability and the default per kind."""
-    return {"models": registry.catalogue(current_app.config), "defaults": registry.DEFAULTS}
+    return {
+        "models": registry.catalogue(current_app.config),
+        "defaults": registry.DEFAULTS,
+        "loaded": get_cache(current_app.config).loaded(),
+    }

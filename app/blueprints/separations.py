@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import url_for
+from flask import current_app, url_for
 from flask_jwt_extended import current_user, jwt_required
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from webargs.fields import DelimitedList
 
 from app import audio
 from app.blueprints import Blueprint
@@ -20,6 +21,11 @@ PREFIX = "/separations"
 blp = Blueprint("separations", __name__, description="Split a song into stems (asynchronous jobs).")
 
 
+def _known_model(name: str) -> None:
+    if name not in registry.separation_models(current_app.config):
+        raise ValidationError("Unknown model; GET /api/v1/models lists them.")
+
+
 class SeparationFormSchema(Schema):
     file = FileUpload(
         required=True,
@@ -27,8 +33,51 @@ class SeparationFormSchema(Schema):
     )
     model = fields.String(
         load_default=None,
-        validate=validate.OneOf(list(registry.SEPARATION_ENGINES)),
-        metadata={"description": "Separation engine; see GET /api/v1/models.", "example": "hpss"},
+        validate=_known_model,
+        metadata={
+            "description": "Model name from GET /api/v1/models (default htdemucs).",
+            "example": "htdemucs",
+        },
+    )
+    two_stems = fields.String(
+        load_default=None,
+        metadata={
+            "description": "Karaoke mode: this source and no_<source> (mix minus source).",
+            "example": "vocals",
+        },
+    )
+    stems = DelimitedList(
+        fields.String(),
+        metadata={"description": "Only these sources (comma-separated); default all."},
+    )
+    shifts = fields.Integer(
+        load_default=None,
+        validate=validate.Range(min=0, max=10),
+        metadata={
+            "description": "Demucs: random shifts averaged (better quality, N times slower). Default 1.",
+            "example": 1,
+        },
+    )
+    overlap = fields.Float(
+        load_default=None,
+        validate=validate.Range(min=0.0, max=0.99),
+        metadata={"description": "Demucs: overlap between chunks. Default 0.25.", "example": 0.25},
+    )
+    segment = fields.Float(
+        load_default=None,
+        validate=validate.Range(min=1.0, max=100.0, min_inclusive=True),
+        metadata={
+            "description": "Demucs: chunk length in seconds (at most 7.8 for htdemucs models).",
+            "example": 7.8,
+        },
+    )
+    clip_mode = fields.String(
+        load_default="rescale",
+        validate=validate.OneOf(["rescale", "clamp", "none"]),
+        metadata={
+            "description": "Avoiding clipping: rescale each stem if it would clip, clamp, or none.",
+            "example": "rescale",
+        },
     )
     output_format = fields.String(
         load_default="wav",
@@ -50,6 +99,26 @@ class SeparationFormSchema(Schema):
     def _check_combinations(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("output_format") == "flac" and data.get("bit_depth") == "32f":
             raise ValidationError("FLAC stores 16 or 24 bits; use wav for 32f.", "bit_depth")
+        name = data.get("model") or registry.DEFAULTS["separation"]
+        entry = registry.describe("separation", name, current_app.config)
+        if entry is None:
+            return
+        if entry["engine"] == "hpss":
+            for field in ("shifts", "overlap", "segment"):
+                if data.get(field) is not None:
+                    raise ValidationError("Only Demucs models take this option.", field)
+        stems = entry.get("stems")
+        if stems:
+            if data.get("two_stems") and data["two_stems"] not in stems:
+                raise ValidationError(f"Must be one of: {', '.join(stems)}.", "two_stems")
+            unknown = [s for s in data.get("stems") or [] if s not in stems]
+            if unknown:
+                raise ValidationError(f"Must be among: {', '.join(stems)}.", "stems")
+        if data.get("two_stems") and data.get("stems"):
+            raise ValidationError("Give either stems or two_stems.", "stems")
+        bound = entry.get("max_segment")
+        if data.get("segment") is not None and bound is not None and data["segment"] > bound:
+            raise ValidationError(f"At most {bound:g} s for {name}.", "segment")
 
 
 @blp.route("", methods=["POST"])

@@ -1,4 +1,4 @@
-"""The catalogue of engines a request may name.
+"""The catalogue of models a request may name.
 
 A request names a model from this catalogue; it never passes a path. Each entry
 knows its kind (separation, transcription, generation), what it produces and
@@ -8,74 +8,64 @@ request validation read the same list.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from app.models import demucs_engine
 
-ProgressFn = Callable[[float], None]
-Separator = Callable[[np.ndarray, int, dict[str, Any], ProgressFn], dict[str, np.ndarray]]
+DEFAULTS: dict[str, str] = {"separation": "htdemucs"}
 
-
-@dataclass(frozen=True)
-class SeparationEngine:
-    name: str
-    description: str
-    stems: tuple[str, ...]
-    run: Separator
-    needs_weights: bool = False
-    # Native sample rate of the engine, or None to keep the input's rate.
-    sample_rate: int | None = None
-    kind: str = field(default="separation", init=False)
-
-    def available(self, config: dict[str, Any]) -> bool:
-        return not self.needs_weights
-
-    def describe(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "description": self.description,
-            "stems": list(self.stems),
-            "available": self.available(config),
-            "needs_weights": self.needs_weights,
-            "sample_rate": self.sample_rate,
-        }
-
-
-def _run_hpss(
-    audio: np.ndarray, sample_rate: int, params: dict[str, Any], progress: ProgressFn
-) -> dict[str, np.ndarray]:
-    from app.models.hpss import hpss
-
-    return hpss(audio, sample_rate, progress=progress)
-
-
-SEPARATION_ENGINES: dict[str, SeparationEngine] = {
-    "hpss": SeparationEngine(
-        name="hpss",
-        description=(
-            "Harmonic/percussive split by median filtering (Fitzgerald 2010). "
-            "Needs no weights; stems 'harmonic' (tonal parts) and 'percussive' (drums, attacks)."
-        ),
-        stems=("harmonic", "percussive"),
-        run=_run_hpss,
+HPSS = {
+    "kind": "separation",
+    "name": "hpss",
+    "engine": "hpss",
+    "description": (
+        "Harmonic/percussive split by median filtering (Fitzgerald 2010). Needs no "
+        "weights; stems 'harmonic' (tonal parts) and 'percussive' (drums, attacks)."
     ),
+    "stems": ["harmonic", "percussive"],
+    "available": True,
+    "downloadable": False,
+    "needs_weights": False,
+    "sample_rate": None,
+    "max_segment": None,
+    "requires": None,
 }
 
-DEFAULTS: dict[str, str] = {"separation": "hpss"}
 
-
-def separation_engine(name: str) -> SeparationEngine:
-    return SEPARATION_ENGINES[name]
+def separation_models(config: dict[str, Any]) -> set[str]:
+    return {"hpss"} | demucs_engine.known_names(config)
 
 
 def catalogue(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every engine, with whether it can run here and whether it is its kind's default."""
-    entries = []
-    for engine in SEPARATION_ENGINES.values():
-        entry = engine.describe(config)
-        entry["default"] = DEFAULTS.get(engine.kind) == engine.name
-        entries.append(entry)
+    """Every model, with whether it can run here and whether it is its kind's default."""
+    entries = [dict(HPSS), *demucs_engine.catalogue(config)]
+    for entry in entries:
+        entry["default"] = DEFAULTS.get(entry["kind"]) == entry["name"]
     return entries
+
+
+def describe(kind: str, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+    return next(
+        (e for e in catalogue(config) if e["kind"] == kind and e["name"] == name),
+        None,
+    )
+
+
+def separation_model(name: str, config: dict[str, Any]) -> tuple[Any, str]:
+    """A Demucs model from this process's cache (loaded on first use), and its device."""
+    from app.models.cache import get_cache, resolve_device
+
+    device = resolve_device(config["MODEL_DEVICE"])
+    model = get_cache(config).get(
+        ("separation", name, device), lambda: demucs_engine.load(name, config, device)
+    )
+    return model, device
+
+
+def preload(name: str, config: dict[str, Any]) -> None:
+    """Load a model into this process's cache ahead of the first job."""
+    if name == "hpss":
+        return
+    if name not in demucs_engine.known_names(config):
+        raise ValueError(f"unknown model {name!r} in PRELOAD_MODELS")
+    separation_model(name, config)

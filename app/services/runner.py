@@ -164,7 +164,7 @@ def _commit(
         "run_seconds": round(run_seconds, 3),
         "audio_seconds": round(audio_seconds, 3),
         "real_time_factor": round(run_seconds / audio_seconds, 4) if audio_seconds else None,
-        "device": device,
+        "device": outcome.pop("device", device),
         "attempt": attempt.number,
     }
     folder = storage.publish_results(job.id, attempt.number)
