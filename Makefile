@@ -11,6 +11,8 @@ PORT     ?= 5000
 DATA_DIR ?= ./var
 export HOST PORT DATA_DIR
 
+MODELS ?= htdemucs
+
 .PHONY: run test lint format install models clean
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -36,6 +38,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## Fetch model weights into MODELS_DIR ahead of time: make models MODELS="htdemucs htdemucs_ft"
+models: $(STAMP)
+	$(BIN)/flask --app wsgi models download $(MODELS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

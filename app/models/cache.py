@@ -222,5 +222,11 @@ def resolve_device(setting: str) -> str:
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeError("MODEL_DEVICE=cuda but torch sees no CUDA device")
+            from app.errors import ServiceError
+
+            raise ServiceError(
+                "MODEL_DEVICE asks for CUDA but this worker has no usable GPU.",
+                code="device_unavailable",
+                status=503,
+            )
     return setting
