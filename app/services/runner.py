@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import update
 
@@ -85,6 +85,35 @@ class ProgressReporter:
 
     def stage(self, stage: str, progress: float | None = None) -> None:
         self(self.progress if progress is None else progress, stage)
+
+
+class Progress(Protocol):
+    """What work functions report progress to: a reporter or a slice of one."""
+
+    def __call__(
+        self, progress: float, stage: str | None = None, *, force: bool = False
+    ) -> None: ...
+
+    def stage(self, stage: str, progress: float | None = None) -> None: ...
+
+
+class SubProgress:
+    """Maps 0..1 of one step onto ``start..end`` of the job's progress, so a
+    pipeline of steps shows one bar that only moves forward."""
+
+    def __init__(self, parent: Progress, start: float, end: float) -> None:
+        self.parent = parent
+        self.start = start
+        self.end = end
+
+    def __call__(self, progress: float, stage: str | None = None, *, force: bool = False) -> None:
+        self.parent(self.start + (self.end - self.start) * progress, stage, force=force)
+
+    def stage(self, stage: str, progress: float | None = None) -> None:
+        if progress is None:
+            self.parent.stage(stage)
+        else:
+            self(progress, stage)
 
 
 Work = Callable[[Job, Attempt, ProgressReporter], dict[str, Any]]

@@ -26,7 +26,7 @@ from app.models import demucs_engine, registry
 from app.models.windowing import separate_in_windows
 from app.records import Job, User
 from app.services import jobs
-from app.services.runner import Attempt, ProgressReporter, execute
+from app.services.runner import Attempt, Progress, ProgressReporter, execute
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,9 @@ class Plan:
     device: str
 
 
-def _hpss_plan(job: Job) -> Plan:
+def _hpss_plan(info: dict[str, Any]) -> Plan:
     from app.models.hpss import hpss
 
-    info = job.input or {}
     rate = int(info.get("sample_rate") or 44100)
 
     def separate(window: np.ndarray, progress: Callable[[float], None]) -> np.ndarray:
@@ -69,16 +68,17 @@ def _hpss_plan(job: Job) -> Plan:
     return Plan(separate, rate, channels, ["harmonic", "percussive"], "cpu")
 
 
-def _demucs_plan(job: Job, report: ProgressReporter, source: Path, max_seconds: float) -> Plan:
+def _demucs_plan(
+    name: str, params: dict[str, Any], report: Progress, source: Path, max_seconds: float
+) -> Plan:
     config = current_app.config
-    params = job.params or {}
     report.stage("loading_model", 0.0)
-    model, device = registry.separation_model(job.engine, config)
+    model, device = registry.separation_model(name, config)
     segment = params.get("segment")
     bound = demucs_engine.max_segment(model)
     if segment is not None and bound is not None and segment > bound:
         raise ServiceError(
-            f"segment must be at most {bound:g} s for model '{job.engine}'.",
+            f"segment must be at most {bound:g} s for model '{name}'.",
             code="invalid_parameter",
             status=422,
         )
@@ -236,29 +236,38 @@ class StemWriters:
             self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
-def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
-    config = current_app.config
-    params = job.params or {}
-    source = storage.input_path(job.id)
-    max_seconds = float(config["MAX_AUDIO_SECONDS"])
+def separate_file(
+    source: Path,
+    info: dict[str, Any],
+    model: str,
+    params: dict[str, Any],
+    folder: Path,
+    report: Progress,
+) -> tuple[list[str], list[Path], int, str]:
+    """Separate one audio file into stem files in ``folder``.
 
-    if job.engine == "hpss":
-        plan = _hpss_plan(job)
+    Returns the stem names, their paths, the output sample rate and the device.
+    Shared by separation jobs and the pipelines built on them (vocals for
+    lyrics, karaoke).
+    """
+    config = current_app.config
+    max_seconds = float(config["MAX_AUDIO_SECONDS"])
+    if model == "hpss":
+        plan = _hpss_plan(info)
     else:
-        plan = _demucs_plan(job, report, source, max_seconds)
+        plan = _demucs_plan(model, params, report, source, max_seconds)
     names, pick = select_outputs(plan.sources, params)
 
     window = int(float(config["SEPARATION_WINDOW_SECONDS"]) * plan.sample_rate)
     overlap = int(float(config["SEPARATION_OVERLAP_SECONDS"]) * plan.sample_rate)
     overlap = min(overlap, window // 2)
-    duration = float((job.input or {}).get("duration") or 0.0)
-    total = int(duration * plan.sample_rate)
+    total = int(float(info.get("duration") or 0.0) * plan.sample_rate)
 
     def separate(mix: np.ndarray, progress: Callable[[float], None]) -> np.ndarray:
         return pick(mix, plan.separate(mix, progress))
 
     report.stage("separating", 0.05)
-    writers = StemWriters(attempt.workdir, names, plan.sample_rate, plan.channels, params)
+    writers = StemWriters(folder, names, plan.sample_rate, plan.channels, params)
     try:
         blocks = audio.iter_decode(
             source,
@@ -282,11 +291,15 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     except BaseException:
         writers.abort()
         raise
+    return names, paths, plan.sample_rate, plan.device
 
+
+def describe_files(names: list[str], paths: list[Path]) -> list[dict[str, Any]]:
+    """Result entries for written stems, read back from the files themselves:
+    MP3 may have been resampled to a rate LAME supports and its frames pad the
+    length slightly."""
     files = []
     for stem, path in zip(names, paths, strict=True):
-        # Describe the file as written: MP3 may have been resampled to a rate
-        # LAME supports, and its frames pad the length slightly.
         written = audio.probe(path)
         files.append(
             {
@@ -299,7 +312,24 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
                 "channels": written.channels,
             }
         )
-    return {"files": files, "stems": names, "sample_rate": plan.sample_rate, "device": plan.device}
+    return files
+
+
+def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
+    names, paths, rate, device = separate_file(
+        storage.input_path(job.id),
+        job.input or {},
+        job.engine,
+        job.params or {},
+        attempt.workdir,
+        report,
+    )
+    return {
+        "files": describe_files(names, paths),
+        "stems": names,
+        "sample_rate": rate,
+        "device": device,
+    }
 
 
 def run_job(job_id: str) -> str | None:
