@@ -79,7 +79,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["api"] = api
     cors.init_app(
         app,
-        resources={r"/api/*": {"origins": app.config["CORS_ORIGINS"]}},
+        resources={
+            r"/api/*": {"origins": app.config["CORS_ORIGINS"]},
+            r"/v1/*": {"origins": app.config["CORS_ORIGINS"]},
+        },
         expose_headers=["Location", "Content-Disposition", "Content-Range", "Accept-Ranges"],
         supports_credentials=False,
         always_send=False,

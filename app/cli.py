@@ -38,15 +38,18 @@ def register_cli(app: Flask) -> None:
     @models_group.command("download")
     @click.argument("names", nargs=-1, required=True)
     def download_command(names: tuple[str, ...]) -> None:
-        """Fetch pretrained weights into MODELS_DIR (for images and air-gapped hosts)."""
+        """Fetch Demucs or Whisper weights into MODELS_DIR (for images and air-gapped hosts)."""
         from tqdm import tqdm
 
-        from app.models import demucs_engine
+        from app.models import demucs_engine, whisper_engine
 
         failed = []
         for name in tqdm(names, desc="models", unit="model", disable=len(names) < 2):
             try:
-                path = demucs_engine.download(name, app.config)
+                if name in whisper_engine.KNOWN:
+                    path = whisper_engine.download(name, app.config) / "model.bin"
+                else:
+                    path = demucs_engine.download(name, app.config)
             except Exception as exc:
                 failed.append(name)
                 click.echo(f"{name}: failed: {exc}", err=True)

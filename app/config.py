@@ -79,6 +79,7 @@ def from_environment() -> dict[str, Any]:
         "MODEL_CACHE_SIZE": os.environ.get("MODEL_CACHE_SIZE") or "3",
         "MODEL_IDLE_SECONDS": _env_float("MODEL_IDLE_SECONDS", 0.0) or None,
         "PRELOAD_MODELS": _env_list("PRELOAD_MODELS", []),
+        "OPENAI_WAIT_SECONDS": _env_float("OPENAI_WAIT_SECONDS", 300.0),
         "SEPARATION_WINDOW_SECONDS": _env_float("SEPARATION_WINDOW_SECONDS", 60.0),
         "SEPARATION_OVERLAP_SECONDS": _env_float("SEPARATION_OVERLAP_SECONDS", 4.0),
     }

@@ -33,12 +33,24 @@ class Blueprint(SmorestBlueprint):
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
-    from app.blueprints import auth, health, jobs, models, pages, separations
+    from app.blueprints import (
+        auth,
+        health,
+        jobs,
+        models,
+        openai_audio,
+        pages,
+        separations,
+        transcriptions,
+    )
 
     api.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
-    for module in (auth, jobs, separations, models):
+    # The job result's documented shape (its field is computed per job kind).
+    api.spec.components.schema("Result", schema=jobs.ResultSchema)
+    for module in (auth, jobs, separations, transcriptions, models):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
+    api.register_blueprint(openai_audio.blp, url_prefix="/v1/audio")
     api.register_blueprint(health.blp)
     app.register_blueprint(pages.bp)

@@ -12,7 +12,7 @@ from flask import Response, send_file, stream_with_context, url_for
 from flask_jwt_extended import current_user, jwt_required
 from marshmallow import Schema, fields, validate
 
-from app import storage
+from app import storage, transcripts
 from app.blueprints import Blueprint
 from app.blueprints.fields import UTCDateTime
 from app.errors import ServiceError
@@ -52,10 +52,29 @@ class ResultFileSchema(Schema):
 
 
 class ResultSchema(Schema):
+    """Documents the result shapes; kinds add their own fields."""
+
     files = fields.List(fields.Nested(ResultFileSchema))
-    stems = fields.List(fields.String())
-    sample_rate = fields.Integer()
+    stems = fields.List(fields.String(), metadata={"description": "Separation."})
+    sample_rate = fields.Integer(metadata={"description": "Separation."})
     archive_url = fields.String(metadata={"description": "All files as one zip."})
+    text = fields.String(metadata={"description": "Transcription: the whole text."})
+    language = fields.String(metadata={"description": "Transcription: detected or given."})
+    language_probability = fields.Float()
+    duration = fields.Float()
+    segments = fields.List(
+        fields.Dict(),
+        metadata={"description": "Transcription: start, end, text, avg_logprob, no_speech_prob"},
+    )
+    words = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "Transcription with word_timestamps: start, end, word, probability"
+        },
+    )
+    transcript_url = fields.String(
+        metadata={"description": "Transcription: rendered as json, txt, srt, vtt, tsv or lrc."}
+    )
 
 
 class MetricsSchema(Schema):
@@ -80,7 +99,11 @@ class JobSchema(Schema):
     stage = fields.String(allow_none=True, metadata={"example": "separating"})
     params = fields.Dict()
     input = fields.Nested(InputSchema, allow_none=True)
-    result = fields.Method("_result", allow_none=True, metadata={"type": "object"})
+    result = fields.Method(
+        "_result",
+        allow_none=True,
+        metadata={"allOf": [{"$ref": "#/components/schemas/Result"}], "nullable": True},
+    )
     error = fields.Nested(JobErrorSchema, allow_none=True)
     metrics = fields.Nested(MetricsSchema, allow_none=True)
     attempts = fields.Integer()
@@ -101,8 +124,11 @@ class JobSchema(Schema):
             {**f, "url": url_for("jobs.get_file", job_id=job.id, name=f["name"])}
             for f in result.get("files", [])
         ]
-        result["archive_url"] = url_for("jobs.get_archive", job_id=job.id)
-        return ResultSchema().dump(result)
+        if result["files"]:
+            result["archive_url"] = url_for("jobs.get_archive", job_id=job.id)
+        if job.kind == "transcription":
+            result["transcript_url"] = url_for("jobs.get_transcript", job_id=job.id)
+        return result
 
 
 class JobListQuerySchema(Schema):
@@ -260,3 +286,40 @@ def attachment_header(name: str) -> str:
     if ascii_name == name:
         return f'attachment; filename="{name}"'
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+class TranscriptQuerySchema(Schema):
+    format = fields.String(
+        load_default="json",
+        validate=validate.OneOf([*transcripts.FORMATS, "lrc_words"]),
+        metadata={"description": "json, txt, srt, vtt, tsv, lrc or lrc_words (enhanced LRC)."},
+    )
+    download = fields.Boolean(
+        load_default=False, metadata={"description": "Send as an attachment."}
+    )
+
+
+@blp.route("/<job_id>/transcript", methods=["GET"])
+@jwt_required()
+@blp.arguments(TranscriptQuerySchema, location="query")
+@blp.response(200, description="The transcript in the asked format.")
+@blp.alt_response(404, description="No such job.")
+@blp.alt_response(409, description="Not a finished transcription.")
+@blp.doc(security=BEARER)
+def get_transcript(query: dict[str, Any], job_id: str) -> Response:
+    """A transcription's text as JSON, plain text, SRT, WebVTT, TSV or LRC."""
+    job = _finished_job(job_id)
+    if "segments" not in (job.result or {}):
+        raise ServiceError("This job has no transcript.", code="not_a_transcript", status=409)
+    fmt = query["format"]
+    if fmt == "lrc_words":  # enhanced LRC: a time tag before every word
+        body, fmt = transcripts.render_enhanced_lrc(job.result or {}), "lrc"
+    else:
+        body = transcripts.render(job.result or {}, fmt)
+    response = Response(body, content_type=transcripts.CONTENT_TYPES[fmt])
+    if query["download"]:
+        stem = (job.input or {}).get("filename", "audio").rsplit(".", 1)[0][:80] or "audio"
+        response.headers["Content-Disposition"] = attachment_header(
+            f"{stem}.{transcripts.EXTENSIONS[fmt]}"
+        )
+    return response

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.models import demucs_engine
+from app.models import demucs_engine, whisper_engine
 
-DEFAULTS: dict[str, str] = {"separation": "htdemucs"}
+DEFAULTS: dict[str, str] = {"separation": "htdemucs", "transcription": whisper_engine.DEFAULT_MODEL}
 
 HPSS = {
     "kind": "separation",
@@ -38,7 +38,11 @@ def separation_models(config: dict[str, Any]) -> set[str]:
 
 def catalogue(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Every model, with whether it can run here and whether it is its kind's default."""
-    entries = [dict(HPSS), *demucs_engine.catalogue(config)]
+    entries = [
+        dict(HPSS),
+        *demucs_engine.catalogue(config),
+        *whisper_engine.catalogue(config),
+    ]
     for entry in entries:
         entry["default"] = DEFAULTS.get(entry["kind"]) == entry["name"]
     return entries
@@ -62,10 +66,39 @@ def separation_model(name: str, config: dict[str, Any]) -> tuple[Any, str]:
     return model, device
 
 
+def transcription_models(config: dict[str, Any]) -> set[str]:
+    return whisper_engine.known_names(config)
+
+
+def transcription_model(
+    name: str, compute_type: str | None, config: dict[str, Any]
+) -> tuple[Any, str, str]:
+    """A Whisper model from this process's cache, its device and compute type."""
+    from app.errors import ServiceError
+    from app.models.cache import get_cache, resolve_device
+
+    device = resolve_device(config["MODEL_DEVICE"])
+    compute_type = compute_type or whisper_engine.default_compute_type(device)
+    if compute_type == "float16" and not device.startswith("cuda"):
+        raise ServiceError(
+            "compute_type float16 needs a GPU worker; use int8 or float32 on CPU.",
+            code="invalid_parameter",
+            status=422,
+        )
+    model = get_cache(config).get(
+        ("transcription", f"{name}@{compute_type}", device),
+        lambda: whisper_engine.load(name, config, device, compute_type),
+    )
+    return model, device, compute_type
+
+
 def preload(name: str, config: dict[str, Any]) -> None:
     """Load a model into this process's cache ahead of the first job."""
     if name == "hpss":
         return
-    if name not in demucs_engine.known_names(config):
+    if name in demucs_engine.known_names(config):
+        separation_model(name, config)
+    elif name in whisper_engine.known_names(config):
+        transcription_model(name, None, config)
+    else:
         raise ValueError(f"unknown model {name!r} in PRELOAD_MODELS")
-    separation_model(name, config)

@@ -6,7 +6,10 @@ from celery import Task
 
 
 def task_for_kind(kind: str) -> Task:
-    from app.tasks import separation
+    from app.tasks import separation, transcription
 
-    tasks: dict[str, Task] = {"separation": separation.separate}
+    tasks: dict[str, Task] = {
+        "separation": separation.separate,
+        "transcription": transcription.transcribe,
+    }
     return tasks[kind]

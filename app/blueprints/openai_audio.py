@@ -1,0 +1,166 @@
+"""OpenAI-compatible audio routes, so OpenAI SDKs and tools built for them work.
+
+``POST /v1/audio/transcriptions`` (and ``/translations``) take the same
+multipart fields as OpenAI's API, run an ordinary transcription job, wait for
+it (up to ``OPENAI_WAIT_SECONDS``) and answer in the requested
+``response_format``. A job that runs longer answers ``202`` with its URL,
+where the result can be fetched later. Authentication is the service's own:
+pass an access token as the SDK's ``api_key``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Response, current_app, jsonify, url_for
+from flask_jwt_extended import current_user, jwt_required
+from marshmallow import EXCLUDE, ValidationError, fields, validate, validates_schema
+
+from app import transcripts
+from app.blueprints import Blueprint
+from app.blueprints.fields import FileUpload
+from app.blueprints.transcriptions import TranscriptionOptionsSchema, check_english_only
+from app.errors_http import error_response
+from app.extensions import db
+from app.records import Job
+from app.services import transcription
+
+blp = Blueprint(
+    "openai", __name__, description="OpenAI-compatible transcription (for OpenAI SDKs and tools)."
+)
+BEARER = [{"bearerAuth": []}]
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+OPENAI_MODEL_ALIASES = {"whisper-1"}
+
+
+class OpenAITranscriptionSchema(TranscriptionOptionsSchema):
+    class Meta:
+        unknown = EXCLUDE  # OpenAI clients may send fields we do not use
+
+    file = FileUpload(required=True)
+    model = fields.String(
+        required=True,
+        metadata={"description": "whisper-1 (the default model) or a model from /api/v1/models."},
+    )
+    prompt = fields.String(load_default=None, validate=validate.Length(max=1000))
+    response_format = fields.String(load_default="json", validate=validate.OneOf(RESPONSE_FORMATS))
+    timestamp_granularities = fields.List(
+        fields.String(validate=validate.OneOf(["word", "segment"])),
+        data_key="timestamp_granularities[]",
+        load_default=list,
+    )
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        if data["model"] in OPENAI_MODEL_ALIASES:
+            return
+        from app.blueprints.transcriptions import _known_whisper
+
+        _known_whisper(data["model"])
+
+
+def _params(form: dict[str, Any], task: str) -> dict[str, Any]:
+    model = None if form["model"] in OPENAI_MODEL_ALIASES else form["model"]
+    params = {
+        "model": model,
+        "language": form.get("language"),
+        "temperature": form.get("temperature"),
+        "initial_prompt": form.get("prompt"),
+        "task": task,
+        "word_timestamps": "word" in form.get("timestamp_granularities", []),
+    }
+    try:
+        check_english_only(params)
+    except ValidationError as exc:
+        raise_validation(exc)
+    return params
+
+
+def raise_validation(exc: ValidationError) -> None:
+    from app.errors import ServiceError
+
+    raise ServiceError(
+        "The request has invalid fields.",
+        code="validation_error",
+        status=422,
+        errors=exc.normalized_messages(),
+    )
+
+
+def _wait(job_id: str) -> Job:
+    deadline = time.monotonic() + float(current_app.config["OPENAI_WAIT_SECONDS"])
+    while True:
+        db.session.expire_all()
+        job = db.session.get(Job, job_id)
+        assert job is not None
+        if job.is_final or time.monotonic() >= deadline:
+            return job
+        time.sleep(0.2)
+
+
+def _answer(job: Job, response_format: str) -> Any:
+    if not job.is_final:
+        location = url_for("jobs.get_job", job_id=job.id)
+        response = jsonify({"id": job.id, "status": job.status, "url": location})
+        response.status_code = 202
+        response.headers["Location"] = location
+        return response
+    if job.status != "succeeded":
+        error = job.error or {"code": job.status, "message": f"The job was {job.status}."}
+        status = {"invalid_parameter": 400, "model_unavailable": 503}.get(error["code"], 500)
+        if error["code"].startswith("audio_"):
+            status = 400
+        response, status = error_response(status, error["message"], code=error["code"])  # type: ignore[misc]
+        body = response.get_json()
+        body["error"] = {
+            "message": error["message"],
+            "type": "invalid_request_error",
+            "code": error["code"],
+        }
+        return jsonify(body), status
+    result = job.result or {}
+    if response_format == "json":
+        return jsonify({"text": result.get("text", "")})
+    if response_format == "verbose_json":
+        task = (job.params or {}).get("task", "transcribe")
+        return jsonify(transcripts.openai_verbose_json(result, task=task))
+    if response_format == "text":
+        return Response(result.get("text", "") + "\n", content_type="text/plain; charset=utf-8")
+    return Response(
+        transcripts.render(result, response_format),
+        content_type=transcripts.CONTENT_TYPES[response_format],
+    )
+
+
+def _handle(form: dict[str, Any], task: str) -> Any:
+    upload = form.pop("file")
+    params = _params(form, task)
+    job = transcription.submit(current_user, params, upload.stream, upload.filename)
+    return _answer(_wait(job.id), form["response_format"])
+
+
+@blp.route("/transcriptions", methods=["POST"])
+@jwt_required()
+@blp.arguments(OpenAITranscriptionSchema, location="multipart")
+@blp.response(200, description="The transcript in `response_format`.")
+@blp.alt_response(202, description="Still running after OPENAI_WAIT_SECONDS: poll `url`.")
+@blp.doc(security=BEARER)
+def openai_transcriptions(form: dict[str, Any]) -> Any:
+    """OpenAI-compatible transcription: waits for the job and answers like OpenAI."""
+    return _handle(form, "transcribe")
+
+
+class OpenAITranslationSchema(OpenAITranscriptionSchema):
+    pass
+
+
+@blp.route("/translations", methods=["POST"])
+@jwt_required()
+@blp.arguments(OpenAITranslationSchema, location="multipart")
+@blp.response(200, description="English text in `response_format`.")
+@blp.alt_response(202, description="Still running after OPENAI_WAIT_SECONDS: poll `url`.")
+@blp.doc(security=BEARER)
+def openai_translations(form: dict[str, Any]) -> Any:
+    """OpenAI-compatible translation to English (needs a multilingual model)."""
+    return _handle(form, "translate")

@@ -1,0 +1,146 @@
+"""Transcription jobs: speech or lyrics to text with timestamps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faster_whisper.tokenizer import _LANGUAGE_CODES
+from flask import current_app, url_for
+from flask_jwt_extended import current_user, jwt_required
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from app.blueprints import Blueprint
+from app.blueprints.fields import FileUpload
+from app.blueprints.jobs import BEARER, JobSchema
+from app.models import registry, whisper_engine
+from app.records import Job
+from app.services import transcription
+
+PREFIX = "/transcriptions"
+blp = Blueprint(
+    "transcriptions", __name__, description="Speech and lyrics to text (asynchronous jobs)."
+)
+
+LANGUAGES = sorted(_LANGUAGE_CODES)
+
+
+def _known_whisper(name: str) -> None:
+    if name not in registry.transcription_models(current_app.config):
+        raise ValidationError("Unknown model; GET /api/v1/models lists them.")
+
+
+def _known_separator(name: str) -> None:
+    if name not in registry.separation_models(current_app.config):
+        raise ValidationError("Unknown separation model; GET /api/v1/models lists them.")
+
+
+class TranscriptionOptionsSchema(Schema):
+    """Options shared by the native and the OpenAI-compatible routes."""
+
+    model = fields.String(
+        load_default=None,
+        validate=_known_whisper,
+        metadata={
+            "description": "Whisper model (default tiny.en, works offline).",
+            "example": "tiny.en",
+        },
+    )
+    language = fields.String(
+        load_default=None,
+        validate=validate.OneOf(LANGUAGES),
+        metadata={"description": "ISO 639-1 code; detected when left out.", "example": "en"},
+    )
+    temperature = fields.Float(
+        load_default=None,
+        validate=validate.Range(min=0.0, max=1.0),
+        metadata={"description": "Sampling temperature; default falls back 0.0 to 1.0 as needed."},
+    )
+
+
+class TranscriptionFormSchema(TranscriptionOptionsSchema):
+    file = FileUpload(required=True, metadata={"description": "Audio or video file."})
+    task = fields.String(
+        load_default="transcribe",
+        validate=validate.OneOf(["transcribe", "translate"]),
+        metadata={
+            "description": "translate: English text from any language (multilingual models)."
+        },
+    )
+    word_timestamps = fields.Boolean(load_default=False, metadata={"description": "Add `words`."})
+    vad_filter = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Skip non-speech with Silero VAD (long files, music)."},
+    )
+    vad_threshold = fields.Float(validate=validate.Range(min=0.0, max=1.0))
+    vad_min_speech_duration_ms = fields.Integer(validate=validate.Range(min=0, max=60_000))
+    vad_max_speech_duration_s = fields.Float(validate=validate.Range(min=1.0, max=3600.0))
+    vad_min_silence_duration_ms = fields.Integer(validate=validate.Range(min=0, max=60_000))
+    vad_speech_pad_ms = fields.Integer(validate=validate.Range(min=0, max=10_000))
+    initial_prompt = fields.String(
+        load_default=None,
+        validate=validate.Length(max=1000),
+        metadata={"description": "Vocabulary hints, e.g. names or lyrics lines."},
+    )
+    beam_size = fields.Integer(load_default=5, validate=validate.Range(min=1, max=10))
+    condition_on_previous_text = fields.Boolean(load_default=True)
+    compute_type = fields.String(
+        load_default=None,
+        validate=validate.OneOf(whisper_engine.COMPUTE_TYPES),
+        metadata={"description": "Default int8 on CPU, float16 on GPU."},
+    )
+    isolate_vocals = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "Separate the vocals first (Demucs) and transcribe those: lyrics."
+        },
+    )
+    separation_model = fields.String(
+        load_default=None,
+        validate=_known_separator,
+        metadata={"description": "Model for isolate_vocals (default htdemucs)."},
+    )
+
+    @validates_schema
+    def _check_combinations(self, data: dict[str, Any], **_: Any) -> None:
+        check_english_only(data)
+        if data.get("separation_model") and not data.get("isolate_vocals"):
+            raise ValidationError("Only with isolate_vocals=true.", "separation_model")
+        if data.get("isolate_vocals"):
+            name = data.get("separation_model") or registry.DEFAULTS["separation"]
+            entry = registry.describe("separation", name, current_app.config)
+            if entry and entry.get("stems") and "vocals" not in entry["stems"]:
+                raise ValidationError("This model has no vocals stem.", "separation_model")
+
+
+def check_english_only(data: dict[str, Any]) -> None:
+    name = data.get("model") or registry.DEFAULTS["transcription"]
+    if name in whisper_engine.KNOWN and whisper_engine.english_only(name):
+        if data.get("task") == "translate":
+            raise ValidationError(
+                f"{name} is English-only and cannot translate; use a multilingual model.", "task"
+            )
+        if data.get("language") not in (None, "en"):
+            raise ValidationError(f"{name} is English-only.", "language")
+
+
+@blp.route("", methods=["POST"])
+@jwt_required()
+@blp.arguments(TranscriptionFormSchema, location="multipart")
+@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(413, description="The upload is larger than MAX_UPLOAD_MB.")
+@blp.alt_response(415, description="The upload is not audio.")
+@blp.doc(
+    security=BEARER,
+    description=(
+        "Upload audio as multipart field `file`. When the job has succeeded its `result` holds "
+        "`text`, `language`, `duration`, `segments` (and `words` with `word_timestamps`), and "
+        "`result.transcript_url` renders it as json, txt, srt, vtt, tsv or lrc.\n\n"
+        "```\ncurl -H 'Authorization: Bearer $TOKEN' -F file=@song.mp3 -F isolate_vocals=true "
+        "-F word_timestamps=true http://localhost:5000/api/v1/transcriptions\n```"
+    ),
+)
+def create_transcription(form: dict[str, Any]) -> tuple[Job, int, dict]:
+    """Start a transcription job."""
+    upload = form.pop("file")
+    job = transcription.submit(current_user, form, upload.stream, upload.filename)
+    return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

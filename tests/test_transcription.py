@@ -1,0 +1,281 @@
+"""Transcription with the bundled Whisper tiny.en, through the real API."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.test_worker import start_worker, stop, wait_for
+
+SPEECH = Path(__file__).parent / "data" / "speech"
+REFERENCES: dict[str, str] = json.loads((SPEECH / "references.json").read_text())
+
+
+def words_of(text: str) -> list[str]:
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate: word-level edit distance over the reference length."""
+    ref, hyp = words_of(reference), words_of(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i]
+        for j, h in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1] / max(len(ref), 1)
+
+
+def test_wer() -> None:
+    assert wer("the cat sat", "the cat sat") == 0
+    assert wer("the cat sat", "the bat sat down") == pytest.approx(2 / 3)
+
+
+def _submit(client: FlaskClient, headers: dict, data: bytes, name: str, **form) -> dict:
+    payload = {"file": (io.BytesIO(data), name), **{k: str(v) for k, v in form.items()}}
+    response = client.post(
+        "/api/v1/transcriptions", data=payload, headers=headers, content_type="multipart/form-data"
+    )
+    assert response.status_code == 202, response.json
+    return response.json
+
+
+def test_clips_through_a_real_worker(tmp_path: Path) -> None:
+    """Five formats, each transcribed by a real Celery worker with the bundled tiny.en."""
+    app = make_app(tmp_path / "data")
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(app, log_path)
+    try:
+        client = app.test_client()
+        headers = register_and_login(client)
+        jobs = {
+            name: _submit(client, headers, (SPEECH / name).read_bytes(), name, word_timestamps=True)
+            for name in REFERENCES
+        }
+
+        def done() -> dict | None:
+            current = {n: client.get(j["url"], headers=headers).json for n, j in jobs.items()}
+            finished = all(j["status"] in ("succeeded", "failed") for j in current.values())
+            return current if finished else None
+
+        results = wait_for(done, 240, "the transcriptions", log_path)
+    finally:
+        stop(worker)
+    for name, job in results.items():
+        assert job["status"] == "succeeded", (name, job)
+        result = job["result"]
+        assert wer(REFERENCES[name], result["text"]) < 0.25, (name, result["text"])
+        assert result["language"] == "en"
+        assert job["model"] == "tiny.en"
+        duration = job["input"]["duration"]
+        starts = [w["start"] for w in result["words"]]
+        assert starts == sorted(starts), name
+        assert all(0 <= w["start"] <= w["end"] <= duration + 0.05 for w in result["words"]), name
+        assert len(result["words"]) >= len(words_of(REFERENCES[name])) - 2
+
+
+def test_result_and_every_transcript_format(client: FlaskClient, auth_headers: dict) -> None:
+    name = "clip2.flac"
+    job = _submit(client, auth_headers, (SPEECH / name).read_bytes(), name, word_timestamps=True)
+    job = client.get(job["url"], headers=auth_headers).json
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    assert set(result) >= {
+        "text",
+        "language",
+        "language_probability",
+        "duration",
+        "segments",
+        "words",
+    }
+    assert result["language_probability"] > 0.5
+    segment = result["segments"][0]
+    assert set(segment) >= {"start", "end", "text", "avg_logprob", "no_speech_prob"}
+    url = result["transcript_url"]
+
+    srt = client.get(f"{url}?format=srt", headers=auth_headers)
+    assert srt.status_code == 200 and srt.mimetype == "application/x-subrip"
+    assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n", srt.text)
+    vtt = client.get(f"{url}?format=vtt", headers=auth_headers)
+    assert vtt.text.startswith("WEBVTT\n\n") and vtt.mimetype == "text/vtt"
+    assert re.search(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}", vtt.text)
+    lrc = client.get(f"{url}?format=lrc", headers=auth_headers).text
+    assert re.search(r"^\[\d\d:\d\d\.\d\d\]\S", lrc, re.M)
+    words_lrc = client.get(f"{url}?format=lrc_words", headers=auth_headers).text
+    assert re.search(r"<\d\d:\d\d\.\d\d>", words_lrc)
+    tsv = client.get(f"{url}?format=tsv", headers=auth_headers).text
+    assert tsv.splitlines()[0] == "start\tend\ttext"
+    txt = client.get(f"{url}?format=txt", headers=auth_headers)
+    assert wer(REFERENCES[name], txt.text) < 0.25
+    as_json = client.get(f"{url}?format=json&download=true", headers=auth_headers)
+    assert as_json.json["text"] == result["text"]
+    assert 'filename="clip2.json"' in as_json.headers["Content-Disposition"]
+    bad = client.get(f"{url}?format=docx", headers=auth_headers)
+    assert bad.status_code == 422
+
+
+def test_options_are_validated(client: FlaskClient, auth_headers: dict) -> None:
+    clip = (SPEECH / "clip1.mp3").read_bytes()
+    cases = {
+        "task": {"task": "translate"},  # tiny.en is English-only
+        "language": {"language": "fr"},
+        "beam_size": {"beam_size": 0},
+        "compute_type": {"compute_type": "int4"},
+        "model": {"model": "whisper-9000"},
+        "separation_model": {"separation_model": "htdemucs"},  # without isolate_vocals
+    }
+    for field, form in cases.items():
+        payload = {"file": (io.BytesIO(clip), "c.mp3"), **{k: str(v) for k, v in form.items()}}
+        response = client.post(
+            "/api/v1/transcriptions", data=payload, headers=auth_headers,
+            content_type="multipart/form-data",
+        )  # fmt: skip
+        assert response.status_code == 422, (field, response.json)
+        assert field in response.json["errors"], (field, response.json)
+
+
+def test_language_detection_and_model_reuse(client: FlaskClient, auth_headers: dict) -> None:
+    from app.models.cache import get_cache
+
+    clip = (SPEECH / "clip3.ogg").read_bytes()
+    for _ in range(2):
+        job = _submit(client, auth_headers, clip, "clip3.ogg", vad_filter=True, vad_threshold=0.4)
+        job = client.get(job["url"], headers=auth_headers).json
+        assert job["status"] == "succeeded", job
+        assert job["result"]["language"] == "en"
+        assert wer(REFERENCES["clip3.ogg"], job["result"]["text"]) < 0.25
+    assert get_cache().loads == {("transcription", "tiny.en@int8", "cpu"): 1}
+
+
+def test_missing_whisper_weights_fail_with_model_unavailable(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "d", ALLOW_MODEL_DOWNLOAD=False)
+    app.extensions["celery"].conf.task_always_eager = True
+    client = app.test_client()
+    headers = register_and_login(client)
+    job = _submit(client, headers, (SPEECH / "clip1.mp3").read_bytes(), "c.mp3", model="small")
+    job = client.get(job["url"], headers=headers).json
+    assert job["status"] == "failed"
+    assert job["error"]["code"] == "model_unavailable"
+    assert "small" in job["error"]["message"]
+
+
+def test_isolate_vocals_runs_separation_then_transcription(
+    demucs_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import runner
+
+    stages: list[str] = []
+    original = runner.ProgressReporter.__call__
+
+    def spy(self, progress, stage=None, *, force=False):  # type: ignore[no-untyped-def]
+        original(self, progress, stage, force=force)
+        if stage:
+            stages.append(stage)
+
+    monkeypatch.setattr(runner.ProgressReporter, "__call__", spy)
+    client = demucs_app.test_client()
+    headers = register_and_login(client)
+    job = _submit(
+        client, headers, (SPEECH / "clip5.wav").read_bytes(), "clip5.wav",
+        isolate_vocals=True, separation_model="mdx",
+    )  # fmt: skip
+    job = client.get(job["url"], headers=headers).json
+    assert job["status"] == "succeeded", job
+    assert job["params"]["separation_model"] == "mdx"
+    assert stages.index("separating") < stages.index("transcribing")
+    assert job["progress"] == 1.0
+    assert isinstance(job["result"]["text"], str)
+    assert job["result"]["files"] == []  # the vocals were an intermediate step
+    folder = Path(demucs_app.config["DATA_DIR"]) / "jobs" / job["id"] / "results"
+    assert list(folder.rglob("*.wav")) == []
+
+
+def test_isolate_vocals_needs_a_vocals_stem(demucs_app: Flask) -> None:
+    client = demucs_app.test_client()
+    headers = register_and_login(client)
+    response = client.post(
+        "/api/v1/transcriptions",
+        data={"file": (io.BytesIO(wav_bytes(sine_and_clicks())), "s.wav"), "isolate_vocals": "true",
+              "separation_model": "hpss"},
+        headers=headers,
+        content_type="multipart/form-data",
+    )  # fmt: skip
+    assert response.status_code == 422
+    assert "separation_model" in response.json["errors"]
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    """The app on a real loopback port (the OpenAI SDK speaks HTTP)."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_openai_sdk_against_the_compatible_route(client: FlaskClient, live_server: str) -> None:
+    import openai
+
+    token = register_and_login(client)["Authorization"].split()[1]
+    sdk = openai.OpenAI(base_url=f"{live_server}/v1", api_key=token, max_retries=0)
+    clip = SPEECH / "clip4.m4a"
+    reference = REFERENCES["clip4.m4a"]
+
+    with clip.open("rb") as fh:
+        plain = sdk.audio.transcriptions.create(model="whisper-1", file=fh)
+    assert wer(reference, plain.text) < 0.25
+
+    with clip.open("rb") as fh:
+        verbose = sdk.audio.transcriptions.create(
+            model="whisper-1", file=fh, response_format="verbose_json",
+            timestamp_granularities=["word", "segment"], language="en",
+        )  # fmt: skip
+    assert verbose.language == "english"
+    assert verbose.duration > 4
+    assert verbose.words and verbose.words[0].start <= verbose.words[-1].start
+    assert verbose.segments and verbose.segments[0].text.strip()
+
+    with clip.open("rb") as fh:
+        srt = sdk.audio.transcriptions.create(model="tiny.en", file=fh, response_format="srt")
+    assert srt.startswith("1\n00:00:")
+    with clip.open("rb") as fh:
+        text = sdk.audio.transcriptions.create(model="whisper-1", file=fh, response_format="text")
+    assert wer(reference, text) < 0.25
+
+    with clip.open("rb") as fh, pytest.raises(openai.UnprocessableEntityError):
+        sdk.audio.translations.create(model="whisper-1", file=fh)  # tiny.en cannot translate
+    with clip.open("rb") as fh, pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(
+            base_url=f"{live_server}/v1", api_key="nope", max_retries=0
+        ).audio.transcriptions.create(model="whisper-1", file=fh)
+
+
+def test_openai_route_answers_202_when_the_job_outlasts_the_wait(
+    queued_app: Flask,
+) -> None:
+    queued_app.config["OPENAI_WAIT_SECONDS"] = 0.3
+    client = queued_app.test_client()
+    headers = register_and_login(client)
+    response = client.post(
+        "/v1/audio/transcriptions",
+        data={"file": ((SPEECH / "clip1.mp3").open("rb"), "c.mp3"), "model": "whisper-1"},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202
+    assert response.json["status"] == "queued"
+    assert response.headers["Location"] == response.json["url"]
+    assert client.get(response.json["url"], headers=headers).json["kind"] == "transcription"
