@@ -52,6 +52,7 @@ __all__ = [
     "encode",
     "iter_decode",
     "probe",
+    "read_tags",
 ]
 
 CONTENT_TYPES: dict[str, str] = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
@@ -191,6 +192,24 @@ def _open(path: str) -> av.container.InputContainer:
         raise _unsupported() from exc
     except _AV_ERRORS as exc:
         raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
+
+
+def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Title, artist and album from the file's metadata (container or stream
+    tags, keys lower-cased), so derived files can carry them on."""
+    wanted = ("title", "artist", "album")
+    try:
+        with _open(os.fspath(path)) as container:
+            found: dict[str, str] = {}
+            sources = [container.metadata] + [s.metadata for s in container.streams.audio]
+            for metadata in sources:
+                for key, value in (metadata or {}).items():
+                    key = key.lower()
+                    if key in wanted and value and key not in found:
+                        found[key] = str(value)[:500]
+            return found
+    except (AudioError, *_AV_ERRORS):
+        return {}
 
 
 def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:

@@ -41,7 +41,7 @@ def celery_init_app(app: Flask) -> Celery:
 
     kombu_sqla.Transport.polling_interval = 0.1
 
-    from app.tasks import separation, transcription  # noqa: F401  (register shared tasks)
+    from app.tasks import pipelines, separation, transcription  # noqa: F401  (register tasks)
 
     _connect_worker_signals(app)
     return celery_app

@@ -178,6 +178,9 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
             "app.tasks.separation.*": {"queue": "separation"},
             "app.tasks.transcription.*": {"queue": "transcription"},
             "app.tasks.generation.*": {"queue": "generation"},
+            # Pipelines go where their heaviest step runs.
+            "app.tasks.pipelines.karaoke": {"queue": "separation"},
+            "app.tasks.pipelines.analyze": {"queue": "transcription"},
         },
         "worker_hijack_root_logger": False,
         "broker_connection_timeout": 2,

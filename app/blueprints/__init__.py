@@ -37,6 +37,7 @@ def register_blueprints(app: Flask, api: Api) -> None:
         auth,
         health,
         jobs,
+        karaoke,
         models,
         openai_audio,
         pages,
@@ -49,7 +50,7 @@ def register_blueprints(app: Flask, api: Api) -> None:
     )
     # The job result's documented shape (its field is computed per job kind).
     api.spec.components.schema("Result", schema=jobs.ResultSchema)
-    for module in (auth, jobs, separations, transcriptions, models):
+    for module in (auth, jobs, separations, transcriptions, karaoke, models):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
     api.register_blueprint(openai_audio.blp, url_prefix="/v1/audio")
     api.register_blueprint(health.blp)

@@ -22,7 +22,7 @@ from app.services import jobs as job_service
 PREFIX = "/jobs"
 blp = Blueprint("jobs", __name__, description="Jobs of every kind: poll, cancel, download.")
 BEARER = [{"bearerAuth": []}]
-KINDS = ("separation", "transcription", "generation")
+KINDS = ("separation", "transcription", "karaoke", "analysis", "generation")
 
 
 class JobErrorSchema(Schema):

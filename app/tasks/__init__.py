@@ -6,10 +6,11 @@ from celery import Task
 
 
 def task_for_kind(kind: str) -> Task:
-    from app.tasks import separation, transcription
+    from app.tasks import pipelines, separation, transcription
 
     tasks: dict[str, Task] = {
         "separation": separation.separate,
         "transcription": transcription.transcribe,
+        "karaoke": pipelines.make_karaoke,
     }
     return tasks[kind]
