@@ -28,3 +28,9 @@ class FileUpload(Upload):
         if not isinstance(value, FileStorage):
             raise ValidationError("Must be a file: send it as a multipart file part.")
         return value
+
+
+def check_output_format(data: dict[str, Any]) -> None:
+    """Format options that cannot go together (schemas call this in ``validates_schema``)."""
+    if data.get("output_format") == "flac" and data.get("bit_depth") == "32f":
+        raise ValidationError("FLAC stores 16 or 24 bits; use wav for 32f.", "bit_depth")

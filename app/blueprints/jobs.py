@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -323,3 +323,31 @@ def get_transcript(query: dict[str, Any], job_id: str) -> Response:
             f"{stem}.{transcripts.EXTENSIONS[fmt]}"
         )
     return response
+
+
+Submit = Callable[[Any, dict[str, Any], Any, str | None], Job]
+
+
+def upload_route(
+    blp: Blueprint, schema: type, submit: Submit, *, summary: str, description: str
+) -> Callable:
+    """``POST`` on the blueprint's root: a multipart upload that starts a job.
+
+    Every job kind is created the same way: validate the form (file included)
+    with ``schema``, hand the file stream to the kind's ``submit`` service, and
+    answer ``202`` with the job and its ``Location``.
+    """
+
+    @blp.route("", methods=["POST"])
+    @jwt_required()
+    @blp.arguments(schema, location="multipart")
+    @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+    @blp.alt_response(413, description="The upload is larger than MAX_UPLOAD_MB.")
+    @blp.alt_response(415, description="The upload is not audio.")
+    @blp.doc(security=BEARER, summary=summary, description=description)
+    def create(form: dict[str, Any]) -> tuple[Job, int, dict[str, str]]:
+        upload = form.pop("file")
+        job = submit(current_user, form, upload.stream, upload.filename)
+        return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+    return create

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, url_for
-from flask_jwt_extended import current_user, jwt_required
+from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app import audio
 from app.blueprints import Blueprint
-from app.blueprints.fields import FileUpload
-from app.blueprints.jobs import BEARER, JobSchema
+from app.blueprints.fields import FileUpload, check_output_format
+from app.blueprints.jobs import upload_route
 from app.blueprints.transcriptions import LANGUAGES, _known_separator, _known_whisper
 from app.models import registry
-from app.records import Job
 from app.services import karaoke
 
 PREFIX = "/karaoke"
@@ -38,6 +36,10 @@ class KaraokeFormSchema(Schema):
         validate=validate.OneOf(LANGUAGES),
         metadata={"description": "Language of the lyrics; detected when left out."},
     )
+    analyze = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Also analyse the song: key, tempo, beats, loudness."},
+    )
     output_format = fields.String(
         load_default="mp3",
         validate=validate.OneOf(audio.OUTPUT_FORMATS),
@@ -53,8 +55,7 @@ class KaraokeFormSchema(Schema):
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("output_format") == "flac" and data.get("bit_depth") == "32f":
-            raise ValidationError("FLAC stores 16 or 24 bits; use wav for 32f.", "bit_depth")
+        check_output_format(data)
         name = data.get("separation_model") or registry.DEFAULTS["separation"]
         entry = registry.describe("separation", name, current_app.config)
         if entry and entry.get("stems") and "vocals" not in entry["stems"]:
@@ -64,14 +65,11 @@ class KaraokeFormSchema(Schema):
             raise ValidationError(f"{whisper} is English-only.", "language")
 
 
-@blp.route("", methods=["POST"])
-@jwt_required()
-@blp.arguments(KaraokeFormSchema, location="multipart")
-@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
-@blp.alt_response(413, description="The upload is larger than MAX_UPLOAD_MB.")
-@blp.alt_response(415, description="The upload is not audio.")
-@blp.doc(
-    security=BEARER,
+create_karaoke = upload_route(
+    blp,
+    KaraokeFormSchema,
+    karaoke.submit,
+    summary="Start a karaoke job.",
     description=(
         "One job: separate the vocals, transcribe them with word timings, build lyric lines. "
         "Result files: `instrumental.<fmt>`, `vocals.<fmt>`, `instrumental.mp3` with the "
@@ -80,8 +78,3 @@ class KaraokeFormSchema(Schema):
         "A song without vocals succeeds with `result.has_vocals = false` and empty lyrics."
     ),
 )
-def create_karaoke(form: dict[str, Any]) -> tuple[Job, int, dict]:
-    """Start a karaoke job."""
-    upload = form.pop("file")
-    job = karaoke.submit(current_user, form, upload.stream, upload.filename)
-    return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, url_for
-from flask_jwt_extended import current_user, jwt_required
+from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from webargs.fields import DelimitedList
 
 from app import audio
 from app.blueprints import Blueprint
-from app.blueprints.fields import FileUpload
-from app.blueprints.jobs import BEARER, JobSchema
+from app.blueprints.fields import FileUpload, check_output_format
+from app.blueprints.jobs import upload_route
 from app.models import registry
-from app.records import Job
 from app.services import separation
 
 PREFIX = "/separations"
@@ -79,6 +77,10 @@ class SeparationFormSchema(Schema):
             "example": "rescale",
         },
     )
+    analyze = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Also analyse the song: key, tempo, beats, loudness."},
+    )
     output_format = fields.String(
         load_default="wav",
         validate=validate.OneOf(audio.OUTPUT_FORMATS),
@@ -97,8 +99,7 @@ class SeparationFormSchema(Schema):
 
     @validates_schema
     def _check_combinations(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("output_format") == "flac" and data.get("bit_depth") == "32f":
-            raise ValidationError("FLAC stores 16 or 24 bits; use wav for 32f.", "bit_depth")
+        check_output_format(data)
         name = data.get("model") or registry.DEFAULTS["separation"]
         entry = registry.describe("separation", name, current_app.config)
         if entry is None:
@@ -121,14 +122,11 @@ class SeparationFormSchema(Schema):
             raise ValidationError(f"At most {bound:g} s for {name}.", "segment")
 
 
-@blp.route("", methods=["POST"])
-@jwt_required()
-@blp.arguments(SeparationFormSchema, location="multipart")
-@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
-@blp.alt_response(413, description="The upload is larger than MAX_UPLOAD_MB.")
-@blp.alt_response(415, description="The upload is not audio.")
-@blp.doc(
-    security=BEARER,
+create_separation = upload_route(
+    blp,
+    SeparationFormSchema,
+    separation.submit,
+    summary="Start a separation job.",
     description=(
         "Upload audio as multipart field `file`; the job runs in the background. Poll the "
         "`Location` URL until `status` is `succeeded`, then download `result.files[].url` "
@@ -137,8 +135,3 @@ class SeparationFormSchema(Schema):
         "http://localhost:5000/api/v1/separations\n```"
     ),
 )
-def create_separation(form: dict[str, Any]) -> tuple[Job, int, dict]:
-    """Start a separation job."""
-    upload = form.pop("file")
-    job = separation.submit(current_user, form, upload.stream, upload.filename)
-    return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

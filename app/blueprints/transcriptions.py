@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from faster_whisper.tokenizer import _LANGUAGE_CODES
-from flask import current_app, url_for
-from flask_jwt_extended import current_user, jwt_required
+from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
-from app.blueprints.jobs import BEARER, JobSchema
+from app.blueprints.jobs import upload_route
 from app.models import registry, whisper_engine
-from app.records import Job
 from app.services import transcription
 
 PREFIX = "/transcriptions"
@@ -123,14 +121,11 @@ def check_english_only(data: dict[str, Any]) -> None:
             raise ValidationError(f"{name} is English-only.", "language")
 
 
-@blp.route("", methods=["POST"])
-@jwt_required()
-@blp.arguments(TranscriptionFormSchema, location="multipart")
-@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
-@blp.alt_response(413, description="The upload is larger than MAX_UPLOAD_MB.")
-@blp.alt_response(415, description="The upload is not audio.")
-@blp.doc(
-    security=BEARER,
+create_transcription = upload_route(
+    blp,
+    TranscriptionFormSchema,
+    transcription.submit,
+    summary="Start a transcription job.",
     description=(
         "Upload audio as multipart field `file`. When the job has succeeded its `result` holds "
         "`text`, `language`, `duration`, `segments` (and `words` with `word_timestamps`), and "
@@ -139,8 +134,3 @@ def check_english_only(data: dict[str, Any]) -> None:
         "-F word_timestamps=true http://localhost:5000/api/v1/transcriptions\n```"
     ),
 )
-def create_transcription(form: dict[str, Any]) -> tuple[Job, int, dict]:
-    """Start a transcription job."""
-    upload = form.pop("file")
-    job = transcription.submit(current_user, form, upload.stream, upload.filename)
-    return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

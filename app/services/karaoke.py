@@ -122,10 +122,15 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
                 "vad_filter": True,
                 "condition_on_previous_text": False,
             },
-            SubProgress(report, 0.6, 0.95),
+            SubProgress(report, 0.6, 0.9),
         )
         language = result.get("language") or language
         words = result.get("words", [])
+    song_analysis = None
+    if params.get("analyze"):
+        from app.services.analysis import analyze_path
+
+        song_analysis = analyze_path(source, SubProgress(report, 0.9, 0.95))
 
     report.stage("packaging", 0.95)
     lines = package_lyrics(
@@ -170,6 +175,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         "lines": [line.to_dict(with_words=False) for line in lines],
         "tags": tags,
         "device": device,
+        **({"analysis": song_analysis} if song_analysis is not None else {}),
     }
 
 

@@ -26,7 +26,7 @@ from app.models import demucs_engine, registry
 from app.models.windowing import separate_in_windows
 from app.records import Job, User
 from app.services import jobs
-from app.services.runner import Attempt, Progress, ProgressReporter, execute
+from app.services.runner import Attempt, Progress, ProgressReporter, SubProgress, execute
 
 log = logging.getLogger(__name__)
 
@@ -316,20 +316,28 @@ def describe_files(names: list[str], paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
+    params = job.params or {}
+    source = storage.input_path(job.id)
+    analyze = bool(params.get("analyze"))
     names, paths, rate, device = separate_file(
-        storage.input_path(job.id),
+        source,
         job.input or {},
         job.engine,
-        job.params or {},
+        params,
         attempt.workdir,
-        report,
+        SubProgress(report, 0.0, 0.9) if analyze else report,
     )
-    return {
+    result: dict[str, Any] = {
         "files": describe_files(names, paths),
         "stems": names,
         "sample_rate": rate,
         "device": device,
     }
+    if analyze:
+        from app.services.analysis import analyze_path
+
+        result["analysis"] = analyze_path(source, SubProgress(report, 0.9, 1.0))
+    return result
 
 
 def run_job(job_id: str) -> str | None:

@@ -12,5 +12,6 @@ def task_for_kind(kind: str) -> Task:
         "separation": separation.separate,
         "transcription": transcription.transcribe,
         "karaoke": pipelines.make_karaoke,
+        "analysis": pipelines.analyze,
     }
     return tasks[kind]
