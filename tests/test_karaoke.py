@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -219,3 +220,39 @@ def test_karaoke_options_are_validated(demucs_app: Flask) -> None:
         )
         assert response.status_code == 422, (field, response.json)
         assert field in response.json["errors"]
+
+
+def test_title_and_artist_are_carried_over(demucs_app: Flask, tmp_path: Path) -> None:
+    import av
+    from mutagen.id3 import ID3
+
+    from tests.conftest import SR
+
+    path = tmp_path / "tagged.mp3"
+    with av.open(str(path), "w") as out:
+        out.metadata["title"] = "Rain Song"
+        out.metadata["artist"] = "The Testers"
+        stream = out.add_stream("mp3", rate=SR)
+        stream.layout = "stereo"
+        signal = sine_and_clicks(seconds=2.0)
+        for start in range(0, signal.shape[1], 1152):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(signal[:, start : start + 1152]),
+                format="fltp",
+                layout="stereo",
+            )
+            frame.sample_rate = SR
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    client = demucs_app.test_client()
+    headers = register_and_login(client)
+    job = _karaoke(client, headers, path.read_bytes(), "tagged.mp3", separation_model="mdx")
+    assert job["status"] == "succeeded", job
+    assert job["result"]["tags"] == {"title": "Rain Song", "artist": "The Testers"}
+    entry = next(f for f in job["result"]["files"] if f["name"] == "instrumental.mp3")
+    mp3 = tmp_path / "out.mp3"
+    mp3.write_bytes(client.get(entry["url"], headers=headers).data)
+    tags = ID3(mp3)
+    assert str(tags["TIT2"]) == "Rain Song" and str(tags["TPE1"]) == "The Testers"
