@@ -41,7 +41,12 @@ def celery_init_app(app: Flask) -> Celery:
 
     kombu_sqla.Transport.polling_interval = 0.1
 
-    from app.tasks import pipelines, separation, transcription  # noqa: F401  (register tasks)
+    from app.tasks import (  # noqa: F401  (register the shared tasks)
+        generation,
+        pipelines,
+        separation,
+        transcription,
+    )
 
     _connect_worker_signals(app)
     return celery_app

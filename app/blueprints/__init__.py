@@ -36,6 +36,7 @@ def register_blueprints(app: Flask, api: Api) -> None:
     from app.blueprints import (
         analyses,
         auth,
+        generations,
         health,
         jobs,
         karaoke,
@@ -51,7 +52,18 @@ def register_blueprints(app: Flask, api: Api) -> None:
     )
     # The job result's documented shape (its field is computed per job kind).
     api.spec.components.schema("Result", schema=jobs.ResultSchema)
-    for module in (auth, jobs, separations, transcriptions, karaoke, analyses, models):
+    api.spec.components.schema("Generation", schema=generations.GenerationSchema)
+    api.spec.components.schema("GenerationForm", schema=generations.GenerationFormSchema)
+    for module in (
+        auth,
+        jobs,
+        separations,
+        transcriptions,
+        karaoke,
+        analyses,
+        generations,
+        models,
+    ):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
     api.register_blueprint(openai_audio.blp, url_prefix="/v1/audio")
     api.register_blueprint(health.blp)

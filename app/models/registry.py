@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.models import demucs_engine, whisper_engine
+from app.models import demucs_engine, musicgen_engine, whisper_engine
 
-DEFAULTS: dict[str, str] = {"separation": "htdemucs", "transcription": whisper_engine.DEFAULT_MODEL}
+DEFAULTS: dict[str, str] = {
+    "separation": "htdemucs",
+    "transcription": whisper_engine.DEFAULT_MODEL,
+    "generation": musicgen_engine.DEFAULT_MODEL,
+}
 
 HPSS = {
     "kind": "separation",
@@ -42,6 +46,7 @@ def catalogue(config: dict[str, Any]) -> list[dict[str, Any]]:
         dict(HPSS),
         *demucs_engine.catalogue(config),
         *whisper_engine.catalogue(config),
+        *musicgen_engine.catalogue(config),
     ]
     for entry in entries:
         entry["default"] = DEFAULTS.get(entry["kind"]) == entry["name"]
@@ -92,6 +97,20 @@ def transcription_model(
     return model, device, compute_type
 
 
+def generation_models(config: dict[str, Any]) -> set[str]:
+    return musicgen_engine.known_names(config)
+
+
+def generation_model(name: str, config: dict[str, Any]) -> Any:
+    """A MusicGen model from this process's cache (loaded on first use)."""
+    from app.models.cache import get_cache, resolve_device
+
+    device = resolve_device(config["MODEL_DEVICE"])
+    return get_cache(config).get(
+        ("generation", name, device), lambda: musicgen_engine.load(name, config, device)
+    )
+
+
 def preload(name: str, config: dict[str, Any]) -> None:
     """Load a model into this process's cache ahead of the first job."""
     if name == "hpss":
@@ -100,5 +119,7 @@ def preload(name: str, config: dict[str, Any]) -> None:
         separation_model(name, config)
     elif name in whisper_engine.known_names(config):
         transcription_model(name, None, config)
+    elif name in musicgen_engine.known_names(config):
+        generation_model(name, config)
     else:
         raise ValueError(f"unknown model {name!r} in PRELOAD_MODELS")

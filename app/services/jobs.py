@@ -70,24 +70,26 @@ def submit(
     kind: str,
     engine: str,
     params: dict[str, Any],
-    upload: IO[bytes],
+    upload: IO[bytes] | None,
     filename: str | None,
 ) -> Job:
-    """Accept a job: store its input, commit its row, then enqueue it.
+    """Accept a job: store its input (if it has one), commit its row, then enqueue it.
 
     The row and the input are durable before the message is published, so a
     job the client was told about can always be found. If the broker refuses
     the message the job is marked failed (never left queued with no message)
     and the client gets a 503.
     """
-    path, meta = store_upload(upload, filename)
     job_id = str(uuid.uuid4())
-    try:
-        storage.adopt_input(job_id, path, meta["format"] or "bin")
-    except BaseException:
-        path.unlink(missing_ok=True)
-        storage.remove_job_files(job_id)
-        raise
+    meta = None
+    if upload is not None:
+        path, meta = store_upload(upload, filename)
+        try:
+            storage.adopt_input(job_id, path, meta["format"] or "bin")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            storage.remove_job_files(job_id)
+            raise
     ttl = timedelta(hours=float(current_app.config["RESULT_TTL_HOURS"]))
     now = utcnow()
     job = Job(

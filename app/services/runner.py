@@ -197,7 +197,10 @@ def _commit(
     job: Job, attempt: Attempt, outcome: dict[str, Any], run_seconds: float, device: str
 ) -> str:
     started = job.started_at or utcnow()
-    audio_seconds = float((job.input or {}).get("duration") or 0.0)
+    # Audio processed: the input's length, or what a generator says it made.
+    audio_seconds = float(
+        outcome.pop("audio_seconds", None) or (job.input or {}).get("duration") or 0.0
+    )
     metrics = {
         "queue_seconds": round((started - job.created_at).total_seconds(), 3),
         "run_seconds": round(run_seconds, 3),

@@ -6,12 +6,13 @@ from celery import Task
 
 
 def task_for_kind(kind: str) -> Task:
-    from app.tasks import pipelines, separation, transcription
+    from app.tasks import generation, pipelines, separation, transcription
 
     tasks: dict[str, Task] = {
         "separation": separation.separate,
         "transcription": transcription.transcribe,
         "karaoke": pipelines.make_karaoke,
         "analysis": pipelines.analyze,
+        "generation": generation.generate,
     }
     return tasks[kind]

@@ -1,0 +1,117 @@
+"""Generation jobs: new music from a text prompt (MusicGen)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app, request, url_for
+from flask_jwt_extended import current_user, jwt_required
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from app import audio
+from app.blueprints import Blueprint
+from app.blueprints.fields import FileUpload, check_output_format
+from app.blueprints.jobs import BEARER, JobSchema
+from app.models import registry
+from app.records import Job
+from app.services import generation
+
+PREFIX = "/generations"
+blp = Blueprint("generations", __name__, description="New music from a text prompt (MusicGen).")
+
+
+def _known_generator(name: str) -> None:
+    if name not in registry.generation_models(current_app.config):
+        raise ValidationError("Unknown model; GET /api/v1/models lists them.")
+
+
+class GenerationSchema(Schema):
+    prompt = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=500),
+        metadata={"example": "upbeat synthwave with a driving bassline"},
+    )
+    duration = fields.Float(
+        load_default=8.0,
+        validate=validate.Range(min=1.0, max=120.0),
+        metadata={"description": "Seconds (1-120); past 30 s it is generated in windows."},
+    )
+    model = fields.String(
+        load_default=None,
+        validate=_known_generator,
+        metadata={
+            "description": "Default facebook/musicgen-small.",
+            "example": "facebook/musicgen-small",
+        },
+    )
+    guidance_scale = fields.Float(load_default=3.0, validate=validate.Range(min=0.0, max=20.0))
+    temperature = fields.Float(load_default=1.0, validate=validate.Range(min=0.0, max=5.0))
+    top_k = fields.Integer(load_default=250, validate=validate.Range(min=0, max=2048))
+    top_p = fields.Float(load_default=0.0, validate=validate.Range(min=0.0, max=1.0))
+    seed = fields.Integer(
+        load_default=None,
+        validate=validate.Range(min=0, max=2**63 - 1),
+        metadata={"description": "Same seed, parameters and model give the same audio."},
+    )
+    output_format = fields.String(load_default="wav", validate=validate.OneOf(audio.OUTPUT_FORMATS))
+    bit_depth = fields.String(load_default="16", validate=validate.OneOf(audio.BIT_DEPTHS))
+    mp3_bitrate = fields.Integer(load_default=320, validate=validate.OneOf(audio.MP3_BITRATES))
+
+    @validates_schema
+    def _check(self, data: dict[str, Any], **_: Any) -> None:
+        check_output_format(data)
+
+
+class GenerationFormSchema(GenerationSchema):
+    melody = FileUpload(
+        metadata={"description": "Audio whose melody (chroma) conditions a melody model."}
+    )
+    continuation = FileUpload(metadata={"description": "Audio the model continues."})
+
+    @validates_schema
+    def _one_audio(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("melody") and data.get("continuation"):
+            raise ValidationError("Give melody or continuation, not both.", "continuation")
+        if data.get("melody"):
+            name = data.get("model") or registry.DEFAULTS["generation"]
+            entry = registry.describe("generation", name, current_app.config)
+            if entry is not None and not entry.get("melody"):
+                raise ValidationError(f"{name} takes no melody; use a -melody model.", "melody")
+
+
+@blp.route("", methods=["POST"])
+@jwt_required()
+@blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
+@blp.alt_response(422, description="Invalid fields.")
+@blp.doc(
+    security=BEARER,
+    requestBody={
+        "required": True,
+        "content": {
+            "application/json": {"schema": "Generation"},
+            "multipart/form-data": {"schema": "GenerationForm"},
+        },
+    },
+    description=(
+        "JSON body, or multipart with the same fields plus `melody` (melody models) or "
+        "`continuation` (an audio prompt the model continues; the result starts with it). "
+        "The result holds `generated.<format>` and `parameters`, the values actually used "
+        "(including the seed drawn when none was given)."
+    ),
+)
+def create_generation() -> tuple[Job, int, dict]:
+    """Start a generation job."""
+    parser = Blueprint.ARGUMENTS_PARSER
+    if request.mimetype == "multipart/form-data":
+        data = parser.parse(GenerationFormSchema(), request, location="multipart")
+    else:
+        data = parser.parse(GenerationSchema(), request, location="json")
+    upload = None
+    for role in ("melody", "continuation"):
+        if data.get(role) is not None:
+            upload = data.pop(role)
+            data["input_role"] = role
+    job = generation.submit(
+        current_user, data, upload.stream if upload else None, upload.filename if upload else None
+    )
+    return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}

@@ -1,0 +1,90 @@
+"""Generation jobs: MusicGen from a text prompt, optionally a melody or an audio prompt."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+import numpy as np
+from flask import current_app
+
+from app import audio, storage
+from app.models import musicgen_engine, registry
+from app.records import Job, User
+from app.services import jobs
+from app.services.runner import Attempt, ProgressReporter, execute
+
+KIND = "generation"
+SAMPLING = ("guidance_scale", "temperature", "top_k", "top_p", "extend_stride")
+
+
+def submit(
+    owner: User,
+    params: dict[str, Any],
+    upload: IO[bytes] | None = None,
+    filename: str | None = None,
+) -> Job:
+    """Queue a generation; ``upload`` is the melody or continuation audio, if any."""
+    name = params.get("model") or registry.DEFAULTS[KIND]
+    params = {k: v for k, v in {**params, "model": name}.items() if v is not None}
+    return jobs.submit(owner, KIND, name, params, upload, filename)
+
+
+def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
+    config = current_app.config
+    params = job.params or {}
+    report.stage("loading_model", 0.0)
+    loaded = registry.generation_model(job.engine, config)
+    conditioning: dict[str, Any] = {}
+    role = params.get("input_role")
+    if role:
+        samples, rate = audio.decode(
+            storage.input_path(job.id), max_seconds=float(config["MAX_AUDIO_SECONDS"])
+        )
+        conditioning[role] = (samples, rate)
+    report.stage("generating", 0.02)
+    out, rate, used = musicgen_engine.generate(
+        loaded,
+        prompt=params["prompt"],
+        duration=float(params["duration"]),
+        seed=params.get("seed"),
+        progress=lambda f: report(0.02 + 0.88 * f),
+        **{k: params[k] for k in SAMPLING if k in params},
+        **conditioning,
+    )
+    report.stage("encoding", 0.9)
+    peak = float(np.max(np.abs(out), initial=0.0))
+    if peak > 1.0:  # never clip: scale down like the demucs "rescale" clip mode
+        out = out / (1.01 * peak)
+    fmt = params.get("output_format", "wav")
+    path = attempt.workdir / f"generated.{fmt}"
+    audio.encode(
+        out,
+        rate,
+        path,
+        format=fmt,
+        bit_depth=str(params.get("bit_depth", "16")),
+        mp3_bitrate=int(params.get("mp3_bitrate", 320)),
+    )
+    written = audio.probe(path)
+    used = {**used, "model": job.engine, "prompt": params["prompt"]}
+    return {
+        "files": [
+            {
+                "name": path.name,
+                "size": path.stat().st_size,
+                "content_type": audio.CONTENT_TYPES[fmt],
+                "duration": round(written.duration, 3),
+                "sample_rate": written.sample_rate,
+                "channels": written.channels,
+            }
+        ],
+        "parameters": used,
+        "sample_rate": rate,
+        "duration": round(out.shape[-1] / rate, 3),
+        "device": loaded.device,
+        "audio_seconds": out.shape[-1] / rate,
+    }
+
+
+def run_job(job_id: str) -> str | None:
+    return execute(job_id, run)
