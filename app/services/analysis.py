@@ -7,7 +7,7 @@ from typing import IO, Any
 
 from flask import current_app
 
-from app import analysis, storage
+from app import storage
 from app.records import Job, User
 from app.services import jobs
 from app.services.runner import Attempt, Progress, ProgressReporter, execute
@@ -22,6 +22,8 @@ def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str
 def analyze_path(path: Path, report: Progress) -> dict[str, Any]:
     """The analysis block for one file; also added to separation and karaoke
     results when they ask for ``analyze=true``."""
+    from app import analysis  # scipy.signal and pyloudnorm: only in processes that analyse
+
     report.stage("analysing")
     return analysis.analyze_file(
         path, max_seconds=float(current_app.config["MAX_AUDIO_SECONDS"]), progress=report
