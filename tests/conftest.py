@@ -131,3 +131,23 @@ def demucs_app(tmp_path: Path, models_dir: Path) -> Iterator[Flask]:
     app = make_app(tmp_path / "data", MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=False)
     app.extensions["celery"].conf.task_always_eager = True
     yield app
+
+
+@pytest.fixture
+def progress_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str | None]]:
+    """Every progress report of the jobs run in the test, as (progress, stage).
+
+    Reports are forced through to the database (no throttling), so tests see
+    each step and a cancel takes effect at the very next one.
+    """
+    from app.services import runner
+
+    seen: list[tuple[float, str | None]] = []
+    original = runner.ProgressReporter.__call__
+
+    def spy(self, progress, stage=None, *, force=False):  # type: ignore[no-untyped-def]
+        original(self, progress, stage, force=True)
+        seen.append((self.progress, stage))
+
+    monkeypatch.setattr(runner.ProgressReporter, "__call__", spy)
+    return seen

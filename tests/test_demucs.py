@@ -158,18 +158,9 @@ def test_missing_weights_with_downloads_allowed_but_no_network(tmp_path: Path) -
 
 
 def test_progress_is_monotonic_through_the_stages(
-    demucs_app: Flask, client: FlaskClient, headers: dict, monkeypatch: pytest.MonkeyPatch
+    client: FlaskClient, headers: dict, progress_log: list
 ) -> None:
-    from app.services import runner
-
-    seen: list[tuple[float, str | None]] = []
-    original = runner.ProgressReporter.__call__
-
-    def spy(self, progress, stage=None, *, force=False):  # type: ignore[no-untyped-def]
-        original(self, progress, stage, force=True)
-        seen.append((self.progress, stage))
-
-    monkeypatch.setattr(runner.ProgressReporter, "__call__", spy)
+    seen = progress_log
     song = wav_bytes(sine_and_clicks(seconds=6.0))
     job = _separate(client, headers, song, model="mdx", segment=2, overlap=0.25)
     assert job["status"] == "succeeded", job

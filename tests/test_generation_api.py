@@ -121,18 +121,12 @@ def test_melody_and_continuation_uploads(client: FlaskClient, headers: dict) -> 
 
 
 def test_progress_stages_and_cancel(
-    gen_app: Flask, client: FlaskClient, headers: dict, monkeypatch: pytest.MonkeyPatch
+    client: FlaskClient, headers: dict, monkeypatch: pytest.MonkeyPatch, progress_log: list
 ) -> None:
     from app.services import jobs, runner
 
-    seen: list[tuple[float, str | None]] = []
+    seen = progress_log
     original = runner.ProgressReporter.__call__
-
-    def spy(self, progress, stage=None, *, force=False):  # type: ignore[no-untyped-def]
-        original(self, progress, stage, force=True)
-        seen.append((self.progress, stage))
-
-    monkeypatch.setattr(runner.ProgressReporter, "__call__", spy)
     job = _generate(client, headers, prompt="slow", duration=2.0, seed=1)
     assert job["status"] == "succeeded"
     values = [p for p, _ in seen]

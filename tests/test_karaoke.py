@@ -141,17 +141,8 @@ def _karaoke(client: FlaskClient, headers: dict, data: bytes, name: str, **form)
     return client.get(response.headers["Location"], headers=headers).json
 
 
-def test_karaoke_pipeline(demucs_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.services import runner
-
-    seen: list[tuple[float, str | None]] = []
-    original = runner.ProgressReporter.__call__
-
-    def spy(self, progress, stage=None, *, force=False):  # type: ignore[no-untyped-def]
-        original(self, progress, stage, force=force)
-        seen.append((self.progress, stage))
-
-    monkeypatch.setattr(runner.ProgressReporter, "__call__", spy)
+def test_karaoke_pipeline(demucs_app: Flask, progress_log: list) -> None:
+    seen = progress_log
     client = demucs_app.test_client()
     headers = register_and_login(client)
     job = _karaoke(

@@ -190,3 +190,13 @@ def test_purge_command(runner) -> None:  # type: ignore[no-untyped-def]
     result = runner.invoke(args=["jobs", "purge-expired"])
     assert result.exit_code == 0
     assert "purged 0 expired job(s)" in result.output
+
+
+def test_security_headers_on_every_response(client: FlaskClient) -> None:
+    for path in ("/", "/docs", "/api/v1/models", "/api/v1/nothing", "/openapi.json"):
+        response = client.get(path)
+        assert response.headers["X-Content-Type-Options"] == "nosniff", path
+        assert response.headers["X-Frame-Options"] == "DENY", path
+        assert response.headers["Referrer-Policy"] == "no-referrer", path
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"], path
+    assert "script-src 'self'" in client.get("/docs").headers["Content-Security-Policy"]

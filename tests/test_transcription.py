@@ -170,19 +170,8 @@ def test_missing_whisper_weights_fail_with_model_unavailable(tmp_path: Path) -> 
 
 
 def test_isolate_vocals_runs_separation_then_transcription(
-    demucs_app: Flask, monkeypatch: pytest.MonkeyPatch
+    demucs_app: Flask, progress_log: list
 ) -> None:
-    from app.services import runner
-
-    stages: list[str] = []
-    original = runner.ProgressReporter.__call__
-
-    def spy(self, progress, stage=None, *, force=False):  # type: ignore[no-untyped-def]
-        original(self, progress, stage, force=force)
-        if stage:
-            stages.append(stage)
-
-    monkeypatch.setattr(runner.ProgressReporter, "__call__", spy)
     client = demucs_app.test_client()
     headers = register_and_login(client)
     job = _submit(
@@ -192,6 +181,7 @@ def test_isolate_vocals_runs_separation_then_transcription(
     job = client.get(job["url"], headers=headers).json
     assert job["status"] == "succeeded", job
     assert job["params"]["separation_model"] == "mdx"
+    stages = [stage for _, stage in progress_log if stage]
     assert stages.index("separating") < stages.index("transcribing")
     assert job["progress"] == 1.0
     assert isinstance(job["result"]["text"], str)
