@@ -200,3 +200,29 @@ def test_security_headers_on_every_response(client: FlaskClient) -> None:
         assert response.headers["Referrer-Policy"] == "no-referrer", path
         assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"], path
     assert "script-src 'self'" in client.get("/docs").headers["Content-Security-Policy"]
+
+
+def test_the_api_process_never_imports_torch(tmp_path: Path) -> None:
+    """Listing models and accepting jobs must not load torch (seconds, hundreds of MB)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import io, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from pathlib import Path
+from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+app = make_app(Path({str(tmp_path)!r}) / "d")
+client = app.test_client()
+headers = register_and_login(client)
+assert client.get("/api/v1/models").status_code == 200
+for path in ("/api/v1/separations", "/api/v1/karaoke", "/api/v1/transcriptions"):
+    form = {{"file": (io.BytesIO(wav_bytes(sine_and_clicks())), "s.wav")}}
+    response = client.post(path, data=form, headers=headers, content_type="multipart/form-data")
+    assert response.status_code == 202, response.json
+print("torch" in sys.modules, "transformers" in sys.modules)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split()[-2:] == ["False", "False"], out.stdout + out.stderr

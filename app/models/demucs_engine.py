@@ -113,9 +113,18 @@ def local_names(config: dict[str, Any]) -> dict[str, list[str]]:
     return names
 
 
+def hf_repo_name(name: str) -> str:
+    """demucs.hf.hf_repo_name, repeated here because importing demucs.hf imports
+    torch, which the API process (listing and validating models) never needs."""
+    if name == "htdemucs":
+        return "HTDemucs"
+    if name.startswith("htdemucs_"):
+        return "HTDemucs-" + name[len("htdemucs_") :]
+    return "Demucs-" + name
+
+
 def _in_hub_cache(name: str) -> bool:
     try:
-        from demucs.hf import hf_repo_name
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(f"adefossez/{hf_repo_name(name)}", f"{name}.yaml")

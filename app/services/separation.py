@@ -262,6 +262,10 @@ def separate_file(
     overlap = int(float(config["SEPARATION_OVERLAP_SECONDS"]) * plan.sample_rate)
     overlap = min(overlap, window // 2)
     total = int(float(info.get("duration") or 0.0) * plan.sample_rate)
+    if total <= window * 1.25:
+        # Slightly past one window: one pass costs less than a second, mostly
+        # empty window (the probe's duration is an estimate, hence the margin).
+        window = int(window * 1.25) + plan.sample_rate
 
     def separate(mix: np.ndarray, progress: Callable[[float], None]) -> np.ndarray:
         return pick(mix, plan.separate(mix, progress))
