@@ -365,10 +365,31 @@ def run_ours(
         cpu = {role: after[role] - before[role] for role in after}
         passes[label] = {"wall": wall, "jobs": jobs, "cpu": cpu}
         say(f"  ours, {label} pass: {wall:.2f} s")
-    loads = re.findall(
-        r"loaded transcription model (\S+) on (\S+) in ([\d.]+) s", tail(worker_log, 10**7)
-    )
-    return {**passes, "model_loads": loads}
+    text = tail(worker_log, 10**7)
+    loads = re.findall(r"loaded transcription model (\S+) on (\S+) in ([\d.]+) s", text)
+    return {**passes, "model_loads": loads, "first_job": first_job_timeline(text)}
+
+
+def first_job_timeline(log: str) -> dict[str, float] | None:
+    """From the worker log: the first task received -> model loaded -> faster-whisper
+    starts decoding -> task done (what the first pass pays beyond the second)."""
+    stamp = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO "
+    marks = {
+        "received": stamp + r"celery\.worker\.strategy: Task \S+ received",
+        "loaded": stamp + r"app\.models\.cache: loaded transcription model",
+        "transcribing": stamp + r"faster_whisper: Processing audio",
+        "done": stamp + r"celery\.app\.trace: Task \S+ succeeded",
+    }
+    found = {}
+    for key, pattern in marks.items():
+        match = re.search(pattern, log, re.MULTILINE)
+        if not match:
+            return None
+        found[key] = (
+            time.mktime(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S"))
+            + int(match.group(1)[20:]) / 1000
+        )
+    return found
 
 
 # --------------------------------------------------------------------------- report
@@ -496,6 +517,18 @@ def report(inputs: list[dict[str, Any]], direct: dict[str, Any], ours: dict[str,
         f"({', '.join(f'{name} on {dev} in {s} s' for name, dev, s in loads) or 'none logged'})"
         f"; second pass found the model resident: {'yes' if len(loads) == 1 else 'NO'}"
     )
+    timeline = ours["first_job"]
+    if timeline and loads:
+        load_s = float(loads[0][2])
+        before = timeline["loaded"] - timeline["received"] - load_s
+        say(
+            f"  first job, from the worker log: received -> model loaded"
+            f" {timeline['loaded'] - timeline['received']:.2f} s (the model load itself"
+            f" {load_s:.2f} s, before it {before:.2f} s: registry.transcription_model resolves"
+            " MODEL_DEVICE=auto by importing torch), -> transcribing"
+            f" {timeline['transcribing'] - timeline['loaded']:.2f} s, -> done"
+            f" {timeline['done'] - timeline['transcribing']:.2f} s"
+        )
 
     say("\n  Accuracy: WER against references.json (direct and ours should match)")
     say(f"  {'clip':{width}}{'direct':>8}{'ours-1st':>10}{'ours-2nd':>10}  same text  words d/1/2")
