@@ -524,8 +524,9 @@ def report(inputs: list[dict[str, Any]], direct: dict[str, Any], ours: dict[str,
         say(
             f"  first job, from the worker log: received -> model loaded"
             f" {timeline['loaded'] - timeline['received']:.2f} s (the model load itself"
-            f" {load_s:.2f} s, before it {before:.2f} s: registry.transcription_model resolves"
-            " MODEL_DEVICE=auto by importing torch), -> transcribing"
+            f" {load_s:.2f} s; before it {before:.2f} s: starting the job, and"
+            " registry.transcription_model importing torch to resolve MODEL_DEVICE=auto),"
+            " -> transcribing"
             f" {timeline['transcribing'] - timeline['loaded']:.2f} s, -> done"
             f" {timeline['done'] - timeline['transcribing']:.2f} s"
         )
