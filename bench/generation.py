@@ -2,8 +2,8 @@
 
 Run by hand (not part of the test suite), from the repository root:
 
-    .venv/bin/python bench/generation.py            # musicgen-small architecture (~10 min on 2 cores)
-    .venv/bin/python bench/generation.py --small    # 4 x 256 decoder: a quick run (~2 min)
+    .venv/bin/python bench/generation.py            # musicgen-small architecture (~5 min on 2 idle cores)
+    .venv/bin/python bench/generation.py --small    # 4 x 256 decoder: a quick run (~1 min)
     .venv/bin/python bench/generation.py --help
 
 Model: a randomly initialised MusicGen with the facebook/musicgen-small
@@ -606,7 +606,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "initialised musicgen-small (587 M-parameter architecture) saved as "
         "MODELS_DIR/musicgen/musicgen-small.",
         epilog="Goal: ours, second request (model resident) < 1.1 x direct. The full-size run "
-        "takes about 10 minutes on 2 free cores (~4 decoding steps/s with guidance, 253 steps "
+        "takes about 5 minutes on 2 idle cores (~3.6 decoding steps/s with guidance, 253 steps "
         "for 5 s, three generations) and ~3 GB of RAM per process holding the model.",
     )
     parser.add_argument(
