@@ -255,9 +255,9 @@ def run_direct(procs: Processes, work: Path, inputs: list[dict[str, Any]]) -> di
         cpu_before.ru_utime + cpu_before.ru_stime
     )
     say(
-        f"  direct: process {wall:.2f} s = interpreter + imports {result['import_seconds']:.2f} s"
-        f" + model load {result['load_seconds']:.2f} s"
-        f" + transcription {result['transcribe_seconds']:.2f} s"
+        f"  direct: process {wall:.2f} s: imports {result['import_seconds']:.2f} s,"
+        f" model load {result['load_seconds']:.2f} s,"
+        f" transcription {result['transcribe_seconds']:.2f} s (the rest: interpreter start, exit)"
     )
     return result
 
@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             report(inputs, direct, ours)
             status = 0
         except KeyboardInterrupt as exc:
-            say(f"\ninterrupted ({exc or 'Ctrl-C'}): stopping")
+            say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping")
             status = 130
         except RuntimeError as exc:
             say(f"\nFAILED: {exc}")
