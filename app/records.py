@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -36,8 +36,14 @@ class User(db.Model):
     email: Mapped[str] = mapped_column(String(254), unique=True, index=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Per-user quota overrides; None means the configured default applies.
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_storage_mb: Mapped[int | None] = mapped_column(Integer, default=None)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="owner", cascade="all, delete-orphan")
+    api_keys: Mapped[list[ApiKey]] = relationship(
+        back_populates="owner", cascade="all, delete-orphan"
+    )
 
 
 class Job(db.Model):
@@ -59,6 +65,11 @@ class Job(db.Model):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     task_id: Mapped[str | None] = mapped_column(String(64), default=None)
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    # Bytes this job keeps on disk (input + published results), for storage quotas.
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Webhook: where to POST the job when it ends, and the delivery record.
+    callback_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
@@ -76,6 +87,25 @@ class Job(db.Model):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+
+class ApiKey(db.Model):
+    """A personal API key for scripts: only its SHA-256 is stored, so a leaked
+    database does not leak usable keys; ``prefix`` lets users tell keys apart."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+
+    owner: Mapped[User] = relationship(back_populates="api_keys")
 
 
 class RevokedToken(db.Model):
