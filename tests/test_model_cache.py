@@ -131,3 +131,39 @@ def test_window_joins_are_cross_faded() -> None:
     )[0, 0]  # fmt: skip
     assert out.shape == (2000,)
     assert np.max(np.abs(np.diff(out))) < 1.0 / 100
+
+
+def test_whisper_models_count_against_a_byte_budget() -> None:
+    from app.models import whisper_engine
+
+    folder = whisper_engine.bundled_dir()
+    assert folder is not None
+    model = whisper_engine.load("tiny.en", {"MODELS_DIR": "/nonexistent"}, "cpu", "int8")
+    weights = (folder / "model.bin").stat().st_size
+    assert model.resident_bytes == weights // 2  # float16 file, int8 in memory
+
+    cache = ModelCache(max_bytes=weights)  # room for one int8 tiny.en, not two
+    cache.get(("transcription", "tiny.en@int8", "cpu"), lambda: model)
+    cache.get(("transcription", "tiny.en@float32", "cpu"), lambda: _Sized(weights * 2))
+    assert ("transcription", "tiny.en@int8", "cpu") not in cache
+    assert [e["bytes"] for e in cache.loaded()] == [weights * 2]
+
+
+class _Sized:
+    def __init__(self, size: int) -> None:
+        self.resident_bytes = size
+
+
+def test_whisper_device_resolution_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from app.models import whisper_engine\n"
+        "from app.models.cache import resolve_device\n"
+        "print(resolve_device('auto', whisper_engine.gpu_count))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["cpu", "False"]

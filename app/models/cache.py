@@ -36,7 +36,14 @@ class Entry:
 
 
 def model_bytes(model: Any) -> int:
-    """Bytes of parameters and buffers of a torch module (or of a list of them)."""
+    """Bytes of parameters and buffers of a torch module (or of a list of them).
+
+    Models that are not torch modules (CTranslate2's) say their size in a
+    ``resident_bytes`` attribute, so a byte budget can evict them too.
+    """
+    resident = getattr(model, "resident_bytes", None)
+    if isinstance(resident, int):
+        return resident
     total = 0
     modules = model if isinstance(model, list | tuple) else [model]
     for module in modules:
@@ -208,25 +215,30 @@ def reset_cache() -> None:
         _cache = None
 
 
-def resolve_device(setting: str) -> str:
-    """``MODEL_DEVICE``: ``auto`` picks CUDA when torch sees a GPU."""
+def torch_gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(setting: str, gpu_count: Callable[[], int] = torch_gpu_count) -> str:
+    """``MODEL_DEVICE``: ``auto`` picks CUDA when the engine's runtime sees a GPU.
+
+    ``gpu_count`` is the engine's own probe: Whisper runs on CTranslate2 and asks
+    it, so a transcription worker never imports torch (about 2 s) just to learn
+    there is no GPU.
+    """
     setting = (setting or "auto").lower()
     if setting == "auto":
-        try:
-            import torch
+        return "cuda" if gpu_count() > 0 else "cpu"
+    if setting.startswith("cuda") and gpu_count() == 0:
+        from app.errors import ServiceError
 
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:
-            return "cpu"
-    if setting.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            from app.errors import ServiceError
-
-            raise ServiceError(
-                "MODEL_DEVICE asks for CUDA but this worker has no usable GPU.",
-                code="device_unavailable",
-                status=503,
-            )
+        raise ServiceError(
+            "MODEL_DEVICE asks for CUDA but this worker has no usable GPU.",
+            code="device_unavailable",
+            status=503,
+        )
     return setting

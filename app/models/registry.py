@@ -82,7 +82,7 @@ def transcription_model(
     from app.errors import ServiceError
     from app.models.cache import get_cache, resolve_device
 
-    device = resolve_device(config["MODEL_DEVICE"])
+    device = resolve_device(config["MODEL_DEVICE"], whisper_engine.gpu_count)
     compute_type = compute_type or whisper_engine.default_compute_type(device)
     if compute_type == "float16" and not device.startswith("cuda"):
         raise ServiceError(

@@ -121,6 +121,16 @@ def catalogue(config: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
+def gpu_count() -> int:
+    """GPUs CTranslate2 can use (no torch import needed)."""
+    import ctranslate2
+
+    try:
+        return int(ctranslate2.get_cuda_device_count())
+    except Exception:
+        return 0
+
+
 def default_compute_type(device: str) -> str:
     return "float16" if device.startswith("cuda") else "int8"
 
@@ -150,12 +160,18 @@ def load(name: str, config: dict[str, Any], device: str, compute_type: str) -> A
             code="model_unavailable",
         )
     try:
-        return WhisperModel(
-            str(source) if source is not None else name,
+        if source is None:
+            # Resolve the hub folder here (faster-whisper would do the same) so
+            # the model's size on disk is known for the cache's byte budget.
+            from faster_whisper.utils import download_model
+
+            source = Path(download_model(name, local_files_only=not allow_download))
+        model = WhisperModel(
+            str(source),
             device="cuda" if device.startswith("cuda") else "cpu",
             device_index=int(device.split(":", 1)[1]) if ":" in device else 0,
             compute_type=compute_type,
-            local_files_only=source is not None or not allow_download,
+            local_files_only=True,
         )
     except Exception as exc:
         log.warning("could not load whisper model %s: %r", name, exc)
@@ -165,6 +181,20 @@ def load(name: str, config: dict[str, Any], device: str, compute_type: str) -> A
             + ".",
             code="model_unavailable",
         ) from None
+    model.resident_bytes = resident_bytes(source, compute_type)
+    return model
+
+
+def resident_bytes(folder: Path, compute_type: str) -> int:
+    """About how much memory a loaded CTranslate2 model takes: its weights file
+    (float16 in faster-whisper's conversions) scaled to the compute type."""
+    weights = folder / "model.bin"
+    size = weights.stat().st_size if weights.exists() else 0
+    if compute_type.startswith("int8"):
+        return size // 2
+    if compute_type == "float32":
+        return size * 2
+    return size
 
 
 def download(name: str, config: dict[str, Any]) -> Path:
