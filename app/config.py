@@ -76,6 +76,7 @@ def from_environment() -> dict[str, Any]:
         "JWT_ACCESS_MINUTES": _env_int("JWT_ACCESS_MINUTES", 15),
         "JWT_REFRESH_DAYS": _env_int("JWT_REFRESH_DAYS", 30),
         "WORKER_HEARTBEAT_SECONDS": _env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
+        "BROKER_POLL_SECONDS": _env_float("BROKER_POLL_SECONDS", 0.1),
         "MODEL_CACHE_SIZE": os.environ.get("MODEL_CACHE_SIZE") or "3",
         "MODEL_IDLE_SECONDS": _env_float("MODEL_IDLE_SECONDS", 0.0) or None,
         "PRELOAD_MODELS": _env_list("PRELOAD_MODELS", []),
