@@ -63,7 +63,6 @@ def main() -> int:
         "--bind", f"{host}:{port}",
         "--worker-class", "gthread", "--workers", "2", "--threads", "8",
         "--timeout", "300", "--graceful-timeout", "30",
-        "--access-logfile", "-",
         "--control-socket", str(Path(os.environ["DATA_DIR"]).resolve() / "gunicorn.ctl"),
     ]  # fmt: skip
     children = [

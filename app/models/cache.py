@@ -73,6 +73,17 @@ def parse_size(value: str | int | None) -> tuple[int | None, int | None]:
     return None, int(number * scale)
 
 
+def _observe_load(key: Key, seconds: float) -> None:
+    """``aimusic_model_load_seconds`` (app/metrics.py): summed over every worker
+    process for the API's ``/metrics``."""
+    try:
+        from app.metrics import observe_model_load
+
+        observe_model_load(key[0], key[1], key[2], seconds)
+    except Exception:
+        log.debug("could not record a model load time", exc_info=True)
+
+
 class ModelCache:
     def __init__(
         self,
@@ -112,6 +123,7 @@ class ModelCache:
                 seconds,
                 size / 1e6,
             )
+            _observe_load(key, seconds)
             with self._lock:
                 self.loads[key] = self.loads.get(key, 0) + 1
                 self._entries[key] = Entry(model=model, bytes=size, load_seconds=seconds, uses=1)

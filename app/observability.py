@@ -1,0 +1,78 @@
+"""Per-request observability: a request id, one log line and one latency sample.
+
+Every request gets an id (the caller's ``X-Request-ID`` when it is sane, else a
+new one), echoed in the ``X-Request-ID`` response header and carried by every
+log line written while the request runs, so one id ties a client's error report
+to the server's logs. Each request is logged once with its method, path, route,
+status and duration, and its latency is observed in the
+``aimusic_http_request_duration_seconds`` histogram by route template (never by
+raw path, which would make one series per job id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+
+from flask import Flask, Response, g, request
+
+from app import metrics
+from app.logs import request_id_from, request_id_var
+
+log = logging.getLogger("app.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Probes and scrapes arrive every few seconds: logged at DEBUG, not INFO.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def init_app(app: Flask) -> None:
+    """Register first, so the timing spans the other hooks too."""
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.teardown_request(_reset)
+
+
+def _start() -> None:
+    g.request_started = time.perf_counter()
+    g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    g.request_id_token = request_id_var.set(g.request_id)
+
+
+def _finish(response: Response) -> Response:
+    started = g.get("request_started")
+    if started is None:
+        return response
+    seconds = time.perf_counter() - started
+    response.headers[REQUEST_ID_HEADER] = g.request_id
+    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    metrics.observe_request(request.method, route, response.status_code, seconds)
+    level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "%s %s %s %.1f ms",
+            request.method,
+            request.path,
+            response.status_code,
+            seconds * 1000,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": response.status_code,
+                "duration_ms": round(seconds * 1000, 2),
+                "remote_addr": request.remote_addr,
+                "bytes_in": request.content_length,
+            },
+        )
+    return response
+
+
+def _reset(_exc: BaseException | None = None) -> None:
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        # ValueError: set in another context (an async view), nothing to undo.
+        with contextlib.suppress(ValueError):
+            request_id_var.reset(token)

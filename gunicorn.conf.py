@@ -1,0 +1,49 @@
+"""Gunicorn settings for production: ``gunicorn wsgi:app`` reads this file from
+the working directory (the repository root, or ``/app`` in the image).
+
+Command-line options override it (``make run`` passes its own ``--bind``).
+Environment: ``HOST``/``PORT`` (bind), ``WEB_CONCURRENCY`` (processes),
+``GUNICORN_THREADS`` (threads per process), ``LOG_FORMAT``/``LOG_LEVEL``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+bind = [f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT') or '5000'}"]
+# Threads: status polls are short database reads, uploads wait on the network;
+# neither needs a process of its own. Two processes survive one crashing.
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
+threads = int(os.environ.get("GUNICORN_THREADS") or 8)
+# Uploads of a few hundred MB from slow clients take a while to arrive.
+timeout = 300
+# SIGTERM: stop accepting, let in-flight requests finish for up to this long.
+graceful_timeout = 30
+keepalive = 5
+
+if (os.environ.get("LOG_FORMAT") or "text").strip().lower() == "json":
+    # Gunicorn's own lines ("Booting worker", worker timeouts) as JSON too; the
+    # app logs every request itself (with its request id), so gunicorn's access
+    # log stays off.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": (os.environ.get("LOG_LEVEL") or "INFO").upper(), "handlers": ["json"]},
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+        },
+        "handlers": {"json": {"()": "app.logs.make_handler", "log_format": "json"}},
+        "formatters": {},
+    }
+
+
+def on_starting(server: Any) -> None:
+    """Before the workers fork: HTTP metrics of every worker go to files that
+    ``/metrics`` sums (prometheus_client multiprocess mode, app/metrics.py)."""
+    from app.metrics import setup_multiprocess
+
+    path = setup_multiprocess()
+    server.log.info("Prometheus multiprocess directory: %s", path)
