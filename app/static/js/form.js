@@ -1,0 +1,348 @@
+// The "New job" form: task choice, drag-and-drop upload with a progress bar,
+// each kind's main options, and field errors from the API shown in place.
+
+import { api, ApiError, upload } from "./api.js";
+import { addJob, openWhenDone, rememberFile } from "./jobs.js";
+import { $, $$, announce, formatBytes, h, KIND_LABELS } from "./util.js";
+
+const ENDPOINTS = {
+  separation: "separations",
+  transcription: "transcriptions",
+  karaoke: "karaoke",
+  analysis: "analyses",
+  generation: "generations",
+};
+const GENERATION_FIELDS = [
+  "prompt",
+  "duration",
+  "model",
+  "guidance_scale",
+  "temperature",
+  "top_k",
+  "top_p",
+  "seed",
+  "output_format",
+  "bit_depth",
+  "mp3_bitrate",
+];
+const NUMBERS = new Set(["duration", "guidance_scale", "temperature", "top_k", "top_p", "seed"]);
+
+let models = [];
+let file = null;
+let running = null; // the upload in flight: {abort}
+
+const form = () => $("#job-form");
+
+export function currentKind() {
+  return form().elements.kind.value;
+}
+
+export function initForm() {
+  const f = form();
+  for (const radio of f.elements.kind) radio.addEventListener("change", () => showKind(currentKind()));
+  $("#gen-audio-role").addEventListener("change", () => showKind(currentKind()));
+  $("#sep-model").addEventListener("change", updateSeparationModel);
+  $("#sep-format").addEventListener("change", updateFormat);
+  for (const select of $$("select[data-models]")) select.addEventListener("change", () => describeModel(select));
+
+  const input = $("#file-input");
+  input.addEventListener("change", () => chooseFile(input.files[0] || null));
+  const zone = $("#dropzone");
+  const over = (event) => {
+    if (!event.dataTransfer || !Array.from(event.dataTransfer.types).includes("Files")) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+    zone.classList.add("dragging");
+  };
+  zone.addEventListener("dragenter", over);
+  zone.addEventListener("dragover", over);
+  zone.addEventListener("dragleave", (event) => {
+    if (!zone.contains(event.relatedTarget)) zone.classList.remove("dragging");
+  });
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    const dropped = event.dataTransfer.files[0];
+    if (!dropped) return;
+    try {
+      input.files = event.dataTransfer.files;
+    } catch {
+      // older browsers: the File is kept below all the same
+    }
+    chooseFile(dropped);
+  });
+  // A file dropped next to the zone must not make the browser leave the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  f.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  f.addEventListener("input", (event) => clearFieldError(event.target));
+  $("#upload-cancel").addEventListener("click", () => running && running.abort());
+  showKind(currentKind());
+  updateFormat();
+}
+
+function chooseFile(chosen) {
+  file = chosen;
+  $("#file-chosen").textContent = chosen ? `Chosen: ${chosen.name} (${formatBytes(chosen.size)})` : "";
+  $("#dropzone").classList.toggle("has-file", Boolean(chosen));
+  clearFieldError($("#file-input"));
+}
+
+/** Shows the options of ``kind``; hidden groups are disabled so they are not sent. */
+function showKind(kind) {
+  for (const group of $$("fieldset.options")) {
+    const active = group.dataset.kind === kind;
+    group.hidden = !active;
+    group.disabled = !active;
+  }
+  const role = $("#gen-audio-role").value;
+  const needsFile = kind !== "generation" || Boolean(role);
+  $("#file-area").hidden = !needsFile;
+  $("#file-label").textContent =
+    kind === "generation" ? (role === "melody" ? "Melody audio file" : "Audio to continue") : "Audio file";
+  const label = { separation: "Separate", transcription: "Transcribe", karaoke: "Make karaoke", analysis: "Analyse", generation: "Generate" };
+  $("#submit-job").textContent = label[kind] || "Start";
+  clearErrors();
+}
+
+/** Fills the model pickers from GET /api/v1/models. */
+export async function loadModels() {
+  try {
+    const body = await api("/api/v1/models");
+    models = body.models || [];
+  } catch (error) {
+    announce(`Could not load the model list: ${error.message}`);
+    return;
+  }
+  for (const select of $$("select[data-models]")) {
+    const kind = select.dataset.models;
+    const needs = select.dataset.needsStem;
+    const previous = select.value;
+    select.replaceChildren();
+    let chosen = null;
+    const fits = models.filter((m) => m.kind === kind && (!needs || (m.stems || []).includes(needs)));
+    for (const model of fits) {
+      const usable = model.available || model.downloadable;
+      const notes = [];
+      if (model.default) notes.push("default");
+      if (!model.available) notes.push(model.downloadable ? "downloads on first use" : "not available");
+      const option = h("option", { value: model.name, disabled: !usable }, notes.length ? `${model.name} (${notes.join(", ")})` : model.name);
+      select.append(option);
+      if (model.name === previous && usable) chosen = model.name;
+    }
+    // Default: the kind's default when it can run here, else the first ready model.
+    const ready = fits.find((m) => m.default && m.available) || fits.find((m) => m.available) || fits.find((m) => m.default);
+    select.value = chosen || (ready ? ready.name : select.value);
+    describeModel(select);
+  }
+  updateSeparationModel();
+}
+
+function modelEntry(kind, name) {
+  return models.find((m) => m.kind === kind && m.name === name) || null;
+}
+
+function describeModel(select) {
+  const hint = $(`[data-describes="${select.id}"]`);
+  if (!hint) return;
+  const entry = modelEntry(select.dataset.models, select.value);
+  hint.textContent = entry ? entry.description || "" : "";
+}
+
+function updateSeparationModel() {
+  const entry = modelEntry("separation", $("#sep-model").value);
+  const select = $("#sep-two-stems");
+  const previous = select.value;
+  select.replaceChildren(h("option", { value: "" }, "All stems of the model"));
+  for (const stem of (entry && entry.stems) || []) {
+    select.append(h("option", { value: stem }, `${stem} + everything else`));
+  }
+  select.value = Array.from(select.options).some((o) => o.value === previous) ? previous : "";
+  const demucs = !entry || entry.engine !== "hpss";
+  const advanced = $("[data-demucs-only]");
+  for (const input of $$("input", advanced)) input.disabled = !demucs;
+  $("#sep-clip").disabled = false;
+  $("summary", advanced).textContent = demucs ? "Quality (Demucs models)" : "Quality (Demucs only; this model has no options)";
+  const segment = $("#sep-segment");
+  if (entry && entry.max_segment) segment.max = String(entry.max_segment);
+  else segment.max = "100";
+}
+
+function updateFormat() {
+  const format = $("#sep-format").value;
+  for (const field of $$('[data-format-of="sep"]')) {
+    const show = field.dataset.showForFormat.split(" ").includes(format);
+    field.hidden = !show;
+    for (const control of $$("select, input", field)) control.disabled = !show;
+  }
+  const depth = $("#sep-bit-depth");
+  for (const option of depth.options) option.disabled = option.dataset.onlyFormat ? option.dataset.onlyFormat !== format : false;
+  if (depth.selectedOptions[0] && depth.selectedOptions[0].disabled) depth.value = "16";
+}
+
+// ------------------------------------------------------------------ errors
+
+function clearErrors() {
+  const box = $("#form-error");
+  box.hidden = true;
+  box.replaceChildren();
+  for (const el of $$("[aria-invalid]", form())) clearFieldError(el);
+}
+
+function clearFieldError(el) {
+  if (!el || !el.hasAttribute || !el.hasAttribute("aria-invalid")) return;
+  el.removeAttribute("aria-invalid");
+  const note = document.getElementById(`${el.id}-error`);
+  if (note) note.remove();
+  const described = (el.getAttribute("aria-describedby") || "").split(" ").filter((id) => id && id !== `${el.id}-error`);
+  if (described.length) el.setAttribute("aria-describedby", described.join(" "));
+  else el.removeAttribute("aria-describedby");
+}
+
+function fieldFor(name) {
+  const kind = currentKind();
+  if (name === "file" || name === "melody" || name === "continuation") return $("#file-input");
+  const group = $(`fieldset.options[data-kind="${kind}"]`);
+  return group ? group.querySelector(`[name="${name}"]`) : null;
+}
+
+function showError(message, fields) {
+  const box = $("#form-error");
+  box.replaceChildren(h("p", { text: message }));
+  const unplaced = [];
+  let first = null;
+  for (const [name, messages] of Object.entries(fields || {})) {
+    const text = Array.isArray(messages) ? messages.join(" ") : typeof messages === "string" ? messages : JSON.stringify(messages);
+    const el = fieldFor(name);
+    if (el && el.id) {
+      el.setAttribute("aria-invalid", "true");
+      const note = h("small", { id: `${el.id}-error`, class: "field-error", text });
+      el.insertAdjacentElement("afterend", note);
+      const described = (el.getAttribute("aria-describedby") || "").split(" ").filter(Boolean);
+      el.setAttribute("aria-describedby", [...described, note.id].join(" "));
+      first = first || el;
+      if (el.closest("details")) el.closest("details").open = true;
+    } else {
+      unplaced.push(`${name}: ${text}`);
+    }
+  }
+  if (unplaced.length) box.append(h("ul", {}, unplaced.map((text) => h("li", { text }))));
+  box.hidden = false;
+  (first || box).focus?.();
+}
+
+// ------------------------------------------------------------------ submit
+
+function formFields() {
+  const data = new FormData(form());
+  const fields = {};
+  for (const [name, value] of data.entries()) {
+    if (name === "kind" || name === "file" || name === "audio_role") continue;
+    if (typeof value === "string" && value.trim() === "") continue;
+    fields[name] = typeof value === "string" ? value.trim() : value;
+  }
+  return fields;
+}
+
+async function submit() {
+  if (running) return;
+  clearErrors();
+  const kind = currentKind();
+  const fields = formFields();
+  const role = kind === "generation" ? $("#gen-audio-role").value : "";
+  if (kind === "generation" && !fields.prompt) {
+    showError("Describe the music to generate.", { prompt: ["Required."] });
+    return;
+  }
+  if ((kind !== "generation" || role) && !file) {
+    showError("Choose an audio file first (drop it on the box or use the file picker).", { file: ["Required."] });
+    return;
+  }
+  if (kind === "generation" && !role) {
+    await start(kind, () => ({ promise: api("generations", { method: "POST", json: generationJson(fields) }), abort() {} }), null);
+    return;
+  }
+  const body = new FormData();
+  for (const [name, value] of Object.entries(fields)) body.append(name, value);
+  body.append(role || "file", file, file.name);
+  await start(kind, (progress) => upload(ENDPOINTS[kind], body, progress), file);
+}
+
+function generationJson(fields) {
+  const json = {};
+  for (const name of GENERATION_FIELDS) {
+    if (fields[name] === undefined) continue;
+    json[name] = NUMBERS.has(name) ? Number(fields[name]) : fields[name];
+  }
+  return json;
+}
+
+async function start(kind, send, sentFile) {
+  const button = $("#submit-job");
+  const box = $("#upload");
+  const bar = $("#upload-progress");
+  const label = $("#upload-label");
+  button.disabled = true;
+  bar.value = 0;
+  box.hidden = !sentFile;
+  label.textContent = sentFile ? `Uploading ${sentFile.name}: 0%` : "";
+  let lastAnnounced = -1;
+  const request = send((fraction) => {
+    const percent = Math.round(fraction * 100);
+    bar.value = percent;
+    label.textContent = percent < 100 ? `Uploading ${sentFile.name}: ${percent}%` : `Uploaded ${sentFile.name}; checking the audio…`;
+    if (percent - lastAnnounced >= 25 || percent === 100) {
+      lastAnnounced = percent;
+      if (percent < 100) announce(`Uploading: ${percent}%`);
+    }
+  });
+  running = request;
+  try {
+    const job = await request.promise;
+    rememberFile(job.id, sentFile);
+    addJob(job);
+    openWhenDone(job.id);
+    announce(`${KIND_LABELS[kind]} started.`);
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "aborted") announce("Upload stopped.");
+    else showError(error.message, error.errors);
+  } finally {
+    running = null;
+    button.disabled = false;
+    box.hidden = true;
+  }
+}
+
+/** Re-runs a generation with its seed, or loads its settings into the form. */
+export async function regenerate(job, { edit }) {
+  const params = { ...(job.params || {}) };
+  const used = (job.result && job.result.parameters) || {};
+  if (used.seed !== undefined) params.seed = used.seed;
+  const needsAudio = Boolean(params.input_role);
+  if (edit || needsAudio) {
+    const f = form();
+    $('input[name="kind"][value="generation"]', f).checked = true;
+    for (const name of GENERATION_FIELDS) {
+      const el = $(`fieldset[data-kind="generation"] [name="${name}"]`, f);
+      if (el && params[name] !== undefined) el.value = String(params[name]);
+    }
+    $("#gen-audio-role").value = params.input_role || "";
+    showKind("generation");
+    $("#new-job").scrollIntoView({ block: "start" });
+    $("#gen-prompt").focus();
+    announce(needsAudio ? "Settings loaded: choose the audio prompt file again, then Generate." : "Settings loaded into the form.");
+    return;
+  }
+  try {
+    const created = await api("generations", { method: "POST", json: generationJson(params) });
+    addJob(created);
+    openWhenDone(created.id);
+    announce(`Generating again with seed ${params.seed}.`);
+  } catch (error) {
+    announce(`Could not start the generation: ${error.message}`);
+  }
+}

@@ -1,0 +1,351 @@
+// A succeeded job's results: players with waveforms, downloads, transcripts
+// that follow the audio, analysis figures and generation parameters.
+//
+// Result files need the Bearer token, so they are fetched as blobs and played
+// or saved from object URLs (the page's CSP allows blob: for media only).
+
+import { fetchFile } from "./api.js";
+import { drawWaveform, peaksOf } from "./waveform.js";
+import { $, announce, formatBytes, formatSeconds, h, saveBlob } from "./util.js";
+
+const TRANSCRIPT_FORMATS = [
+  ["txt", "Text"],
+  ["srt", "SRT"],
+  ["vtt", "WebVTT"],
+  ["lrc", "LRC"],
+  ["json", "JSON"],
+];
+
+/** Fills ``region`` with the results of ``job``; ``ctx.onCleanup(fn)`` registers undo steps. */
+export function renderResults(job, region, ctx) {
+  const result = job.result || {};
+  const files = result.files || [];
+  const audioFiles = files.filter((f) => (f.content_type || "").startsWith("audio/"));
+  const otherFiles = files.filter((f) => !(f.content_type || "").startsWith("audio/"));
+  const players = [];
+
+  region.replaceChildren();
+  region.setAttribute("aria-label", "Results");
+
+  if (audioFiles.length) {
+    const grid = h("div", { class: "stems" });
+    region.append(grid);
+    for (const file of audioFiles) players.push(stemPlayer(file, grid, ctx));
+  }
+
+  const downloads = h("div", { class: "downloads" });
+  if (files.length > 1 && result.archive_url) {
+    downloads.append(
+      downloadButton(`Download all (zip, ${formatBytes(files.reduce((n, f) => n + (f.size || 0), 0))})`, result.archive_url, "archive"),
+    );
+  }
+  for (const file of otherFiles) downloads.append(downloadButton(`Download ${file.name}`, file.url));
+  if (downloads.childElementCount) region.append(downloads);
+
+  if (job.kind === "transcription") renderTranscription(job, region, players, ctx);
+  if (job.kind === "karaoke") {
+    const lines = result.lines || [];
+    if (lines.length) region.append(transcript(lines, players, ctx, "Lyrics"));
+    else region.append(h("p", { class: "hint", text: "No vocals found: the package has no lyrics." }));
+  }
+  const analysis = job.kind === "analysis" ? result : result.analysis;
+  if (analysis) region.append(analysisView(analysis));
+  if (job.kind === "generation") region.append(generationView(job, ctx));
+  if (job.metrics) region.append(metricsView(job.metrics));
+
+  // Only one player at a time: starting one pauses the others.
+  for (const audio of players) {
+    audio.addEventListener("play", () => {
+      for (const other of players) if (other !== audio) other.pause();
+    });
+  }
+}
+
+function downloadButton(label, url, role) {
+  const button = h("button", { type: "button", class: "small secondary", "data-download": role || "file" }, label);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    const text = button.textContent;
+    button.textContent = "Preparing download…";
+    try {
+      const { blob, filename } = await fetchFile(url);
+      saveBlob(blob, filename || url.split("/").pop());
+    } catch (error) {
+      announce(`Download failed: ${error.message}`);
+    } finally {
+      button.disabled = false;
+      button.textContent = text;
+    }
+  });
+  return button;
+}
+
+// ------------------------------------------------------------------ players
+
+function stemPlayer(file, parent, ctx) {
+  const fragment = $("#stem-template").content.cloneNode(true);
+  const figure = fragment.querySelector(".stem");
+  const audio = figure.querySelector("audio");
+  const canvas = figure.querySelector("canvas");
+  const name = file.stem || file.name.replace(/\.[^.]+$/, "");
+  figure.dataset.stem = name;
+  figure.querySelector(".stem-name").textContent = file.tagged ? `${name} (with lyrics tags)` : name;
+  const info = [file.name, file.duration ? formatSeconds(file.duration) : "", formatBytes(file.size)];
+  figure.querySelector(".stem-info").textContent = info.filter(Boolean).join(" · ");
+  audio.setAttribute("aria-label", `Play ${file.name}`);
+  canvas.setAttribute("aria-label", `Waveform of ${file.name}`);
+  canvas.title = "Click to seek";
+  const download = figure.querySelector('[data-action="download"]');
+  download.replaceWith(downloadButton(`Download ${file.name}`, file.url));
+  parent.append(figure);
+
+  const controller = new AbortController();
+  let objectUrl = null;
+  let peaks = null;
+  let frame = 0;
+  const redraw = () => {
+    if (peaks) drawWaveform(canvas, peaks, audio.duration ? audio.currentTime / audio.duration : 0);
+  };
+  const tick = () => {
+    redraw();
+    frame = audio.paused ? 0 : window.requestAnimationFrame(tick);
+  };
+  audio.addEventListener("play", () => {
+    if (!frame) frame = window.requestAnimationFrame(tick);
+  });
+  audio.addEventListener("seeked", redraw);
+  audio.addEventListener("timeupdate", () => {
+    if (audio.paused) redraw();
+  });
+  canvas.addEventListener("click", (event) => {
+    if (!audio.duration) return;
+    const box = canvas.getBoundingClientRect();
+    audio.currentTime = ((event.clientX - box.left) / box.width) * audio.duration;
+  });
+  const resize = new ResizeObserver(redraw);
+  resize.observe(canvas);
+  ctx.onCleanup(() => {
+    controller.abort();
+    resize.disconnect();
+    window.cancelAnimationFrame(frame);
+    audio.pause();
+    audio.removeAttribute("src");
+    audio.load();
+    if (objectUrl) URL.revokeObjectURL(objectUrl);
+  });
+
+  figure.classList.add("loading");
+  fetchFile(file.url, { signal: controller.signal })
+    .then(async ({ blob }) => {
+      objectUrl = URL.createObjectURL(blob);
+      audio.src = objectUrl;
+      figure.classList.remove("loading");
+      peaks = await peaksOf(blob, 2048);
+      redraw();
+      figure.classList.add("ready");
+    })
+    .catch((error) => {
+      if (controller.signal.aborted) return;
+      figure.classList.remove("loading");
+      if (!objectUrl) {
+        figure.append(h("p", { class: "error", text: `Could not load ${file.name}: ${error.message}` }));
+      } else {
+        canvas.hidden = true; // playable, but this browser cannot decode it for a waveform
+      }
+    });
+  return audio;
+}
+
+// ------------------------------------------------------------------ transcripts
+
+function renderTranscription(job, region, players, ctx) {
+  const result = job.result || {};
+  const segments = result.segments || [];
+  const head = [];
+  if (result.language) {
+    const probability = result.language_probability ? ` (${Math.round(result.language_probability * 100)}%)` : "";
+    head.push(`Language: ${result.language}${probability}`);
+  }
+  if (result.duration) head.push(`Duration: ${formatSeconds(result.duration)}`);
+  if (head.length) region.append(h("p", { class: "hint", text: head.join(" · ") }));
+
+  // Transcriptions have no result audio: play the upload from this tab, or a
+  // file the user picks, to follow the text.
+  const playerBox = h("div", { class: "play-along" });
+  region.append(playerBox);
+  const attach = (file) => {
+    playerBox.replaceChildren();
+    const url = URL.createObjectURL(file);
+    ctx.onCleanup(() => URL.revokeObjectURL(url));
+    const audio = h("audio", { controls: true, src: url, "aria-label": `Play ${file.name}` });
+    playerBox.append(h("p", { class: "hint", text: `Playing along: ${file.name}` }), audio);
+    players.push(audio);
+    ctx.onCleanup(() => audio.pause());
+    list.follow(audio);
+  };
+  const list = transcript(segments, players, ctx, "Transcript");
+  if (ctx.localFile) {
+    attach(ctx.localFile);
+  } else {
+    const id = `play-along-${job.id}`;
+    const input = h("input", { type: "file", id, accept: "audio/*,video/*" });
+    input.addEventListener("change", () => input.files[0] && attach(input.files[0]));
+    playerBox.append(h("label", { for: id, text: "Play the original file along with the text (optional)" }), input);
+  }
+  region.append(list);
+
+  const formats = h("div", { class: "downloads" });
+  for (const [format, label] of TRANSCRIPT_FORMATS) {
+    formats.append(downloadButton(`Download ${label}`, `${result.transcript_url}?format=${format}&download=true`));
+  }
+  region.append(formats);
+}
+
+/**
+ * A list of timed lines; while any of ``players`` plays, the line at its
+ * current time is highlighted (``aria-current``) and kept in view. Clicking a
+ * line seeks there. Returns the element, with ``follow(audio)`` for players
+ * added later.
+ */
+function transcript(lines, players, ctx, title) {
+  const box = h("section", { class: "transcript", "aria-label": title });
+  box.append(h("h4", { text: title }));
+  const list = h("ol", { class: "lines" });
+  box.append(list);
+  const items = lines.map((line) => {
+    const button = h(
+      "button",
+      { type: "button", class: "line", "data-start": line.start, title: "Play from here" },
+      h("span", { class: "time", text: formatSeconds(line.start) }),
+      h("span", { class: "text", text: (line.text || "").trim() }),
+    );
+    const item = h("li", {}, button);
+    list.append(item);
+    return { line, item, button };
+  });
+  if (!items.length) box.append(h("p", { class: "hint", text: "No speech found." }));
+
+  let current = -1;
+  let lastPlayed = null;
+  const highlight = (time) => {
+    let index = -1;
+    for (let i = 0; i < items.length; i++) {
+      if (items[i].line.start <= time + 0.05) index = i;
+      else break;
+    }
+    if (index !== -1 && time > items[index].line.end + 1.0) index = -1; // a gap between lines
+    if (index === current) return;
+    if (current !== -1) {
+      items[current].item.classList.remove("current");
+      items[current].button.removeAttribute("aria-current");
+    }
+    current = index;
+    if (index !== -1) {
+      const { item, button } = items[index];
+      item.classList.add("current");
+      button.setAttribute("aria-current", "true");
+      // Scroll the list only (never the page) to keep the line visible.
+      const top = item.offsetTop - list.offsetTop;
+      if (top < list.scrollTop || top + item.offsetHeight > list.scrollTop + list.clientHeight) {
+        list.scrollTop = Math.max(0, top - list.clientHeight / 3);
+      }
+    }
+  };
+  const follow = (audio) => {
+    const update = () => {
+      lastPlayed = audio;
+      highlight(audio.currentTime);
+    };
+    audio.addEventListener("timeupdate", update);
+    audio.addEventListener("seeked", update);
+  };
+  for (const audio of players) follow(audio);
+  for (const { line, button } of items) {
+    button.addEventListener("click", () => {
+      const audio = lastPlayed || players[0];
+      if (!audio) return;
+      audio.currentTime = line.start;
+      audio.play().catch(() => {});
+    });
+  }
+  box.follow = follow;
+  ctx.onCleanup(() => {
+    current = -1;
+  });
+  return box;
+}
+
+// ------------------------------------------------------------------ analysis
+
+function analysisView(analysis) {
+  const rows = [];
+  const key = analysis.key || {};
+  if (key.name) {
+    let text = `${key.name} (confidence ${Math.round((key.confidence || 0) * 100)}%)`;
+    if (key.runner_up && key.runner_up.name) text += `; next best ${key.runner_up.name}`;
+    rows.push(["Key", text]);
+  } else if (analysis.key) {
+    rows.push(["Key", "not found (no tonal content)"]);
+  }
+  const tempo = analysis.tempo || {};
+  if (tempo.bpm) rows.push(["Tempo", `${tempo.bpm} BPM (confidence ${Math.round((tempo.confidence || 0) * 100)}%)`]);
+  if (analysis.beats) rows.push(["Beats", `${analysis.beats.length}`]);
+  const loudness = analysis.loudness || {};
+  const db = (value, unit) => (value === null || value === undefined ? "n/a" : `${value} ${unit}`);
+  if (analysis.loudness) {
+    rows.push(["Loudness", db(loudness.integrated_lufs, "LUFS")]);
+    rows.push(["Loudness range", db(loudness.loudness_range_lu, "LU")]);
+    rows.push(["Sample peak", db(loudness.sample_peak_dbfs, "dBFS")]);
+    rows.push(["True peak", db(loudness.true_peak_dbtp, "dBTP")]);
+  }
+  if (analysis.duration) rows.push(["Duration", formatSeconds(analysis.duration)]);
+  const list = h("dl", { class: "facts analysis" });
+  for (const [term, value] of rows) list.append(h("dt", { text: term }), h("dd", { text: value }));
+  return h("section", { class: "analysis-box", "aria-label": "Analysis" }, h("h4", { text: "Analysis" }), list);
+}
+
+// ------------------------------------------------------------------ generation
+
+const PARAMETER_LABELS = [
+  ["prompt", "Prompt"],
+  ["model", "Model"],
+  ["seed", "Seed"],
+  ["duration", "Duration (s)"],
+  ["guidance_scale", "Guidance"],
+  ["temperature", "Temperature"],
+  ["top_k", "Top k"],
+  ["top_p", "Top p"],
+  ["windows", "Windows"],
+  ["sample_rate", "Sample rate"],
+  ["channels", "Channels"],
+];
+
+function generationView(job, ctx) {
+  const parameters = (job.result && job.result.parameters) || {};
+  const list = h("dl", { class: "facts parameters" });
+  for (const [key, label] of PARAMETER_LABELS) {
+    if (parameters[key] === undefined || parameters[key] === null) continue;
+    const value = typeof parameters[key] === "number" && !Number.isInteger(parameters[key]) ? +parameters[key].toFixed(3) : parameters[key];
+    list.append(h("dt", { text: label }), h("dd", { text: String(value) }));
+  }
+  const again = h("button", { type: "button", "data-action": "regenerate" }, "Generate again with this seed");
+  const edit = h("button", { type: "button", class: "secondary", "data-action": "edit" }, "Edit settings");
+  again.addEventListener("click", () => ctx.regenerate && ctx.regenerate(job, { edit: false }));
+  edit.addEventListener("click", () => ctx.regenerate && ctx.regenerate(job, { edit: true }));
+  return h(
+    "section",
+    { class: "generation-box", "aria-label": "Generation parameters" },
+    h("h4", { text: "Parameters" }),
+    list,
+    h("div", { class: "actions" }, again, edit),
+  );
+}
+
+function metricsView(metrics) {
+  const parts = [];
+  if (metrics.run_seconds !== undefined) parts.push(`ran ${metrics.run_seconds.toFixed(1)} s`);
+  if (metrics.queue_seconds !== undefined) parts.push(`waited ${metrics.queue_seconds.toFixed(1)} s`);
+  if (metrics.real_time_factor) parts.push(`real-time factor ${metrics.real_time_factor.toFixed(2)}`);
+  if (metrics.device) parts.push(`on ${metrics.device}`);
+  return h("p", { class: "hint metrics", text: parts.join(" · ") });
+}
