@@ -1,0 +1,354 @@
+"""Webhooks: when a job ends, POST its JSON to the ``callback_url`` given at submit.
+
+Safety first, because the service makes requests to addresses users choose
+(SSRF): only http/https, no credentials in the URL, and every address the
+host resolves to must be a public one, checked at submit and again at each
+delivery, which then connects to the address it vetted (a DNS answer that
+changes in between, "DNS rebinding", cannot point it inward).
+``WEBHOOK_ALLOW_PRIVATE=1`` lifts the address rule for trusted networks.
+
+Receivers verify ``X-AMS-Signature: sha256=<hex>``, the HMAC-SHA256 of
+``<X-AMS-Timestamp>.<raw body>`` under their account's signing secret
+(``GET /api/v1/webhooks/secret``; derived from ``WEBHOOK_SECRET``, so no
+table is needed and rotating that one value rotates every account's).
+``X-AMS-Event-Id`` stays the same across retries, for de-duplication.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import current_app, has_request_context
+from sqlalchemy import update
+
+from app.errors import ServiceError
+from app.extensions import db
+from app.records import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_URL_LENGTH = 2048
+# Delays before each retry: five tries over about 36 minutes. On Redis every
+# countdown must stay below the broker's visibility_timeout (4 h), or the
+# message would be handed out twice.
+RETRY_DELAYS = (10, 60, 300, 1800)
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 10.0
+USER_AGENT = "AiMusicSeparator-Webhook/1"
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class CallbackUrlError(ServiceError):
+    code = "invalid_callback_url"
+    status = 422
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message, code=code, errors={"callback_url": [message]})
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked callback URL: where to connect, and what to say in Host/SNI."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    addresses: tuple[str, ...]
+
+
+def is_public(ip: IP) -> bool:
+    """Whether an address is on the public internet: not private, loopback,
+    link-local, multicast, reserved, unspecified, shared (CGNAT) or
+    documentation space, including IPv4 addresses wrapped in IPv6."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_public(ip.ipv4_mapped)
+        embedded = [ip.sixtofour, *list(ip.teredo or ())]
+        if any(v4 is not None and not is_public(v4) for v4 in embedded):
+            return False
+    return ip.is_global and not (
+        ip.is_multicast
+        or ip.is_private
+        or ip.is_reserved
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_unspecified
+    )
+
+
+def parse(url: str) -> tuple[str, str, int, str]:
+    """Check the URL's form; returns (scheme, host, port, path with query)."""
+    if not isinstance(url, str) or not url.strip():
+        raise CallbackUrlError("callback_url must be an http or https URL.")
+    if len(url) > MAX_URL_LENGTH:
+        raise CallbackUrlError(f"callback_url is longer than {MAX_URL_LENGTH} characters.")
+    if any(ord(ch) < 33 or ord(ch) == 127 for ch in url):
+        raise CallbackUrlError("callback_url must not contain spaces or control characters.")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise CallbackUrlError("callback_url is not a valid URL.") from None
+    if parts.scheme not in ("http", "https"):
+        raise CallbackUrlError("callback_url must use http or https.")
+    if parts.username is not None or parts.password is not None:
+        raise CallbackUrlError(
+            "callback_url must not carry credentials; put a token in the path or query."
+        )
+    host = parts.hostname
+    if not host:
+        raise CallbackUrlError("callback_url has no host.")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80), path
+
+
+def resolve(host: str, port: int, *, allow_private: bool) -> tuple[str, ...]:
+    """Every address ``host`` resolves to; refuses the lot if any is not public
+    (a name with one public and one internal record is not safe either)."""
+    try:
+        literal: IP | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        found = [literal]
+    else:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            raise CallbackUrlError(f"callback_url's host '{host}' does not resolve.") from None
+        found = []
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            if address not in found:
+                found.append(address)
+        if not found:
+            raise CallbackUrlError(f"callback_url's host '{host}' does not resolve.")
+    if not allow_private:
+        for address in found:
+            if not is_public(address):
+                raise CallbackUrlError(
+                    f"callback_url resolves to {address}, which is not a public address; "
+                    "private, loopback, link-local and reserved addresses are refused "
+                    "(WEBHOOK_ALLOW_PRIVATE=1 allows them).",
+                    code="callback_url_not_allowed",
+                )
+    return tuple(str(a) for a in found)
+
+
+def check(url: str, config: Any = None) -> Target:
+    """Validate a callback URL the way submit and every delivery do."""
+    config = config if config is not None else current_app.config
+    scheme, host, port, path = parse(url)
+    addresses = resolve(host, port, allow_private=bool(config.get("WEBHOOK_ALLOW_PRIVATE")))
+    return Target(scheme, host, port, path, addresses)
+
+
+def validate(url: str | None) -> str | None:
+    """Submit-time check: the URL to store, or None when none was given."""
+    if url is None or url == "":
+        return None
+    check(url)
+    return url
+
+
+def signing_key(owner_id: str, config: Any = None) -> str:
+    """An account's signing secret: HMAC of its id under ``WEBHOOK_SECRET``."""
+    config = config if config is not None else current_app.config
+    master = str(config["WEBHOOK_SECRET"]).encode()
+    return hmac.new(master, f"webhook:{owner_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def sign(key: str, timestamp: str, body: bytes) -> str:
+    """The ``X-AMS-Signature`` value for a body sent at ``timestamp``."""
+    mac = hmac.new(key.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def _record(job_id: str, **values: Any) -> None:
+    """Update the job's delivery record (never ``updated_at``: that is the job's own)."""
+    job = db.session.get(Job, job_id)
+    if job is None:  # deleted meanwhile: the delivery still goes out
+        db.session.rollback()
+        return
+    record = dict(job.webhook or {})
+    record.update(values)
+    db.session.execute(update(Job).where(Job.id == job_id).values(webhook=record))
+    db.session.commit()
+
+
+def _job_json(job: Job) -> dict[str, Any]:
+    """The job as ``GET /api/v1/jobs/<id>`` shows it (URLs are relative, as there)."""
+    from app.blueprints.jobs import JobSchema  # the one serialisation of a job
+
+    if has_request_context():
+        return JobSchema().dump(job)
+    with current_app.test_request_context("/"):
+        return JobSchema().dump(job)
+
+
+def job_ended(job_id: str) -> None:
+    """Schedule the webhook of a job that just ended, if it asked for one.
+
+    Called once per job, by whoever won the move to a final status. The body
+    is taken now (a job deleted right after its cancel still gets its
+    webhook); delivery happens in the ``webhooks`` queue. Never raises.
+    """
+    try:
+        job = db.session.get(Job, job_id)
+        if job is None or not job.callback_url:
+            return
+        event = str(uuid.uuid4())
+        record = {
+            "event_id": event,
+            "state": "pending",
+            "attempts": 0,
+            "last_status": None,
+            "last_error": None,
+            "delivered_at": None,
+        }
+        db.session.execute(update(Job).where(Job.id == job_id).values(webhook=record))
+        db.session.commit()
+        db.session.refresh(job)
+        body = json.dumps(_job_json(job), separators=(",", ":"), sort_keys=True)
+        from app.tasks.webhooks import deliver
+
+        deliver.apply_async(
+            args=[job_id, job.owner_id, job.callback_url, f"job.{job.status}", event, body]
+        )
+    except Exception:
+        db.session.rollback()
+        log.exception("could not schedule the webhook of job %s", job_id)
+        try:
+            _record(job_id, state="failed", last_error="The webhook could not be scheduled.")
+        except Exception:
+            db.session.rollback()
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP to a vetted address, with the URL's host in the Host header."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), CONNECT_TIMEOUT)
+        self.sock.settimeout(self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a vetted address; SNI and certificate checks use the URL's host."""
+
+    def __init__(
+        self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.address = address
+        self.tls = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), CONNECT_TIMEOUT)
+        sock.settimeout(self.timeout)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+
+
+def tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+class DeliveryError(Exception):
+    """A try that did not get a 2xx answer (the message says why). ``retry``
+    is False when trying again cannot help (the URL is refused now)."""
+
+    def __init__(self, message: str, status: int | None = None, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry = retry
+
+
+def post(url: str, headers: dict[str, str], body: bytes, config: Any = None) -> int:
+    """POST once to a re-checked address; returns the 2xx status, raises
+    DeliveryError otherwise. Redirects are not followed (they could point inward)."""
+    target = check(url, config)
+    last: Exception | None = None
+    for address in target.addresses:
+        if target.scheme == "https":
+            conn: http.client.HTTPConnection = _PinnedHTTPSConnection(
+                target.host, target.port, address, READ_TIMEOUT, tls_context()
+            )
+        else:
+            conn = _PinnedHTTPConnection(target.host, target.port, address, READ_TIMEOUT)
+        try:
+            conn.request("POST", target.path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read(64 * 1024)
+            status = response.status
+        except (OSError, http.client.HTTPException) as exc:
+            last = exc
+            continue
+        finally:
+            conn.close()
+        if 200 <= status < 300:
+            return status
+        raise DeliveryError(f"The receiver answered HTTP {status}.", status)
+    reason = type(last).__name__ if last else "no address"
+    detail = str(last) if last else ""
+    raise DeliveryError(f"Could not reach the receiver ({reason}: {detail})"[:500])
+
+
+def attempt(
+    job_id: str, owner_id: str, url: str, event: str, event_id: str, body: str, number: int
+) -> int:
+    """One delivery try (``number`` counts from 1), recorded on the job.
+    Returns the receiver's status; raises DeliveryError when it must be retried."""
+    data = body.encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-AMS-Event": event,
+        "X-AMS-Event-Id": event_id,
+        "X-AMS-Timestamp": timestamp,
+        "X-AMS-Signature": sign(signing_key(owner_id), timestamp, data),
+        "X-AMS-Attempt": str(number),
+    }
+    try:
+        status = post(url, headers, data)
+    except (DeliveryError, ServiceError) as exc:
+        if isinstance(exc, DeliveryError):
+            error = exc
+        else:  # the URL no longer passes the checks: only a DNS failure may pass later
+            error = DeliveryError(exc.message, retry=exc.code != "callback_url_not_allowed")
+        final = not error.retry or number > len(RETRY_DELAYS)
+        _record(
+            job_id,
+            attempts=number,
+            last_status=error.status,
+            last_error=str(error),
+            state="failed" if final else "retrying",
+        )
+        log.info("webhook of job %s, try %d: %s", job_id, number, error)
+        raise error from exc
+    _record(
+        job_id,
+        attempts=number,
+        last_status=status,
+        last_error=None,
+        state="delivered",
+        delivered_at=utcnow().isoformat() + "Z",
+    )
+    return status
