@@ -1,0 +1,472 @@
+"""Webhooks: a local receiver gets the signed job JSON, with retries; the SSRF guard
+refuses inward addresses at submit and again at delivery."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app.errors import ServiceError
+from app.services import webhooks
+from tests.conftest import make_app, register_and_login
+
+
+class Receiver:
+    """An HTTP server on a free loopback port that records each POST and answers
+    with the next status of ``statuses`` (the last one repeats)."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append(
+                    {"path": self.path, "headers": dict(self.headers), "body": body}
+                )
+                status = (
+                    receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                )
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, host: str = "127.0.0.1", path: str = "/hook?token=abc") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def __enter__(self) -> Receiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def hook_app(tmp_path: Path) -> Iterator[Flask]:
+    """Jobs and deliveries run inline (eager), private receivers allowed."""
+    app = make_app(tmp_path / "data", WEBHOOK_ALLOW_PRIVATE=True)
+    app.extensions["celery"].conf.task_always_eager = True
+    yield app
+
+
+@pytest.fixture
+def strict_app(tmp_path: Path) -> Iterator[Flask]:
+    """The default: the SSRF guard is on."""
+    app = make_app(tmp_path / "data")
+    app.extensions["celery"].conf.task_always_eager = True
+    yield app
+
+
+def _separate(client: Any, headers: dict[str, str], song_wav: bytes, **fields: Any) -> Any:
+    return client.post(
+        "/api/v1/separations",
+        data={"file": (io.BytesIO(song_wav), "song.wav"), "model": "hpss", **fields},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+
+
+def _verify(secret: str, request: dict[str, Any]) -> bool:
+    """What a receiver does (the snippet in docs/api.md)."""
+    timestamp = request["headers"]["X-AMS-Timestamp"]
+    expected = hmac.new(
+        secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256
+    ).hexdigest()
+    return hmac.compare_digest(f"sha256={expected}", request["headers"]["X-AMS-Signature"])
+
+
+@contextlib.contextmanager
+def fake_dns(answers: dict[str, Callable[[], list[str]]]) -> Iterator[None]:
+    """``socket.getaddrinfo`` answering for the given names (others go to the real one)."""
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in answers:
+            out = []
+            for address in answers[host]():
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                sockaddr = (address, port, 0, 0) if ":" in address else (address, port)
+                out.append((family, socket.SOCK_STREAM, 6, "", sockaddr))
+            return out
+        return real(host, port, *args, **kwargs)
+
+    socket.getaddrinfo = lookup  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = real  # type: ignore[assignment]
+
+
+def test_a_finished_job_is_posted_signed_and_retried_after_a_500(
+    hook_app: Flask, song_wav: bytes
+) -> None:
+    client = hook_app.test_client()
+    headers = register_and_login(client)
+    with Receiver([500, 200]) as receiver:
+        response = _separate(client, headers, song_wav, callback_url=receiver.url())
+        assert response.status_code == 202, response.json
+        job_id = response.json["id"]
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json
+    assert job["status"] == "succeeded"
+    assert job["callback_url"] == receiver.url()
+    assert job["webhook"]["state"] == "delivered"
+    assert job["webhook"]["attempts"] == 2
+    assert job["webhook"]["last_status"] == 200 and job["webhook"]["last_error"] is None
+
+    assert len(receiver.requests) == 2
+    first, second = receiver.requests
+    assert first["path"] == "/hook?token=abc"
+    assert first["headers"]["X-AMS-Event"] == "job.succeeded"
+    assert first["headers"]["Content-Type"] == "application/json"
+    # The same event id on every try, for de-duplication; the try number counts.
+    assert first["headers"]["X-AMS-Event-Id"] == second["headers"]["X-AMS-Event-Id"]
+    assert first["headers"]["X-AMS-Event-Id"] == job["webhook"]["event_id"]
+    assert [r["headers"]["X-AMS-Attempt"] for r in receiver.requests] == ["1", "2"]
+
+    secret = client.get("/api/v1/webhooks/secret", headers=headers).json["secret"]
+    assert _verify(secret, second)
+    tampered = {**second, "body": second["body"].replace(b"succeeded", b"failed")}
+    assert not _verify(secret, tampered)
+    # Another account's secret does not verify it.
+    other = client.get("/api/v1/webhooks/secret", headers=register_and_login(client)).json
+    assert other["secret"] != secret and not _verify(other["secret"], second)
+
+    # The body is the job as GET /jobs/{id} showed it when it ended.
+    sent = json.loads(second["body"])
+    assert sent["id"] == job_id and sent["status"] == "succeeded"
+    assert sent["result"] == job["result"] and sent["url"] == job["url"]
+
+
+def test_a_receiver_that_keeps_failing_gets_five_tries(hook_app: Flask, song_wav: bytes) -> None:
+    client = hook_app.test_client()
+    headers = register_and_login(client)
+    with Receiver([503]) as receiver:
+        job_id = _separate(client, headers, song_wav, callback_url=receiver.url()).json["id"]
+    assert len(receiver.requests) == 1 + len(webhooks.RETRY_DELAYS) == 5
+    record = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json["webhook"]
+    assert record["state"] == "failed" and record["attempts"] == 5
+    assert record["last_status"] == 503 and "503" in record["last_error"]
+
+
+def test_retries_follow_the_backoff_schedule(
+    hook_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside eager mode each retry waits 10 s, 1 min, 5 min, then 30 min, all
+    shorter than Redis's visibility timeout (a longer one would duplicate it)."""
+    from app.tasks import webhooks as tasks
+
+    countdowns: list[int] = []
+
+    class Retried(Exception):
+        pass
+
+    def fake_retry(countdown: int, exc: Exception) -> Exception:
+        countdowns.append(countdown)
+        return Retried()
+
+    def failing(*args: Any) -> int:
+        raise webhooks.DeliveryError("HTTP 500", 500)
+
+    monkeypatch.setattr(webhooks, "attempt", failing)
+    monkeypatch.setattr(tasks.deliver, "retry", fake_retry)
+    for tries in range(5):
+        tasks.deliver.push_request(retries=tries)
+        try:
+            if tries < 4:
+                with pytest.raises(Retried):
+                    tasks.deliver.run("j", "o", "http://x", "job.succeeded", "e", "{}")
+            else:
+                assert tasks.deliver.run("j", "o", "http://x", "job.succeeded", "e", "{}") is None
+        finally:
+            tasks.deliver.pop_request()
+    assert countdowns == [10, 60, 300, 1800]
+    vt = hook_app.config["CELERY"]["broker_transport_options"].get("visibility_timeout", 3600)
+    assert max(countdowns) < vt
+    assert hook_app.config["CELERY"]["task_routes"]["app.tasks.webhooks.*"] == {"queue": "webhooks"}
+
+
+def test_cancel_sends_the_canceled_job(queued_app: Flask, song_wav: bytes) -> None:
+    queued_app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    client = queued_app.test_client()
+    headers = register_and_login(client)
+    with Receiver([204]) as receiver:
+        job_id = _separate(client, headers, song_wav, callback_url=receiver.url()).json["id"]
+        assert client.get(f"/api/v1/jobs/{job_id}", headers=headers).json["webhook"] is None
+        queued_app.extensions["celery"].conf.task_always_eager = True  # deliver inline
+        assert client.post(f"/api/v1/jobs/{job_id}/cancel", headers=headers).status_code == 200
+    assert len(receiver.requests) == 1
+    assert receiver.requests[0]["headers"]["X-AMS-Event"] == "job.canceled"
+    assert json.loads(receiver.requests[0]["body"])["status"] == "canceled"
+    record = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json["webhook"]
+    assert record["state"] == "delivered" and record["last_status"] == 204
+
+
+def test_a_failed_job_is_sent_with_its_error(hook_app: Flask) -> None:
+    client = hook_app.test_client()
+    headers = register_and_login(client)
+    broken = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 64
+    with Receiver([200]) as receiver:
+        response = client.post(
+            "/api/v1/generations",
+            json={"prompt": "calm piano", "duration": 1, "model": "no-such-model"},
+            headers=headers,
+        )
+        assert response.status_code == 422  # refused at submit: no job, no webhook
+        response = _separate(client, headers, broken, callback_url=receiver.url())
+        assert response.status_code in (415, 422)  # refused at upload: nothing sent
+        assert receiver.requests == []
+        # A job that fails while running: a Demucs model whose weights are missing.
+        hook_app.config["ALLOW_MODEL_DOWNLOAD"] = False
+        hook_app.config["MODELS_DIR"] = str(Path(hook_app.config["DATA_DIR"]) / "empty-models")
+        response = client.post(
+            "/api/v1/separations",
+            data={
+                "file": (io.BytesIO(_song()), "song.wav"),
+                "model": "htdemucs",
+                "callback_url": receiver.url(),
+            },
+            headers=headers,
+            content_type="multipart/form-data",
+        )
+        assert response.status_code == 202, response.json
+    job = client.get(f"/api/v1/jobs/{response.json['id']}", headers=headers).json
+    assert job["status"] == "failed"
+    assert len(receiver.requests) == 1
+    sent = json.loads(receiver.requests[0]["body"])
+    assert receiver.requests[0]["headers"]["X-AMS-Event"] == "job.failed"
+    assert sent["error"] == job["error"] and sent["error"]["code"]
+
+
+def _song() -> bytes:
+    from tests.conftest import sine_and_clicks, wav_bytes
+
+    return wav_bytes(sine_and_clicks(1.0))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://127.1.2.3:8080/hook",
+        "http://10.0.0.5/hook",
+        "http://172.16.3.4/hook",
+        "http://192.168.1.1/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/hook",
+        "http://[::ffff:127.0.0.1]/hook",
+        "http://[fe80::1]/hook",
+        "http://[fd00::1]/hook",
+        "http://0.0.0.0/hook",
+        "http://100.64.0.1/hook",
+        "http://224.0.0.1/hook",
+        "http://255.255.255.255/hook",
+        "http://localhost/hook",
+        "http://localhost:5000/api/v1/auth/me",
+    ],
+)
+def test_the_ssrf_guard_refuses_inward_addresses(strict_app: Flask, url: str) -> None:
+    with strict_app.app_context(), pytest.raises(ServiceError) as caught:
+        webhooks.check(url)
+    assert caught.value.code == "callback_url_not_allowed"
+    assert caught.value.status == 422
+    assert "callback_url" in (caught.value.errors or {})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/hook",
+        "file:///etc/passwd",
+        "gopher://example.com/",
+        "javascript:alert(1)",
+        "http://user:secret@example.com/hook",
+        "http://:token@example.com/hook",
+        "http:///hook",
+        "http://exa mple.com/hook",
+        "http://example.com/\r\nX-Injected: 1",
+        "http://example.com:99999/hook",
+        "https://example.com/" + "a" * 2100,
+        "http://no-such-host.invalid/hook",
+    ],
+)
+def test_malformed_callback_urls_are_refused(strict_app: Flask, url: str) -> None:
+    with strict_app.app_context(), pytest.raises(ServiceError) as caught:
+        webhooks.check(url)
+    assert caught.value.code == "invalid_callback_url"
+
+
+def test_public_addresses_pass_the_guard(strict_app: Flask) -> None:
+    with strict_app.app_context(), fake_dns({"hooks.example.com": lambda: ["93.184.216.34"]}):
+        target = webhooks.check("https://hooks.example.com/in?x=1")
+        assert target.addresses == ("93.184.216.34",)
+        assert (target.host, target.port, target.path) == ("hooks.example.com", 443, "/in?x=1")
+        assert webhooks.check("http://[2606:4700::1111]:8080/").addresses == ("2606:4700::1111",)
+    # A name with one public and one inward address is refused as a whole.
+    with (
+        strict_app.app_context(),
+        fake_dns({"mixed.example.com": lambda: ["93.184.216.34", "127.0.0.1"]}),
+        pytest.raises(ServiceError) as caught,
+    ):
+        webhooks.check("https://mixed.example.com/")
+    assert caught.value.code == "callback_url_not_allowed"
+
+
+def test_submit_refuses_an_inward_callback_and_stores_nothing(
+    strict_app: Flask, song_wav: bytes
+) -> None:
+    client = strict_app.test_client()
+    headers = register_and_login(client)
+    for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/", "http://localhost/"):
+        response = _separate(client, headers, song_wav, callback_url=url)
+        assert response.status_code == 422, response.json
+        assert response.json["code"] == "callback_url_not_allowed"
+        assert "callback_url" in response.json["errors"]
+    response = _separate(client, headers, song_wav, callback_url="ftp://example.com/")
+    assert response.status_code == 422 and response.json["code"] == "invalid_callback_url"
+    response = client.post(
+        "/api/v1/generations",
+        json={"prompt": "calm piano", "callback_url": "http://10.1.2.3/"},
+        headers=headers,
+    )
+    assert response.status_code == 422 and response.json["code"] == "callback_url_not_allowed"
+    assert client.get("/api/v1/jobs", headers=headers).json["total"] == 0
+    jobs_dir = Path(strict_app.config["DATA_DIR"]) / "jobs"
+    assert not jobs_dir.exists() or list(jobs_dir.iterdir()) == []
+
+
+def test_every_job_route_takes_a_callback_url(hook_app: Flask) -> None:
+    spec = hook_app.test_client().get("/openapi.json").json
+    for path in ("separations", "transcriptions", "karaoke", "analyses"):
+        body = spec["paths"][f"/api/v1/{path}"]["post"]["requestBody"]["content"]
+        schema = body["multipart/form-data"]["schema"]
+        ref = schema["$ref"].rsplit("/", 1)[-1]
+        assert "callback_url" in spec["components"]["schemas"][ref]["properties"], path
+    for name in ("Generation", "GenerationForm"):
+        assert "callback_url" in spec["components"]["schemas"][name]["properties"]
+    job = spec["components"]["schemas"]["Job"]["properties"]
+    assert {"callback_url", "webhook", "events_url"} <= set(job)
+
+
+def test_dns_rebinding_is_caught_at_delivery(strict_app: Flask, song_wav: bytes) -> None:
+    """The name was public at submit and points inward at delivery: nothing is sent."""
+    client = strict_app.test_client()
+    headers = register_and_login(client)
+    with Receiver([200]) as receiver:
+        calls = {"n": 0}
+
+        def rebinding() -> list[str]:
+            calls["n"] += 1
+            return ["93.184.216.34"] if calls["n"] == 1 else ["127.0.0.1"]
+
+        with fake_dns({"rebind.example.com": rebinding}):
+            response = _separate(
+                client, headers, song_wav, callback_url=receiver.url("rebind.example.com")
+            )
+        assert response.status_code == 202, response.json
+    assert receiver.requests == []
+    record = client.get(f"/api/v1/jobs/{response.json['id']}", headers=headers).json["webhook"]
+    assert record["state"] == "failed" and record["attempts"] == 1  # not retried
+    assert "127.0.0.1" in record["last_error"]
+
+
+def test_delivery_connects_to_the_vetted_address_with_the_url_host(
+    hook_app: Flask, song_wav: bytes
+) -> None:
+    client = hook_app.test_client()
+    headers = register_and_login(client)
+    with (
+        Receiver([200]) as receiver,
+        fake_dns({"receiver.example.com": lambda: ["127.0.0.1"]}),
+    ):
+        response = _separate(
+            client, headers, song_wav, callback_url=receiver.url("receiver.example.com")
+        )
+        assert response.status_code == 202
+    assert len(receiver.requests) == 1
+    assert receiver.requests[0]["headers"]["Host"] == f"receiver.example.com:{receiver.port}"
+
+
+def test_redirects_are_not_followed(hook_app: Flask, song_wav: bytes) -> None:
+    client = hook_app.test_client()
+    headers = register_and_login(client)
+    with Receiver([302]) as receiver:
+        job_id = _separate(client, headers, song_wav, callback_url=receiver.url()).json["id"]
+    record = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json["webhook"]
+    assert record["state"] == "failed" and record["last_status"] == 302
+    assert len(receiver.requests) == 5  # every try got the redirect; none followed it
+
+
+def test_the_secret_route_needs_a_login(hook_app: Flask) -> None:
+    client = hook_app.test_client()
+    assert client.get("/api/v1/webhooks/secret").status_code == 401
+    body = client.get("/api/v1/webhooks/secret", headers=register_and_login(client)).json
+    assert len(body["secret"]) == 64 and body["algorithm"] == "HMAC-SHA256"
+
+
+def test_https_delivery_checks_the_certificate_against_the_url_host(
+    hook_app: Flask, song_wav: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connected to the vetted address, TLS still sends the URL's host as SNI
+    and verifies the certificate against it."""
+    import shutil
+    import ssl
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed; HTTPS webhook test skipped")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=receiver.example.com", "-addext", "subjectAltName=DNS:receiver.example.com",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    trusted = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(webhooks, "tls_context", lambda: trusted)
+    client = hook_app.test_client()
+    headers = register_and_login(client)
+    names = {
+        "receiver.example.com": lambda: ["127.0.0.1"],
+        "other.example.com": lambda: ["127.0.0.1"],
+    }
+    with Receiver([200]) as receiver, fake_dns(names):
+        server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_side.load_cert_chain(str(cert), str(key))
+        receiver.server.socket = server_side.wrap_socket(receiver.server.socket, server_side=True)
+        url = f"https://receiver.example.com:{receiver.port}/hook"
+        good = _separate(client, headers, song_wav, callback_url=url).json["id"]
+        # The same server under a name its certificate does not carry: refused.
+        url = f"https://other.example.com:{receiver.port}/hook"
+        bad = _separate(client, headers, song_wav, callback_url=url).json["id"]
+    record = client.get(f"/api/v1/jobs/{good}", headers=headers).json["webhook"]
+    assert record["state"] == "delivered", record
+    assert receiver.requests[0]["headers"]["Host"] == f"receiver.example.com:{receiver.port}"
+    record = client.get(f"/api/v1/jobs/{bad}", headers=headers).json["webhook"]
+    assert record["state"] == "failed" and "SSL" in record["last_error"], record
+    assert len(receiver.requests) == 1
