@@ -1,0 +1,400 @@
+"""The web page at ``/`` in a real headless Chromium against a real HTTP server.
+
+A user registers, drops a WAV on the page, watches the job, plays a stem,
+downloads the stems and the zip; jobs started elsewhere show up live; an
+expired access token is refreshed; transcripts follow the audio. Screenshots
+(desktop and phone) go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import secrets
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+from flask import Flask
+
+from tests.browser.conftest import LiveServer, screenshot
+from tests.conftest import SR, sine_and_clicks, wav_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "a long enough password"
+
+
+def sign_up(page: Any) -> str:
+    email = f"page-{secrets.token_hex(4)}@example.com"
+    page.goto("/")
+    page.get_by_label("E-mail").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    page.locator("#app-view").wait_for(state="visible")
+    page.locator("#whoami").filter(has_text=email).wait_for()
+    return email
+
+
+def drop_file(page: Any, selector: str, name: str, data: bytes, mime: str) -> None:
+    """Drags a file onto ``selector`` the way a browser does: a DataTransfer in a drop event."""
+    page.evaluate(
+        """([selector, name, b64, mime]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: mime }));
+            const target = document.querySelector(selector);
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                target.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: transfer }));
+            }
+        }""",
+        [selector, name, base64.b64encode(data).decode(), mime],
+    )
+
+
+def watch_upload_progress(page: Any) -> None:
+    """Records the highest value the upload progress bar shows."""
+    page.evaluate(
+        """() => {
+            window.__uploadMax = 0;
+            const bar = document.querySelector("#upload-progress");
+            new MutationObserver(() => {
+                window.__uploadMax = Math.max(window.__uploadMax, Number(bar.value));
+            }).observe(bar, { attributes: true });
+            const original = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, "value");
+            Object.defineProperty(bar, "value", {
+                get() { return original.get.call(this); },
+                set(v) { original.set.call(this, v); window.__uploadMax = Math.max(window.__uploadMax, Number(v)); },
+            });
+        }"""
+    )
+
+
+def painted_pixels(page: Any, canvas: Any) -> int:
+    return canvas.evaluate(
+        """(canvas) => {
+            const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            let n = 0;
+            for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n++;
+            return n;
+        }"""
+    )
+
+
+def test_separate_play_and_download(page: Any, server: LiveServer, tmp_path: Path) -> None:
+    response = page.goto("/")
+    csp = response.headers["content-security-policy"]
+    assert "'unsafe-inline'" not in csp and "script-src 'self'" in csp
+    assert "media-src 'self' blob:" in csp
+    screenshot(page, "login")
+
+    sign_up(page)
+    # Every visible form control has a label a screen reader can read.
+    unlabeled = page.evaluate(
+        """() => Array.from(document.querySelectorAll("input, select, textarea"))
+            .filter((el) => el.offsetParent !== null && el.type !== "hidden")
+            .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label"))
+            .map((el) => el.name || el.id)"""
+    )
+    assert unlabeled == []
+
+    page.locator("input[name=kind][value=separation]").check()
+    page.locator("#sep-model").select_option("hpss")
+    page.locator("#sep-format").select_option("wav")
+    page.locator("fieldset[data-kind=separation] input[name=analyze]").check()
+    page.locator("[data-demucs-only] summary").click()  # the Demucs options say hpss has none
+    assert page.locator("#sep-shifts").is_disabled()
+
+    drop_file(page, "#dropzone", "song.wav", wav_bytes(sine_and_clicks(2.0)), "audio/wav")
+    page.locator("#file-chosen").filter(has_text="song.wav").wait_for()
+    watch_upload_progress(page)
+    page.get_by_role("button", name="Separate", exact=True).click()
+
+    job = page.locator(".job").first
+    job.locator(".badge", has_text="Done").wait_for()
+    assert page.evaluate("window.__uploadMax") == 100
+    assert "Separation: song.wav" in job.locator(".job-title").inner_text()
+    stems = job.locator(".stem")
+    stems.nth(1).wait_for()
+    assert stems.count() == 2
+    assert sorted(s.get_attribute("data-stem") for s in stems.all()) == ["harmonic", "percussive"]
+    for stem in stems.all():
+        stem.locator("canvas").wait_for()
+        page.wait_for_function("(el) => el.classList.contains('ready')", arg=stem.element_handle())
+        assert painted_pixels(page, stem.locator("canvas")) > 500  # a waveform, not a blank box
+
+    # Play a stem: the element loads the blob, knows its length and time advances.
+    audio = stems.first.locator("audio")
+    audio.evaluate("(a) => a.play()")
+    page.wait_for_function("(a) => a.currentTime > 0.3", arg=audio.element_handle(), timeout=15_000)
+    state = audio.evaluate("(a) => ({error: a.error && a.error.code, duration: a.duration})")
+    assert state["error"] is None
+    assert abs(state["duration"] - 2.0) < 0.05
+    audio.evaluate("(a) => a.pause()")
+    # analyze=true: key, tempo and loudness of the upload.
+    facts = job.locator(".analysis-box dl").inner_text()
+    assert "Key" in facts and "Tempo" in facts and re.search(r"-?\d+(\.\d+)? LUFS", facts)
+    screenshot(page, "separation-results")
+
+    # The zip holds both stems, each the length of the upload.
+    with page.expect_download() as info:
+        job.locator("button[data-download=archive]").click()
+    archive = tmp_path / "stems.zip"
+    info.value.save_as(archive)
+    assert info.value.suggested_filename == "song.zip"
+    with zipfile.ZipFile(archive) as bundle:
+        assert sorted(bundle.namelist()) == ["harmonic.wav", "percussive.wav"]
+        for name in bundle.namelist():
+            data, rate = sf.read(io.BytesIO(bundle.read(name)), always_2d=True)
+            assert rate == SR and data.shape == (2 * SR, 2)
+
+    with page.expect_download() as info:
+        stems.first.get_by_role("button", name=re.compile(r"^Download \w+\.wav$")).click()
+    assert re.fullmatch(r"song - (harmonic|percussive)\.wav", info.value.suggested_filename)
+
+    # A phone-sized screen: one column, nothing wider than the viewport.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(page, "separation-results-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+
+    # Delete: the card goes, and so does the job.
+    page.once("dialog", lambda dialog: dialog.accept())
+    job.get_by_role("button", name="Delete").click()
+    page.locator("#jobs-empty").wait_for(state="visible")
+    assert page.locator(".job").count() == 0
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("transport", ["server", "polling"])
+def test_live_status_from_a_queued_job(chromium: Any, tmp_path: Path, transport: str) -> None:
+    """A queued job's card follows it to its results without a reload: over the
+    events stream when the server has one, by polling when it has not (the
+    "polling" run hides the route from the page), and a queued job can be
+    canceled from the page."""
+    from tests.conftest import make_app
+
+    app = make_app(tmp_path / "data")  # publishes to the SQLite broker; no worker runs
+    with LiveServer(app) as live:
+        context = chromium.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.set_default_timeout(30_000)
+        has_events = transport == "server" and any(
+            r.rule.endswith("/events") for r in app.url_map.iter_rules()
+        )
+        if transport == "polling":
+            hide_events_route(page)
+        try:
+            sign_up(page)
+            page.locator("#sep-model").select_option("hpss")
+            page.locator("#file-input").set_input_files(
+                files=[
+                    {
+                        "name": "queued.wav",
+                        "mimeType": "audio/wav",
+                        "buffer": wav_bytes(sine_and_clicks(1.0)),
+                    }
+                ]
+            )
+            page.get_by_role("button", name="Separate", exact=True).click()
+            first = page.locator(".job").first
+            first.locator(".badge", has_text="Queued").wait_for()
+            assert first.locator(".job-stage").inner_text().endswith("waiting for a worker")
+            job_id = first.get_attribute("data-job-id")
+
+            # A worker would run it now; run it here, in this process.
+            run_job_in_background(app, job_id)
+            first.locator(".badge", has_text="Done").wait_for(timeout=60_000)
+            first.locator(".stem.ready").first.wait_for()
+            streamed = [u for u in requests if u.endswith(f"/api/v1/jobs/{job_id}/events")]
+            polls = [u for u in requests if u.endswith(f"/api/v1/jobs/{job_id}")]
+            if has_events:
+                assert streamed
+            else:
+                assert not streamed and polls
+
+            # Cancel a second, queued job from the page.
+            page.locator("input[name=kind][value=analysis]").check()
+            page.get_by_role("button", name="Analyse", exact=True).click()
+            second = page.locator(".job").first
+            second.locator(".badge", has_text="Queued").wait_for()
+            second.get_by_role("button", name="Cancel").click()
+            second.locator(".badge", has_text="Canceled").wait_for()
+            assert second.get_by_role("button", name="Cancel").is_hidden()
+            screenshot(page, f"live-status-{transport}")
+        finally:
+            context.close()
+
+
+def hide_events_route(page: Any) -> None:
+    """Makes the server look like one without ``/events``: the route is left out
+    of the OpenAPI document and answers 404, as on a server without it."""
+    import json
+
+    def openapi(route: Any) -> None:
+        response = route.fetch()
+        spec = response.json()
+        spec["paths"] = {k: v for k, v in spec["paths"].items() if not k.endswith("/events")}
+        route.fulfill(response=response, body=json.dumps(spec))
+
+    page.route("**/openapi.json", openapi)
+    page.route(
+        re.compile(r".*/api/v1/jobs/[^/]+/events$"),
+        lambda route: route.fulfill(
+            status=404,
+            content_type="application/json",
+            body='{"code": "not_found", "status": 404, "message": "Not found."}',
+        ),
+    )
+
+
+def run_job_in_background(app: Flask, job_id: str) -> None:
+    import threading
+
+    from app.services import separation
+
+    def work() -> None:
+        with app.app_context():
+            separation.run_job(job_id)
+
+    threading.Thread(target=work, daemon=True).start()
+
+
+def test_expired_access_token_is_refreshed(page: Any, live_app: Flask) -> None:
+    """The page swaps an expired access token for a new one with the refresh token."""
+    from datetime import timedelta
+
+    from flask_jwt_extended import create_access_token, decode_token
+
+    email = sign_up(page)
+    session = page.evaluate("JSON.parse(sessionStorage.getItem('ams.session'))")
+    assert session["email"] == email
+    with live_app.app_context():
+        claims = decode_token(session["access"])
+        expired = create_access_token(
+            identity=claims["sub"],
+            additional_claims={"rjti": claims["rjti"]},
+            expires_delta=timedelta(seconds=-60),
+        )
+    page.evaluate(
+        "(token) => { const s = JSON.parse(sessionStorage.getItem('ams.session')); s.access = token;"
+        " sessionStorage.setItem('ams.session', JSON.stringify(s)); }",
+        expired,
+    )
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/auth/refresh")) as refreshed:
+        page.reload()
+    assert refreshed.value.status == 200
+    page.locator("#jobs-empty").wait_for(state="visible")  # the job list loaded
+    assert page.evaluate("JSON.parse(sessionStorage.getItem('ams.session')).access") != expired
+
+    # Logging out revokes the session: the old refresh token is refused.
+    page.get_by_role("button", name="Log out").click()
+    page.locator("#auth-view").wait_for(state="visible")
+    assert page.evaluate("sessionStorage.getItem('ams.session')") is None
+    status = page.evaluate(
+        "(t) => fetch('/api/v1/auth/refresh', {method: 'POST', headers: {Authorization: 'Bearer ' + t}})"
+        ".then((r) => r.status)",
+        session["refresh"],
+    )
+    assert status == 401
+
+    # A wrong password says so and keeps the user on the log-in form.
+    page.get_by_label("E-mail").fill(email)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Log in").click()
+    page.locator("#auth-error").wait_for(state="visible")
+    assert page.locator("#app-view").is_hidden()
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_transcript_follows_the_audio(page: Any) -> None:
+    """Transcribe a speech clip (bundled tiny.en) and play it: the spoken line lights up."""
+    sign_up(page)
+    page.locator("input[name=kind][value=transcription]").check()
+    clip = ROOT / "tests" / "data" / "speech" / "clip1.mp3"
+    page.locator("#file-input").set_input_files(str(clip))
+    page.get_by_role("button", name="Transcribe", exact=True).click()
+    job = page.locator(".job").first
+    job.locator(".badge", has_text="Done").wait_for(timeout=120_000)
+    lines = job.locator(".transcript li")
+    lines.first.wait_for()
+    assert lines.count() >= 1
+    audio = job.locator(".play-along audio")
+    audio.evaluate("(a) => a.play()")
+    current = job.locator(".transcript li.current")
+    current.wait_for(timeout=15_000)
+    assert current.locator("button").get_attribute("aria-current") == "true"
+    assert current.inner_text().strip()
+    audio.evaluate("(a) => a.pause()")
+    screenshot(page, "transcript")
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.musicgen_models import build_tiny_musicgen
+
+    root = tmp_path_factory.mktemp("musicgen-models")
+    build_tiny_musicgen(root / "musicgen" / "musicgen-small")
+    return root
+
+
+def test_generate_again_with_the_same_seed(
+    chromium: Any, tmp_path: Path, musicgen_dir: Path
+) -> None:
+    """Generate from a prompt (tiny random MusicGen), then "Generate again with
+    this seed": a second job with the drawn seed and the very same audio."""
+    from tests.conftest import make_app
+
+    app = make_app(tmp_path / "data", MODELS_DIR=str(musicgen_dir), ALLOW_MODEL_DOWNLOAD=False)
+    app.extensions["celery"].conf.task_always_eager = True
+    with LiveServer(app) as live:
+        context = chromium.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            sign_up(page)
+            page.locator("input[name=kind][value=generation]").check()
+            assert page.locator("#file-area").is_hidden()  # text only: no file needed
+            page.get_by_label("Describe the music").fill("calm piano")
+            page.get_by_label("Duration (s)").fill("1")
+            page.get_by_role("button", name="Generate", exact=True).click()
+
+            first = page.locator(".job").first
+            first.locator(".badge", has_text="Done").wait_for()
+            first.locator(".stem.ready").wait_for()
+            params = first.locator(".generation-box dl").inner_text()
+            seed = re.search(r"Seed\s+(\d+)", params)
+            assert seed and "calm piano" in params
+            screenshot(page, "generation")
+
+            first.get_by_role("button", name="Generate again with this seed").click()
+            page.locator(".job").nth(1).wait_for()
+            second = page.locator(".job").first
+            second.locator(".badge", has_text="Done").wait_for()
+            assert f"Seed\n{seed.group(1)}" in second.locator(".generation-box dl").inner_text()
+
+            # Same seed, same parameters: the same samples.
+            token = page.evaluate("JSON.parse(sessionStorage.getItem('ams.session')).access")
+            client = app.test_client()
+            headers = {"Authorization": f"Bearer {token}"}
+            audio = []
+            for card in (first, second):
+                job_id = card.get_attribute("data-job-id")
+                job = client.get(f"/api/v1/jobs/{job_id}", headers=headers).json
+                body = client.get(job["result"]["files"][0]["url"], headers=headers).data
+                audio.append(sf.read(io.BytesIO(body))[0])
+            assert audio[0].shape == audio[1].shape and (audio[0] == audio[1]).all()
+
+            # "Edit settings" loads them into the form instead.
+            second.get_by_role("button", name="Edit settings").click()
+            assert page.locator("#gen-seed").input_value() == seed.group(1)
+            assert page.locator("#gen-prompt").input_value() == "calm piano"
+            assert page.evaluate("document.activeElement.id") == "gen-prompt"
+        finally:
+            context.close()
