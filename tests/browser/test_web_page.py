@@ -210,6 +210,8 @@ def test_live_status_from_a_queued_job(chromium: Any, tmp_path: Path, transport:
             # A worker would run it now; run it here, in this process.
             run_job_in_background(app, job_id)
             first.locator(".badge", has_text="Done").wait_for(timeout=60_000)
+            # Screen readers hear it: the aria-live region says so.
+            page.locator("#announcer", has_text="queued.wav: Done").wait_for()
             first.locator(".stem.ready").first.wait_for()
             streamed = [u for u in requests if u.endswith(f"/api/v1/jobs/{job_id}/events")]
             polls = [u for u in requests if u.endswith(f"/api/v1/jobs/{job_id}")]
@@ -398,3 +400,44 @@ def test_generate_again_with_the_same_seed(
             assert page.evaluate("document.activeElement.id") == "gen-prompt"
         finally:
             context.close()
+
+
+def test_errors_are_shown_where_they_belong(page: Any) -> None:
+    """Keyboard-only log-in; the API's refusals appear on the form: a file that
+    is not audio, and a field error next to its field (aria-invalid)."""
+    sign_up(page)
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_label("E-mail").wait_for(state="visible")
+    email = page.evaluate("document.querySelector('#whoami').textContent")
+    page.get_by_label("E-mail").focus()
+    page.keyboard.type(email)
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")  # submits with the first button: Log in
+    page.locator("#app-view").wait_for(state="visible")
+    assert page.evaluate("document.activeElement.id") == "new-job-title"
+
+    # Not audio: the server's 415 message, in the form's alert.
+    page.locator("#file-input").set_input_files(
+        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just some text\n" * 50}]
+    )
+    page.get_by_role("button", name="Separate", exact=True).click()
+    alert = page.locator("#form-error")
+    alert.wait_for(state="visible")
+    assert "audio" in alert.inner_text().lower()
+    assert page.locator(".job").count() == 0
+
+    # A field error lands next to its field; editing the field clears it.
+    page.locator("input[name=kind][value=transcription]").check()
+    page.locator("#file-input").set_input_files(str(ROOT / "tests/data/speech/clip2.flac"))
+    page.locator("#tr-language").fill("xx")
+    page.get_by_role("button", name="Transcribe", exact=True).click()
+    language = page.locator("#tr-language")
+    page.locator("#tr-language-error").wait_for()
+    assert language.get_attribute("aria-invalid") == "true"
+    assert "tr-language-error" in language.get_attribute("aria-describedby")
+    language.fill("en")
+    assert language.get_attribute("aria-invalid") is None
+    assert alert.is_hidden()
+    screenshot(page, "form-errors", full_page=False)
+    assert page.problems == []  # type: ignore[attr-defined]

@@ -198,6 +198,12 @@ function clearFieldError(el) {
   el.removeAttribute("aria-invalid");
   const note = document.getElementById(`${el.id}-error`);
   if (note) note.remove();
+  const box = $("#form-error");
+  if (box.dataset.fields && !form().querySelector("[aria-invalid]")) {
+    // Every field the server refused has been edited: the summary is stale.
+    box.hidden = true;
+    delete box.dataset.fields;
+  }
   const described = (el.getAttribute("aria-describedby") || "").split(" ").filter((id) => id && id !== `${el.id}-error`);
   if (described.length) el.setAttribute("aria-describedby", described.join(" "));
   else el.removeAttribute("aria-describedby");
@@ -231,6 +237,8 @@ function showError(message, fields) {
     }
   }
   if (unplaced.length) box.append(h("ul", {}, unplaced.map((text) => h("li", { text }))));
+  if (first && !unplaced.length) box.dataset.fields = "1";
+  else delete box.dataset.fields;
   box.hidden = false;
   (first || box).focus?.();
 }
