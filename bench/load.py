@@ -8,7 +8,7 @@ Run by hand (not part of the test suite), from the repository root:
     .venv/bin/python bench/load.py --help
 
 The server is gunicorn with the production settings of ``gunicorn.conf.py``
-(``gunicorn wsgi:app``: 2 processes x 8 threads, gthread, LOG_FORMAT=json so
+(``gunicorn wsgi:app``: 2 processes x 32 threads, gthread, LOG_FORMAT=json so
 every status request is logged as production logs it), on a temporary
 ``DATA_DIR`` (SQLite job table), with Redis as the broker when
 ``redis-server`` is installed (started on a free loopback port), else the
@@ -483,7 +483,7 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
     wait_until(lambda: client.http.get(base + "/healthz", timeout=5).ok, 90, "/healthz", [api_log])
     say(
         f"  gunicorn wsgi:app (gunicorn.conf.py: {len(api_pids(api.pid)) - 1} processes x "
-        f"{env.get('GUNICORN_THREADS', '8')} threads, gthread) on {base}; broker "
+        f"{env.get('GUNICORN_THREADS', '32')} threads, gthread) on {base}; broker "
         f"{'Redis ' + redis_url if redis_url else 'SQLite (no redis-server here)'}; "
         f"job table SQLite; log {api_log}"
     )
