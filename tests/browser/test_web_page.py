@@ -229,6 +229,20 @@ def test_live_status_from_a_queued_job(chromium: Any, tmp_path: Path, transport:
             second.locator(".badge", has_text="Canceled").wait_for()
             assert second.get_by_role("button", name="Cancel").is_hidden()
             screenshot(page, f"live-status-{transport}")
+
+            # A job started elsewhere (another client) shows up first on Refresh.
+            token = page.evaluate("JSON.parse(sessionStorage.getItem('ams.session')).access")
+            response = app.test_client().post(
+                "/api/v1/analyses",
+                data={"file": (io.BytesIO(wav_bytes(sine_and_clicks(1.0))), "elsewhere.wav")},
+                headers={"Authorization": f"Bearer {token}"},
+                content_type="multipart/form-data",
+            )
+            assert response.status_code == 202
+            page.get_by_role("button", name="Refresh").click()
+            page.locator(".job-title", has_text="elsewhere.wav").wait_for()
+            titles = page.locator(".job-title").all_inner_texts()
+            assert titles[0] == "Analysis: elsewhere.wav" and len(titles) == 3
         finally:
             context.close()
 

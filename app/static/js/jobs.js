@@ -72,6 +72,10 @@ export async function loadJobs({ more = false } = {}) {
     }
   }
   for (const job of body.items) upsert(job, { append: true });
+  if (!more) {
+    // Newest first, as the server lists them (jobs created elsewhere included).
+    for (const job of body.items.slice().reverse()) list().prepend(cards.get(job.id).el);
+  }
   $("#more-jobs").hidden = body.total <= page * PER_PAGE;
   updateEmpty();
 }
