@@ -113,6 +113,9 @@ async function refreshAccess() {
         if (session && session.refresh === refresh) save({ ...session, access: tokens.access_token });
       })
       .catch((error) => {
+        // Only a refused refresh token ends the session; a rate limit (429)
+        // or a network error leaves it for the next try.
+        if (error.status !== 401) throw error;
         save(null);
         throw new ApiError(401, { message: "Your session has ended; please log in again.", code: error.code });
       })
