@@ -27,7 +27,7 @@ blp = Blueprint("metrics", __name__, description="Prometheus metrics.")
     content_type="text/plain",
 )
 @blp.alt_response(401, description="`METRICS_TOKEN` is set and no matching Bearer token was sent.")
-@blp.doc(security=[{"bearerAuth": []}])
+@blp.doc(security=[{"metricsToken": []}])
 def scrape() -> ResponseReturnValue:
     """Metrics for Prometheus (Bearer `METRICS_TOKEN` when that is set)."""
     token = current_app.config.get("METRICS_TOKEN")

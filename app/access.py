@@ -1,0 +1,146 @@
+"""Who is calling: one decorator for every protected route.
+
+``@auth_required()`` accepts ``Authorization: Bearer <token>`` where the token
+is either a JWT access token (checked by flask-jwt-extended: signature,
+algorithm, expiry, type, revocation, user) or a personal API key (``ams_...``,
+checked against its hash). Routes then read ``current_user`` from here.
+
+Account management (API keys, deleting the account, refresh, logout) uses
+``auth_required(api_keys=False)``: a leaked key cannot mint more keys or lock
+its owner out. The decorator also writes the route's OpenAPI ``security``, so
+the documentation always says which credentials a route takes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import g, request
+from flask_jwt_extended import get_current_user, verify_jwt_in_request
+from flask_smorest import Blueprint
+from werkzeug.local import LocalProxy
+
+from app.errors import ServiceError
+from app.records import ApiKey, User
+from app.services import api_keys
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+JWT_SCHEME = "bearerAuth"
+API_KEY_SCHEME = "apiKeyAuth"
+SECURITY_SCHEMES = {
+    JWT_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "An access token from POST /api/v1/auth/login.",
+    },
+    API_KEY_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "API key",
+        "description": "A personal API key (ams_...) from POST /api/v1/auth/api-keys.",
+    },
+    # Not a user credential: the operator's METRICS_TOKEN for GET /metrics.
+    "metricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "METRICS_TOKEN (only when the operator sets one).",
+    },
+}
+JWT_OR_API_KEY = [{JWT_SCHEME: []}, {API_KEY_SCHEME: []}]
+JWT_ONLY = [{JWT_SCHEME: []}]
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def authenticate_request(
+    *,
+    api_keys_allowed: bool = True,
+    refresh: bool = False,
+    verify_type: bool = True,
+    locations: list[str] | None = None,
+) -> User:
+    """Check the request's credentials and remember the caller for ``current_user``.
+
+    Every failure raises an error that becomes a 401 JSON (403 for an API key
+    on a route that needs a login).
+    """
+    token = _bearer_token()
+    key: ApiKey | None = None
+    if token is not None and api_keys.looks_like_key(token):
+        # A bad key is a 401 everywhere; a good one on an account route is a 403.
+        user, key = api_keys.authenticate(token, record_use=api_keys_allowed)
+        if not api_keys_allowed:
+            raise ServiceError(
+                "This route needs a login (access token), not an API key.",
+                code="api_key_not_allowed",
+                status=403,
+            )
+    else:
+        verify_jwt_in_request(refresh=refresh, verify_type=verify_type, locations=locations)
+        user = get_current_user()
+    g.auth_user = user
+    g.auth_api_key = key
+    return user
+
+
+def auth_required(
+    *,
+    api_keys: bool = True,
+    refresh: bool = False,
+    verify_type: bool = True,
+    locations: list[str] | None = None,
+) -> Callable[[F], F]:
+    """Protect a view: a JWT access token, or (unless ``api_keys=False``) an API key.
+
+    ``refresh``, ``verify_type`` and ``locations`` go to flask-jwt-extended's
+    ``verify_jwt_in_request`` (refresh and logout routes; the event stream also
+    takes a JWT from the query string). API keys are read from the
+    ``Authorization`` header only, never from URLs, where they would be logged.
+    """
+    security = JWT_OR_API_KEY if api_keys else JWT_ONLY
+    responses: dict[str, Any] = {
+        "401": {"description": "Missing, invalid, expired or revoked credentials."}
+    }
+    if not api_keys:
+        responses["403"] = {"description": "An API key was sent; this route needs a login."}
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            authenticate_request(
+                api_keys_allowed=api_keys,
+                refresh=refresh,
+                verify_type=verify_type,
+                locations=locations,
+            )
+            return view(*args, **kwargs)
+
+        return cast(F, Blueprint.doc(security=security, responses=responses)(wrapper))
+
+    return decorator
+
+
+def _current_user() -> User:
+    user = g.get("auth_user")
+    if user is None:
+        raise RuntimeError("current_user used on a route without @auth_required()")
+    return cast(User, user)
+
+
+def current_api_key() -> ApiKey | None:
+    """The API key the request authenticated with, or None for a JWT."""
+    return cast("ApiKey | None", g.get("auth_api_key"))
+
+
+# The authenticated user of this request (a proxy, like flask_login's).
+current_user: User = cast(User, LocalProxy(_current_user))
