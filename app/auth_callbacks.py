@@ -10,11 +10,13 @@ from typing import Any
 
 from flask.typing import ResponseReturnValue
 from flask_jwt_extended import JWTManager
-from sqlalchemy import select
 
 from app.errors_http import error_response
 from app.extensions import db
-from app.records import RevokedToken, User
+from app.records import User
+from app.services import auth as auth_service
+
+REQUIRED_CLAIMS = ("exp", "iat", "jti", "sub", "type")
 
 
 def register(jwt: JWTManager) -> None:
@@ -23,8 +25,13 @@ def register(jwt: JWTManager) -> None:
         # An access token also dies with the refresh token it was issued from
         # ("rjti"), so logging out with either token ends the whole session.
         jtis = [payload["jti"]] + ([payload["rjti"]] if payload.get("rjti") else [])
-        found = db.session.execute(select(RevokedToken.jti).where(RevokedToken.jti.in_(jtis)))
-        return found.first() is not None
+        return auth_service.is_revoked([jti for jti in jtis if isinstance(jti, str)])
+
+    @jwt.token_verification_loader
+    def _has_claims(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        # PyJWT accepts a token without "exp" (it would never expire) or "jti"
+        # (it could never be revoked); tokens we issue always carry them.
+        return all(payload.get(claim) for claim in REQUIRED_CLAIMS)
 
     @jwt.user_lookup_loader
     def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:

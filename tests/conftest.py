@@ -32,6 +32,9 @@ def make_app(data_dir: Path, **overrides: Any) -> Flask:
         "DATABASE_URL": None,
         "REDIS_URL": None,
         "TESTING": True,
+        # Production keeps rate limits on; tests that exercise them turn them
+        # back on (tests/test_rate_limits.py), the rest create jobs in bursts.
+        "RATELIMIT_ENABLED": False,
         **overrides,
     }
     app = create_app(config)
@@ -151,3 +154,21 @@ def progress_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str | Non
 
     monkeypatch.setattr(runner.ProgressReporter, "__call__", spy)
     return seen
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A real redis-server on a free loopback port (tests/redis_server.py),
+    with append-only persistence so ``restart()`` keeps the data; the test is
+    skipped, with the reason, when redis-server is not installed."""
+    from tests.redis_server import RedisServer, find_binary
+
+    binary = find_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server); test skipped")
+    server = RedisServer(binary, tmp_path / "redis", appendonly=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token, decode_token
+from redis import Redis
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import ServiceError
 from app.extensions import db
-from app.records import RevokedToken, User, utcnow
+from app.records import Job, RevokedToken, User, utcnow
 
 _hasher = PasswordHasher()
 # Verified against when the e-mail is unknown, so a failed login costs the same
@@ -25,7 +29,50 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+PASSWORD_MIN_LENGTH = 10
+# Frequent passwords of at least PASSWORD_MIN_LENGTH characters (from public
+# breach top lists); shorter ones already fail the length rule.
+_COMMON = """
+    1234567890 0123456789 0987654321 1111111111 0000000000 1234512345 1122334455
+    12345678910 123456789a 123456789q a123456789 qwertyuiop qwertyuiop123 qwerty1234
+    qwerty12345 qwerty123456 1q2w3e4r5t 1q2w3e4r5t6y 1qaz2wsx3edc zaq12wsxcde qazwsxedc123
+    asdfghjkl1 asdfghjkl123 zxcvbnm123 abcdefghij abcd123456 abc1234567 password12
+    password123 password1234 password12345 passw0rd123 p@ssw0rd123 passwordpassword
+    iloveyou12 iloveyou123 letmein123 welcome123 welcome1234 changeme123 administrator
+    admin12345 admin123456 trustno1234 football123 baseball123 princess123 sunshine123
+    superman123 starwars123 dragon1234 monkey1234 michael123 jennifer123 whatever123
+    computer123 internet123 basketball soccer1234 liverpool1 chelsea123 charlie123
+    qwertyuiopasdfghjkl 1234567890qwerty correcthorsebatterystaple
+"""
+COMMON_PASSWORDS = frozenset(_COMMON.split())
+
+
+def password_problems(email: str, password: str) -> list[str]:
+    """Why a password is refused (empty when it is fine): too short, the
+    e-mail itself, one repeated character, or on the common-passwords list."""
+    problems = []
+    if len(password) < PASSWORD_MIN_LENGTH:
+        problems.append(f"Use at least {PASSWORD_MIN_LENGTH} characters.")
+    folded = password.strip().lower()
+    address = normalise_email(email)
+    if folded in {address, address.split("@", 1)[0]}:
+        problems.append("The password must not be your e-mail address.")
+    if len(set(password)) == 1:
+        problems.append("The password must not repeat a single character.")
+    if folded in COMMON_PASSWORDS or folded.replace(" ", "") in COMMON_PASSWORDS:
+        problems.append("This password is too common; choose another one.")
+    return problems
+
+
 def register(email: str, password: str) -> User:
+    problems = password_problems(email, password)
+    if problems:
+        raise ServiceError(
+            "The request has invalid fields.",
+            code="validation_error",
+            status=422,
+            errors={"password": problems},
+        )
     user = User(email=normalise_email(email), password_hash=_hasher.hash(password))
     db.session.add(user)
     try:
@@ -68,8 +115,6 @@ def refresh_access(user: User, refresh_payload: dict[str, Any]) -> dict[str, Any
 
 
 def _token_body(access: str, refresh: str | None) -> dict[str, Any]:
-    from flask import current_app
-
     body: dict[str, Any] = {
         "access_token": access,
         "token_type": "Bearer",
@@ -80,25 +125,84 @@ def _token_body(access: str, refresh: str | None) -> dict[str, Any]:
     return body
 
 
+REVOKED_KEY = "ams:revoked:"
+
+
+def _redis() -> Redis | None:
+    """The Redis client holding revoked token ids, when ``REDIS_URL`` is set."""
+    url = current_app.config.get("REDIS_URL")
+    if not url:
+        return None
+    client = current_app.extensions.get("auth_redis")
+    if client is None:
+        client = Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        current_app.extensions["auth_redis"] = client
+    return client
+
+
 def revoke(payload: dict[str, Any]) -> None:
-    """Revoke the presented token and, for an access token, its refresh token."""
-    exp = datetime.fromtimestamp(payload["exp"], UTC).replace(tzinfo=None)
-    refresh_exp = utcnow() + _refresh_lifetime()
-    _revoke_jti(payload["jti"], exp)
+    """Revoke the presented token and, for an access token, its refresh token.
+
+    Each revocation is kept as long as the token could still be used: in Redis
+    as a key with that TTL when ``REDIS_URL`` is set, in the database otherwise
+    (rows past their expiry are purged).
+    """
+    now = utcnow()
+    entries = [(payload["jti"], datetime.fromtimestamp(payload["exp"], UTC).replace(tzinfo=None))]
     if payload.get("rjti"):
-        _revoke_jti(payload["rjti"], refresh_exp)
+        # The refresh token's own expiry is not in the access token: its
+        # longest possible remaining life is used.
+        entries.append((payload["rjti"], now + _refresh_lifetime()))
+    client = _redis()
+    if client is not None:
+        pipe = client.pipeline()
+        for jti, expires_at in entries:
+            ttl = max(1, math.ceil((expires_at - now).total_seconds()))
+            pipe.set(REVOKED_KEY + jti, "1", ex=ttl)
+        pipe.execute()
+        return
+    for jti, expires_at in entries:
+        _revoke_jti(jti, expires_at)
     db.session.commit()
 
 
-def _refresh_lifetime() -> Any:
-    from flask import current_app
+def is_revoked(jtis: list[str]) -> bool:
+    """Whether any of these token ids was revoked. With Redis down this raises
+    (the request gets a 503) rather than letting a revoked token through."""
+    client = _redis()
+    if client is not None:
+        return int(client.exists(*(REVOKED_KEY + jti for jti in jtis))) > 0
+    found = db.session.execute(select(RevokedToken.jti).where(RevokedToken.jti.in_(jtis)))
+    return found.first() is not None
 
+
+def _refresh_lifetime() -> Any:
     return current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
 
 
 def _revoke_jti(jti: str, expires_at: datetime) -> None:
     if db.session.get(RevokedToken, jti) is None:
         db.session.add(RevokedToken(jti=jti, expires_at=expires_at))
+
+
+def delete_account(user: User, password: str) -> None:
+    """Delete an account after checking its password: every job (canceled
+    first if active) with its files, every API key, then the user. Tokens and
+    keys of the account stop working at once (their user no longer exists)."""
+    from app.services import jobs
+
+    try:
+        _hasher.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        raise ServiceError("The password is wrong.", code="invalid_password", status=403) from None
+    job_ids = db.session.execute(select(Job.id).where(Job.owner_id == user.id)).scalars().all()
+    for job_id in job_ids:
+        with contextlib.suppress(jobs.NotFound):  # deleted meanwhile
+            jobs.delete(user, job_id)
+    record = db.session.get(User, user.id)
+    if record is not None:
+        db.session.delete(record)
+        db.session.commit()
 
 
 def purge_revoked() -> int:
