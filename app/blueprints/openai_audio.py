@@ -5,7 +5,7 @@ multipart fields as OpenAI's API, run an ordinary transcription job, wait for
 it (up to ``OPENAI_WAIT_SECONDS``) and answer in the requested
 ``response_format``. A job that runs longer answers ``202`` with its URL,
 where the result can be fetched later. Authentication is the service's own:
-pass an access token as the SDK's ``api_key``.
+pass a personal API key (``ams_...``) or an access token as the SDK's ``api_key``.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import time
 from typing import Any
 
 from flask import Response, current_app, jsonify, url_for
-from flask_jwt_extended import current_user, jwt_required
 from marshmallow import EXCLUDE, ValidationError, fields, validate, validates_schema
 
 from app import transcripts
+from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
 from app.blueprints.transcriptions import TranscriptionOptionsSchema, check_english_only
 from app.errors_http import error_response
 from app.extensions import db
+from app.ratelimits import limit_job_creation
 from app.records import Job
 from app.services import transcription
 
@@ -141,7 +142,8 @@ def _handle(form: dict[str, Any], task: str) -> Any:
 
 
 @blp.route("/transcriptions", methods=["POST"])
-@jwt_required()
+@auth_required()
+@limit_job_creation
 @blp.arguments(OpenAITranscriptionSchema, location="multipart")
 @blp.response(200, description="The transcript in `response_format`.")
 @blp.alt_response(202, description="Still running after OPENAI_WAIT_SECONDS: poll `url`.")
@@ -156,7 +158,8 @@ class OpenAITranslationSchema(OpenAITranscriptionSchema):
 
 
 @blp.route("/translations", methods=["POST"])
-@jwt_required()
+@auth_required()
+@limit_job_creation
 @blp.arguments(OpenAITranslationSchema, location="multipart")
 @blp.response(200, description="English text in `response_format`.")
 @blp.alt_response(202, description="Still running after OPENAI_WAIT_SECONDS: poll `url`.")

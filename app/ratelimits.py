@@ -1,0 +1,114 @@
+"""Rate limits (flask-limiter): login and refresh per IP and per account, job
+creation per user.
+
+Limits come from the environment (``LOGIN_RATE_LIMIT``, ``REFRESH_RATE_LIMIT``,
+``JOB_RATE_LIMIT``) and are read per request, so each app uses its own config.
+Counters live in Redis when ``REDIS_URL`` is set (shared by every API process)
+and in memory otherwise (per process). ``RATELIMIT_ENABLED=false`` turns them
+off. A refused request gets ``429`` JSON with ``code: rate_limited`` and a
+``Retry-After`` header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import Flask, current_app, g, request
+from flask.typing import ResponseReturnValue
+from flask_limiter import Limiter, RateLimitExceeded
+
+from app.errors_http import error_response
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def client_ip() -> str:
+    """The peer address. Behind a reverse proxy, have it set the real client
+    address (or run the app behind ProxyFix) so limits are not shared by all."""
+    return request.remote_addr or "unknown"
+
+
+def login_account() -> str:
+    """The account a login attempt names (hashed: no e-mails in Redis keys);
+    empty, so the limit is skipped, when the body names none (it fails validation)."""
+    from app.services.auth import normalise_email
+
+    body = request.get_json(silent=True)
+    email = body.get("email") if isinstance(body, dict) else None
+    if not isinstance(email, str) or not email.strip():
+        return ""
+    return "account:" + hashlib.sha256(normalise_email(email).encode()).hexdigest()[:32]
+
+
+def authenticated_user() -> str:
+    """The caller set by ``auth_required`` (the decorator runs first)."""
+    user = g.get("auth_user")
+    return f"user:{user.id}" if user is not None else f"ip:{client_ip()}"
+
+
+def _setting(name: str) -> str:
+    return str(current_app.config[name])
+
+
+limiter = Limiter(key_func=client_ip)
+
+login_per_ip = limiter.limit(lambda: _setting("LOGIN_RATE_LIMIT"), key_func=client_ip)
+login_per_account = limiter.limit(
+    lambda: _setting("LOGIN_RATE_LIMIT"), key_func=login_account, scope="account"
+)
+# Password checks on an authenticated route (deleting the account) count per user.
+password_per_user = limiter.limit(
+    lambda: _setting("LOGIN_RATE_LIMIT"), key_func=authenticated_user, scope="user"
+)
+refresh_per_ip = limiter.limit(lambda: _setting("REFRESH_RATE_LIMIT"), key_func=client_ip)
+refresh_per_user = limiter.limit(
+    lambda: _setting("REFRESH_RATE_LIMIT"), key_func=authenticated_user, scope="user"
+)
+# One budget per user across every route that creates a job.
+job_creation = limiter.shared_limit(
+    lambda: _setting("JOB_RATE_LIMIT"), scope="job-creation", key_func=authenticated_user
+)
+
+RATE_LIMITED_DOC = {"429": {"description": "Too many requests; see Retry-After."}}
+JOB_CREATION_DOC = {
+    "409": {"description": "storage_quota_exceeded: the user's storage quota is used up."},
+    "429": {
+        "description": (
+            "rate_limited (JOB_RATE_LIMIT; see Retry-After) or too_many_active_jobs "
+            "(MAX_ACTIVE_JOBS queued or running)."
+        )
+    },
+}
+
+
+def limit_job_creation(view: F) -> F:
+    """For every route that creates a job, under ``@auth_required()``: the
+    per-user JOB_RATE_LIMIT, checked before the upload is read; documented
+    with the quota answers ``jobs.submit`` gives."""
+    from flask_smorest import Blueprint
+
+    return cast(F, Blueprint.doc(responses=JOB_CREATION_DOC)(job_creation(view)))
+
+
+def _rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
+    current = limiter.current_limit
+    retry_after = 60
+    if current is not None:
+        reset_at = current.window[0]  # when the breached window ends (epoch seconds)
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+    response, status = error_response(  # type: ignore[misc]
+        429,
+        f"Too many requests (at most {exc.limit.limit}); retry in {retry_after} s.",
+        code="rate_limited",
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response, status
+
+
+def init_app(app: Flask) -> None:
+    limiter.init_app(app)
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
