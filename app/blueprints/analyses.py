@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema
-
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
-from app.blueprints.jobs import upload_route
+from app.blueprints.jobs import CallbackSchema, upload_route
 from app.services import analysis
 
 PREFIX = "/analyses"
 blp = Blueprint("analyses", __name__, description="Key, tempo, beats and loudness of a song.")
 
 
-class AnalysisFormSchema(Schema):
+class AnalysisFormSchema(CallbackSchema):
     file = FileUpload(required=True, metadata={"description": "The song."})
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app import audio
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload, check_output_format
-from app.blueprints.jobs import upload_route
+from app.blueprints.jobs import CallbackSchema, upload_route
 from app.blueprints.transcriptions import LANGUAGES, _known_separator, _known_whisper
 from app.models import registry
 from app.services import karaoke
@@ -19,7 +19,7 @@ PREFIX = "/karaoke"
 blp = Blueprint("karaoke", __name__, description="Karaoke packages: instrumental + synced lyrics.")
 
 
-class KaraokeFormSchema(Schema):
+class KaraokeFormSchema(CallbackSchema):
     file = FileUpload(required=True, metadata={"description": "The song."})
     separation_model = fields.String(
         load_default=None,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 from webargs.fields import DelimitedList
 
 from app import audio
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload, check_output_format
-from app.blueprints.jobs import upload_route
+from app.blueprints.jobs import CallbackSchema, upload_route
 from app.models import registry
 from app.services import separation
 
@@ -24,7 +24,7 @@ def _known_model(name: str) -> None:
         raise ValidationError("Unknown model; GET /api/v1/models lists them.")
 
 
-class SeparationFormSchema(Schema):
+class SeparationFormSchema(CallbackSchema):
     file = FileUpload(
         required=True,
         metadata={"description": "Audio file (mp3, wav, flac, ogg, opus, m4a, ...)."},

@@ -10,7 +10,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
-from app.blueprints.jobs import upload_route
+from app.blueprints.jobs import CallbackSchema, upload_route
 from app.models import registry, whisper_engine
 from app.services import transcription
 
@@ -55,7 +55,7 @@ class TranscriptionOptionsSchema(Schema):
     )
 
 
-class TranscriptionFormSchema(TranscriptionOptionsSchema):
+class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
     file = FileUpload(required=True, metadata={"description": "Audio or video file."})
     task = fields.String(
         load_default="transcribe",
