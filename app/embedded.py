@@ -61,7 +61,10 @@ def main() -> int:
     api_cmd = [
         python, "-m", "gunicorn", "wsgi:app",
         "--bind", f"{host}:{port}",
-        "--worker-class", "gthread", "--workers", "2", "--threads", "8",
+        # An open event stream (GET /jobs/<id>/events) holds a thread while it
+        # waits: enough threads for a few dozen watching browser tabs.
+        "--worker-class", "gthread", "--workers", "2",
+        "--threads", os.environ.get("GUNICORN_THREADS") or "32",
         "--timeout", "300", "--graceful-timeout", "30",
         "--control-socket", str(Path(os.environ["DATA_DIR"]).resolve() / "gunicorn.ctl"),
     ]  # fmt: skip
