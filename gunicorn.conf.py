@@ -13,10 +13,12 @@ from typing import Any
 
 bind = [f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT') or '5000'}"]
 # Threads: status polls are short database reads, uploads wait on the network;
-# neither needs a process of its own. Two processes survive one crashing.
+# neither needs a process of its own. Two processes survive one crashing. Each
+# open event stream (GET /jobs/<id>/events) holds a thread while it waits (a
+# database read every SSE_POLL_SECONDS, a heartbeat every 15 s), hence 32.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
-threads = int(os.environ.get("GUNICORN_THREADS") or 8)
+threads = int(os.environ.get("GUNICORN_THREADS") or 32)
 # Uploads of a few hundred MB from slow clients take a while to arrive.
 timeout = 300
 # SIGTERM: stop accepting, let in-flight requests finish for up to this long.
