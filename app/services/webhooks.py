@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, has_request_context
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.errors import ServiceError
 from app.extensions import db
@@ -180,11 +180,11 @@ def sign(key: str, timestamp: str, body: bytes) -> str:
 
 def _record(job_id: str, **values: Any) -> None:
     """Update the job's delivery record (never ``updated_at``: that is the job's own)."""
-    job = db.session.get(Job, job_id)
-    if job is None:  # deleted meanwhile: the delivery still goes out
+    row = db.session.execute(select(Job.webhook).where(Job.id == job_id)).first()
+    if row is None:  # deleted meanwhile: the delivery still goes out
         db.session.rollback()
         return
-    record = dict(job.webhook or {})
+    record = dict(row[0] or {})
     record.update(values)
     db.session.execute(update(Job).where(Job.id == job_id).values(webhook=record))
     db.session.commit()
