@@ -118,19 +118,22 @@ def summarise(latencies: list[float], errors: Counter, seconds: float) -> dict[s
 async def _hammer(
     url: str, headers: dict[str, str], pollers: int, seconds: float, warmup: float,
     stop: threading.Event | None = None,
-) -> tuple[list[float], Counter, float]:  # fmt: skip
-    """``pollers`` tasks loop GET ``url``; latencies of requests started after the warm-up."""
+) -> tuple[list[float], Counter, float, int]:  # fmt: skip
+    """``pollers`` tasks loop GET ``url``; latencies of requests started after the
+    warm-up, errors, the measured seconds, and every answer including the warm-up."""
     import httpx
 
     limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
     latencies: list[float] = []
     errors: Counter = Counter()
+    answered = 0
     async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
         begin = time.perf_counter()
         measure_from = begin + warmup
         stop_at = measure_from + seconds
 
         async def poller() -> None:
+            nonlocal answered
             while True:
                 started = time.perf_counter()
                 if started >= stop_at or (stop is not None and stop.is_set()):
@@ -141,6 +144,7 @@ async def _hammer(
                     if started >= measure_from:
                         errors[type(exc).__name__] += 1
                     continue
+                answered += 1
                 if started < measure_from:
                     continue
                 if response.status_code == 200:
@@ -150,7 +154,7 @@ async def _hammer(
 
         await asyncio.gather(*(poller() for _ in range(pollers)))
         measured = min(time.perf_counter(), stop_at) - measure_from
-    return latencies, errors, max(measured, 1e-9)
+    return latencies, errors, max(measured, 1e-9), answered
 
 
 def poll_phase(
@@ -159,7 +163,7 @@ def poll_phase(
     cpu_server = group_cpu_seconds([api_pgid])
     own = resource.getrusage(resource.RUSAGE_SELF)
     wall = time.perf_counter()
-    latencies, errors, seconds = asyncio.run(
+    latencies, errors, seconds, answered = asyncio.run(
         _hammer(url, headers, args.pollers, args.seconds, args.warmup)
     )
     wall = time.perf_counter() - wall
@@ -169,11 +173,17 @@ def poll_phase(
     result["client_cores"] = (
         own_after.ru_utime + own_after.ru_stime - own.ru_utime - own.ru_stime
     ) / wall
+    # CPU time the server spent per answered request: unlike req/s, barely
+    # affected by other processes competing for the cores.
+    result["server_cpu_ms"] = (
+        result["server_cores"] * wall / answered * 1000 if answered else float("nan")
+    )
     say(
         f"  {label:<26} {result['rps']:7.0f} req/s  p50 {result['p50_ms']:6.1f}  "
         f"p90 {result['p90_ms']:6.1f}  p95 {result['p95_ms']:6.1f}  p99 {result['p99_ms']:6.1f}  "
         f"max {result['max_ms']:7.1f} ms  errors {sum(errors.values())}  "
-        f"CPU server {result['server_cores']:.2f} / client {result['client_cores']:.2f} cores"
+        f"CPU server {result['server_cores']:.2f} / client {result['client_cores']:.2f} cores, "
+        f"server {result['server_cpu_ms']:.2f} CPU ms/request"
     )
     return result
 
@@ -294,7 +304,7 @@ def upload_phase(
     polled: dict[str, Any] = {}
 
     def poll_meanwhile() -> None:
-        latencies, errors, seconds = asyncio.run(
+        latencies, errors, seconds, _answered = asyncio.run(
             _hammer(job_url, dict(client.http.headers), 10, 3600, 0.0, stop_polling)
         )
         polled.update(summarise(latencies, errors, seconds))
@@ -507,7 +517,7 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
     def mean(runs: list[dict[str, Any]], key: str) -> float:
         return statistics.fmean(r[key] for r in runs)
 
-    keys = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "client_cores")
+    keys = ("rps", "p50_ms", "p95_ms", "p99_ms", "error_rate", "client_cores", "server_cpu_ms")
     health = {k: mean(health_runs, k) for k in keys}
     status = {k: mean(status_runs, k) for k in keys}
     say(
@@ -517,7 +527,11 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
     )
     say(
         f"  ratio job status / healthz: throughput {status['rps'] / health['rps']:.2f}x, "
-        f"p50 {status['p50_ms'] / health['p50_ms']:.2f}x, p99 {status['p99_ms'] / health['p99_ms']:.2f}x"
+        f"p50 {status['p50_ms'] / health['p50_ms']:.2f}x, p99 {status['p99_ms'] / health['p99_ms']:.2f}x, "
+        f"server CPU per request {status['server_cpu_ms'] / health['server_cpu_ms']:.2f}x "
+        f"({status['server_cpu_ms']:.2f} vs {health['server_cpu_ms']:.2f} ms: at most "
+        f"{1000 * (os.cpu_count() or 1) / status['server_cpu_ms']:.0f} status req/s "
+        f"on {os.cpu_count()} idle cores)"
     )
     for line in verdicts(status, health):
         say(f"  {line}")
