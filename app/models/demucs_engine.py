@@ -265,9 +265,11 @@ class WindowSeparator:
         self.sample_rate = int(model.samplerate)
         self.channels = int(model.audio_channels)
 
-    def steps(self, frames: int) -> int:
+    def steps(self, frames: int, segment: float | None = None) -> int:
         """How many chunk evaluations ``apply_model`` makes for a window."""
-        segment = self.segment or float(getattr(self.model, "segment", None) or HT_SEGMENT)
+        segment = (
+            segment or self.segment or float(getattr(self.model, "segment", None) or HT_SEGMENT)
+        )
         segment_frames = int(self.sample_rate * segment)
         stride = max(1, int((1 - self.overlap) * segment_frames))
         chunks = max(1, -(-frames // stride))
@@ -275,11 +277,62 @@ class WindowSeparator:
         return chunks * max(1, self.shifts) * models
 
     def __call__(self, window: np.ndarray, progress: Callable[[float], None]) -> np.ndarray:
-        """(channels, frames) mix -> (sources, channels, frames) stems."""
+        """(channels, frames) mix -> (sources, channels, frames) stems.
+
+        A CUDA out-of-memory error runs the window again with a shorter
+        segment, then on the CPU where allowed (``app/models/oom.py``).
+        """
+        import torch
+
+        from app.models.oom import after_out_of_memory, is_cuda_out_of_memory
+
+        mix = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
+        mix = (mix - self.ref_mean) / self.ref_std
+        device, segment = self.device, self.segment
+        try:
+            while True:
+                try:
+                    out = self._apply(mix, device, segment, progress)
+                    break
+                except Exception as exc:
+                    if not is_cuda_out_of_memory(exc):
+                        raise
+                    torch.cuda.empty_cache()
+                    default = float(getattr(self.model, "segment", None) or HT_SEGMENT)
+                    retry = after_out_of_memory(
+                        device,
+                        segment or default,
+                        default_segment=self.segment,
+                        allow_cpu=_cpu_fallback_allowed(),
+                    )
+                    if retry is None:
+                        raise ServiceError(
+                            "The GPU ran out of memory separating this track; try a smaller "
+                            "segment or a CPU worker.",
+                            code="out_of_memory",
+                            status=507,
+                        ) from exc
+                    log.warning(
+                        "CUDA out of memory on %s (segment %s s); retrying on %s with segment %s",
+                        device,
+                        segment,
+                        retry.device,
+                        retry.segment,
+                    )
+                    device, segment = retry.device, retry.segment
+        finally:
+            if device != self.device:
+                self.model.to(self.device)  # apply_model moved the cached model
+        out = out * self.ref_std + self.ref_mean
+        return out.to("cpu", torch.float32).numpy()
+
+    def _apply(
+        self, mix: Any, device: str, segment: float | None, progress: Callable[[float], None]
+    ) -> Any:
         import torch
         from demucs.apply import apply_model
 
-        total = self.steps(window.shape[-1])
+        total = self.steps(mix.shape[-1], segment)
         done = 0
 
         def on_chunk(info: dict[str, Any]) -> None:
@@ -288,23 +341,26 @@ class WindowSeparator:
                 done += 1
                 progress(min(done / total, 1.0))
 
-        mix = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
-        mix = (mix - self.ref_mean) / self.ref_std
         with torch.inference_mode():
-            out = apply_model(
+            return apply_model(
                 self.model,
                 mix[None],
                 shifts=self.shifts,
                 split=True,
                 overlap=self.overlap,
-                segment=self.segment,
-                device=self.device,
+                segment=segment,
+                device=device,
                 callback=on_chunk,
                 progress=False,
                 num_workers=0,
             )[0]
-        out = out * self.ref_std + self.ref_mean
-        return out.to("cpu", torch.float32).numpy()
+
+
+def _cpu_fallback_allowed() -> bool:
+    """Only ``MODEL_DEVICE=auto`` lets a job move to the CPU on its own."""
+    from flask import current_app, has_app_context
+
+    return has_app_context() and current_app.config.get("MODEL_DEVICE", "auto") == "auto"
 
 
 def save_package(model: Any, path: Path) -> None:
