@@ -175,6 +175,7 @@ def analyze_file(
     path: str | os.PathLike[str],
     *,
     max_seconds: float | None = None,
+    max_bytes: float | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Decode a file at its own rate and analyse it (see ``analyze``).
@@ -182,14 +183,18 @@ def analyze_file(
     Files with more than two channels are downmixed to stereo by FFmpeg (the
     loudness meter here only knows mono and stereo). Decoding counts as the
     first 20% of ``progress``. Raises ``app.audio.AudioError`` for files that
-    cannot be used (including ``audio_too_long`` past ``max_seconds``).
+    cannot be used (including ``audio_too_long`` past ``max_seconds`` and
+    ``audio_too_large`` past ``max_bytes`` of decoded samples).
     """
     from app import audio as audio_io  # PyAV is only needed for files
 
     report = progress or _no_progress
-    info = audio_io.probe(path, max_seconds=max_seconds)
+    info = audio_io.probe(path, max_seconds=max_seconds, max_bytes=max_bytes)
     samples, rate = audio_io.decode(
-        path, channels=2 if info.channels > 2 else None, max_seconds=max_seconds
+        path,
+        channels=2 if info.channels > 2 else None,
+        max_seconds=max_seconds,
+        max_bytes=max_bytes,
     )
     report(0.2)
     return analyze(samples, rate, progress=lambda fraction: report(0.2 + 0.8 * fraction))

@@ -15,7 +15,13 @@ FFmpeg's downmix because it knows the speaker layouts.
 Uploads are hostile input. FFmpeg is therefore only allowed the demuxers in
 ``_DEMUXERS``: playlist and reference formats (hls, concat, dash, image
 sequences...) can make FFmpeg open other files or URLs, and none of them is a
-way to upload audio.
+way to upload audio. The demuxer FFmpeg picks must also agree with the file's
+first bytes (``_SIGNATURES``): FFmpeg finds MP3 or AAC frames anywhere in a
+file, so a web page, image or archive with audio appended would otherwise pass
+as audio. Before anything is decoded, ``probe`` checks what the headers declare
+(duration, sample rate, channels, decoded size) against the limits; because
+headers can lie, decoding counts what it actually produces and stops past the
+same limits.
 """
 
 from __future__ import annotations
@@ -62,6 +68,15 @@ MP3_BITRATES = (96, 128, 160, 192, 224, 256, 320)
 
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 192000
+# Inputs up to 7.1; every job downmixes to what its model takes.
+MAX_CHANNELS = 8
+# Decoded samples are float32.
+_SAMPLE_BYTES = 4
+# Float input can hold NaN, infinities or absurd values (a damaged or hostile
+# file); decoding replaces NaN with silence and clamps everything else to this
+# magnitude (+40 dBFS, far above the overs of any real recording), so no model,
+# meter or encoder ever sees a non-finite sample.
+MAX_SAMPLE_MAGNITUDE = 100.0
 
 # Demuxers FFmpeg may pick for an upload: audio formats, plus the common video
 # containers so the soundtrack of a video can be separated. FFmpeg still
@@ -94,13 +109,16 @@ _MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 4800
 _AV_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 
 _STATUS = {"unsupported_media_type": 415}
+_MB = 1024 * 1024
 
 
 class AudioError(ServiceError):
     """A file the service cannot use as audio, with a code the client can act on.
 
     Codes: ``unsupported_media_type`` (415, not audio at all), ``audio_decode_failed``
-    (422, audio but broken or an undecodable codec), ``audio_too_long`` (422),
+    (422, audio but broken or an undecodable codec), ``audio_too_long`` (422, past
+    the duration limit), ``audio_too_large`` (422, decodes to more than the size
+    limit), ``unsupported_sample_rate`` and ``unsupported_channels`` (422),
     ``empty_audio`` (422). The status follows from the code unless given.
     """
 
@@ -130,6 +148,19 @@ def _broken(message: str) -> AudioError:
 
 def _empty() -> AudioError:
     return AudioError("The file contains no audio.", code="empty_audio")
+
+
+def _too_large(decoded_bytes: float, limit_bytes: float, *, at_least: bool = False) -> AudioError:
+    qualifier = "at least " if at_least else ""
+    return AudioError(
+        f"The audio decodes to {qualifier}{decoded_bytes / _MB:.0f} MB of samples; "
+        f"the limit is {limit_bytes / _MB:g} MB.",
+        code="audio_too_large",
+        errors={
+            "decoded_mb": round(decoded_bytes / _MB, 1),
+            "max_decoded_mb": round(limit_bytes / _MB, 1),
+        },
+    )
 
 
 def _too_long(seconds: float, limit: float, *, at_least: bool = False) -> AudioError:
@@ -184,7 +215,7 @@ def _looks_like_media(path: str) -> bool:
 
 def _open(path: str) -> av.container.InputContainer:
     try:
-        return av.open(path, "r", container_options=_OPEN_OPTIONS)
+        container = av.open(path, "r", container_options=_OPEN_OPTIONS)
     except (av.error.InvalidDataError, av.error.ArgumentError, EOFError) as exc:
         # FFmpeg recognised no allowed format, or the header is cut short.
         if _looks_like_media(path):
@@ -192,6 +223,140 @@ def _open(path: str) -> av.container.InputContainer:
         raise _unsupported() from exc
     except _AV_ERRORS as exc:
         raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
+    try:
+        _check_signature(path, container.format.name.split(",")[0])
+    except BaseException:
+        container.close()
+        raise
+    return container
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def _mpeg_audio(h: bytes) -> bool:
+    """An MPEG audio frame header: sync, a valid layer, bitrate and rate index."""
+    return (
+        len(h) >= 3
+        and h[0] == 0xFF
+        and (h[1] & 0xE0) == 0xE0
+        and (h[1] & 0x06) != 0
+        and (h[2] & 0xF0) != 0xF0
+        and (h[2] & 0x0C) != 0x0C
+    )
+
+
+def _prefix(*magics: bytes) -> Any:
+    return lambda h: h.startswith(magics)
+
+
+def _riff(*kinds: bytes) -> Any:
+    return lambda h: h[:4] in (b"RIFF", b"RF64", b"BW64") and h[8:12] in kinds
+
+
+# What the first bytes of a file (after any ID3v2 tags) must be for the demuxer
+# FFmpeg picked. Keyed by FFmpeg's demuxer name; a demuxer missing here is refused.
+_SIGNATURES: dict[str, Any] = {
+    "wav": _riff(b"WAVE"),
+    "xwma": _riff(b"XWMA"),
+    "avi": _riff(b"AVI "),
+    "w64": _prefix(b"riff"),
+    "aiff": lambda h: h[:4] == b"FORM" and h[8:12] in (b"AIFF", b"AIFC"),
+    "iff": _prefix(b"FORM"),
+    "caf": _prefix(b"caff"),
+    "au": _prefix(b".snd"),
+    "voc": _prefix(b"Creative Voice File"),
+    "flac": _prefix(b"fLaC"),
+    "ogg": _prefix(b"OggS"),
+    "mov": lambda h: h[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip", b"pnot"),
+    "matroska": _prefix(b"\x1a\x45\xdf\xa3"),
+    "asf": _prefix(bytes.fromhex("3026b2758e66cf11")),
+    "wv": _prefix(b"wvpk"),
+    "ape": _prefix(b"MAC "),
+    "tta": _prefix(b"TTA1", b"TTA2"),
+    "tak": _prefix(b"tBaK"),
+    "shn": _prefix(b"ajkg"),
+    "mpc": _prefix(b"MP+"),
+    "mpc8": _prefix(b"MPCK"),
+    "dsf": _prefix(b"DSD "),
+    "amr": _prefix(b"#!AMR"),
+    "oma": _prefix(b"ea3", b"EA3"),
+    "rm": _prefix(b".RMF", b".ra\xfd"),
+    "flv": _prefix(b"FLV"),
+    "nut": _prefix(b"nut/multimedia container"),
+    "mpeg": lambda h: h[:3] == b"\x00\x00\x01" and len(h) > 3 and h[3] >= 0xBA,
+    "mpegts": lambda h: (
+        (len(h) > 188 and h[0] == h[188] == 0x47) or (len(h) > 196 and h[4] == h[196] == 0x47)
+    ),
+    "dtshd": _prefix(b"DTSHDHDR"),
+}
+# Raw streams of frames have no file header, only each frame's sync word; an
+# encoder may pad the start with zero bytes, which are skipped for these.
+_SYNC_SIGNATURES: dict[str, Any] = {
+    "mp3": _mpeg_audio,
+    "mp2": _mpeg_audio,
+    # ADTS (sync 0xFFF, layer 0) or ADIF.
+    "aac": lambda h: (len(h) > 1 and h[0] == 0xFF and (h[1] & 0xF6) == 0xF0) or h[:4] == b"ADIF",
+    "loas": lambda h: len(h) > 1 and h[0] == 0x56 and (h[1] & 0xE0) == 0xE0,
+    "ac3": _prefix(b"\x0b\x77", b"\x77\x0b"),
+    "eac3": _prefix(b"\x0b\x77", b"\x77\x0b"),
+    "dts": _prefix(*(bytes.fromhex(h) for h in ("7ffe8001", "fe7f0180", "1fffe800", "ff1f00e8"))),
+    "truehd": lambda h: h[4:7] == b"\xf8\x72\x6f",
+    "mlp": lambda h: h[4:7] == b"\xf8\x72\x6f",
+}
+_HEAD_BYTES = 256
+_MAX_ZERO_PADDING = 64 * 1024
+
+
+def _leading_bytes(path: str) -> tuple[bytes, bytes]:
+    """The file's first bytes after any ID3v2 tags, as is and past zero padding."""
+    with open(path, "rb") as handle:
+        offset = 0
+        while True:
+            handle.seek(offset)
+            tag = handle.read(10)
+            if len(tag) < 10 or tag[:3] != b"ID3" or any(b & 0x80 for b in tag[6:10]):
+                break
+            size = 0
+            for byte in tag[6:10]:  # a "syncsafe" integer: 7 bits per byte
+                size = (size << 7) | byte
+            offset += 10 + size + (10 if tag[5] & 0x10 else 0)  # header, body, footer
+        handle.seek(offset)
+        head = handle.read(_HEAD_BYTES)
+        start = offset
+        handle.seek(offset)
+        while start - offset < _MAX_ZERO_PADDING:
+            chunk = handle.read(4096)
+            if not chunk:
+                break
+            rest = chunk.lstrip(b"\x00")
+            start += len(chunk) - len(rest)
+            if rest:
+                break
+        handle.seek(start)
+        return head, handle.read(_HEAD_BYTES)
+
+
+def _check_signature(path: str, demuxer: str) -> None:
+    """Refuse a file whose first bytes are not those of the format FFmpeg found in it.
+
+    FFmpeg's MP3, AAC, AC-3 and MPEG-TS probes look for frames anywhere in the
+    first megabyte, so a PDF, web page, image or zip with a song appended (a
+    polyglot) is found to be "mp3". Requiring the format's own signature at the
+    start means content, not a stray sync word, decides the type.
+    """
+    try:
+        head, stripped = _leading_bytes(path)
+    except OSError as exc:
+        raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
+    check = _SIGNATURES.get(demuxer)
+    if check is not None:
+        ok = check(head)
+    else:
+        sync = _SYNC_SIGNATURES.get(demuxer)
+        ok = sync is not None and sync(stripped)
+    if not ok:
+        raise _unsupported("The file does not start like an audio or video file.")
 
 
 def read_tags(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -232,14 +397,44 @@ def _codec_name(stream: av.audio.stream.AudioStream) -> str:
     return stream.codec_context.codec.canonical_name
 
 
+def _bad_rate(sample_rate: int) -> AudioError:
+    return AudioError(
+        f"Unsupported sample rate {sample_rate} Hz "
+        f"(must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz).",
+        code="unsupported_sample_rate",
+        errors={"sample_rate": sample_rate, "min": MIN_SAMPLE_RATE, "max": MAX_SAMPLE_RATE},
+    )
+
+
+def _bad_channels(channels: int) -> AudioError:
+    detail = "has no channels" if channels < 1 else f"has {channels} channels"
+    return AudioError(
+        f"The audio track {detail} (must be 1-{MAX_CHANNELS}).",
+        code="unsupported_channels",
+        errors={"channels": channels, "max_channels": MAX_CHANNELS},
+    )
+
+
 def _check_shape(sample_rate: int, channels: int) -> None:
+    """Limits on what is actually decoded (every frame format, not just the first)."""
     if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-        raise _broken(
-            f"Unsupported sample rate {sample_rate} Hz "
-            f"(must be {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)."
-        )
-    if channels < 1:
-        raise _broken("The audio track has no channels.")
+        raise _bad_rate(sample_rate)
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise _bad_channels(channels)
+
+
+def _check_declared(stream: av.audio.stream.AudioStream) -> None:
+    """Limits on what the headers declare, checked before anything is decoded.
+
+    Zero means "not stated" in many containers, so only stated values count here;
+    decoding checks the real ones.
+    """
+    context = stream.codec_context
+    rate, channels = context.sample_rate or 0, context.channels or 0
+    if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise _bad_rate(rate)
+    if channels > MAX_CHANNELS:
+        raise _bad_channels(channels)
 
 
 def _first_frame(
@@ -303,19 +498,33 @@ def _packet_duration(
     return float(max(total, (end - start) * time_base if start is not None else 0))
 
 
-def probe(path: str | os.PathLike[str], *, max_seconds: float | None = None) -> AudioInfo:
+def probe(
+    path: str | os.PathLike[str],
+    *,
+    max_seconds: float | None = None,
+    max_bytes: float | None = None,
+) -> AudioInfo:
     """Check an upload is usable audio before a job is accepted for it.
 
     Reads headers and decodes one frame, so a client learns at upload time (not
-    minutes later from a failed job) that its file is not audio, is broken or is
-    too long. Durations come from headers and may be estimates; ``decode``
-    enforces ``max_seconds`` again on the samples actually decoded.
+    minutes later from a failed job) that its file is not audio, is broken, is
+    too long, or decodes to more than ``max_bytes`` of float32 samples at its
+    own rate and channel count (a highly compressed hour of silence is a small
+    file). Only the first audio track is used, here and when decoding.
+    Durations come from headers and may be estimates or lies; ``decode``
+    enforces the same limits again on the samples actually decoded.
     """
     path = os.fspath(path)
     try:
         with _open(path) as container:
             stream = _audio_stream(container)
-            frame = _first_frame(container, stream)
+            _check_declared(stream)
+            try:
+                frame = _first_frame(container, stream)
+            except AudioError:
+                if stream.codec_context.channels == 0:  # declares none, decodes none
+                    raise _bad_channels(0) from None
+                raise
             sample_rate, channels = frame.sample_rate, frame.layout.nb_channels
             _check_shape(sample_rate, channels)
             duration = _header_duration(container, stream)
@@ -326,6 +535,9 @@ def probe(path: str | os.PathLike[str], *, max_seconds: float | None = None) -> 
                 raise _empty()
             if max_seconds is not None and duration > max_seconds:
                 raise _too_long(duration, max_seconds)
+            decoded_bytes = duration * sample_rate * channels * _SAMPLE_BYTES
+            if max_bytes is not None and decoded_bytes > max_bytes:
+                raise _too_large(decoded_bytes, max_bytes)
             return AudioInfo(
                 format=_format_name(container),
                 codec=_codec_name(stream),
@@ -386,14 +598,18 @@ def decode(
     sample_rate: int | None = None,
     channels: int | None = None,
     max_seconds: float | None = None,
+    max_bytes: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode the first audio track to float32 ``(channels, samples)``.
 
     ``channels`` (1 or 2) converts with FFmpeg's downmix, normalised so a
     downmix cannot clip; mono is duplicated to stereo as is, not attenuated.
-    ``sample_rate`` converts with soxr. ``max_seconds`` is checked against the
+    ``sample_rate`` converts with soxr. ``max_seconds`` and ``max_bytes`` (float32
+    samples at the file's own rate and channel count) are checked against the
     samples decoded so far, so a file whose header understates its length is
-    stopped early instead of filling memory.
+    stopped early (``audio_too_long``, ``audio_too_large``) instead of filling
+    memory. NaN samples become silence and the rest is clamped to
+    ``MAX_SAMPLE_MAGNITUDE``, so the result is always finite.
 
     Returns ``(audio, sample_rate_of_audio)``. ``iter_decode`` gives the same
     samples block by block, in memory that does not grow with the file.
@@ -402,7 +618,7 @@ def decode(
     path = os.fspath(path)
     try:
         with _open(path) as container:
-            chunks = _DecodedChunks(container, sample_rate, channels, max_seconds)
+            chunks = _DecodedChunks(container, sample_rate, channels, max_seconds, max_bytes)
             return _concatenate(chunks), chunks.sample_rate
     except _AV_ERRORS as exc:
         raise _broken(f"The audio file could not be decoded ({exc.__class__.__name__}).") from exc
@@ -415,6 +631,7 @@ def iter_decode(
     channels: int | None = None,
     block_frames: int,
     max_seconds: float | None = None,
+    max_bytes: float | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode like ``decode``, as float32 ``(channels, block_frames)`` blocks.
 
@@ -428,7 +645,8 @@ def iter_decode(
     raises ``AudioError`` from ``next()``, with the same codes as ``decode``:
     ``unsupported_media_type``/``audio_decode_failed``/``empty_audio`` from the
     first ``next()`` (a file with no samples never yields), ``audio_too_long``
-    as soon as the decoded samples pass ``max_seconds``, i.e. possibly after
+    (``audio_too_large``) as soon as the decoded samples pass ``max_seconds``
+    (``max_bytes``), i.e. possibly after
     some blocks were yielded, so a consumer must treat what it made from them
     as incomplete. The file stays open until the iterator is exhausted or
     closed: wrap it in ``contextlib.closing`` when stopping early.
@@ -438,7 +656,9 @@ def iter_decode(
         raise ValueError(f"block_frames must be a positive integer, not {block_frames!r}")
     if block_frames <= 0:
         raise ValueError(f"block_frames must be a positive integer, not {block_frames!r}")
-    return _iter_blocks(os.fspath(path), sample_rate, channels, int(block_frames), max_seconds)
+    return _iter_blocks(
+        os.fspath(path), sample_rate, channels, int(block_frames), max_seconds, max_bytes
+    )
 
 
 def _iter_blocks(
@@ -447,10 +667,11 @@ def _iter_blocks(
     channels: int | None,
     block_frames: int,
     max_seconds: float | None,
+    max_bytes: float | None,
 ) -> Iterator[np.ndarray]:
     try:
         with _open(path) as container:
-            chunks = _DecodedChunks(container, sample_rate, channels, max_seconds)
+            chunks = _DecodedChunks(container, sample_rate, channels, max_seconds, max_bytes)
             yield from _reblock(chunks, block_frames)
     except _AV_ERRORS as exc:
         raise _broken(f"The audio file could not be decoded ({exc.__class__.__name__}).") from exc
@@ -476,18 +697,21 @@ class _DecodedChunks:
         sample_rate: int | None,
         channels: int | None,
         max_seconds: float | None,
+        max_bytes: float | None = None,
     ) -> None:
         self._container = container
         self._sample_rate = sample_rate
         self._channels = channels
         self._max_seconds = max_seconds
+        self._max_bytes = max_bytes
         self.channels = 0  # of the output
         self.sample_rate = 0  # of the output
         self._native_rate = 0
         self._work_channels = 0
         self._layout: av.AudioLayout | str = "mono"
-        self._limit = float("inf")  # in samples at the native rate
-        self._decoded = 0  # samples at the native rate, the unit max_seconds is checked in
+        # What the decoder produced, before any conversion: the units of the limits.
+        self._decoded_seconds = 0.0
+        self._decoded_bytes = 0
         self._produced = 0  # frames yielded
         self._key: tuple[str, str, int] | None = None
         self._resampler: av.AudioResampler | None = None
@@ -520,8 +744,6 @@ class _DecodedChunks:
         self._work_channels = (
             source_channels if channels is None else min(channels, source_channels)
         )
-        if self._max_seconds is not None:
-            self._limit = self._max_seconds * native_rate
         if self.sample_rate != native_rate:
             # Streaming soxr: the same samples and length as one-shot soxr.resample.
             self._rate_converter = soxr.ResampleStream(
@@ -533,26 +755,37 @@ class _DecodedChunks:
             self._start(frame)
         if _frame_key(frame) != self._key:
             # First frame, or the stream changed format mid-file (concatenated
-            # files do this): a converter for the new input, same output.
+            # files do this, and so can a forged one): the new format must be
+            # within limits too, and gets a converter to the same output.
+            _check_shape(frame.sample_rate, frame.layout.nb_channels)
             if self._resampler is not None:
                 yield from self._convert(self._resampler.resample(None))
             self._key = _frame_key(frame)
             self._resampler = av.AudioResampler(
-                format="fltp",
+                # Interleaved: PyAV cannot hand over planar frames of 8 or more
+                # channels (it crashes the process), interleaved ones it can.
+                format="flt",
                 layout=self._layout,
                 rate=self._native_rate,
                 # Scale FFmpeg's downmix matrix so a downmix cannot clip.
                 options={"rematrix_maxval": "1.0"},
             )
-        self._decoded += frame.samples
-        if self._decoded > self._limit:
-            seconds = self._decoded / self._native_rate
-            raise _too_long(seconds, self._max_seconds or 0.0, at_least=True)
+        self._count(frame)
         yield from self._convert(self._resampler.resample(frame))
+
+    def _count(self, frame: av.AudioFrame) -> None:
+        """Enforce the limits on what the file really holds, whatever its headers said."""
+        self._decoded_seconds += frame.samples / frame.sample_rate
+        self._decoded_bytes += frame.samples * frame.layout.nb_channels * _SAMPLE_BYTES
+        if self._max_seconds is not None and self._decoded_seconds > self._max_seconds:
+            raise _too_long(self._decoded_seconds, self._max_seconds, at_least=True)
+        if self._max_bytes is not None and self._decoded_bytes > self._max_bytes:
+            raise _too_large(self._decoded_bytes, self._max_bytes, at_least=True)
 
     def _convert(self, frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
         for converted in frames:
-            chunk = converted.to_ndarray()
+            # (1, frames * channels) interleaved -> (channels, frames)
+            chunk = _finite(converted.to_ndarray().reshape(-1, self._work_channels).T)
             if self._rate_converter is not None:
                 chunk = self._rate_converter.resample_chunk(np.ascontiguousarray(chunk.T)).T
             if chunk.shape[1]:
@@ -569,6 +802,17 @@ class _DecodedChunks:
             if len(tail):
                 self._produced += len(tail)
                 yield tail.T
+
+
+def _finite(chunk: np.ndarray) -> np.ndarray:
+    """NaN to silence, everything else clamped to ``MAX_SAMPLE_MAGNITUDE`` (in place)."""
+    if not np.isfinite(chunk).all():
+        np.nan_to_num(
+            chunk, copy=False, nan=0.0, posinf=MAX_SAMPLE_MAGNITUDE, neginf=-MAX_SAMPLE_MAGNITUDE
+        )
+    if chunk.size and (chunk.max() > MAX_SAMPLE_MAGNITUDE or chunk.min() < -MAX_SAMPLE_MAGNITUDE):
+        np.clip(chunk, -MAX_SAMPLE_MAGNITUDE, MAX_SAMPLE_MAGNITUDE, out=chunk)
+    return chunk
 
 
 def _concatenate(chunks: _DecodedChunks) -> np.ndarray:

@@ -341,7 +341,7 @@ def test_sample_rate_out_of_range_is_422(tmp_path):
     path.write_bytes(wav_bytes(1, bytes(8000), sr=4000))
     with pytest.raises(AudioError) as exc:
         audio.probe(path)
-    assert_error(exc, "audio_decode_failed", 422)
+    assert_error(exc, "unsupported_sample_rate", 422)
 
 
 def test_error_status_follows_code():
