@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
+from marshmallow import Schema, fields
 from sqlalchemy import select, text
 
 from app.blueprints import Blueprint
@@ -15,8 +16,22 @@ from app.records import WorkerHeartbeat, utcnow
 blp = Blueprint("health", __name__, description="Health probes.")
 
 
+class HealthSchema(Schema):
+    status = fields.String(metadata={"example": "ok"})
+
+
+class ReadinessSchema(Schema):
+    status = fields.String(metadata={"enum": ["ok", "unavailable"], "example": "ok"})
+    checks = fields.Dict(
+        metadata={
+            "description": "database, broker and workers: each with `ok` and details.",
+            "example": {"database": {"ok": True}, "broker": {"ok": True}, "workers": {"ok": True}},
+        }
+    )
+
+
 @blp.route("/healthz", methods=["GET"])
-@blp.response(200)
+@blp.response(200, HealthSchema)
 def healthz() -> dict[str, str]:
     """The API process is alive."""
     return {"status": "ok"}
@@ -53,8 +68,10 @@ def readiness() -> tuple[bool, dict[str, Any]]:
 
 
 @blp.route("/readyz", methods=["GET"])
-@blp.response(200)
-@blp.alt_response(503, description="A dependency is down; `checks` says which.")
+@blp.response(200, ReadinessSchema)
+@blp.alt_response(
+    503, schema=ReadinessSchema, description="A dependency is down; `checks` says which."
+)
 def readyz() -> tuple[dict[str, Any], int]:
     """Database, broker and at least one worker are reachable."""
     ok, checks = readiness()
