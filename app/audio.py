@@ -306,13 +306,14 @@ _SYNC_SIGNATURES: dict[str, Any] = {
 }
 _HEAD_BYTES = 256
 _MAX_ZERO_PADDING = 64 * 1024
+_MAX_ID3_TAGS = 8  # files carry one, rarely two; a chain of them is not audio
 
 
 def _leading_bytes(path: str) -> tuple[bytes, bytes]:
     """The file's first bytes after any ID3v2 tags, as is and past zero padding."""
     with open(path, "rb") as handle:
         offset = 0
-        while True:
+        for _ in range(_MAX_ID3_TAGS):
             handle.seek(offset)
             tag = handle.read(10)
             if len(tag) < 10 or tag[:3] != b"ID3" or any(b & 0x80 for b in tag[6:10]):
