@@ -68,8 +68,14 @@ def main() -> int:
         "--timeout", "300", "--graceful-timeout", "30",
         "--control-socket", str(Path(os.environ["DATA_DIR"]).resolve() / "gunicorn.ctl"),
     ]  # fmt: skip
+    # No Celery beat here: the worker's own thread runs the periodic
+    # maintenance (reaper, reconciler, expiry), with REDIS_URL set too.
+    worker_env = {
+        **os.environ,
+        "MAINTENANCE_IN_WORKER": os.environ.get("MAINTENANCE_IN_WORKER", "1"),
+    }
     children = [
-        subprocess.Popen(worker_cmd, cwd=ROOT),
+        subprocess.Popen(worker_cmd, cwd=ROOT, env=worker_env),
         subprocess.Popen(api_cmd, cwd=ROOT),
     ]
     stopping = False
