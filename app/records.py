@@ -16,9 +16,10 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+# ``expired``: a finished job past ``expires_at`` whose files (and result) are gone.
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "expired")
 ACTIVE_STATUSES = ("queued", "running")
-FINAL_STATUSES = ("succeeded", "failed", "canceled")
+FINAL_STATUSES = ("succeeded", "failed", "canceled", "expired")
 
 
 def utcnow() -> datetime:

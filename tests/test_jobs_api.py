@@ -121,7 +121,7 @@ def test_unknown_file_names_and_traversal(
         assert response.json["code"] == "not_found"
 
 
-def test_job_expiry_purges_rows_and_files(
+def test_expired_jobs_keep_their_row_and_lose_their_files(
     app: Flask, client: FlaskClient, auth_headers: dict, song_wav: bytes
 ) -> None:
     from datetime import timedelta
@@ -130,12 +130,27 @@ def test_job_expiry_purges_rows_and_files(
     from app.services.jobs import purge_expired
 
     job = _submit(client, auth_headers, song_wav)
+    job = client.get(f"/api/v1/jobs/{job['id']}", headers=auth_headers).json
+    file_url, archive_url = job["result"]["files"][0]["url"], job["result"]["archive_url"]
     folder = Path(app.config["DATA_DIR"]) / "jobs" / job["id"]
     with app.app_context():
         assert purge_expired() == 0
         assert purge_expired(utcnow() + timedelta(hours=25)) == 1
+        assert purge_expired(utcnow() + timedelta(hours=25)) == 0  # once only
     assert not folder.exists()
-    assert client.get(f"/api/v1/jobs/{job['id']}", headers=auth_headers).status_code == 404
+    shown = client.get(f"/api/v1/jobs/{job['id']}", headers=auth_headers).json
+    assert shown["status"] == "expired" and shown["result"] is None
+    assert shown["expires_at"] == job["expires_at"]
+    for url in (file_url, archive_url):
+        response = client.get(url, headers=auth_headers)
+        assert response.status_code == 410
+        assert response.json["code"] == "job_expired" and response.json["status"] == 410
+    listed = client.get("/api/v1/jobs?status=expired", headers=auth_headers).json
+    assert [j["id"] for j in listed["items"]] == [job["id"]]
+    # An expired job can still be deleted, and cannot be canceled.
+    cancel = client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth_headers)
+    assert cancel.status_code == 409
+    assert client.delete(f"/api/v1/jobs/{job['id']}", headers=auth_headers).status_code == 204
 
 
 def test_display_name_strips_directories_and_control_characters() -> None:
