@@ -25,8 +25,12 @@ def analyze_path(path: Path, report: Progress) -> dict[str, Any]:
     from app import analysis  # scipy.signal and pyloudnorm: only in processes that analyse
 
     report.stage("analysing")
+    config = current_app.config
     return analysis.analyze_file(
-        path, max_seconds=float(current_app.config["MAX_AUDIO_SECONDS"]), progress=report
+        path,
+        max_seconds=float(config["MAX_AUDIO_SECONDS"]),
+        max_bytes=config["MAX_DECODED_BYTES"],
+        progress=report,
     )
 
 
