@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import tempfile
 from pathlib import Path
 from typing import IO, Any
 
 from flask import Flask, Request, Response
-from flask_smorest import Api
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from app import config as config_module
 from app.extensions import cors, db, jwt, migrate
+from app.openapi import ErrorResponses, ServiceApi
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 
@@ -40,6 +39,25 @@ class UploadRequest(Request):
         tmp_dir.mkdir(parents=True, exist_ok=True)
         return tempfile.TemporaryFile(dir=tmp_dir, prefix="upload-")
 
+    @property
+    def max_content_length(self) -> int | None:  # type: ignore[override]
+        """``MAX_CONTENT_LENGTH`` for multipart uploads, ``MAX_BODY_BYTES`` for
+        any other body: JSON and urlencoded bodies are read into memory whole,
+        so they must not get the upload limit of hundreds of megabytes."""
+        from flask import current_app
+
+        limit = Request.max_content_length.fget(self)  # type: ignore[attr-defined]
+        if self._max_content_length is not None or self.mimetype == "multipart/form-data":
+            return limit
+        body_limit = current_app.config.get("MAX_BODY_BYTES") if current_app else None
+        if body_limit is None:
+            return limit
+        return body_limit if limit is None else min(limit, body_limit)
+
+    @max_content_length.setter
+    def max_content_length(self, value: int | None) -> None:
+        Request.max_content_length.fset(self, value)  # type: ignore[attr-defined]
+
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -53,11 +71,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    root.setLevel(level)
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Text or JSON lines on stderr, with request and job ids (app/logs.py)."""
+    from app import logs
+
+    logs.configure(level, log_format)
 
 
 HTML_CSP = (
@@ -91,14 +109,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings = config_module.from_environment()
     settings.update(config or {})
     app.config.update(config_module.finalise(settings))
-    configure_logging(app.config["LOG_LEVEL"])
+    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+
+    from app import observability
+
+    observability.init_app(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     jwt.init_app(app)
     # One Api (and OpenAPI document) per app: a shared one would mix the specs
     # of apps created side by side, as tests do.
-    api = Api(app)
+    api = ServiceApi(app, spec_kwargs={"extra_plugins": [ErrorResponses()]})
     app.extensions["api"] = api
     cors.init_app(
         app,
@@ -106,7 +128,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             r"/api/*": {"origins": app.config["CORS_ORIGINS"]},
             r"/v1/*": {"origins": app.config["CORS_ORIGINS"]},
         },
-        expose_headers=["Location", "Content-Disposition", "Content-Range", "Accept-Ranges"],
+        expose_headers=[
+            "Location",
+            "Content-Disposition",
+            "Content-Range",
+            "Accept-Ranges",
+            "Retry-After",
+        ],
         supports_credentials=False,
         always_send=False,
     )
@@ -115,6 +143,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     auth_callbacks.register(jwt)
     errors_http.register(app)
+
+    from app import ratelimits
+
+    ratelimits.init_app(app)
 
     from app.blueprints import register_blueprints
 

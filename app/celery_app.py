@@ -1,7 +1,9 @@
 """Celery wired the way the Flask docs show ("Background Tasks with Celery").
 
 Tasks run inside the Flask app context. Each worker process also keeps a
-heartbeat row (``/readyz`` reads it on any broker) and purges expired jobs.
+heartbeat row (``/readyz`` and the reaper read it on any broker) and, in the
+embedded default (``MAINTENANCE_IN_WORKER``), runs the periodic maintenance
+pass: reaper, reconciler, expiry (``app/services/maintenance.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery, Task
@@ -20,14 +23,20 @@ from flask import Flask
 
 log = logging.getLogger(__name__)
 
-PURGE_EVERY_SECONDS = 300.0
-
 
 def celery_init_app(app: Flask) -> Celery:
+    from app import metrics
+    from app.logs import job_context
+
     class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:
-            with app.app_context():
-                return self.run(*args, **kwargs)
+            # Job tasks take the job id first (and use it as the task id): every
+            # log line of the task carries it, and its duration is recorded.
+            job_id = args[0] if args and isinstance(args[0], str) else None
+            with app.app_context(), job_context(job_id):
+                outcome = self.run(*args, **kwargs)
+                metrics.job_ended(job_id, outcome)
+                return outcome
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])
@@ -44,9 +53,11 @@ def celery_init_app(app: Flask) -> Celery:
 
     from app.tasks import (  # noqa: F401  (register the shared tasks)
         generation,
+        maintenance,
         pipelines,
         separation,
         transcription,
+        webhooks,
     )
 
     _connect_worker_signals(app)
@@ -63,10 +74,15 @@ def _connect_worker_signals(app: Flask) -> None:
         with contextlib.suppress(Exception):
             queues = ",".join(sorted(q.name for q in sender.task_consumer.queues))
         _heartbeat_stop.clear()
+        _install_fork_guard()
         thread = threading.Thread(
             target=_heartbeat_loop, args=(app, hostname, queues), daemon=True, name="heartbeat"
         )
         thread.start()
+        if app.config.get("MAINTENANCE_IN_WORKER"):
+            threading.Thread(
+                target=_maintenance_loop, args=(app,), daemon=True, name="maintenance"
+            ).start()
 
         # With the solo and threads pools, tasks run in this process.
         pool_module = type(getattr(sender, "pool", None)).__module__
@@ -77,7 +93,13 @@ def _connect_worker_signals(app: Flask) -> None:
         _heartbeat_stop.set()
 
     def on_process_init(**_: Any) -> None:
-        # A prefork child: the process whose model cache jobs use.
+        # A prefork child: never use a connection inherited from the parent
+        # (dropped without closing it, as SQLAlchemy advises for fork).
+        from app.extensions import db
+
+        with app.app_context():
+            db.engine.dispose(close=False)
+        # The process whose model cache jobs use.
         start_model_housekeeping(app)
 
     worker_ready.connect(on_ready, weak=False)
@@ -112,16 +134,49 @@ def start_model_housekeeping(app: Flask) -> threading.Thread:
     return thread
 
 
+# SQLite keeps per-process lock state in memory, which a forked child inherits:
+# a pool child forked while this process has the database open can never write
+# to it ("database is locked" after the busy timeout). So the worker's own
+# threads use the database only while holding this lock and close their
+# connections before letting go, and a fork (a new pool child after a crash or
+# recycle) waits for it: every child starts with no database state at all.
+_db_fork_lock = threading.Lock()
+_fork_guard_installed = False
+
+
+def _install_fork_guard() -> None:
+    global _fork_guard_installed
+    if not _fork_guard_installed:
+        os.register_at_fork(
+            before=_db_fork_lock.acquire,
+            after_in_parent=_db_fork_lock.release,
+            after_in_child=_db_fork_lock.release,
+        )
+        _fork_guard_installed = True
+
+
+@contextlib.contextmanager
+def _worker_db(app: Flask) -> Iterator[None]:
+    """Database work in the worker's main process (see ``_db_fork_lock``)."""
+    from app.extensions import db
+
+    with _db_fork_lock:
+        try:
+            with app.app_context():
+                yield
+        finally:
+            with app.app_context():
+                db.session.remove()
+                db.engine.dispose()
+
+
 def _heartbeat_loop(app: Flask, hostname: str, queues: str) -> None:
     from app.extensions import db
     from app.records import WorkerHeartbeat, utcnow
-    from app.services.auth import purge_revoked
-    from app.services.jobs import purge_expired
 
     interval = float(app.config["WORKER_HEARTBEAT_SECONDS"])
-    since_purge = PURGE_EVERY_SECONDS
     while True:
-        with app.app_context():
+        with _worker_db(app):
             try:
                 row = db.session.get(WorkerHeartbeat, hostname) or WorkerHeartbeat(
                     hostname=hostname
@@ -130,16 +185,11 @@ def _heartbeat_loop(app: Flask, hostname: str, queues: str) -> None:
                 row.seen_at = utcnow()
                 db.session.add(row)
                 db.session.commit()
-                if since_purge >= PURGE_EVERY_SECONDS:
-                    since_purge = 0.0
-                    purged = purge_expired()
-                    purge_revoked()
-                    if purged:
-                        log.info("purged %d expired jobs", purged)
             except Exception:
                 db.session.rollback()
                 log.warning("worker heartbeat failed", exc_info=True)
-            if _heartbeat_stop.wait(interval):
+        if _heartbeat_stop.wait(interval):
+            with _worker_db(app):
                 try:
                     row = db.session.get(WorkerHeartbeat, hostname)
                     if row is not None:
@@ -147,5 +197,25 @@ def _heartbeat_loop(app: Flask, hostname: str, queues: str) -> None:
                         db.session.commit()
                 except Exception:
                     db.session.rollback()
-                return
-        since_purge += interval
+            return
+
+
+def _maintenance_loop(app: Flask) -> None:
+    """The embedded default's periodic task (Redis deployments use Celery beat):
+    reaper, reconciler and expiry every ``MAINTENANCE_INTERVAL_SECONDS``, in its
+    own thread so a slow pass (broker down) never delays the heartbeat."""
+    from app.extensions import db
+    from app.services.maintenance import run_once
+
+    interval = float(app.config["MAINTENANCE_INTERVAL_SECONDS"])
+    # The first pass comes soon after start (a restarted worker picks up what
+    # its previous life left running), then one per interval.
+    delay = min(interval, 2 * float(app.config["WORKER_HEARTBEAT_SECONDS"]))
+    while not _heartbeat_stop.wait(delay):
+        delay = interval
+        with _worker_db(app):
+            try:
+                run_once()
+            except Exception:
+                db.session.rollback()
+                log.warning("maintenance pass failed", exc_info=True)

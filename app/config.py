@@ -13,8 +13,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from limits import parse_many
+
+from app import worker_settings
+
 MIN_SECRET_BYTES = 32
-QUEUES = ("separation", "transcription", "generation")
+# Every worker consumes these by default; "webhooks" holds only small, quick deliveries.
+QUEUES = ("separation", "transcription", "generation", "webhooks")
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -64,6 +69,7 @@ def from_environment() -> dict[str, Any]:
         "REDIS_URL": redis_url,
         "MAX_UPLOAD_MB": _env_int("MAX_UPLOAD_MB", 200),
         "MAX_AUDIO_SECONDS": _env_float("MAX_AUDIO_SECONDS", 1200.0),
+        "MAX_DECODED_MB": _env_int("MAX_DECODED_MB", 2048),
         "CORS_ORIGINS": _env_list(
             "CORS_ORIGINS",
             [f"http://localhost:{port}", f"http://127.0.0.1:{port}"],
@@ -73,8 +79,16 @@ def from_environment() -> dict[str, Any]:
         "MODELS_DIR": os.environ.get("MODELS_DIR") or str(data_dir / "models"),
         "ALLOW_MODEL_DOWNLOAD": _env_bool("ALLOW_MODEL_DOWNLOAD", True),
         "LOG_LEVEL": (os.environ.get("LOG_LEVEL") or "INFO").upper(),
+        "LOG_FORMAT": (os.environ.get("LOG_FORMAT") or "text").strip().lower(),
+        "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
         "JWT_ACCESS_MINUTES": _env_int("JWT_ACCESS_MINUTES", 15),
         "JWT_REFRESH_DAYS": _env_int("JWT_REFRESH_DAYS", 30),
+        "RATELIMIT_ENABLED": _env_bool("RATELIMIT_ENABLED", True),
+        "LOGIN_RATE_LIMIT": os.environ.get("LOGIN_RATE_LIMIT") or "5/minute",
+        "REFRESH_RATE_LIMIT": os.environ.get("REFRESH_RATE_LIMIT") or "10/minute",
+        "JOB_RATE_LIMIT": os.environ.get("JOB_RATE_LIMIT") or "10/minute;100/day",
+        "MAX_ACTIVE_JOBS": _env_int("MAX_ACTIVE_JOBS", 5),
+        "MAX_STORAGE_MB": _env_int("MAX_STORAGE_MB", 5000),
         "WORKER_HEARTBEAT_SECONDS": _env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
         "BROKER_POLL_SECONDS": _env_float("BROKER_POLL_SECONDS", 0.1),
         "MODEL_CACHE_SIZE": os.environ.get("MODEL_CACHE_SIZE") or "3",
@@ -83,6 +97,11 @@ def from_environment() -> dict[str, Any]:
         "OPENAI_WAIT_SECONDS": _env_float("OPENAI_WAIT_SECONDS", 300.0),
         "SEPARATION_WINDOW_SECONDS": _env_float("SEPARATION_WINDOW_SECONDS", 60.0),
         "SEPARATION_OVERLAP_SECONDS": _env_float("SEPARATION_OVERLAP_SECONDS", 4.0),
+        "SSE_POLL_SECONDS": _env_float("SSE_POLL_SECONDS", 0.5),
+        "SSE_HEARTBEAT_SECONDS": _env_float("SSE_HEARTBEAT_SECONDS", 15.0),
+        "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or None,
+        "WEBHOOK_ALLOW_PRIVATE": _env_bool("WEBHOOK_ALLOW_PRIVATE", False),
+        **worker_settings.from_environment(redis_url),
     }
 
 
@@ -121,6 +140,14 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
             )
     config["SECRET_KEY"] = secret
     config["JWT_SECRET_KEY"] = jwt_secret
+    # Webhook signing keys are derived from this one per account (app/services/webhooks.py).
+    webhook_secret = config.get("WEBHOOK_SECRET") or load_secret(data_dir, "webhook_secret")
+    if len(webhook_secret.encode()) < MIN_SECRET_BYTES:
+        raise RuntimeError(
+            f"WEBHOOK_SECRET must be at least {MIN_SECRET_BYTES} bytes of random data; "
+            "unset it to have one generated in DATA_DIR"
+        )
+    config["WEBHOOK_SECRET"] = webhook_secret
 
     database_url = config.get("DATABASE_URL") or f"sqlite:///{data_dir / 'jobs.sqlite'}"
     config["DATABASE_URL"] = database_url
@@ -128,15 +155,41 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
 
     config["MAX_CONTENT_LENGTH"] = int(config["MAX_UPLOAD_MB"]) * 1024 * 1024 + 64 * 1024
-    # Text fields only (files stream to disk); Werkzeug's parser buffer must fit too.
-    config["MAX_FORM_MEMORY_SIZE"] = 512 * 1024
-    config["MAX_FORM_PARTS"] = 100
+    # Bodies that are not multipart uploads (JSON, urlencoded forms) are read
+    # into memory whole: they get this much, not MAX_CONTENT_LENGTH (UploadRequest).
+    config["MAX_BODY_BYTES"] = 1024 * 1024
+    # Each text field of a multipart form (files stream to disk). Werkzeug's
+    # multipart parser holds 64 KB chunks plus a boundary's worth of look-behind
+    # in the same buffer, so the limit must sit above 64 KB.
+    config["MAX_FORM_MEMORY_SIZE"] = 128 * 1024
+    # The largest form (generation) has about 15 fields.
+    config["MAX_FORM_PARTS"] = 32
+    # Float32 samples an upload may decode to at its own rate and channel count.
+    config["MAX_DECODED_BYTES"] = int(config["MAX_DECODED_MB"]) * 1024 * 1024
 
     config["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(minutes=int(config["JWT_ACCESS_MINUTES"]))
     config["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(days=int(config["JWT_REFRESH_DAYS"]))
     config["JWT_ALGORITHM"] = "HS256"
     config["JWT_DECODE_ALGORITHMS"] = ["HS256"]
     config["JWT_TOKEN_LOCATION"] = ["headers"]
+    # Only GET /jobs/<id>/events also reads ?access_token= (browsers' EventSource
+    # cannot send headers); every other route takes the header alone.
+    config["JWT_QUERY_STRING_NAME"] = "access_token"
+
+    # flask-limiter: counters live in Redis when there is one, so every API
+    # process shares them; in memory (per process) otherwise.
+    config["RATELIMIT_STORAGE_URI"] = config.get("REDIS_URL") or "memory://"
+    config["RATELIMIT_KEY_PREFIX"] = "ams-limits"
+    for name in ("LOGIN_RATE_LIMIT", "REFRESH_RATE_LIMIT", "JOB_RATE_LIMIT"):
+        try:
+            parse_many(config[name])
+        except ValueError as exc:
+            raise RuntimeError(
+                f"{name} must look like '5/minute' or '10/minute;100/day', got {config[name]!r}"
+            ) from exc
+    config["RATELIMIT_STORAGE_OPTIONS"] = (
+        {"socket_timeout": 2, "socket_connect_timeout": 2} if config.get("REDIS_URL") else {}
+    )
 
     config["API_TITLE"] = "AiMusicSeparator API"
     config["API_VERSION"] = "v1"
@@ -147,6 +200,7 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     config["OPENAPI_SWAGGER_UI_URL"] = "/docs/assets/"
 
     config.setdefault("CELERY", celery_settings(config))
+    worker_settings.check_celery_settings(config["CELERY"])
     return config
 
 
@@ -160,12 +214,16 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
     redis_url = config.get("REDIS_URL")
     if redis_url:
         broker, backend = redis_url, redis_url
-        transport_options: dict[str, Any] = {"visibility_timeout": 4 * 3600}
+        transport_options: dict[str, Any] = {}
     else:
         broker = f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
         backend = f"db+sqlite:///{data_dir / 'celery-results.sqlite'}"
         transport_options = {}
+    # Time limits, visibility timeout, recycling, shutdown, beat: worker_settings.py.
+    reliability = worker_settings.celery_settings(config, redis=bool(redis_url))
+    transport_options.update(reliability.pop("broker_transport_options", {}))
     return {
+        **reliability,
         "broker_url": broker,
         "result_backend": backend,
         "broker_transport_options": transport_options,
@@ -179,9 +237,11 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
             "app.tasks.separation.*": {"queue": "separation"},
             "app.tasks.transcription.*": {"queue": "transcription"},
             "app.tasks.generation.*": {"queue": "generation"},
+            "app.tasks.webhooks.*": {"queue": "webhooks"},
             # Pipelines go where their heaviest step runs.
             "app.tasks.pipelines.karaoke": {"queue": "separation"},
             "app.tasks.pipelines.analyze": {"queue": "transcription"},
+            "app.tasks.maintenance.*": {"queue": worker_settings.MAINTENANCE_QUEUE},
         },
         "worker_hijack_root_logger": False,
         "broker_connection_timeout": 2,

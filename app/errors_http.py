@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from app.errors import ServiceError
@@ -65,13 +66,10 @@ def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
         message = "The request has invalid fields."
     elif status == 400 and errors:
         message = "The request body could not be parsed."
+    code = None
     if status == 413:
-        from flask import current_app
-
-        message = (
-            f"The upload is larger than the limit of {current_app.config['MAX_UPLOAD_MB']} MB."
-        )
-    response = error_response(status, message, errors=errors)
+        code, message = _too_large()
+    response = error_response(status, message, code=code, errors=errors)
     # Headers the exception carries matter to clients: Allow (405),
     # Content-Range (416), Retry-After (429, 503).
     resp, code = response  # type: ignore[misc]
@@ -82,8 +80,67 @@ def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
     return resp, code
 
 
+def _too_large() -> tuple[str, str]:
+    """Which limit a ``413`` from Werkzeug hit, as ``(code, message)``.
+
+    Werkzeug raises the same exception for a body over ``max_content_length``,
+    too many multipart parts and an oversized text field; the request tells
+    which: a known length over the limit, or a length-less (chunked) body that
+    used up its limited stream, is the size; anything else is the form.
+    """
+    from flask import current_app, request
+    from werkzeug.wsgi import LimitedStream
+
+    config = current_app.config
+    limit = request.max_content_length
+    length = request.content_length
+    stream = request.__dict__.get("stream")  # set once the body was read
+    if length is not None:
+        over = limit is not None and length > limit
+    else:  # chunked: the stream was limited to max_content_length and used up
+        over = isinstance(stream, LimitedStream) and stream.is_exhausted
+    if request.mimetype != "multipart/form-data":
+        return "body_too_large", f"The request body is larger than {(limit or 0) // 1024} KB."
+    if over:
+        return (
+            "file_too_large",
+            f"The upload is larger than the limit of {config['MAX_UPLOAD_MB']} MB.",
+        )
+    return "form_too_large", (
+        f"The form has more than {config['MAX_FORM_PARTS']} parts or a text field "
+        f"over {config['MAX_FORM_MEMORY_SIZE'] // 1024} KB."
+    )
+
+
 def _handle_service_error(exc: ServiceError) -> ResponseReturnValue:
     return error_response(exc.status, exc.message, code=exc.code, errors=exc.errors)
+
+
+def _handle_redis_down(exc: Exception) -> ResponseReturnValue:
+    # Redis holds rate-limit counters and revoked tokens when REDIS_URL is set:
+    # without it those checks cannot be made, so the request is refused (never
+    # waved through) with a 503 the client can retry.
+    log.warning("Redis unavailable: %s", exc)
+    resp, code = error_response(  # type: ignore[misc]
+        503, "A backing service is unavailable; try again shortly.", code="service_unavailable"
+    )
+    resp.headers["Retry-After"] = "5"
+    return resp, code
+
+
+def _handle_os_error(exc: OSError) -> ResponseReturnValue:
+    # A full data volume while Werkzeug spools an upload to DATA_DIR/tmp (the
+    # spool file is anonymous, so nothing is left behind): a clear 507.
+    from app.storage import NO_SPACE_ERRNOS
+
+    if exc.errno in NO_SPACE_ERRNOS:
+        log.warning("No space left for a request: %s", exc)
+        return error_response(
+            507,
+            "The server has no space left to store the upload; try again later.",
+            code="insufficient_storage",
+        )
+    return _handle_unexpected(exc)
 
 
 def _handle_unexpected(exc: Exception) -> ResponseReturnValue:
@@ -96,4 +153,6 @@ def _handle_unexpected(exc: Exception) -> ResponseReturnValue:
 def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(ServiceError, _handle_service_error)
+    app.register_error_handler(RedisError, _handle_redis_down)
+    app.register_error_handler(OSError, _handle_os_error)
     app.register_error_handler(Exception, _handle_unexpected)

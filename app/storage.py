@@ -8,8 +8,13 @@ before the job is marked succeeded, so a result folder is complete or absent).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import shutil
+import stat
+import time
 import uuid
 from pathlib import Path
 from typing import IO
@@ -24,6 +29,41 @@ COPY_CHUNK = 1024 * 1024
 class StorageError(ServiceError):
     code = "storage_error"
     status = 507
+
+
+# What a full or unwritable volume raises: disk full, quota exceeded, file
+# too large (RLIMIT_FSIZE), read-only filesystem, permission denied.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_failure(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself, its cause or context) when it means
+    the volume is full or unwritable, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
+            return current
+        # libsndfile (WAV/FLAC output) reports a failed write(2) as its
+        # "system error" code 2, without the errno.
+        if type(current).__name__ == "LibsndfileError" and getattr(current, "code", None) == 2:
+            return OSError(errno.EIO, "an audio file write failed")
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def upload_storage_error(exc: OSError) -> StorageError:
+    """The client-facing error for an upload that could not be written."""
+    if exc.errno in NO_SPACE_ERRNOS:
+        return StorageError(
+            "The server has no space left to store the upload; try again later.",
+            code="insufficient_storage",
+        )
+    return StorageError("The upload could not be stored (disk full or unwritable).")
 
 
 def data_dir() -> Path:
@@ -77,7 +117,7 @@ def save_stream(stream: IO[bytes], limit_bytes: int) -> tuple[Path, int]:
             os.fsync(out.fileno())
     except OSError as exc:
         target.unlink(missing_ok=True)
-        raise StorageError("The upload could not be stored (disk full or unwritable).") from exc
+        raise upload_storage_error(exc) from exc
     except BaseException:
         target.unlink(missing_ok=True)
         raise
@@ -92,7 +132,7 @@ def adopt_input(job_id: str, upload: Path, extension: str) -> Path:
         target = folder / f"input.{extension}"
         os.replace(upload, target)
     except OSError as exc:
-        raise StorageError("The upload could not be stored (disk full or unwritable).") from exc
+        raise upload_storage_error(exc) from exc
     return target
 
 
@@ -117,14 +157,143 @@ def publish_results(job_id: str, attempt: int) -> Path:
     return target
 
 
+def folder_size(folder: Path) -> int:
+    """Bytes of the regular files under ``folder`` (symlinks are not followed)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
+
+
 def remove_job_files(job_id: str) -> None:
     shutil.rmtree(job_dir(job_id), ignore_errors=True)
 
 
+# Attempt locks: the process running attempt N of a job holds an exclusive
+# flock on ``jobs/<id>/work/<N>.lock`` until the attempt ends. The kernel drops
+# it the moment that process dies (SIGKILL, OOM killer, a crashed machine's
+# NFS lease), so anyone sharing DATA_DIR can tell a live attempt from a dead
+# one without waiting for a timeout.
+
+
+def lock_path(job_id: str, attempt: int) -> Path:
+    return job_dir(job_id) / "work" / f"{attempt}.lock"
+
+
+class AttemptLock:
+    """The lock held for the life of one attempt."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, job_id: str, attempt: int) -> AttemptLock | None:
+        """Take the attempt's lock, or None when another process holds it."""
+        path = lock_path(job_id, attempt)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError("The job's work folder could not be created.") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            # No lock support on this filesystem: liveness falls back to
+            # worker heartbeats (the reaper), so carry on without one.
+            pass
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+def attempt_alive(job_id: str, attempt: int) -> bool | None:
+    """Whether a process still runs this attempt: True (its lock is held),
+    False (no lock file, or nobody holds it), None (cannot tell here)."""
+    try:
+        fd = os.open(lock_path(job_id, attempt), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also drops the lock if we just took it
+    return False
+
+
+def remove_dead_attempts(job_id: str, keep: int | None = None) -> None:
+    """Delete the work folders and lock files that attempts whose process is
+    gone left behind (a killed worker cannot clean up after itself)."""
+    work = job_dir(job_id) / "work"
+    numbers = {
+        int(entry.name.split(".")[0])
+        for entry in (work.iterdir() if work.is_dir() else [])
+        if entry.name.split(".")[0].isdigit()
+    }
+    for number in numbers:
+        if number == keep or attempt_alive(job_id, number) is not False:
+            continue
+        shutil.rmtree(work / str(number), ignore_errors=True)
+        (work / f"{number}.lock").unlink(missing_ok=True)
+    if keep is not None:
+        # Results an earlier attempt published but died before committing:
+        # only the current attempt's folder can ever be served.
+        results = job_dir(job_id) / "results"
+        for entry in results.iterdir() if results.is_dir() else []:
+            if entry.name.isdigit() and int(entry.name) < keep:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def sweep_tmp(max_age_seconds: float = 3600.0) -> int:
+    """Delete uploads in ``DATA_DIR/tmp`` that a killed process left behind."""
+    folder = data_dir() / "tmp"
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_seconds
+    removed = 0
+    for entry in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                entry.unlink()
+                removed += 1
+    return removed
+
+
 def result_file(job_id: str, attempt: int, name: str) -> Path:
-    """Resolve a result file name inside the job's result folder and nowhere else."""
-    folder = results_dir(job_id, attempt).resolve()
-    candidate = (folder / name).resolve()
+    """Resolve a result file name inside the job's result folder and nowhere else.
+
+    The file's real path must be exactly that folder plus the name: no ``..``,
+    no separators, and no symlink followed out, whether the link is the file,
+    the result folder or the job folder (the folder is built from the real
+    ``DATA_DIR``, never resolved itself).
+    """
+    missing = ServiceError("No such file.", code="not_found", status=404)
+    if not name or "/" in name or "\x00" in name or name in (".", ".."):
+        raise missing
+    job_dir(job_id)  # (checks the id is a UUID)
+    folder = Path(os.path.realpath(data_dir())) / "jobs" / job_id / "results" / str(attempt)
+    candidate = Path(os.path.realpath(folder / name))
     if candidate.parent != folder or not candidate.is_file():
-        raise ServiceError("No such file.", code="not_found", status=404)
+        raise missing
     return candidate

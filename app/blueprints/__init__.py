@@ -33,6 +33,7 @@ class Blueprint(SmorestBlueprint):
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
+    from app.access import SECURITY_SCHEMES
     from app.blueprints import (
         analyses,
         auth,
@@ -40,16 +41,17 @@ def register_blueprints(app: Flask, api: Api) -> None:
         health,
         jobs,
         karaoke,
+        metrics,
         models,
         openai_audio,
         pages,
         separations,
         transcriptions,
+        webhooks,
     )
 
-    api.spec.components.security_scheme(
-        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    )
+    for name, scheme in SECURITY_SCHEMES.items():
+        api.spec.components.security_scheme(name, scheme)
     # The job result's documented shape (its field is computed per job kind).
     api.spec.components.schema("Result", schema=jobs.ResultSchema)
     api.spec.components.schema("Generation", schema=generations.GenerationSchema)
@@ -63,8 +65,10 @@ def register_blueprints(app: Flask, api: Api) -> None:
         analyses,
         generations,
         models,
+        webhooks,
     ):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
     api.register_blueprint(openai_audio.blp, url_prefix="/v1/audio")
     api.register_blueprint(health.blp)
+    api.register_blueprint(metrics.blp)
     app.register_blueprint(pages.bp)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, request, url_for
-from flask_jwt_extended import current_user, jwt_required
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app import audio
+from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload, check_output_format
-from app.blueprints.jobs import BEARER, JobSchema
+from app.blueprints.jobs import BEARER, CallbackSchema, JobSchema
 from app.models import registry
+from app.ratelimits import limit_job_creation
 from app.records import Job
 from app.services import generation
 
@@ -25,7 +26,7 @@ def _known_generator(name: str) -> None:
         raise ValidationError("Unknown model; GET /api/v1/models lists them.")
 
 
-class GenerationSchema(Schema):
+class GenerationSchema(CallbackSchema):
     prompt = fields.String(
         required=True,
         validate=validate.Length(min=1, max=500),
@@ -80,7 +81,8 @@ class GenerationFormSchema(GenerationSchema):
 
 
 @blp.route("", methods=["POST"])
-@jwt_required()
+@auth_required()
+@limit_job_creation
 @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(422, description="Invalid fields.")
 @blp.doc(

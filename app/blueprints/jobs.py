@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
-from flask import Response, send_file, stream_with_context, url_for
-from flask_jwt_extended import current_user, jwt_required
+from flask import Response, current_app, request, send_file, stream_with_context, url_for
 from marshmallow import Schema, fields, validate
 
 from app import storage, transcripts
+from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import UTCDateTime
 from app.errors import ServiceError
+from app.extensions import db
+from app.ratelimits import limit_job_creation
 from app.records import JOB_STATUSES, Job
+from app.services import events
 from app.services import jobs as job_service
 
 PREFIX = "/jobs"
@@ -88,6 +92,38 @@ class MetricsSchema(Schema):
     attempt = fields.Integer()
 
 
+class WebhookSchema(Schema):
+    event_id = fields.String(
+        metadata={"description": "Sent as X-AMS-Event-Id, for de-duplication."}
+    )
+    state = fields.String(
+        metadata={"enum": ["pending", "retrying", "delivered", "failed"], "example": "delivered"}
+    )
+    attempts = fields.Integer(metadata={"description": "Tries so far (at most 5)."})
+    last_status = fields.Integer(
+        allow_none=True, metadata={"description": "The receiver's HTTP status at the last try."}
+    )
+    last_error = fields.String(allow_none=True)
+    delivered_at = fields.String(allow_none=True, metadata={"example": "2026-01-01T12:00:00Z"})
+
+
+class CallbackSchema(Schema):
+    """The field every job-creating route takes: where to POST the job when it ends."""
+
+    callback_url = fields.String(
+        load_default=None,
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": (
+                "Webhook: when the job ends (succeeded, failed or canceled) its JSON is "
+                "POSTed here, signed (X-AMS-Signature). http or https; the host must "
+                "resolve to public addresses."
+            ),
+            "example": "https://example.com/hooks/ams",
+        },
+    )
+
+
 class JobSchema(Schema):
     id = fields.String(metadata={"example": "0b6f7c1e-5d0e-4a52-9a8e-2f3d6c1b9a10"})
     kind = fields.String(metadata={"example": "separation"})
@@ -111,7 +147,15 @@ class JobSchema(Schema):
     started_at = UTCDateTime(allow_none=True)
     finished_at = UTCDateTime(allow_none=True)
     expires_at = UTCDateTime(allow_none=True)
+    callback_url = fields.String(allow_none=True)
+    webhook = fields.Nested(
+        WebhookSchema, allow_none=True, metadata={"description": "The webhook's delivery."}
+    )
     url = fields.Method("_url")
+    events_url = fields.Method("_events_url")
+
+    def _events_url(self, job: Job) -> str:
+        return url_for("jobs.job_events", job_id=job.id)
 
     def _url(self, job: Job) -> str:
         return url_for("jobs.get_job", job_id=job.id)
@@ -132,7 +176,8 @@ class JobSchema(Schema):
 
 
 class JobListQuerySchema(Schema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    # Bounded so page * per_page stays a valid SQL OFFSET.
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
     kind = fields.String(validate=validate.OneOf(KINDS))
@@ -146,7 +191,7 @@ class JobPageSchema(Schema):
 
 
 @blp.route("", methods=["GET"])
-@jwt_required()
+@auth_required()
 @blp.arguments(JobListQuerySchema, location="query")
 @blp.response(200, JobPageSchema)
 @blp.doc(security=BEARER)
@@ -157,7 +202,7 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/<job_id>", methods=["GET"])
-@jwt_required()
+@auth_required()
 @blp.response(200, JobSchema)
 @blp.alt_response(404, description="No such job (or not yours).")
 @blp.doc(security=BEARER)
@@ -167,7 +212,7 @@ def get_job(job_id: str) -> Job:
 
 
 @blp.route("/<job_id>", methods=["DELETE"])
-@jwt_required()
+@auth_required()
 @blp.response(204)
 @blp.doc(security=BEARER)
 def delete_job(job_id: str) -> None:
@@ -176,7 +221,7 @@ def delete_job(job_id: str) -> None:
 
 
 @blp.route("/<job_id>/cancel", methods=["POST"])
-@jwt_required()
+@auth_required()
 @blp.response(200, JobSchema)
 @blp.alt_response(409, description="The job has already ended.")
 @blp.doc(security=BEARER)
@@ -185,8 +230,112 @@ def cancel_job(job_id: str) -> Job:
     return job_service.cancel(current_user, job_id)
 
 
+EVENTS_DESCRIPTION = """\
+Server-Sent Events (`text/event-stream`) until the job ends, instead of polling.
+
+- `event: status` (the first event, and whenever `status` changes) or
+  `event: progress` (`progress` or `stage` changed); `data:` is the job JSON
+  exactly as `GET /api/v1/jobs/{id}` returns it; `id:` names that state.
+- A comment line (`: keepalive`) every `SSE_HEARTBEAT_SECONDS` (15 s).
+- The stream closes after the event with the final status
+  (`succeeded`, `failed`, `canceled`).
+- Reconnecting with `Last-Event-ID` (browsers do it by themselves) sends only
+  states the client has not seen; if it names the final state, the answer is
+  `204` (which tells `EventSource` to stop reconnecting).
+
+Browsers' `EventSource` cannot send an `Authorization` header, so this route
+(and only this one) also accepts the access token as `?access_token=`. Such
+URLs can end up in proxy logs and browser history: the token is a short-lived
+access token (15 min), `make run` logs request paths without query strings,
+and clients that can send headers (fetch streaming, curl) should.
+
+```
+curl -N -H "Authorization: Bearer $TOKEN" http://localhost:5000/api/v1/jobs/$JOB/events
+```
+"""
+
+
+@blp.route("/<job_id>/events", methods=["GET"])
+@auth_required(locations=["headers", "query_string"])
+@blp.doc(
+    security=BEARER,
+    summary="Live status and progress (Server-Sent Events).",
+    description=EVENTS_DESCRIPTION,
+    parameters=[
+        {
+            "in": "query",
+            "name": "access_token",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "The access token, for clients that cannot send headers (EventSource).",
+        },
+        {
+            "in": "header",
+            "name": "Last-Event-ID",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "The id of the last event received, when reconnecting.",
+        },
+    ],
+    responses={
+        "200": {
+            "description": "An event stream; each event's data is a Job.",
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string"},
+                    "example": (
+                        'event: progress\nid: 1-running-0.4200-separating\ndata: {"id": '
+                        '"…", "status": "running", "progress": 0.42, "stage": "separating", …}\n\n'
+                    ),
+                }
+            },
+        },
+        "204": {"description": "Last-Event-ID already names the job's final state."},
+        "401": {"description": "No valid access token."},
+        "404": {"description": "No such job (or not yours)."},
+    },
+)
+def job_events(job_id: str) -> Response:
+    """Stream the job's status and progress as Server-Sent Events."""
+    job = job_service.get(current_user, job_id)
+    last = request.headers.get("Last-Event-ID") or None
+    if job.is_final and last == events.event_id(job):
+        return Response(status=204)
+    owner_id = current_user.id
+    config = current_app.config
+    options = {
+        "last_event_id": last,
+        "poll_seconds": float(config["SSE_POLL_SECONDS"]),
+        "heartbeat_seconds": float(config["SSE_HEARTBEAT_SECONDS"]),
+        "redis_url": config.get("REDIS_URL"),
+    }
+    # The stream may stay open for minutes: hold no connection while it waits.
+    db.session.close()
+    schema = JobSchema()
+
+    def generate() -> Iterator[str]:
+        yield "retry: 3000\n\n"
+        for change in events.watch(owner_id, job_id, **options):
+            if change is None:
+                yield ": keepalive\n\n"
+                continue
+            data = json.dumps(schema.dump(change.job), separators=(",", ":"), sort_keys=True)
+            yield f"event: {change.event}\nid: {change.id}\ndata: {data}\n\n"
+
+    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once
+    return response
+
+
 def _finished_job(job_id: str) -> Job:
     job = job_service.get(current_user, job_id)
+    if job.status == "expired":
+        raise ServiceError(
+            "The job's results have expired and were deleted (RESULT_TTL_HOURS).",
+            code="job_expired",
+            status=410,
+        )
     if job.status != "succeeded":
         raise ServiceError(
             f"The job has no results (status: {job.status}).", code="not_ready", status=409
@@ -195,9 +344,10 @@ def _finished_job(job_id: str) -> Job:
 
 
 @blp.route("/<job_id>/files/<path:name>", methods=["GET"])
-@jwt_required()
+@auth_required()
 @blp.response(200, description="The file (supports HTTP Range requests).")
 @blp.alt_response(404, description="No such job or file.")
+@blp.alt_response(410, description="The job's results have expired (`job_expired`).")
 @blp.doc(security=BEARER)
 def get_file(job_id: str, name: str) -> Response:
     """Download one result file; supports Range requests for seeking."""
@@ -245,9 +395,10 @@ class _ZipSink:
 
 
 @blp.route("/<job_id>/archive", methods=["GET"])
-@jwt_required()
+@auth_required()
 @blp.response(200, description="A zip of every result file, streamed.")
 @blp.alt_response(404, description="No such job.")
+@blp.alt_response(410, description="The job's results have expired (`job_expired`).")
 @blp.doc(security=BEARER)
 def get_archive(job_id: str) -> Response:
     """Download every result file as one zip (streamed, never built in memory)."""
@@ -300,10 +451,11 @@ class TranscriptQuerySchema(Schema):
 
 
 @blp.route("/<job_id>/transcript", methods=["GET"])
-@jwt_required()
+@auth_required()
 @blp.arguments(TranscriptQuerySchema, location="query")
 @blp.response(200, description="The transcript in the asked format.")
 @blp.alt_response(404, description="No such job.")
+@blp.alt_response(410, description="The job's results have expired (`job_expired`).")
 @blp.alt_response(409, description="Not a finished transcription.")
 @blp.doc(security=BEARER)
 def get_transcript(query: dict[str, Any], job_id: str) -> Response:
@@ -339,7 +491,8 @@ def upload_route(
     """
 
     @blp.route("", methods=["POST"])
-    @jwt_required()
+    @auth_required()
+    @limit_job_creation
     @blp.arguments(schema, location="multipart")
     @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(413, description="The upload is larger than MAX_UPLOAD_MB.")

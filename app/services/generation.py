@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -11,10 +12,17 @@ from app import audio, storage
 from app.models import musicgen_engine, registry
 from app.records import Job, User
 from app.services import jobs
-from app.services.runner import Attempt, ProgressReporter, execute
+from app.services.runner import Attempt, Progress, ProgressReporter, execute
 
 KIND = "generation"
 SAMPLING = ("guidance_scale", "temperature", "top_k", "top_p", "extend_stride")
+
+
+def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model name and the parameters a generation runs with, from validated
+    request fields; jobs and ``flask generate`` share it."""
+    name = params.get("model") or registry.DEFAULTS[KIND]
+    return name, {k: v for k, v in {**params, "model": name}.items() if v is not None}
 
 
 def submit(
@@ -24,21 +32,35 @@ def submit(
     filename: str | None = None,
 ) -> Job:
     """Queue a generation; ``upload`` is the melody or continuation audio, if any."""
-    name = params.get("model") or registry.DEFAULTS[KIND]
-    params = {k: v for k, v in {**params, "model": name}.items() if v is not None}
+    name, params = prepare(params)
     return jobs.submit(owner, KIND, name, params, upload, filename)
 
 
 def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
+    source = storage.input_path(job.id) if (job.params or {}).get("input_role") else None
+    return generate_file(job.engine, job.params or {}, attempt.workdir, report, source)
+
+
+def generate_file(
+    name: str,
+    params: dict[str, Any],
+    folder: Path,
+    report: Progress,
+    source: Path | None = None,
+    filename: str = "generated",
+) -> dict[str, Any]:
+    """Generate into ``folder/<filename>.<format>``; ``source`` is the melody or
+    continuation audio when ``params["input_role"]`` names one. Returns the result."""
     config = current_app.config
-    params = job.params or {}
     report.stage("loading_model", 0.0)
-    loaded = registry.generation_model(job.engine, config)
+    loaded = registry.generation_model(name, config)
     conditioning: dict[str, Any] = {}
     role = params.get("input_role")
-    if role:
+    if role and source is not None:
         samples, rate = audio.decode(
-            storage.input_path(job.id), max_seconds=float(config["MAX_AUDIO_SECONDS"])
+            source,
+            max_seconds=float(config["MAX_AUDIO_SECONDS"]),
+            max_bytes=config["MAX_DECODED_BYTES"],
         )
         conditioning[role] = (samples, rate)
     report.stage("generating", 0.02)
@@ -56,7 +78,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     if peak > 1.0:  # never clip: scale down like the demucs "rescale" clip mode
         out = out / (1.01 * peak)
     fmt = params.get("output_format", "wav")
-    path = attempt.workdir / f"generated.{fmt}"
+    path = folder / f"{filename}.{fmt}"
     audio.encode(
         out,
         rate,
@@ -66,7 +88,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         mp3_bitrate=int(params.get("mp3_bitrate", 320)),
     )
     written = audio.probe(path)
-    used = {**used, "model": job.engine, "prompt": params["prompt"]}
+    used = {**used, "model": name, "prompt": params["prompt"]}
     return {
         "files": [
             {

@@ -19,6 +19,7 @@ from app import audio, storage
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import ACTIVE_STATUSES, Job, User, utcnow
+from app.services import events, quotas, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ def store_upload(stream: IO[bytes], filename: str | None) -> tuple[Path, dict[st
     try:
         if size == 0:
             raise audio.AudioError("The uploaded file is empty.", code="empty_audio", status=422)
-        info = audio.probe(path, max_seconds=float(config["MAX_AUDIO_SECONDS"]))
+        info = audio.probe(
+            path,
+            max_seconds=float(config["MAX_AUDIO_SECONDS"]),
+            max_bytes=config["MAX_DECODED_BYTES"],
+        )
     except BaseException:
         path.unlink(missing_ok=True)
         raise
@@ -78,13 +83,20 @@ def submit(
     The row and the input are durable before the message is published, so a
     job the client was told about can always be found. If the broker refuses
     the message the job is marked failed (never left queued with no message)
-    and the client gets a 503.
+    and the client gets a 503. ``params["callback_url"]``, if any, is checked
+    first (form and SSRF rules) and kept in its own column.
     """
+    params = dict(params)
+    callback_url = webhooks.validate(params.pop("callback_url", None))
+    # Quotas first: a user at their limit is refused before the upload is stored.
+    quotas.check_active_jobs(owner)
+    quotas.check_storage(owner)
     job_id = str(uuid.uuid4())
     meta = None
     if upload is not None:
         path, meta = store_upload(upload, filename)
         try:
+            quotas.check_storage(owner, incoming=meta["size"])
             storage.adopt_input(job_id, path, meta["format"] or "bin")
         except BaseException:
             path.unlink(missing_ok=True)
@@ -102,6 +114,8 @@ def submit(
         progress=0.0,
         params=params,
         input=meta,
+        stored_bytes=meta["size"] if meta else 0,
+        callback_url=callback_url,
         created_at=now,
         updated_at=now,
         expires_at=now + ttl,
@@ -117,12 +131,21 @@ def submit(
     return job
 
 
-def enqueue(job: Job) -> None:
+def publish_task(job: Job) -> str:
+    """Publish the job's task message, with the job id as the task id.
+
+    Raises whatever the broker raises once Celery's bounded publish retries
+    (``task_publish_retry_policy``) are spent. A second message for the same
+    job is harmless: only one delivery can claim it (see ``runner.start``).
+    """
     from app.tasks import task_for_kind
 
-    task = task_for_kind(job.kind)
+    return str(task_for_kind(job.kind).apply_async(args=[job.id], task_id=job.id).id)
+
+
+def enqueue(job: Job) -> None:
     try:
-        sent = task.apply_async(args=[job.id], task_id=job.id)
+        task_id = publish_task(job)
     except Exception as exc:
         log.exception("Could not publish job %s", job.id)
         finish(job.id, "failed", error=("broker_unavailable", "The job queue is unavailable."))
@@ -131,7 +154,7 @@ def enqueue(job: Job) -> None:
             code="broker_unavailable",
             status=503,
         ) from exc
-    db.session.execute(update(Job).where(Job.id == job.id).values(task_id=sent.id))
+    db.session.execute(update(Job).where(Job.id == job.id).values(task_id=task_id))
     db.session.commit()
 
 
@@ -199,7 +222,17 @@ def finish(
         stmt = stmt.where(Job.attempts == attempt)
     result = db.session.execute(stmt.values(**values))
     db.session.commit()
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    ended(job_id)
+    return True
+
+
+def ended(job_id: str) -> None:
+    """What follows every move to a final status, by whoever won it: live
+    streams hear about it, and the webhook (if any) is scheduled."""
+    events.publish(job_id)
+    webhooks.job_ended(job_id)
 
 
 def cancel(owner: User, job_id: str) -> Job:
@@ -239,17 +272,32 @@ def delete(owner: User, job_id: str) -> None:
 
 
 def purge_expired(now: Any = None) -> int:
-    """Delete finished jobs past ``expires_at`` with their files."""
+    """Delete the files of finished jobs past ``expires_at`` and mark them ``expired``.
+
+    The row stays (status ``expired``, result cleared), so a client polling an
+    old job learns what happened to it instead of getting a 404. Each row moves
+    with a compare-and-set, so several workers or beat running this at once
+    expire each job once.
+    """
     now = now or utcnow()
-    expired = (
+    candidates = (
         db.session.execute(
-            select(Job).where(Job.expires_at < now, Job.status.not_in(ACTIVE_STATUSES))
+            select(Job.id).where(
+                Job.expires_at < now, Job.status.in_(("succeeded", "failed", "canceled"))
+            )
         )
         .scalars()
         .all()
     )
-    for job in expired:
-        db.session.delete(job)
+    expired = 0
+    for job_id in candidates:
+        moved = db.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(("succeeded", "failed", "canceled")))
+            .values(status="expired", stage="expired", result=None, stored_bytes=0, updated_at=now)
+        ).rowcount
         db.session.commit()
-        storage.remove_job_files(job.id)
-    return len(expired)
+        if moved == 1:
+            storage.remove_job_files(job_id)
+            expired += 1
+    return expired

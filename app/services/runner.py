@@ -1,12 +1,19 @@
 """Running one attempt of a job inside a worker.
 
 The rules every job kind gets for free:
-- a job starts only from ``queued`` (a canceled or finished job's message does nothing);
+- a job starts from ``queued``; a ``running`` job is started again only when the
+  process of its current attempt is gone (its attempt lock is free), so a
+  message redelivered after a worker died resumes the job while a duplicate
+  delivery for a live attempt, a canceled or a finished job does nothing;
+- each attempt counts in ``attempts``; past ``MAX_ATTEMPTS`` the job fails with
+  ``worker_lost``;
 - each attempt writes into its own ``work/<attempt>`` folder, published by one
   rename, and commits ``succeeded`` with a compare-and-set on (job, attempt,
   running), so a late or duplicate attempt can never overwrite a result;
 - progress writes are throttled, and each write doubles as the cancel check;
-- every failure ends in ``failed`` with a code and a message, never a silent loss.
+- every failure ends in ``failed`` with a code and a message, never a silent loss:
+  the soft time limit gives ``time_limit_exceeded``, a full or unwritable disk
+  ``storage_error`` (partial files are removed first, so the worker carries on).
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
 
 from app import storage
 from app.errors import ServiceError
 from app.extensions import db
-from app.records import Job, utcnow
-from app.services.jobs import finish
+from app.records import ACTIVE_STATUSES, Job, utcnow
+from app.services.events import publish
+from app.services.jobs import ended, finish
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,7 @@ class Attempt:
     job_id: str
     number: int
     workdir: Path
+    lock: storage.AttemptLock | None = None
 
 
 class ProgressReporter:
@@ -79,6 +89,7 @@ class ProgressReporter:
             .values(**values)
         )
         db.session.commit()
+        publish(self.attempt.job_id)
         self._last_write = now
         if result.rowcount != 1:
             raise JobCanceled(self.attempt.job_id)
@@ -129,35 +140,74 @@ class NullProgress:
 Work = Callable[[Job, Attempt, ProgressReporter], dict[str, Any]]
 
 
+def worker_name() -> str:
+    """The Celery node running this task (``celery@host``, as in its heartbeat
+    row), or the machine's name outside a worker."""
+    from celery import current_task
+
+    request = getattr(current_task, "request", None) if current_task else None
+    return getattr(request, "hostname", None) or socket.gethostname()
+
+
 def start(job_id: str) -> Attempt | None:
-    """Claim a queued job for this attempt, or return None if it must not run."""
+    """Claim a job for a new attempt, or return None if this delivery must do nothing.
+
+    A queued job is claimed. A running job is taken over only when the process
+    of its current attempt is gone: Celery requeues the message of a killed
+    worker child, Redis that of a killed worker, and that delivery resumes the
+    job at once. While that process lives, another delivery of the job (a
+    reconciler's or reaper's re-publish, a restore after a broker reconnect)
+    does nothing. Every claim is a compare-and-set on (status, attempts).
+    """
     job = db.session.get(Job, job_id)
-    if job is None or job.status != "queued":
+    if job is None or job.status not in ACTIVE_STATUSES:
         return None
-    number = job.attempts + 1
+    status, previous = job.status, job.attempts
+    if status == "running":
+        if storage.attempt_alive(job_id, previous) is not False:
+            log.info("job %s: attempt %s is still running; delivery ignored", job_id, previous)
+            return None
+        log.warning("job %s: the process of attempt %s is gone; starting again", job_id, previous)
+    number = previous + 1
     if number > MAX_ATTEMPTS:
-        finish(job_id, "failed", error=("worker_lost", "The job was attempted too many times."))
+        finish(
+            job_id,
+            "failed",
+            error=("worker_lost", "The job was attempted too many times; its worker kept dying."),
+            only_from=(status,),
+            attempt=previous,
+        )
+        storage.remove_dead_attempts(job_id)
         return None
+    try:
+        lock = storage.AttemptLock.acquire(job_id, number)
+    except storage.StorageError as exc:
+        finish(job_id, "failed", error=(exc.code, exc.message), only_from=(status,))
+        return None
+    if lock is None:
+        return None  # another delivery is claiming this very attempt
     now = utcnow()
     claimed = db.session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.attempts == job.attempts)
+        .where(Job.id == job_id, Job.status == status, Job.attempts == previous)
         .values(
             status="running",
             attempts=number,
             started_at=now,
             updated_at=now,
             stage="starting",
-            worker=socket.gethostname(),
+            progress=0.0,
+            worker=worker_name(),
         )
     ).rowcount
     db.session.commit()
     if claimed != 1:
+        lock.release()
         return None
-    workdir = storage.work_dir(job_id, number)
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    return Attempt(job_id=job_id, number=number, workdir=workdir)
+    publish(job_id)
+    return Attempt(
+        job_id=job_id, number=number, workdir=storage.work_dir(job_id, number), lock=lock
+    )
 
 
 def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
@@ -165,31 +215,67 @@ def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
     attempt = start(job_id)
     if attempt is None:
         return None
-    report = ProgressReporter(attempt)
-    job = db.session.get(Job, job_id)
-    assert job is not None
-    began = time.monotonic()
     try:
+        storage.remove_dead_attempts(job_id, keep=attempt.number)
+        shutil.rmtree(attempt.workdir, ignore_errors=True)
+        attempt.workdir.mkdir(parents=True)
+        report = ProgressReporter(attempt)
+        job = db.session.get(Job, job_id)
+        assert job is not None
+        began = time.monotonic()
         outcome = work(job, attempt, report)
         report(1.0, "finishing", force=True)
         return _commit(job, attempt, outcome, time.monotonic() - began, device)
     except JobCanceled:
         log.info("job %s attempt %s stopped: canceled or superseded", job_id, attempt.number)
         return "canceled"
+    except SoftTimeLimitExceeded:
+        log.warning("job %s attempt %s hit its soft time limit", job_id, attempt.number)
+        _fail(job_id, attempt, "time_limit_exceeded", _time_limit_message())
+        return "failed"
     except ServiceError as exc:
         _fail(job_id, attempt, exc.code, exc.message)
         return "failed"
-    except Exception:
+    except Exception as exc:
+        failure = storage.storage_failure(exc)
+        if failure is not None:
+            log.warning("job %s: results could not be written: %s", job_id, failure)
+            reason = failure.strerror or str(failure)
+            _fail(
+                job_id,
+                attempt,
+                "storage_error",
+                f"The results could not be written (disk full or not writable: {reason.lower()}).",
+            )
+            return "failed"
         log.exception("job %s failed with an internal error", job_id)
         _fail(job_id, attempt, "internal_error", "The job failed with an internal error.")
         return "failed"
     finally:
         db.session.rollback()
         shutil.rmtree(attempt.workdir, ignore_errors=True)
+        if attempt.lock is not None:
+            attempt.lock.release()
+
+
+def _time_limit_message() -> str:
+    from celery import current_task
+    from flask import current_app
+
+    from app.worker_settings import hard_limit_for
+
+    name = getattr(current_task, "name", None) if current_task else None
+    limit = hard_limit_for(current_app.config, name) if name else None
+    if limit:
+        return f"The job ran past its time limit of {limit:g} seconds."
+    return "The job ran past its time limit."
 
 
 def _fail(job_id: str, attempt: Attempt, code: str, message: str) -> None:
     db.session.rollback()
+    # Partial files go first: on a full disk that frees the space the failure
+    # record (and the next job) needs.
+    shutil.rmtree(attempt.workdir, ignore_errors=True)
     finish(job_id, "failed", error=(code, message), only_from=("running",), attempt=attempt.number)
 
 
@@ -220,6 +306,8 @@ def _commit(
             stage="done",
             result=outcome,
             metrics=metrics,
+            # Storage quota: the published results now count for the owner.
+            stored_bytes=Job.stored_bytes + storage.folder_size(folder),
             finished_at=now,
             updated_at=now,
         )
@@ -229,4 +317,5 @@ def _commit(
         # Canceled (or deleted) between the last progress check and now.
         shutil.rmtree(folder, ignore_errors=True)
         return "canceled"
+    ended(job.id)
     return "succeeded"

@@ -35,12 +35,19 @@ DEMUCS_DEFAULTS = {"shifts": 1, "overlap": 0.25, "segment": None}
 STATS_BLOCK = 1 << 18
 
 
-def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str | None) -> Job:
-    """Queue a separation of ``upload`` with validated ``params``."""
+def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model name and the parameters a separation runs with (defaults filled
+    in), from validated request fields; jobs and ``flask separate`` share it."""
     name = params.get("model") or registry.DEFAULTS[KIND]
     params = {**params, "model": name}
     if name != "hpss":
         params = {k: (DEMUCS_DEFAULTS.get(k) if v is None else v) for k, v in params.items()}
+    return name, params
+
+
+def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str | None) -> Job:
+    """Queue a separation of ``upload`` with validated ``params``."""
+    name, params = prepare(params)
     return jobs.submit(owner, KIND, name, params, upload, filename)
 
 
@@ -113,6 +120,7 @@ def _reference_level(
             channels=channels,
             block_frames=STATS_BLOCK,
             max_seconds=max_seconds,
+            max_bytes=current_app.config["MAX_DECODED_BYTES"],
         )
     ) as blocks:
         for block in blocks:
@@ -279,6 +287,7 @@ def separate_file(
             channels=plan.channels,
             block_frames=window - overlap,
             max_seconds=max_seconds,
+            max_bytes=config["MAX_DECODED_BYTES"],
         )
         with contextlib.closing(blocks):
             pieces: Iterator[np.ndarray] = separate_in_windows(

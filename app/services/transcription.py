@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import IO, Any
 
 from flask import current_app
@@ -31,12 +32,19 @@ VOCALS_PARAMS = {
 }
 
 
-def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str | None) -> Job:
-    """Queue a transcription of ``upload`` with validated ``params``."""
+def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model name and the parameters a transcription runs with, from
+    validated request fields; jobs and ``flask transcribe`` share it."""
     name = params.get("model") or registry.DEFAULTS[KIND]
     params = {k: v for k, v in {**params, "model": name}.items() if v is not None}
     if params.get("isolate_vocals"):
         params.setdefault("separation_model", registry.DEFAULTS["separation"])
+    return name, params
+
+
+def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str | None) -> Job:
+    """Queue a transcription of ``upload`` with validated ``params``."""
+    name, params = prepare(params)
     return jobs.submit(owner, KIND, name, params, upload, filename)
 
 
@@ -93,6 +101,7 @@ def transcribe_file(
         sample_rate=whisper_engine.SAMPLE_RATE,
         channels=1,
         max_seconds=float(config["MAX_AUDIO_SECONDS"]),
+        max_bytes=config["MAX_DECODED_BYTES"],
     )
     samples = samples[0]
     report.stage("transcribing", 0.05)
@@ -100,16 +109,23 @@ def transcribe_file(
     return result, device
 
 
-def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
-    params = job.params or {}
-    source = storage.input_path(job.id)
+def transcribe_path(
+    source: Path,
+    info: dict[str, Any],
+    name: str,
+    params: dict[str, Any],
+    workdir: Path,
+    report: Progress,
+) -> tuple[dict[str, Any], str]:
+    """Transcribe a file, first isolating its vocals when ``isolate_vocals``
+    (into ``workdir``, removed afterwards). Returns the result and the device."""
     step: Progress = report
     if params.get("isolate_vocals"):
-        folder = attempt.workdir / "vocals"
+        folder = workdir / "vocals"
         folder.mkdir()
         names, paths, _rate, _device = separation.separate_file(
             source,
-            job.input or {},
+            info,
             params["separation_model"],
             VOCALS_PARAMS,
             folder,
@@ -118,10 +134,17 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         source = paths[names.index("vocals")]
         step = SubProgress(report, 0.6, 1.0)
     try:
-        result, device = transcribe_file(source, job.engine, params, step)
+        return transcribe_file(source, name, params, step)
     finally:
         if params.get("isolate_vocals"):
-            shutil.rmtree(attempt.workdir / "vocals", ignore_errors=True)
+            shutil.rmtree(workdir / "vocals", ignore_errors=True)
+
+
+def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
+    params = job.params or {}
+    result, device = transcribe_path(
+        storage.input_path(job.id), job.input or {}, job.engine, params, attempt.workdir, report
+    )
     return {**result, "files": [], "device": device}
 
 
