@@ -16,91 +16,58 @@ from typing import Any
 from limits import parse_many
 
 from app import worker_settings
+from app.env import env_bool, env_float, env_int, env_list
 
 MIN_SECRET_BYTES = 32
 # Every worker consumes these by default; "webhooks" holds only small, quick deliveries.
 QUEUES = ("separation", "transcription", "generation", "webhooks")
 
 
-def _env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise RuntimeError(f"{name} must be an integer, got {value!r}") from exc
-
-
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise RuntimeError(f"{name} must be a number, got {value!r}") from exc
-
-
-def _env_list(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
 def from_environment() -> dict[str, Any]:
     """Read every setting the service knows from ``os.environ``."""
     data_dir = Path(os.environ.get("DATA_DIR") or "./var").resolve()
     redis_url = os.environ.get("REDIS_URL") or None
-    port = _env_int("PORT", 5000)
+    port = env_int("PORT", 5000)
     return {
         "DATA_DIR": str(data_dir),
         "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
         "JWT_SECRET_KEY": os.environ.get("JWT_SECRET_KEY") or None,
         "DATABASE_URL": os.environ.get("DATABASE_URL") or None,
         "REDIS_URL": redis_url,
-        "MAX_UPLOAD_MB": _env_int("MAX_UPLOAD_MB", 200),
-        "MAX_AUDIO_SECONDS": _env_float("MAX_AUDIO_SECONDS", 1200.0),
-        "MAX_DECODED_MB": _env_int("MAX_DECODED_MB", 2048),
-        "CORS_ORIGINS": _env_list(
+        "MAX_UPLOAD_MB": env_int("MAX_UPLOAD_MB", 200),
+        "MAX_AUDIO_SECONDS": env_float("MAX_AUDIO_SECONDS", 1200.0),
+        "MAX_DECODED_MB": env_int("MAX_DECODED_MB", 2048),
+        "CORS_ORIGINS": env_list(
             "CORS_ORIGINS",
             [f"http://localhost:{port}", f"http://127.0.0.1:{port}"],
         ),
-        "RESULT_TTL_HOURS": _env_float("RESULT_TTL_HOURS", 24.0),
+        "RESULT_TTL_HOURS": env_float("RESULT_TTL_HOURS", 24.0),
         "MODEL_DEVICE": (os.environ.get("MODEL_DEVICE") or "auto").lower(),
         "MODELS_DIR": os.environ.get("MODELS_DIR") or str(data_dir / "models"),
-        "ALLOW_MODEL_DOWNLOAD": _env_bool("ALLOW_MODEL_DOWNLOAD", True),
+        "ALLOW_MODEL_DOWNLOAD": env_bool("ALLOW_MODEL_DOWNLOAD", True),
         "LOG_LEVEL": (os.environ.get("LOG_LEVEL") or "INFO").upper(),
         "LOG_FORMAT": (os.environ.get("LOG_FORMAT") or "text").strip().lower(),
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
-        "JWT_ACCESS_MINUTES": _env_int("JWT_ACCESS_MINUTES", 15),
-        "JWT_REFRESH_DAYS": _env_int("JWT_REFRESH_DAYS", 30),
-        "RATELIMIT_ENABLED": _env_bool("RATELIMIT_ENABLED", True),
+        "JWT_ACCESS_MINUTES": env_int("JWT_ACCESS_MINUTES", 15),
+        "JWT_REFRESH_DAYS": env_int("JWT_REFRESH_DAYS", 30),
+        "RATELIMIT_ENABLED": env_bool("RATELIMIT_ENABLED", True),
         "LOGIN_RATE_LIMIT": os.environ.get("LOGIN_RATE_LIMIT") or "5/minute",
         "REFRESH_RATE_LIMIT": os.environ.get("REFRESH_RATE_LIMIT") or "10/minute",
         "JOB_RATE_LIMIT": os.environ.get("JOB_RATE_LIMIT") or "10/minute;100/day",
-        "MAX_ACTIVE_JOBS": _env_int("MAX_ACTIVE_JOBS", 5),
-        "MAX_STORAGE_MB": _env_int("MAX_STORAGE_MB", 5000),
-        "WORKER_HEARTBEAT_SECONDS": _env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
-        "BROKER_POLL_SECONDS": _env_float("BROKER_POLL_SECONDS", 0.1),
+        "MAX_ACTIVE_JOBS": env_int("MAX_ACTIVE_JOBS", 5),
+        "MAX_STORAGE_MB": env_int("MAX_STORAGE_MB", 5000),
+        "WORKER_HEARTBEAT_SECONDS": env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
+        "BROKER_POLL_SECONDS": env_float("BROKER_POLL_SECONDS", 0.1),
         "MODEL_CACHE_SIZE": os.environ.get("MODEL_CACHE_SIZE") or "3",
-        "MODEL_IDLE_SECONDS": _env_float("MODEL_IDLE_SECONDS", 0.0) or None,
-        "PRELOAD_MODELS": _env_list("PRELOAD_MODELS", []),
-        "OPENAI_WAIT_SECONDS": _env_float("OPENAI_WAIT_SECONDS", 300.0),
-        "SEPARATION_WINDOW_SECONDS": _env_float("SEPARATION_WINDOW_SECONDS", 60.0),
-        "SEPARATION_OVERLAP_SECONDS": _env_float("SEPARATION_OVERLAP_SECONDS", 4.0),
-        "SSE_POLL_SECONDS": _env_float("SSE_POLL_SECONDS", 0.5),
-        "SSE_HEARTBEAT_SECONDS": _env_float("SSE_HEARTBEAT_SECONDS", 15.0),
+        "MODEL_IDLE_SECONDS": env_float("MODEL_IDLE_SECONDS", 0.0) or None,
+        "PRELOAD_MODELS": env_list("PRELOAD_MODELS", []),
+        "OPENAI_WAIT_SECONDS": env_float("OPENAI_WAIT_SECONDS", 300.0),
+        "SEPARATION_WINDOW_SECONDS": env_float("SEPARATION_WINDOW_SECONDS", 60.0),
+        "SEPARATION_OVERLAP_SECONDS": env_float("SEPARATION_OVERLAP_SECONDS", 4.0),
+        "SSE_POLL_SECONDS": env_float("SSE_POLL_SECONDS", 0.5),
+        "SSE_HEARTBEAT_SECONDS": env_float("SSE_HEARTBEAT_SECONDS", 15.0),
         "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or None,
-        "WEBHOOK_ALLOW_PRIVATE": _env_bool("WEBHOOK_ALLOW_PRIVATE", False),
+        "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
         **worker_settings.from_environment(redis_url),
     }
 

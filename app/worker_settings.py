@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from app.env import env_bool, env_float
+
 # Periodic upkeep (reaper, reconciler, expiry) that Celery beat sends in Redis mode.
 MAINTENANCE_QUEUE = "maintenance"
 MAINTENANCE_TASK = "app.tasks.maintenance.run"
@@ -34,38 +36,21 @@ VISIBILITY_MARGIN = 1.25
 LONGEST_COUNTDOWN_SECONDS = 1800.0
 
 
-def _float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return float(value)
-    except ValueError as exc:
-        raise RuntimeError(f"{name} must be a number, got {value!r}") from exc
-
-
-def _bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def from_environment(redis_url: str | None) -> dict[str, Any]:
     """The job-engine settings read from ``os.environ`` (README has the table)."""
     return {
-        "SEPARATION_TIME_LIMIT": _float("SEPARATION_TIME_LIMIT", 3600.0),
-        "TRANSCRIPTION_TIME_LIMIT": _float("TRANSCRIPTION_TIME_LIMIT", 3600.0),
-        "GENERATION_TIME_LIMIT": _float("GENERATION_TIME_LIMIT", 1800.0),
-        "VISIBILITY_TIMEOUT": _float("VISIBILITY_TIMEOUT", 0.0) or None,
-        "WORKER_MAX_TASKS_PER_CHILD": int(_float("WORKER_MAX_TASKS_PER_CHILD", 100)),
-        "WORKER_MAX_MEMORY_PER_CHILD_MB": int(_float("WORKER_MAX_MEMORY_PER_CHILD_MB", 12288)),
-        "WORKER_SOFT_SHUTDOWN_SECONDS": _float("WORKER_SOFT_SHUTDOWN_SECONDS", 30.0),
-        "MAINTENANCE_INTERVAL_SECONDS": _float("MAINTENANCE_INTERVAL_SECONDS", 30.0),
+        "SEPARATION_TIME_LIMIT": env_float("SEPARATION_TIME_LIMIT", 3600.0),
+        "TRANSCRIPTION_TIME_LIMIT": env_float("TRANSCRIPTION_TIME_LIMIT", 3600.0),
+        "GENERATION_TIME_LIMIT": env_float("GENERATION_TIME_LIMIT", 1800.0),
+        "VISIBILITY_TIMEOUT": env_float("VISIBILITY_TIMEOUT", 0.0) or None,
+        "WORKER_MAX_TASKS_PER_CHILD": int(env_float("WORKER_MAX_TASKS_PER_CHILD", 100)),
+        "WORKER_MAX_MEMORY_PER_CHILD_MB": int(env_float("WORKER_MAX_MEMORY_PER_CHILD_MB", 12288)),
+        "WORKER_SOFT_SHUTDOWN_SECONDS": env_float("WORKER_SOFT_SHUTDOWN_SECONDS", 30.0),
+        "MAINTENANCE_INTERVAL_SECONDS": env_float("MAINTENANCE_INTERVAL_SECONDS", 30.0),
         # Who runs the maintenance pass: the workers' heartbeat thread (the
         # embedded default), or Celery beat (Redis deployments).
-        "MAINTENANCE_IN_WORKER": _bool("MAINTENANCE_IN_WORKER", not redis_url),
-        "RECONCILE_QUEUED_SECONDS": _float("RECONCILE_QUEUED_SECONDS", 60.0),
+        "MAINTENANCE_IN_WORKER": env_bool("MAINTENANCE_IN_WORKER", not redis_url),
+        "RECONCILE_QUEUED_SECONDS": env_float("RECONCILE_QUEUED_SECONDS", 60.0),
     }
 
 
