@@ -158,17 +158,23 @@ def progress_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str | Non
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Any]:
-    """A real redis-server on a free loopback port (tests/redis_server.py),
-    with append-only persistence so ``restart()`` keeps the data; the test is
-    skipped, with the reason, when redis-server is not installed."""
-    from tests.redis_server import RedisServer, find_binary
+    """A real redis-server on a free loopback port (tests/procs.py) with the
+    persistence docs/deployment.md prescribes; the test is skipped, with the
+    reason, when redis-server is not installed."""
+    import shutil
 
-    binary = find_binary()
-    if binary is None:
+    from tests.procs import RedisProcess
+
+    if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server); test skipped")
-    server = RedisServer(binary, tmp_path / "redis", appendonly=True)
+    server = RedisProcess(tmp_path / "redis")
     server.start()
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    return str(redis_server.url)

@@ -26,7 +26,7 @@ from app.extensions import db
 from app.records import Job
 from app.services import events, jobs, runner
 from tests.conftest import make_app, register_and_login
-from tests.test_worker import free_port, redis_url  # noqa: F401  (redis_url is a fixture)
+from tests.procs import free_port
 
 FINAL = ("succeeded", "failed", "canceled")
 
@@ -238,7 +238,7 @@ def test_last_event_id_resumes_and_a_closed_client_frees_the_stream(
     assert [(e["event"], e["job"]["status"]) for e in resumed.events] == [("status", "canceled")]
 
 
-def test_live_progress_over_redis_pub_sub(tmp_path: Path, redis_url: str, song_wav: bytes) -> None:  # noqa: F811
+def test_live_progress_over_redis_pub_sub(tmp_path: Path, redis_url: str, song_wav: bytes) -> None:
     # Polling and heartbeats once a minute: events can only come this fast by pub/sub.
     app = make_app(
         tmp_path / "data", REDIS_URL=redis_url, SSE_POLL_SECONDS=60, SSE_HEARTBEAT_SECONDS=60

@@ -9,7 +9,6 @@ so hpss jobs last a few seconds: long enough to kill something mid-job.
 from __future__ import annotations
 
 import io
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,15 +38,8 @@ SETTINGS: dict[str, Any] = {
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server); faults skipped")
-    server = RedisProcess(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+def redis(redis_server: RedisProcess) -> RedisProcess:
+    return redis_server
 
 
 class Faults:
