@@ -27,7 +27,6 @@ def from_environment() -> dict[str, Any]:
     """Read every setting the service knows from ``os.environ``."""
     data_dir = Path(os.environ.get("DATA_DIR") or "./var").resolve()
     redis_url = os.environ.get("REDIS_URL") or None
-    port = env_int("PORT", 5000)
     return {
         "DATA_DIR": str(data_dir),
         "SECRET_KEY": os.environ.get("SECRET_KEY") or None,
@@ -37,10 +36,9 @@ def from_environment() -> dict[str, Any]:
         "MAX_UPLOAD_MB": env_int("MAX_UPLOAD_MB", 200),
         "MAX_AUDIO_SECONDS": env_float("MAX_AUDIO_SECONDS", 1200.0),
         "MAX_DECODED_MB": env_int("MAX_DECODED_MB", 2048),
-        "CORS_ORIGINS": env_list(
-            "CORS_ORIGINS",
-            [f"http://localhost:{port}", f"http://127.0.0.1:{port}"],
-        ),
+        # No cross-origin browser access unless the operator lists origins;
+        # `make run` (app/embedded.py) lists its own localhost addresses.
+        "CORS_ORIGINS": env_list("CORS_ORIGINS", []),
         "RESULT_TTL_HOURS": env_float("RESULT_TTL_HOURS", 24.0),
         "MODEL_DEVICE": (os.environ.get("MODEL_DEVICE") or "auto").lower(),
         "MODELS_DIR": os.environ.get("MODELS_DIR") or str(data_dir / "models"),

@@ -48,6 +48,9 @@ def main() -> int:
     host = os.environ.get("HOST", "127.0.0.1")
     port = os.environ.get("PORT", "5000")
     os.environ.setdefault("DATA_DIR", str(ROOT / "var"))
+    # The embedded default is for one machine: a front-end served from this
+    # host may call the API; production configs list their origins themselves.
+    os.environ.setdefault("CORS_ORIGINS", f"http://localhost:{port},http://127.0.0.1:{port}")
     migrate_database()
 
     python = sys.executable

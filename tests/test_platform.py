@@ -175,6 +175,16 @@ def test_cors_allow_list(tmp_path: Path) -> None:
     assert "Access-Control-Allow-Origin" not in denied.headers
 
 
+def test_no_cross_origin_access_unless_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CORS_ORIGINS", raising=False)
+    client = make_app(tmp_path / "d").test_client()
+    for origin in ("http://localhost:5000", "https://evil.example"):
+        answer = client.get("/api/v1/models", headers={"Origin": origin})
+        assert "Access-Control-Allow-Origin" not in answer.headers
+
+
 def test_migrations_match_the_records(app: Flask) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
