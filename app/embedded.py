@@ -61,12 +61,17 @@ def main() -> int:
         "--loglevel", os.environ.get("LOG_LEVEL", "INFO"),
         "--hostname", f"embedded@{os.uname().nodename}",
     ]  # fmt: skip
+    web_processes = os.environ.get("WEB_CONCURRENCY") or (
+        "2" if os.environ.get("REDIS_URL") else "1"
+    )
     api_cmd = [
         python, "-m", "gunicorn", "wsgi:app",
         "--bind", f"{host}:{port}",
         # An open event stream (GET /jobs/<id>/events) holds a thread while it
         # waits: enough threads for a few dozen watching browser tabs.
-        "--worker-class", "gthread", "--workers", "2",
+        # Without Redis, rate-limit counters live in each API process: one
+        # process keeps every limit exact (threads serve the concurrency).
+        "--worker-class", "gthread", "--workers", web_processes,
         "--threads", os.environ.get("GUNICORN_THREADS") or "32",
         "--timeout", "300", "--graceful-timeout", "30",
         "--control-socket", str(Path(os.environ["DATA_DIR"]).resolve() / "gunicorn.ctl"),
