@@ -56,3 +56,43 @@ def build_repo(folder: Path) -> Path:
         weights=[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]],
     )
     return folder
+
+
+class VocalsPassThrough(torch.nn.Module):
+    """A one-parameter "separator" that hears every input as vocals: the
+    ``vocals`` stem is the mix (times a gain of 1), the other stems are silent.
+
+    A trained Demucs puts a spoken clip in its vocals stem; random tiny models
+    do not, so the karaoke pipeline needs this stand-in to produce lyrics from
+    the speech clips. It is a real ``nn.Module`` saved in demucs's package
+    format and run through ``apply_model`` like any other model.
+    """
+
+    def __init__(self, sources: list[str] = FOUR, samplerate: int = 44100) -> None:
+        super().__init__()
+        self._init_args_kwargs = ((), {"sources": list(sources), "samplerate": samplerate})
+        self.sources = list(sources)
+        self.samplerate = samplerate
+        self.audio_channels = 2
+        self.segment = 10.0
+        self.gain = torch.nn.Parameter(torch.ones(()))
+
+    def valid_length(self, length: int) -> int:
+        return length
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(mix.shape[0], len(self.sources), *mix.shape[1:], dtype=mix.dtype)
+        out[:, self.sources.index("vocals")] = self.gain * mix
+        return out
+
+
+def add_vocals_passthrough(folder: Path, name: str) -> None:
+    """Adds ``name`` to a repo built by ``build_repo``: a ``VocalsPassThrough``.
+
+    Use a pretrained name with a vocals stem (e.g. ``mdx_extra``) so the model
+    list offers it for karaoke, where local names have unknown stems.
+    """
+    from app.models.demucs_engine import save_package
+
+    save_package(VocalsPassThrough(), folder / "5eed0f0c.th")
+    write_bag(folder, name, ["5eed0f0c"])

@@ -2,8 +2,8 @@
 
 A user registers, drops a WAV on the page, watches the job, plays a stem,
 downloads the stems and the zip; jobs started elsewhere show up live; an
-expired access token is refreshed; transcripts follow the audio. Screenshots
-(desktop and phone) go to ``test-artifacts/``.
+expired access token is refreshed; transcripts and karaoke lyrics follow
+the audio. Screenshots (desktop and phone) go to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -455,3 +455,113 @@ def test_errors_are_shown_where_they_belong(page: Any) -> None:
     assert alert.is_hidden()
     screenshot(page, "form-errors", full_page=False)
     assert page.problems == []  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def karaoke_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Demucs repo, plus ``mdx_extra``: a model that hears the
+    whole input as vocals (a trained Demucs does that with a speech clip; the
+    random ones do not, and their "vocals" are too quiet to transcribe)."""
+    from tests.demucs_repo import add_vocals_passthrough, build_repo
+
+    root = tmp_path_factory.mktemp("karaoke-models")
+    add_vocals_passthrough(build_repo(root / "demucs"), "mdx_extra")
+    return root
+
+
+@pytest.mark.parametrize("model", ["mdx_extra", "mdx"], ids=["lyrics", "no-lyrics"])
+def test_karaoke_results(
+    chromium: Any, tmp_path: Path, karaoke_models_dir: Path, model: str
+) -> None:
+    """A karaoke package from a speech clip: instrumental and vocals players,
+    the lyrics following the instrumental as it plays (or, when the vocals
+    stem is silent, a plain "no lyrics" message), and every lyrics file
+    downloadable with the same content the API serves."""
+    from tests.conftest import make_app
+
+    app = make_app(
+        tmp_path / "data", MODELS_DIR=str(karaoke_models_dir), ALLOW_MODEL_DOWNLOAD=False
+    )
+    app.extensions["celery"].conf.task_always_eager = True
+    with LiveServer(app) as live:
+        context = chromium.new_context(
+            base_url=live.url, viewport={"width": 1280, "height": 900}, accept_downloads=True
+        )
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            sign_up(page)
+            page.locator("input[name=kind][value=karaoke]").check()
+            page.locator("#ka-sep-model").select_option(model)
+            page.locator("#file-input").set_input_files(str(ROOT / "tests/data/speech/clip1.mp3"))
+            page.get_by_role("button", name="Make karaoke", exact=True).click()
+            job = page.locator(".job").first
+            job.locator(".badge", has_text="Done").wait_for(timeout=120_000)
+            assert "Karaoke: clip1.mp3" in job.locator(".job-title").inner_text()
+
+            token = page.evaluate("JSON.parse(sessionStorage.getItem('ams.session')).access")
+            headers = {"Authorization": f"Bearer {token}"}
+            client = app.test_client()
+            result = client.get(f"/api/v1/jobs/{job.get_attribute('data-job-id')}", headers=headers)
+            result = result.json["result"]
+            assert result["has_vocals"] is (model == "mdx_extra")
+
+            # Two players, each with a waveform; the instrumental carries the lyrics tags.
+            stems = job.locator(".stem")
+            stems.nth(1).wait_for()
+            assert [s.get_attribute("data-stem") for s in stems.all()] == ["instrumental", "vocals"]
+            caption = stems.first.locator("figcaption").inner_text()
+            assert caption.startswith("Instrumental (with lyrics tags)")
+            for stem in stems.all():
+                page.wait_for_function(
+                    "(el) => el.classList.contains('ready')", arg=stem.element_handle()
+                )
+            instrumental = stems.first.locator("audio")
+
+            lines = job.locator(".transcript[aria-label=Lyrics] li")
+            if result["lines"]:
+                texts = lines.locator(".text").all_inner_texts()
+                assert texts == [line["text"] for line in result["lines"]]
+                instrumental.evaluate("(a) => a.play()")
+                current = job.locator(".transcript li.current")
+                current.wait_for(timeout=15_000)
+                assert current.locator("button").get_attribute("aria-current") == "true"
+                assert result["lines"][0]["text"] in current.inner_text()
+                # Clicking a line plays from there.
+                last = result["lines"][-1]
+                lines.last.locator("button").click()
+                page.wait_for_function(
+                    "([a, t]) => a.currentTime >= t",
+                    arg=[instrumental.element_handle(), last["start"]],
+                )
+                lines.last.locator("button[aria-current=true]").wait_for(timeout=15_000)
+                instrumental.evaluate("(a) => a.pause()")
+            else:
+                assert lines.count() == 0
+                assert job.get_by_text("No vocals found: the package has no lyrics.").is_visible()
+
+            # Every lyrics file downloads with the content the API serves.
+            served = {f["name"]: f for f in result["files"]}
+            for name in ("lyrics.lrc", "lyrics.words.lrc", "lyrics.srt", "lyrics.vtt", "sync.json"):
+                with page.expect_download() as info:
+                    job.get_by_role("button", name=f"Download {name}", exact=True).click()
+                saved = tmp_path / name
+                info.value.save_as(saved)
+                assert info.value.suggested_filename == f"clip1 - {name}"
+                expected = client.get(served[name]["url"], headers=headers).data
+                assert saved.read_bytes() == expected
+                assert expected or (name == "lyrics.srt" and not result["lines"])
+            lrc = (tmp_path / "lyrics.lrc").read_text()
+            for line in result["lines"]:
+                assert f"]{line['text']}" in lrc
+            with page.expect_download() as info:
+                job.locator("button[data-download=archive]").click()
+            info.value.save_as(tmp_path / "package.zip")
+            with zipfile.ZipFile(tmp_path / "package.zip") as bundle:
+                assert sorted(bundle.namelist()) == sorted(served)
+            screenshot(page, f"karaoke-{'lyrics' if result['lines'] else 'no-lyrics'}")
+            assert errors == []
+        finally:
+            context.close()

@@ -89,7 +89,9 @@ function stemPlayer(file, parent, ctx) {
   const canvas = figure.querySelector("canvas");
   const name = file.stem || file.name.replace(/\.[^.]+$/, "");
   figure.dataset.stem = name;
-  figure.querySelector(".stem-name").textContent = file.tagged ? `${name} (with lyrics tags)` : name;
+  const label = figure.querySelector(".stem-name");
+  label.textContent = name; // capitalised by the stylesheet; the note below is not
+  if (file.tagged) label.after(" ", h("span", { class: "stem-note", text: "(with lyrics tags)" }));
   const info = [file.name, file.duration ? formatSeconds(file.duration) : "", formatBytes(file.size)];
   figure.querySelector(".stem-info").textContent = info.filter(Boolean).join(" · ");
   audio.setAttribute("aria-label", `Play ${file.name}`);
