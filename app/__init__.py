@@ -120,7 +120,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     jwt.init_app(app)
     # One Api (and OpenAPI document) per app: a shared one would mix the specs
     # of apps created side by side, as tests do.
-    api = ServiceApi(app, spec_kwargs={"extra_plugins": [ErrorResponses()]})
+    from app.access import unenforced_schemes
+
+    plugin = ErrorResponses(unenforced=unenforced_schemes(app.config))
+    api = ServiceApi(app, spec_kwargs={"extra_plugins": [plugin]})
     app.extensions["api"] = api
     cors.init_app(
         app,

@@ -30,6 +30,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 JWT_SCHEME = "bearerAuth"
 API_KEY_SCHEME = "apiKeyAuth"
+METRICS_SCHEME = "metricsToken"
 SECURITY_SCHEMES = {
     JWT_SCHEME: {
         "type": "http",
@@ -44,14 +45,24 @@ SECURITY_SCHEMES = {
         "description": "A personal API key (ams_...) from POST /api/v1/auth/api-keys.",
     },
     # Not a user credential: the operator's METRICS_TOKEN for GET /metrics.
-    "metricsToken": {
+    METRICS_SCHEME: {
         "type": "http",
         "scheme": "bearer",
-        "description": "METRICS_TOKEN (only when the operator sets one).",
+        "description": "The operator's METRICS_TOKEN.",
     },
 }
 JWT_OR_API_KEY = [{JWT_SCHEME: []}, {API_KEY_SCHEME: []}]
 JWT_ONLY = [{JWT_SCHEME: []}]
+
+
+def unenforced_schemes(config: Any) -> set[str]:
+    """Security schemes this server does not check with ``config``.
+
+    ``/metrics`` asks for a token only when ``METRICS_TOKEN`` is set; without
+    one, the OpenAPI document must not tell clients a credential is needed
+    (``app/openapi.py`` drops such requirements and the scheme itself).
+    """
+    return set() if config.get("METRICS_TOKEN") else {METRICS_SCHEME}
 
 
 def _bearer_token() -> str | None:

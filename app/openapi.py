@@ -5,6 +5,11 @@ Every error the API sends has the one JSON shape of ``app/errors_http.py``;
 ``default`` response is documented: a client (and the contract tests) can rely
 on the listed status codes being the ones that occur.
 
+A security requirement the server does not enforce with its configuration
+(``unenforced_schemes`` in app/access.py: the metrics token when
+``METRICS_TOKEN`` is unset) is dropped, with the route's ``401``: the document
+says what this server does, not what it could be configured to do.
+
 The errors every route of a kind can give are added here, by rule, rather than
 route by route, so a new route gets them without anyone remembering to:
 
@@ -21,6 +26,7 @@ described by text alone gets the error shape as its content.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from apispec import BasePlugin
@@ -76,6 +82,23 @@ def _add(responses: dict[Any, Any], status: int, response: dict[str, Any]) -> No
         responses[str(status)] = dict(response)
 
 
+def drop_unenforced(operation: dict[str, Any], unenforced: Collection[str]) -> None:
+    """Remove the security requirements that name a scheme in ``unenforced``;
+    an operation left with none is open, so it documents no ``401`` either."""
+    security = operation.get("security")
+    if not security or not unenforced:
+        return
+    kept = [req for req in security if not set(req) & set(unenforced)]
+    if kept == security:
+        return
+    if kept:
+        operation["security"] = kept
+    else:
+        del operation["security"]
+        operation.get("responses", {}).pop("401", None)
+        operation.get("responses", {}).pop(401, None)
+
+
 def document_errors(path: str, operation: dict[str, Any]) -> None:
     """Add the rule-based error responses to one operation of the document."""
     responses = operation.setdefault("responses", {})
@@ -100,11 +123,15 @@ def document_errors(path: str, operation: dict[str, Any]) -> None:
 
 
 class ErrorResponses(BasePlugin):
-    """apispec plugin applying ``document_errors`` to every operation."""
+    """apispec plugin applying ``drop_unenforced`` and ``document_errors`` to every operation."""
+
+    def __init__(self, unenforced: Collection[str] = ()) -> None:
+        self.unenforced = frozenset(unenforced)
 
     def operation_helper(
         self, path: str | None = None, operations: dict | None = None, **kwargs: Any
     ) -> None:
         for method, operation in (operations or {}).items():
             if method in {"get", "put", "post", "patch", "delete"}:
+                drop_unenforced(operation, self.unenforced)
                 document_errors(path or "", operation)

@@ -129,6 +129,34 @@ def test_metrics_token_guards_the_endpoint(tmp_path: Path) -> None:
     assert value(samples, "aimusic_database_up") == 1
 
 
+@pytest.mark.parametrize("token", [None, "a-metrics-token"], ids=["open", "token"])
+def test_openapi_says_whether_metrics_need_the_token(tmp_path: Path, token: str | None) -> None:
+    """The document describes this server: no token configured, no credential
+    asked for (and no 401); a token configured, the bearer token is required."""
+    client = make_app(tmp_path / "data", METRICS_TOKEN=token).test_client()
+    spec = client.get("/openapi.json").json
+    operation = spec["paths"]["/metrics"]["get"]
+    schemes = spec["components"]["securitySchemes"]
+    unauthenticated = client.get("/metrics").status_code
+    if token is None:
+        assert not operation.get("security")  # absent: like /healthz, open to all
+        assert "401" not in operation["responses"]
+        assert "metricsToken" not in schemes
+        assert unauthenticated == 200
+    else:
+        assert operation["security"] == [{"metricsToken": []}]
+        assert "401" in operation["responses"]
+        assert schemes["metricsToken"] == {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The operator's METRICS_TOKEN.",
+        }
+        assert unauthenticated == 401
+    # The user routes keep their credentials either way.
+    assert {"bearerAuth", "apiKeyAuth"} <= set(schemes)
+    assert spec["paths"]["/api/v1/jobs"]["get"]["security"]
+
+
 def test_request_id_is_echoed_or_generated(client: FlaskClient) -> None:
     sent = "req-7f3a9c.1:proxy"
     assert client.get("/healthz", headers={"X-Request-ID": sent}).headers["X-Request-ID"] == sent

@@ -33,7 +33,7 @@ class Blueprint(SmorestBlueprint):
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
-    from app.access import SECURITY_SCHEMES
+    from app.access import SECURITY_SCHEMES, unenforced_schemes
     from app.blueprints import (
         analyses,
         auth,
@@ -50,8 +50,10 @@ def register_blueprints(app: Flask, api: Api) -> None:
         webhooks,
     )
 
+    unenforced = unenforced_schemes(app.config)
     for name, scheme in SECURITY_SCHEMES.items():
-        api.spec.components.security_scheme(name, scheme)
+        if name not in unenforced:
+            api.spec.components.security_scheme(name, scheme)
     # The job result's documented shape (its field is computed per job kind).
     api.spec.components.schema("Result", schema=jobs.ResultSchema)
     api.spec.components.schema("Generation", schema=generations.GenerationSchema)
