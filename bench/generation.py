@@ -41,22 +41,19 @@ model load). Goal: the second request under 1.1x direct.
 
 Everything runs in a temporary folder, deleted at the end unless ``--keep``;
 every process started is the leader of its own session and its whole group is
-stopped on exit, Ctrl-C or error. The process helpers and the HTTP client come
-from bench/separation.py.
+stopped on exit, Ctrl-C or error. The process helpers, the service start-up and
+the HTTP client come from bench/_service.py; the offline word-level tokenizer is
+tests/musicgen_models.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import re
-import resource
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -65,38 +62,30 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.separation import (  # noqa: E402 - needs ROOT on sys.path
-    FINAL,
-    PYTHON,
+from bench._service import (  # noqa: E402 - needs ROOT on sys.path
+    METRICS_HEADER,
     Client,
     Processes,
     check_load,
-    free_port,
     group_cpu_seconds,
     loadavg,
+    metrics_cells,
+    ratio,
+    run_benchmark,
+    run_direct_script,
     say,
     service_env,
-    stop_on_signals,
+    start_service,
     tail,
     verdict,
-    wait_until,
 )
+from tests.musicgen_models import WORDS, word_tokenizer  # noqa: E402 - the tests' tokenizer
 
 GOAL = 1.1  # ours, second request / direct
 MODEL_NAME = "facebook/musicgen-small"
 FOLDER = "musicgen-small"  # MODELS_DIR/musicgen/<FOLDER> is what the service loads for MODEL_NAME
 GUIDANCE, TOP_K, TEMPERATURE = 3.0, 250, 1.0  # the service's defaults (audiocraft's)
 DEFAULT_PROMPT = "upbeat electronic dance music with synth bass and drums"
-
-# The tokenizer's words: the text encoder's vocabulary is this list (no download needed).
-_WORD_LIST = (
-    "<pad> </s> <unk> a an and the with of in on for at by to slow fast calm happy sad dark "
-    "bright upbeat lofi jazz rock pop folk blues funk metal techno house ambient electronic "
-    "orchestral cinematic epic classical acoustic 80s 90s piano guitar bass drums synth "
-    "strings violin cello flute choir vocals beat melody music song loop groove chill "
-    "relaxing energetic hip hop reggae dance trance dubstep driving"
-)
-WORDS = tuple(_WORD_LIST.split())
 
 # facebook/musicgen-small's decoder (config.json of the released model).
 DECODER_FULL: dict[str, Any] = {
@@ -116,27 +105,6 @@ T5_VOCAB = 32128  # t5-base's vocabulary (the released models' text encoder)
 
 
 # --------------------------------------------------------------------------- model
-
-
-def _tokenizer() -> Any:
-    """A word-level T5-like tokenizer (lowercase, whitespace split, ``</s>`` appended)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {word: i for i, word in enumerate(WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=512,
-    )
 
 
 def build_model(folder: Path, seed: int, small: bool) -> dict[str, Any]:
@@ -254,7 +222,7 @@ def build_model(folder: Path, seed: int, small: bool) -> dict[str, Any]:
     model.save_pretrained(folder)
     MusicgenProcessor(
         feature_extractor=EncodecFeatureExtractor(feature_size=1, sampling_rate=32000),
-        tokenizer=_tokenizer(),
+        tokenizer=word_tokenizer(),
     ).save_pretrained(folder)
     info["folder_mb"] = sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) / 1e6
     del model, parts
@@ -320,35 +288,18 @@ open(sys.argv[2], "w").write(json.dumps(result))
 def run_direct(
     args: argparse.Namespace, procs: Processes, work: Path, folder: Path, steps: int
 ) -> dict[str, Any]:
-    script = work / "direct.py"
-    script.write_text(DIRECT_SCRIPT)
-    spec = work / "direct-spec.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "folder": str(folder),
-                "prompt": args.prompt,
-                "seed": args.seed,
-                "guidance_scale": GUIDANCE,
-                "top_k": TOP_K,
-                "temperature": TEMPERATURE,
-                "max_new_tokens": steps,
-            }
-        )
-    )
-    out, log = work / "direct-out.json", work / "direct.log"
+    spec = {
+        "folder": str(folder),
+        "prompt": args.prompt,
+        "seed": args.seed,
+        "guidance_scale": GUIDANCE,
+        "top_k": TOP_K,
+        "temperature": TEMPERATURE,
+        "max_new_tokens": steps,
+    }
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    check_load("direct")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    code = procs.run("direct", [PYTHON, str(script), str(spec), str(out)], env, log, timeout=7200)
-    wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if code != 0 or not out.is_file():
-        raise RuntimeError(f"the direct transformers process failed ({code}):\n{tail(log)}")
-    result = json.loads(out.read_text())
-    result["process_seconds"] = wall
-    result["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    result = run_direct_script(procs, work, DIRECT_SCRIPT, spec, env, 7200, "transformers")
+    wall = result["process_seconds"]
     result["total_seconds"] = result["load_seconds"] + result["generate_seconds"]
     say(
         f"  direct: process {wall:.1f} s = interpreter + imports {result['import_seconds']:.1f} s"
@@ -364,60 +315,34 @@ def run_direct(
 
 
 def one_request(
-    client: Client, args: argparse.Namespace, work: Path, label: str, timeout: float
+    client: Client, args: argparse.Namespace, work: Path, label: str, logs: tuple[Path, ...]
 ) -> dict[str, Any]:
     """POST, poll until the job ends, download the file: what a user waits."""
     out = work / f"service-{label}"
     out.mkdir()
     body = {"prompt": args.prompt, "duration": args.duration, "seed": args.seed}
-    started = time.monotonic()
-    response = client.request("POST", "/api/v1/generations", json=body)
-    if response.status_code != 202:
-        raise RuntimeError(f"POST /api/v1/generations: {response.status_code} {response.text}")
-    accepted = time.monotonic()
-    location = response.headers["Location"]
-    last_note = started
-    polls = 0
-    while True:
-        job = client.request("GET", location).json()
-        polls += 1
-        if job.get("status") in FINAL:
-            break
-        now = time.monotonic()
-        if now - started > timeout:
-            raise RuntimeError(f"the {label} job did not finish in {timeout:g} s: {job}")
-        if now - last_note >= 15:
-            last_note = now
-            say(
-                f"    {label}: {now - started:6.1f} s  {job.get('status')}"
-                f" / {job.get('stage')}  progress {job.get('progress')}"
-            )
-        time.sleep(args.poll)
-    finished = time.monotonic()
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"the {label} job ended {job['status']}: {job.get('error')}")
+    run = client.run_job(
+        label,
+        lambda: client.request("POST", "/api/v1/generations", json=body),
+        args.poll,
+        fetch=lambda job: client.download_files(job, out),
+        notes=True,
+        timeout=args.timeout,
+        logs=logs,
+    )
+    job = run["job"]
     files = job["result"]["files"]
-    size = 0
-    for entry in files:
-        with client.request("GET", entry["url"], stream=True) as download:
-            if download.status_code != 200:
-                raise RuntimeError(f"download {entry['name']}: {download.status_code}")
-            with open(out / entry["name"], "wb") as target:
-                for block in download.iter_content(1 << 20):
-                    target.write(block)
-                    size += len(block)
-    done = time.monotonic()
     return {
-        "seconds": done - started,
-        "post_seconds": accepted - started,
-        "wait_seconds": finished - accepted,
-        "download_seconds": done - finished,
-        "polls": polls,
+        "seconds": run["seconds"],
+        "post_seconds": run["submit_seconds"],
+        "wait_seconds": run["wait_seconds"],
+        "download_seconds": run["fetch_seconds"],
+        "polls": run["polls"],
         "metrics": job.get("metrics") or {},
         "parameters": job["result"].get("parameters") or {},
         "duration": job["result"].get("duration"),
         "files": [(e["name"], e.get("duration"), e.get("sample_rate")) for e in files],
-        "bytes": size,
+        "bytes": run["fetched"],
         "path": out / files[0]["name"],
     }
 
@@ -425,47 +350,9 @@ def one_request(
 def run_ours(
     args: argparse.Namespace, procs: Processes, work: Path, models: Path
 ) -> dict[str, Any]:
-    data = work / "service-data"
-    env = service_env(data, models)
-    code = procs.run(
-        "db upgrade",
-        [PYTHON, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        env,
-        work / "db-upgrade.log",
-        timeout=120,
-    )
-    if code != 0:
-        raise RuntimeError(f"flask db upgrade failed:\n{tail(work / 'db-upgrade.log')}")
-    port = free_port()
-    worker_log, api_log = work / "worker.log", work / "api.log"
-    worker = procs.start(
-        "celery worker",
-        [
-            PYTHON, "-m", "celery", "-A", "celery_worker", "worker",
-            "-Q", "separation,transcription,generation", "--concurrency", "1",
-            "--loglevel", "INFO", "--hostname", f"bench-generation-{os.getpid()}@localhost",
-        ],
-        env,
-        worker_log,
-    )  # fmt: skip
-    api = procs.start(
-        "gunicorn",
-        [
-            PYTHON, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
-            "--worker-class", "gthread", "--workers", "2", "--threads", "8",
-            "--timeout", "300", "--graceful-timeout", "30", "--access-logfile", "-",
-            "--control-socket", str(data.resolve() / "gunicorn.ctl"),
-        ],
-        env,
-        api_log,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    say(f"  ours: API on {base} (log {api_log}), one worker (log {worker_log})")
-    client = Client(base)
-    logs = [api_log, worker_log]
-    wait_until(lambda: client.http.get(base + "/healthz", timeout=2).ok, 90, "/healthz", logs)
-    wait_until(lambda: client.http.get(base + "/readyz", timeout=5).ok, 120, "/readyz", logs)
-    client.register_and_login()
+    env = service_env(work / "service-data", models)
+    service = start_service(procs, work, env, "bench-generation", "ours: ")
+    client, worker, api = service.client, service.worker, service.api
     models_listed = client.request("GET", "/api/v1/models").json()
     entries = models_listed if isinstance(models_listed, list) else models_listed.get("models", [])
     entry = next((e for e in entries if e.get("name") == MODEL_NAME), None)
@@ -477,11 +364,11 @@ def run_ours(
     for label in ("first", "second"):
         check_load(f"our {label} request")
         cpu = group_cpu_seconds([worker.pid, api.pid])
-        results[label] = one_request(client, args, work, label, timeout=args.timeout)
+        results[label] = one_request(client, args, work, label, (service.worker_log,))
         results[label]["cpu_seconds"] = group_cpu_seconds([worker.pid, api.pid]) - cpu
         say(f"  ours, {label} request: {results[label]['seconds']:.1f} s")
     loads = re.findall(
-        r"loaded generation model (\S+) on (\S+) in ([\d.]+) s", tail(worker_log, 10**7)
+        r"loaded generation model (\S+) on (\S+) in ([\d.]+) s", tail(service.worker_log, 10**7)
     )
     results["model_loads"] = [(name, device, float(s)) for name, device, s in loads]
     results["same_audio"] = (
@@ -491,10 +378,6 @@ def run_ours(
 
 
 # --------------------------------------------------------------------------- report
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("nan")
 
 
 def report(
@@ -561,17 +444,13 @@ def report(
 
     say("\n  Our requests in detail (seconds)")
     say(
-        f"  {'':8}{'POST':>7}{'queue+run':>11}{'download':>10}{'queue_s':>9}{'run_s':>8}"
-        f"{'job RTF':>9}{'audio_s':>9}{'steps':>7}{'polls':>7}"
+        f"  {'':8}{'POST':>7}{'queue+run':>11}{'download':>10}{METRICS_HEADER}"
+        f"{'steps':>7}{'polls':>7}"
     )
     for label, result in (("first", first), ("second", second)):
-        m = result["metrics"]
         say(
             f"  {label:8}{result['post_seconds']:7.2f}{result['wait_seconds']:11.2f}"
-            f"{result['download_seconds']:10.2f}{m.get('queue_seconds', float('nan')):9.2f}"
-            f"{m.get('run_seconds', float('nan')):8.2f}"
-            f"{m.get('real_time_factor') or float('nan'):9.3f}"
-            f"{m.get('audio_seconds', float('nan')):9.2f}"
+            f"{result['download_seconds']:10.2f}{metrics_cells(result['metrics'])}"
             f"{result['parameters'].get('decoding_steps', '?')!s:>7}{result['polls']:7d}"
         )
     name, seconds, rate = second["files"][0]
@@ -639,69 +518,54 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    work = Path(tempfile.mkdtemp(prefix="bench-generation-", dir=args.workdir))
-    models = work / "models"
-    folder = models / "musicgen" / FOLDER
-    procs = Processes()
-    status = 1
-    with stop_on_signals():
-        try:
-            say(f"Generation benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            say(
-                f"  python {sys.version.split()[0]}, torch {torch.__version__}, transformers "
-                f"{transformers.__version__}, {os.cpu_count()} CPUs, torch threads "
-                f"{torch.get_num_threads()}, load average {loadavg()}"
-            )
-            say(f"  work folder: {work}{' (kept)' if args.keep else ' (deleted at the end)'}")
-            started = time.monotonic()
-            info = build_model(folder, args.seed, args.small)
-            d = info["decoder"]
-            say(
-                f"  model: {'--small decoder' if args.small else 'musicgen-small architecture'},"
-                f" random init seed {args.seed}: {info['parameters']:,} parameters"
-                f" ({info['parameters'] / 1e6:.1f} M: text encoder"
-                f" {info['parts']['text_encoder'] / 1e6:.1f} M, EnCodec"
-                f" {info['parts']['audio_encoder'] / 1e6:.1f} M, decoder"
-                f" {info['parts']['decoder'] / 1e6:.1f} M)"
-            )
-            say(
-                f"    decoder {d['num_hidden_layers']} layers x {d['hidden_size']}, "
-                f"{d['num_attention_heads']} heads, FFN {d['ffn_dim']}, {info['codebooks']} "
-                f"codebooks of {CODEBOOK_SIZE} (pad/bos {CODEBOOK_SIZE}); EnCodec 32 kHz, "
-                f"{info['codec_codebooks']} codebooks of {CODEBOOK_SIZE}; T5-base-sized text "
-                f"encoder (12 x 768, vocabulary {len(WORDS)} words; T5's 32,128 would add "
-                f"{(T5_VOCAB - len(WORDS)) * 768 / 1e6:.1f} M embedding parameters, "
-                f"{(info['parameters'] + (T5_VOCAB - len(WORDS)) * 768) / 1e6:.1f} M in all)"
-            )
-            say(
-                f"    saved in {folder} ({info['folder_mb']:.0f} MB) in "
-                f"{time.monotonic() - started:.0f} s"
-            )
-            frames, steps = decoding_steps(args.duration, info)
-            say(
-                f"  request: prompt {args.prompt!r}, duration {args.duration:g} s, seed "
-                f"{args.seed}, guidance {GUIDANCE:g}, top_k {TOP_K}, temperature {TEMPERATURE:g}"
-                f" -> {frames} frames + {steps - frames} delay = {steps} decoding steps"
-            )
-            say("\n== direct (transformers, fresh process) ==")
-            direct = run_direct(args, procs, work, folder, steps)
-            say("\n== ours (API + one worker) ==")
-            ours = run_ours(args, procs, work, models)
-            report(args, info, frames, steps, direct, ours)
-            say(f"\n  load average at the end: {loadavg()}")
-            status = 0
-        except KeyboardInterrupt as exc:
-            say(f"\ninterrupted ({exc.args[0] if exc.args else 'Ctrl-C'}): stopping")
-            status = 130
-        except RuntimeError as exc:
-            say(f"\nFAILED: {exc}")
-        finally:
-            procs.stop_all()
-            if args.keep:
-                say(f"\nkept {work}")
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-    return status
+    def run(procs: Processes, work: Path) -> None:
+        models = work / "models"
+        folder = models / "musicgen" / FOLDER
+        say(f"Generation benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        say(
+            f"  python {sys.version.split()[0]}, torch {torch.__version__}, transformers "
+            f"{transformers.__version__}, {os.cpu_count()} CPUs, torch threads "
+            f"{torch.get_num_threads()}, load average {loadavg()}"
+        )
+        say(f"  work folder: {work}{' (kept)' if args.keep else ' (deleted at the end)'}")
+        started = time.monotonic()
+        info = build_model(folder, args.seed, args.small)
+        d = info["decoder"]
+        say(
+            f"  model: {'--small decoder' if args.small else 'musicgen-small architecture'},"
+            f" random init seed {args.seed}: {info['parameters']:,} parameters"
+            f" ({info['parameters'] / 1e6:.1f} M: text encoder"
+            f" {info['parts']['text_encoder'] / 1e6:.1f} M, EnCodec"
+            f" {info['parts']['audio_encoder'] / 1e6:.1f} M, decoder"
+            f" {info['parts']['decoder'] / 1e6:.1f} M)"
+        )
+        say(
+            f"    decoder {d['num_hidden_layers']} layers x {d['hidden_size']}, "
+            f"{d['num_attention_heads']} heads, FFN {d['ffn_dim']}, {info['codebooks']} "
+            f"codebooks of {CODEBOOK_SIZE} (pad/bos {CODEBOOK_SIZE}); EnCodec 32 kHz, "
+            f"{info['codec_codebooks']} codebooks of {CODEBOOK_SIZE}; T5-base-sized text "
+            f"encoder (12 x 768, vocabulary {len(WORDS)} words; T5's 32,128 would add "
+            f"{(T5_VOCAB - len(WORDS)) * 768 / 1e6:.1f} M embedding parameters, "
+            f"{(info['parameters'] + (T5_VOCAB - len(WORDS)) * 768) / 1e6:.1f} M in all)"
+        )
+        say(
+            f"    saved in {folder} ({info['folder_mb']:.0f} MB) in "
+            f"{time.monotonic() - started:.0f} s"
+        )
+        frames, steps = decoding_steps(args.duration, info)
+        say(
+            f"  request: prompt {args.prompt!r}, duration {args.duration:g} s, seed "
+            f"{args.seed}, guidance {GUIDANCE:g}, top_k {TOP_K}, temperature {TEMPERATURE:g}"
+            f" -> {frames} frames + {steps - frames} delay = {steps} decoding steps"
+        )
+        say("\n== direct (transformers, fresh process) ==")
+        direct = run_direct(args, procs, work, folder, steps)
+        say("\n== ours (API + one worker) ==")
+        ours = run_ours(args, procs, work, models)
+        report(args, info, frames, steps, direct, ours)
+        say(f"\n  load average at the end: {loadavg()}")
+
+    return run_benchmark("bench-generation-", args.workdir, args.keep, run)
 
 
 if __name__ == "__main__":

@@ -45,9 +45,7 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -61,19 +59,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.separation import (  # noqa: E402 - needs ROOT on sys.path
-    FINAL,
+from bench._service import (  # noqa: E402 - needs ROOT on sys.path
     PYTHON,
     Client,
     Processes,
     check_load,
+    db_upgrade,
     free_port,
     group_cpu_seconds,
     loadavg,
+    proc_stats,
+    run_benchmark,
     say,
     service_env,
-    stop_on_signals,
-    tail,
+    start_worker,
     wait_until,
 )
 
@@ -193,18 +192,7 @@ def poll_phase(
 
 def api_pids(pgid: int) -> list[int]:
     """The gunicorn master and its workers (the session the benchmark started)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return sorted(pids)
+    return sorted(pid for pid, fields in proc_stats() if int(fields[2]) == pgid)
 
 
 def memory_kib(pid: int, field: str) -> int:
@@ -398,40 +386,23 @@ def finished_job(procs: Processes, work: Path, env: dict[str, str], client: Clie
     worker that is stopped afterwards."""
     wav = write_wav(work / "short.wav", 0.4, seed=1)  # ~2.4 s
     worker_log = work / "worker.log"
-    worker = procs.start(
-        "celery worker",
-        [
-            PYTHON, "-m", "celery", "-A", "celery_worker", "worker",
-            "-Q", "separation", "--concurrency", "1", "--pool", "solo",
-            "--hostname", f"bench-load-{os.getpid()}@localhost",
-            "--without-mingle", "--without-gossip",
-        ],
-        env,
-        worker_log,
+    worker = start_worker(
+        procs, env, worker_log, "bench-load", queues="separation",
+        extra=("--pool", "solo", "--without-mingle", "--without-gossip"),
     )  # fmt: skip
-    with open(wav, "rb") as handle:
-        response = client.request(
-            "POST",
-            "/api/v1/separations",
-            files={"file": (wav.name, handle, "audio/wav")},
-            data={"model": "hpss"},
-        )
-    if response.status_code != 202:
-        raise RuntimeError(f"submit: {response.status_code} {response.text}")
-    job_id = response.json()["id"]
-    holder: dict[str, Any] = {}
 
-    def done() -> bool:
-        holder["job"] = client.request("GET", f"/api/v1/jobs/{job_id}").json()
-        return holder["job"]["status"] in FINAL
+    def upload() -> Any:
+        with open(wav, "rb") as handle:
+            return client.request(
+                "POST",
+                "/api/v1/separations",
+                files={"file": (wav.name, handle, "audio/wav")},
+                data={"model": "hpss"},
+            )
 
-    wait_until(done, 180, "the setup job", [worker_log])
+    run = client.run_job("setup", upload, 0.25, timeout=180, logs=(worker_log,))
     procs.stop(worker)
-    if holder["job"]["status"] != "succeeded":
-        raise RuntimeError(
-            f"setup job ended {holder['job']['status']}: {holder['job'].get('error')}"
-        )
-    return job_id
+    return run["job"]["id"]
 
 
 def verdicts(status: dict[str, Any], health: dict[str, Any]) -> list[str]:
@@ -471,15 +442,7 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
     redis_url = None if args.no_redis else start_redis(procs, work)
     if redis_url:
         env["REDIS_URL"] = redis_url
-    code = procs.run(
-        "db upgrade",
-        [PYTHON, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        env,
-        work / "db-upgrade.log",
-        timeout=120,
-    )
-    if code != 0:
-        raise RuntimeError(f"flask db upgrade failed:\n{tail(work / 'db-upgrade.log')}")
+    db_upgrade(procs, work, env)
     port = free_port()
     api_log = work / "api.log"
     api = procs.start(
@@ -599,31 +562,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-load-", dir=args.workdir))
-    procs = Processes()
-    status = 1
-    with stop_on_signals():
-        try:
-            say(f"Load benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            say(
-                f"  python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-                f"load average {loadavg()}; work folder {work}"
-                f"{' (kept)' if args.keep else ' (deleted at the end)'}"
-            )
-            run(args, procs, work)
-            status = 0
-        except KeyboardInterrupt as exc:
-            say(f"\ninterrupted ({exc.args[0] if exc.args else 'Ctrl-C'}): stopping")
-            status = 130
-        except (RuntimeError, subprocess.SubprocessError) as exc:
-            say(f"\nFAILED: {exc}")
-        finally:
-            procs.stop_all()
-            if args.keep:
-                say(f"\nkept {work}")
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-    return status
+
+    def body(procs: Processes, work: Path) -> None:
+        say(f"Load benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        say(
+            f"  python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+            f"load average {loadavg()}; work folder {work}"
+            f"{' (kept)' if args.keep else ' (deleted at the end)'}"
+        )
+        run(args, procs, work)
+
+    return run_benchmark("bench-load-", args.workdir, args.keep, body)
 
 
 if __name__ == "__main__":

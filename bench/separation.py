@@ -23,35 +23,45 @@ every process started is stopped on exit, Ctrl-C or error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import hashlib
 import json
 import os
 import re
-import resource
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urljoin
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench._service import (  # noqa: E402 - needs ROOT on sys.path
+    METRICS_HEADER,
+    PYTHON,
+    Client,
+    Processes,
+    check_load,
+    children_cpu_seconds,
+    group_cpu_seconds,
+    loadavg,
+    metrics_cells,
+    run_benchmark,
+    say,
+    service_env,
+    start_service,
+    tail,
+    verdict,
+)
+
 SR = 44100
 SOURCES = ["drums", "bass", "other", "vocals"]
-FINAL = ("succeeded", "failed", "canceled")
 
 # Constructor arguments of the pretrained htdemucs (signature 955717e8) that
 # differ from HTDemucs's defaults. The package's kwargs were not available
@@ -71,139 +81,6 @@ HTDEMUCS_KWARGS: dict[str, Any] = {
 TINY_KWARGS: dict[str, Any] = {"channels": 8, "t_layers": 1}  # as tests/demucs_repo.py
 FULL_SIG, TINY_SIG = "bench0f1", "bench0t1"
 TINY_NAME = "bench_tiny"
-
-
-# --------------------------------------------------------------------------- utilities
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg") as handle:
-        return " ".join(handle.read().split()[:3])
-
-
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy over the next ``seconds`` (from /proc/stat)."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as handle:
-            values = [int(x) for x in handle.readline().split()[1:]]
-        idle = values[3] + values[4]  # idle + iowait
-        return sum(values), idle
-
-    total0, idle0 = sample()
-    time.sleep(seconds)
-    total1, idle1 = sample()
-    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def check_load(label: str) -> str:
-    """The load average and current CPU use, with a warning when other work competes."""
-    load = loadavg()
-    busy = cpu_busy()
-    note = "  (other processes are using the CPU: timings are noisy)" if busy > 0.25 else ""
-    say(f"  before {label}: load average {load}, CPUs {busy:.0%} busy{note}")
-    return load
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _proc_stats() -> Iterator[list[str]]:
-    """The fields of /proc/<pid>/stat after the command name, for every process."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                yield handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process is still in process group (and session) ``pgid``."""
-    # Fields after the command: state, ppid, pgrp, session, ...
-    return any(int(f[2]) == pgid and int(f[3]) == pgid for f in _proc_stats())
-
-
-def group_cpu_seconds(pgids: list[int]) -> float:
-    """CPU time (user + system, with reaped children) of every live process in these groups.
-
-    Wall time on a shared machine depends on what else runs; CPU time much less.
-    """
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for f in _proc_stats():
-        if int(f[2]) in pgids:
-            total += sum(int(x) for x in f[11:15])  # utime, stime, cutime, cstime
-    return total / ticks
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Processes:
-    """Every process the benchmark starts, each the leader of a new session, so
-    stopping its whole group also stops what it forked (gunicorn and Celery
-    workers, the demucs CLI's helpers)."""
-
-    def __init__(self) -> None:
-        self.started: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-        handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        process = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.started.append((name, process, handle))
-        return process
-
-    def run(self, name: str, cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> int:
-        """Start, wait (stopped on timeout or Ctrl-C like everything else)."""
-        process = self.start(name, cmd, env, log)
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"{name} did not finish in {timeout:g} s; log: {log}") from None
-        finally:
-            self.stop(process)
-
-    def stop(self, process: subprocess.Popen, grace: float = 30.0) -> None:
-        pgid = process.pid
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=grace)
-        # The leader may be gone while its children are not (a killed gunicorn
-        # master leaves its workers behind): kill what is left of the group.
-        if _group_alive(pgid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
-
-    def stop_all(self) -> None:
-        for _name, process, handle in reversed(self.started):
-            self.stop(process)
-            handle.close()
-        self.started.clear()
-
-
-def tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
 
 
 # --------------------------------------------------------------------------- models
@@ -324,178 +201,41 @@ def run_cli(
     return seconds, cpu
 
 
-class Client:
-    """A user of the HTTP API, with requests."""
-
-    def __init__(self, base: str) -> None:
-        import requests
-
-        self.base = base
-        self.http = requests.Session()
-        self.email = f"bench-{secrets.token_hex(4)}@example.com"
-        self.password = "a long enough benchmark password"
-
-    def url(self, path: str) -> str:
-        return urljoin(self.base, path)
-
-    def register_and_login(self) -> None:
-        response = self.http.post(
-            self.url("/api/v1/auth/register"),
-            json={"email": self.email, "password": self.password},
-            timeout=30,
-        )
-        if response.status_code != 201:
-            raise RuntimeError(f"register: {response.status_code} {response.text}")
-        self.login()
-
-    def login(self) -> None:
-        response = self.http.post(
-            self.url("/api/v1/auth/login"),
-            json={"email": self.email, "password": self.password},
-            timeout=30,
-        )
-        if response.status_code != 200:
-            raise RuntimeError(f"login: {response.status_code} {response.text}")
-        self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One call; logs in again once if the access token expired meanwhile."""
-        response = self.http.request(method, self.url(path), timeout=600, **kwargs)
-        if response.status_code == 401:
-            self.login()
-            for value in kwargs.values():  # rewind an upload before sending it again
-                for item in value.values() if isinstance(value, dict) else ():
-                    if isinstance(item, tuple) and hasattr(item[1], "seek"):
-                        item[1].seek(0)
-            response = self.http.request(method, self.url(path), timeout=600, **kwargs)
-        return response
-
-
-def wait_until(predicate: Any, timeout: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if predicate():
-                return
-        time.sleep(0.25)
-    detail = "\n".join(f"--- {log.name} ---\n{tail(log)}" for log in logs)
-    raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}\n{detail}")
-
-
 def one_request(client: Client, wav: Path, work: Path, label: str, poll: float) -> dict[str, Any]:
     """Upload, poll until finished, download every stem: the time a user waits."""
     out = work / f"service-{label}"
     out.mkdir()
-    started = time.monotonic()
-    with open(wav, "rb") as handle:
-        response = client.request(
-            "POST",
-            "/api/v1/separations",
-            files={"file": (wav.name, handle, "audio/wav")},
-            data={"model": "htdemucs", "output_format": "wav"},
-        )
-    if response.status_code != 202:
-        raise RuntimeError(f"upload: {response.status_code} {response.text}")
-    accepted = time.monotonic()
-    location = response.headers["Location"]
-    last_note = 0.0
-    while True:
-        job = client.request("GET", location).json()
-        if job.get("status") in FINAL:
-            break
-        now = time.monotonic()
-        if now - last_note >= 15:
-            last_note = now
-            say(
-                f"    {label}: {now - started:6.1f} s  {job.get('status')}"
-                f" / {job.get('stage')}  progress {job.get('progress')}"
+
+    def upload() -> Any:
+        with open(wav, "rb") as handle:
+            return client.request(
+                "POST",
+                "/api/v1/separations",
+                files={"file": (wav.name, handle, "audio/wav")},
+                data={"model": "htdemucs", "output_format": "wav"},
             )
-        time.sleep(poll)
-    finished = time.monotonic()
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"the {label} job ended {job['status']}: {job.get('error')}")
-    sizes = []
-    for entry in job["result"]["files"]:
-        with client.request("GET", entry["url"], stream=True) as body:
-            if body.status_code != 200:
-                raise RuntimeError(f"download {entry['name']}: {body.status_code}")
-            size = 0
-            with open(out / entry["name"], "wb") as target:
-                for block in body.iter_content(1 << 20):
-                    target.write(block)
-                    size += len(block)
-        sizes.append(size)
-    done = time.monotonic()
+
+    run = client.run_job(
+        label, upload, poll, fetch=lambda job: client.download_files(job, out), notes=True
+    )
+    job = run["job"]
     return {
-        "seconds": done - started,
-        "upload_seconds": accepted - started,
-        "wait_seconds": finished - accepted,
-        "download_seconds": done - finished,
+        "seconds": run["seconds"],
+        "upload_seconds": run["submit_seconds"],
+        "wait_seconds": run["wait_seconds"],
+        "download_seconds": run["fetch_seconds"],
         "metrics": job.get("metrics") or {},
         "files": [(e["name"], e.get("duration")) for e in job["result"]["files"]],
-        "bytes": sum(sizes),
+        "bytes": run["fetched"],
     }
-
-
-def service_env(data: Path, models: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(
-        {
-            "DATA_DIR": str(data),
-            "MODELS_DIR": str(models),
-            "ALLOW_MODEL_DOWNLOAD": "0",
-            "HF_HUB_OFFLINE": "1",
-            "SECRET_KEY": secrets.token_urlsafe(36),  # 48 characters
-            "LOG_LEVEL": "INFO",
-        }
-    )
-    return env
 
 
 def run_service(
     procs: Processes, work: Path, models: Path, wav: Path, poll: float
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    data = work / "service-data"
-    env = service_env(data, models)
-    code = procs.run(
-        "db upgrade",
-        [PYTHON, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        env,
-        work / "db-upgrade.log",
-        timeout=120,
-    )
-    if code != 0:
-        raise RuntimeError(f"flask db upgrade failed:\n{tail(work / 'db-upgrade.log')}")
-    port = free_port()
-    worker_log, api_log = work / "worker.log", work / "api.log"
-    worker = procs.start(
-        "celery worker",
-        [
-            PYTHON, "-m", "celery", "-A", "celery_worker", "worker",
-            "-Q", "separation,transcription,generation", "--concurrency", "1",
-            "--loglevel", "INFO", "--hostname", f"bench-{os.getpid()}@localhost",
-        ],
-        env,
-        worker_log,
-    )  # fmt: skip
-    api = procs.start(
-        "gunicorn",
-        [
-            PYTHON, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
-            "--worker-class", "gthread", "--workers", "2", "--threads", "8",
-            "--timeout", "300", "--graceful-timeout", "30", "--access-logfile", "-",
-            "--control-socket", str(data.resolve() / "gunicorn.ctl"),
-        ],
-        env,
-        api_log,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    say(f"  API on {base} (log {api_log}), one worker (log {worker_log})")
-    client = Client(base)
-    logs = [api_log, worker_log]
-    wait_until(lambda: client.http.get(base + "/healthz", timeout=2).ok, 90, "/healthz", logs)
-    wait_until(lambda: client.http.get(base + "/readyz", timeout=5).ok, 120, "/readyz", logs)
-    client.register_and_login()
+    env = service_env(work / "service-data", models)
+    service = start_service(procs, work, env, "bench")
+    client, worker, api = service.client, service.worker, service.api
     results = {}
     for label in ("first", "second"):
         check_load(f"the {label} request")
@@ -504,14 +244,10 @@ def run_service(
         results[label]["cpu_seconds"] = group_cpu_seconds([worker.pid, api.pid]) - cpu
         say(f"  ours, {label} request: {results[label]['seconds']:.1f} s")
     loads = re.findall(
-        r"loaded separation model htdemucs on \S+ in ([\d.]+) s", tail(worker_log, 10**7)
+        r"loaded separation model htdemucs on \S+ in ([\d.]+) s", tail(service.worker_log, 10**7)
     )
     loaded = {"model_loads": len(loads), "load_seconds": [float(s) for s in loads]}
     return results["first"], results["second"], loaded
-
-
-def verdict(value: float, goal: float) -> str:
-    return "PASS" if value < goal else "MISS"
 
 
 def speed(
@@ -547,17 +283,11 @@ def speed(
         " during the request; less sensitive than wall time to other load on the machine)"
     )
     say("\n  Our requests in detail (seconds)")
-    say(
-        f"  {'':10}{'upload':>8}{'queue+run':>11}{'download':>10}"
-        f"{'queue_s':>9}{'run_s':>8}{'job RTF':>9}{'audio_s':>9}"
-    )
+    say(f"  {'':10}{'upload':>8}{'queue+run':>11}{'download':>10}{METRICS_HEADER}")
     for label, result in (("first", first), ("second", second)):
-        m = result["metrics"]
         say(
             f"  {label:10}{result['upload_seconds']:8.2f}{result['wait_seconds']:11.2f}"
-            f"{result['download_seconds']:10.2f}{m.get('queue_seconds', float('nan')):9.2f}"
-            f"{m.get('run_seconds', float('nan')):8.2f}{m.get('real_time_factor') or float('nan'):9.3f}"
-            f"{m.get('audio_seconds', float('nan')):9.2f}"
+            f"{result['download_seconds']:10.2f}{metrics_cells(result['metrics'])}"
         )
     say(
         f"  stems downloaded per request: {len(second['files'])} "
@@ -670,77 +400,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so the cleanup always runs."""
-
-    def raise_interrupt(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     import torch
 
-    work = Path(tempfile.mkdtemp(prefix="bench-separation-", dir=args.workdir))
-    models = work / "models"
-    procs = Processes()
-    status = 1
-    with stop_on_signals():
-        try:
-            say(f"Separation benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    def run(procs: Processes, work: Path) -> None:
+        models = work / "models"
+        say(f"Separation benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        say(
+            f"  python {sys.version.split()[0]}, torch {torch.__version__}, "
+            f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+            f"load average {loadavg()}"
+        )
+        say(f"  work folder: {work}{' (kept)' if args.keep else ' (deleted at the end)'}")
+        wanted = []
+        if not args.skip_speed or (not args.skip_memory and args.memory_model == "full"):
+            wanted.append("full")
+        if not args.skip_memory and args.memory_model == "tiny":
+            wanted.append("tiny")
+        for which in wanted:
+            info = build_model(models / "demucs", which, args.seed)
             say(
-                f"  python {sys.version.split()[0]}, torch {torch.__version__}, "
-                f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-                f"load average {loadavg()}"
+                f"  model {info['name']!r} ({info['sig']}.th, {info['file_mb']:.0f} MB): "
+                f"HTDemucs(sources={SOURCES}, {', '.join(f'{k}={v}' for k, v in info['kwargs'].items())}),"
+                f" {info['parameters'] / 1e6:.2f} M parameters, segment {info['segment']:g} s,"
+                f" random init seed {args.seed}, state sha256 {info['digest']}"
             )
-            say(f"  work folder: {work}{' (kept)' if args.keep else ' (deleted at the end)'}")
-            wanted = []
-            if not args.skip_speed or (not args.skip_memory and args.memory_model == "full"):
-                wanted.append("full")
-            if not args.skip_memory and args.memory_model == "tiny":
-                wanted.append("tiny")
-            for which in wanted:
-                info = build_model(models / "demucs", which, args.seed)
-                say(
-                    f"  model {info['name']!r} ({info['sig']}.th, {info['file_mb']:.0f} MB): "
-                    f"HTDemucs(sources={SOURCES}, {', '.join(f'{k}={v}' for k, v in info['kwargs'].items())}),"
-                    f" {info['parameters'] / 1e6:.2f} M parameters, segment {info['segment']:g} s,"
-                    f" random init seed {args.seed}, state sha256 {info['digest']}"
-                )
-            if "full" in wanted:
-                say(
-                    "  matched to the pretrained htdemucs (955717e8): dconv_mode=3, "
-                    "bottom_channels=512, t_dropout=0.02, segment=39/5; all else the HTDemucs "
-                    "defaults (channels 48, depth 4, nfft 4096, t_layers 5, t_heads 8)"
-                )
-            cli_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-            if not args.skip_speed:
-                speed(args, procs, work, models, cli_env)
-            if not args.skip_memory:
-                name = "htdemucs" if args.memory_model == "full" else TINY_NAME
-                memory(args, procs, work, models, name)
-            status = 0
-        except KeyboardInterrupt as exc:
-            say(f"\ninterrupted ({exc.args[0] if exc.args else 'Ctrl-C'}): stopping")
-            status = 130
-        except RuntimeError as exc:
-            say(f"\nFAILED: {exc}")
-        finally:
-            procs.stop_all()
-            if args.keep:
-                say(f"\nkept {work}")
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-    return status
+        if "full" in wanted:
+            say(
+                "  matched to the pretrained htdemucs (955717e8): dconv_mode=3, "
+                "bottom_channels=512, t_dropout=0.02, segment=39/5; all else the HTDemucs "
+                "defaults (channels 48, depth 4, nfft 4096, t_layers 5, t_heads 8)"
+            )
+        cli_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        if not args.skip_speed:
+            speed(args, procs, work, models, cli_env)
+        if not args.skip_memory:
+            name = "htdemucs" if args.memory_model == "full" else TINY_NAME
+            memory(args, procs, work, models, name)
+
+    return run_benchmark("bench-separation-", args.workdir, args.keep, run)
 
 
 if __name__ == "__main__":

