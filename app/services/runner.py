@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app import storage
 from app.errors import ServiceError
@@ -211,7 +211,13 @@ def start(job_id: str) -> Attempt | None:
 
 
 def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
-    """Run ``work`` for a job and record how it ended. Returns the final status."""
+    """Run ``work`` for a job and record how it ended.
+
+    Returns the final status this attempt gave the job, or None when it ended
+    nothing: the delivery had nothing to do, or another attempt took the job
+    over meanwhile (that attempt reports the ending; the task's caller counts
+    each returned status once in the job metrics).
+    """
     attempt = start(job_id)
     if attempt is None:
         return None
@@ -228,29 +234,25 @@ def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
         return _commit(job, attempt, outcome, time.monotonic() - began, device)
     except JobCanceled:
         log.info("job %s attempt %s stopped: canceled or superseded", job_id, attempt.number)
-        return "canceled"
+        return _lost(job_id, attempt)
     except SoftTimeLimitExceeded:
         log.warning("job %s attempt %s hit its soft time limit", job_id, attempt.number)
-        _fail(job_id, attempt, "time_limit_exceeded", _time_limit_message())
-        return "failed"
+        return _fail(job_id, attempt, "time_limit_exceeded", _time_limit_message())
     except ServiceError as exc:
-        _fail(job_id, attempt, exc.code, exc.message)
-        return "failed"
+        return _fail(job_id, attempt, exc.code, exc.message)
     except Exception as exc:
         failure = storage.storage_failure(exc)
         if failure is not None:
             log.warning("job %s: results could not be written: %s", job_id, failure)
             reason = failure.strerror or str(failure)
-            _fail(
+            return _fail(
                 job_id,
                 attempt,
                 "storage_error",
                 f"The results could not be written (disk full or not writable: {reason.lower()}).",
             )
-            return "failed"
         log.exception("job %s failed with an internal error", job_id)
-        _fail(job_id, attempt, "internal_error", "The job failed with an internal error.")
-        return "failed"
+        return _fail(job_id, attempt, "internal_error", "The job failed with an internal error.")
     finally:
         db.session.rollback()
         shutil.rmtree(attempt.workdir, ignore_errors=True)
@@ -271,12 +273,30 @@ def _time_limit_message() -> str:
     return "The job ran past its time limit."
 
 
-def _fail(job_id: str, attempt: Attempt, code: str, message: str) -> None:
+def _fail(job_id: str, attempt: Attempt, code: str, message: str) -> str | None:
     db.session.rollback()
     # Partial files go first: on a full disk that frees the space the failure
     # record (and the next job) needs.
     shutil.rmtree(attempt.workdir, ignore_errors=True)
-    finish(job_id, "failed", error=(code, message), only_from=("running",), attempt=attempt.number)
+    if finish(
+        job_id, "failed", error=(code, message), only_from=("running",), attempt=attempt.number
+    ):
+        return "failed"
+    return _lost(job_id, attempt)
+
+
+def _lost(job_id: str, attempt: Attempt) -> str | None:
+    """What an attempt whose compare-and-set matched nothing reports:
+    "canceled" when the job was canceled or deleted under it, None when a later
+    attempt took the job over (a lost attempt lock, a redelivery after a
+    reaper's re-queue). That attempt reports how the job ends; reporting it
+    here as well would count one job twice in the job metrics."""
+    db.session.rollback()
+    latest = db.session.execute(select(Job.attempts).where(Job.id == job_id)).scalar()
+    if latest is not None and latest != attempt.number:
+        log.info("job %s attempt %s was superseded by attempt %s", job_id, attempt.number, latest)
+        return None
+    return "canceled"
 
 
 def _commit(
@@ -314,8 +334,9 @@ def _commit(
     ).rowcount
     db.session.commit()
     if won != 1:
-        # Canceled (or deleted) between the last progress check and now.
+        # Canceled, deleted or taken over by a later attempt between the last
+        # progress check and now: this attempt's result is never served.
         shutil.rmtree(folder, ignore_errors=True)
-        return "canceled"
+        return _lost(job.id, attempt)
     ended(job.id)
     return "succeeded"
