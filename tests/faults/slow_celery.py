@@ -5,6 +5,15 @@ job last long enough (and report progress often enough) for a test to kill a
 worker, Redis or the disk in the middle of it, without burning CPU. The job
 still runs the real engine and produces real stems.
 
+``FAULT_VISIBILITY_TIMEOUT`` seconds replace the Redis visibility timeout
+*after* the app has been built with its real settings, so the startup check
+(``app/worker_settings.py``: at least 1.25 x the longest hard time limit) runs
+and passes unchanged. Production has no way to do this: the override lives
+only in this test entry point. It lets tests/faults/test_visibility_timeout.py
+show what that check prevents: a job redelivered to another worker while it
+still runs. kombu scans for expired messages only every 10 x 10 s by default,
+so the override also makes it scan every second.
+
     python -m tests.faults.slow_celery -A celery_worker worker ...
 """
 
@@ -27,6 +36,24 @@ def main() -> None:
             return original(*args, **kwargs)
 
         engine.hpss = slow_hpss  # type: ignore[assignment]
+
+    visibility = float(os.environ.get("FAULT_VISIBILITY_TIMEOUT") or 0.0)
+    if visibility:
+        # The app ``celery -A celery_worker`` loads (a module is imported once).
+        import celery_worker
+
+        conf = celery_worker.celery_app.conf
+        conf.broker_transport_options = {
+            **conf.broker_transport_options,
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+        }
+        conf.result_backend_transport_options = {
+            **conf.result_backend_transport_options,
+            "visibility_timeout": visibility,
+        }
+        conf.visibility_timeout = visibility
 
     from celery.__main__ import main as celery_main
 
