@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
-from tests.test_worker import start_worker, stop, wait_for
+from tests.procs import CeleryProcess, job_env, wait_for
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 REFERENCES: dict[str, str] = json.loads((SPEECH / "references.json").read_text())
@@ -54,7 +54,7 @@ def test_clips_through_a_real_worker(tmp_path: Path) -> None:
     """Five formats, each transcribed by a real Celery worker with the bundled tiny.en."""
     app = make_app(tmp_path / "data")
     log_path = tmp_path / "worker.log"
-    worker = start_worker(app, log_path)
+    worker = CeleryProcess(log_path, job_env(app))
     try:
         client = app.test_client()
         headers = register_and_login(client)
@@ -68,9 +68,9 @@ def test_clips_through_a_real_worker(tmp_path: Path) -> None:
             finished = all(j["status"] in ("succeeded", "failed") for j in current.values())
             return current if finished else None
 
-        results = wait_for(done, 240, "the transcriptions", log_path)
+        results = wait_for(done, 240, "the transcriptions", [log_path])
     finally:
-        stop(worker)
+        worker.stop()
     for name, job in results.items():
         assert job["status"] == "succeeded", (name, job)
         result = job["result"]

@@ -8,62 +8,13 @@ printed, when the binary is absent).
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import soundfile as sf
 from flask import Flask
 
 from tests.conftest import SR, make_app, register_and_login
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_worker(
-    app: Flask, log_path: Path, extra_env: dict[str, str] | None = None
-) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "DATA_DIR": app.config["DATA_DIR"],
-        "SECRET_KEY": app.config["SECRET_KEY"],
-        "WORKER_HEARTBEAT_SECONDS": "1",
-        "LOG_LEVEL": "INFO",
-        **(extra_env or {}),
-    }
-    if not (extra_env or {}).get("REDIS_URL"):
-        env.pop("REDIS_URL", None)  # the embedded default, whatever the caller's shell says
-    cmd = [
-        sys.executable, "-m", "celery", "-A", "celery_worker", "worker",
-        "-Q", "separation,transcription,generation", "--concurrency", "1",
-        "--hostname", f"test-{os.getpid()}@localhost", "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
-    log = open(log_path, "wb")  # noqa: SIM115
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_for(predicate, timeout: float, what: str, log_path: Path | None = None):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    log = log_path.read_text(errors="replace")[-4000:] if log_path and log_path.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n--- worker log ---\n{log}")
+from tests.procs import CeleryProcess, job_env, wait_for
 
 
 def drive_a_job(app: Flask, log_path: Path) -> None:
@@ -73,7 +24,7 @@ def drive_a_job(app: Flask, log_path: Path) -> None:
     client = app.test_client()
     headers = register_and_login(client)
     # The worker announces itself through its heartbeat.
-    wait_for(lambda: client.get("/readyz").status_code == 200, 60, "readyz", log_path)
+    wait_for(lambda: client.get("/readyz").status_code == 200, 60, "readyz", [log_path])
 
     response = client.post(
         "/api/v1/separations",
@@ -93,7 +44,7 @@ def drive_a_job(app: Flask, log_path: Path) -> None:
         job = client.get(location, headers=headers).json
         return job if job["status"] in ("succeeded", "failed", "canceled") else None
 
-    job = wait_for(finished, 90, "the job to finish", log_path)
+    job = wait_for(finished, 90, "the job to finish", [log_path])
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 1
     assert job["metrics"]["queue_seconds"] >= 0
@@ -106,23 +57,23 @@ def drive_a_job(app: Flask, log_path: Path) -> None:
     assert archive.status_code == 200 and len(archive.data) > 1000
 
 
-def test_real_worker_on_the_embedded_sqlite_broker(tmp_path: Path) -> None:
-    app = make_app(tmp_path / "data")
-    assert app.config["CELERY"]["broker_url"].startswith("sqla+sqlite")
-    log_path = tmp_path / "worker.log"
-    worker = start_worker(app, log_path)
+def drive_a_job_through_a_worker(app: Flask, log_path: Path) -> None:
+    """``drive_a_job`` with a real worker started for ``app`` (its data, secret and
+    broker: the app's REDIS_URL, else the embedded SQLite one), stopped after."""
+    worker = CeleryProcess(log_path, job_env(app))
     try:
         drive_a_job(app, log_path)
     finally:
-        stop(worker)
+        worker.stop()
+
+
+def test_real_worker_on_the_embedded_sqlite_broker(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "data")
+    assert app.config["CELERY"]["broker_url"].startswith("sqla+sqlite")
+    drive_a_job_through_a_worker(app, tmp_path / "worker.log")
 
 
 def test_real_worker_on_redis(tmp_path: Path, redis_url: str) -> None:
     app = make_app(tmp_path / "data", REDIS_URL=redis_url)
     assert app.config["CELERY"]["broker_url"] == redis_url
-    log_path = tmp_path / "worker.log"
-    worker = start_worker(app, log_path, {"REDIS_URL": redis_url})
-    try:
-        drive_a_job(app, log_path)
-    finally:
-        stop(worker)
+    drive_a_job_through_a_worker(app, tmp_path / "worker.log")
