@@ -16,6 +16,8 @@ from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from app import create_app
+from app.extensions import db
+from app.records import Job
 
 SR = 44100
 
@@ -77,6 +79,28 @@ def register_and_login(client: FlaskClient, email: str | None = None) -> dict[st
     return {"Authorization": f"Bearer {response.json['access_token']}"}
 
 
+def submit_separation(app: Flask, audio: bytes) -> tuple[dict[str, str], str]:
+    """A new user uploads ``audio`` for an hpss separation: their headers and the job id."""
+    client = app.test_client()
+    headers = register_and_login(client)
+    response = client.post(
+        "/api/v1/separations",
+        data={"file": (io.BytesIO(audio), "song.wav"), "model": "hpss"},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.json
+    return headers, response.json["id"]
+
+
+def fresh_job(job_id: str) -> Job:
+    """The job's row as the database has it now (not the session's cached copy)."""
+    db.session.expire_all()
+    job = db.session.get(Job, job_id)
+    assert job is not None
+    return job
+
+
 @pytest.fixture
 def auth_headers(client: FlaskClient) -> dict[str, str]:
     return register_and_login(client)
@@ -106,6 +130,12 @@ def wav_bytes(audio: np.ndarray, sr: int = SR, fmt: str = "WAV", subtype: str = 
 @pytest.fixture
 def song_wav() -> bytes:
     return wav_bytes(sine_and_clicks())
+
+
+@pytest.fixture
+def queued_job(queued_app: Flask, song_wav: bytes) -> str:
+    """The id of a queued hpss separation on ``queued_app`` (no worker runs it)."""
+    return submit_separation(queued_app, song_wav)[1]
 
 
 @pytest.fixture(autouse=True)

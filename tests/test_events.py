@@ -9,7 +9,6 @@ default (the stream polls the database) and on a real ``redis-server``
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import threading
 import time
@@ -25,7 +24,7 @@ from werkzeug.serving import make_server
 from app.extensions import db
 from app.records import Job
 from app.services import events, jobs, runner
-from tests.conftest import make_app, register_and_login
+from tests.conftest import make_app, register_and_login, submit_separation
 from tests.procs import free_port
 
 FINAL = ("succeeded", "failed", "canceled")
@@ -86,19 +85,6 @@ class Stream:
         self.response.close()
 
 
-def _submit(app: Flask, song_wav: bytes) -> tuple[dict[str, str], str]:
-    client = app.test_client()
-    headers = register_and_login(client)
-    response = client.post(
-        "/api/v1/separations",
-        data={"file": (io.BytesIO(song_wav), "song.wav"), "model": "hpss"},
-        headers=headers,
-        content_type="multipart/form-data",
-    )
-    assert response.status_code == 202, response.json
-    return headers, response.json["id"]
-
-
 def _drive(
     app: Flask, job_id: str, steps: list[tuple[float, str]], pause: float
 ) -> threading.Thread:
@@ -139,7 +125,7 @@ def _check_sequence(stream: Stream) -> None:
 
 
 def test_a_finished_job_streams_its_final_status_and_closes(app: Flask, song_wav: bytes) -> None:
-    headers, job_id = _submit(app, song_wav)  # eager: already succeeded
+    headers, job_id = submit_separation(app, song_wav)  # eager: already succeeded
     client = app.test_client()
     response = client.get(f"/api/v1/jobs/{job_id}/events", headers=headers)
     assert response.status_code == 200
@@ -167,7 +153,7 @@ def test_a_finished_job_streams_its_final_status_and_closes(app: Flask, song_wav
 
 
 def test_events_are_owner_scoped_and_take_a_query_token(app: Flask, song_wav: bytes) -> None:
-    headers, job_id = _submit(app, song_wav)
+    headers, job_id = submit_separation(app, song_wav)
     client = app.test_client()
     token = headers["Authorization"].split(" ", 1)[1]
     by_query = client.get(f"/api/v1/jobs/{job_id}/events?access_token={token}")
@@ -186,7 +172,7 @@ def test_events_are_owner_scoped_and_take_a_query_token(app: Flask, song_wav: by
 
 def test_live_progress_through_a_real_server(queued_app: Flask, song_wav: bytes) -> None:
     queued_app.config.update(SSE_POLL_SECONDS=0.1, SSE_HEARTBEAT_SECONDS=0.5)
-    headers, job_id = _submit(queued_app, song_wav)
+    headers, job_id = submit_separation(queued_app, song_wav)
     steps = [(0.0, "loading"), (0.2, "working"), (0.5, "working"), (0.8, "working")]
     with serve(queued_app) as base:
         stream = Stream(f"{base}/api/v1/jobs/{job_id}/events", headers)
@@ -212,7 +198,7 @@ def test_last_event_id_resumes_and_a_closed_client_frees_the_stream(
     queued_app: Flask, song_wav: bytes
 ) -> None:
     queued_app.config.update(SSE_POLL_SECONDS=0.1, SSE_HEARTBEAT_SECONDS=0.2)
-    headers, job_id = _submit(queued_app, song_wav)
+    headers, job_id = submit_separation(queued_app, song_wav)
     url = f"/api/v1/jobs/{job_id}/events"
     with serve(queued_app) as base:
         first = Stream(base + url, headers)
@@ -243,7 +229,7 @@ def test_live_progress_over_redis_pub_sub(tmp_path: Path, redis_url: str, song_w
     app = make_app(
         tmp_path / "data", REDIS_URL=redis_url, SSE_POLL_SECONDS=60, SSE_HEARTBEAT_SECONDS=60
     )
-    headers, job_id = _submit(app, song_wav)
+    headers, job_id = submit_separation(app, song_wav)
     steps = [(0.0, "loading"), (0.2, "working"), (0.5, "working"), (0.8, "working")]
     with serve(app) as base:
         stream = Stream(f"{base}/api/v1/jobs/{job_id}/events", headers)
@@ -259,7 +245,7 @@ def test_live_progress_over_redis_pub_sub(tmp_path: Path, redis_url: str, song_w
 
 def test_streams_poll_when_redis_is_down(queued_app: Flask, song_wav: bytes) -> None:
     """Redis gone (or never reachable): the stream follows the job by polling."""
-    _headers, job_id = _submit(queued_app, song_wav)
+    _headers, job_id = submit_separation(queued_app, song_wav)
     with queued_app.app_context():
         job = db.session.get(Job, job_id)
         assert job is not None
@@ -293,7 +279,7 @@ def test_every_final_status_ends_the_stream(
     queued_app: Flask, song_wav: bytes, status: str
 ) -> None:
     queued_app.config.update(SSE_POLL_SECONDS=0.1)
-    headers, job_id = _submit(queued_app, song_wav)
+    headers, job_id = submit_separation(queued_app, song_wav)
     with serve(queued_app) as base:
         stream = Stream(f"{base}/api/v1/jobs/{job_id}/events", headers)
         try:

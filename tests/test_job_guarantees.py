@@ -23,7 +23,7 @@ from flask import Flask
 from app.extensions import db
 from app.records import Job, WorkerHeartbeat, utcnow
 from app.services import maintenance, runner
-from tests.conftest import make_app, register_and_login
+from tests.conftest import fresh_job, make_app, register_and_login
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,27 +32,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def queued_job(queued_app: Flask, song_wav: bytes) -> str:
-    client = queued_app.test_client()
-    headers = register_and_login(client)
-    response = client.post(
-        "/api/v1/separations",
-        data={"file": (io.BytesIO(song_wav), "song.wav"), "model": "hpss"},
-        headers=headers,
-        content_type="multipart/form-data",
-    )
-    assert response.status_code == 202, response.json
-    return response.json["id"]
-
-
-def _job(job_id: str) -> Job:
-    db.session.expire_all()
-    job = db.session.get(Job, job_id)
-    assert job is not None
-    return job
 
 
 def _waiting(app: Flask, queue: str = "separation") -> int:
@@ -256,8 +235,8 @@ def test_a_delivery_beside_a_live_attempt_does_nothing(queued_app: Flask, queued
         assert live is not None and live.number == 1
         calls: list[int] = []
         assert runner.execute(queued_job, lambda job, a, r: calls.append(1) or {}) is None
-        assert calls == [] and _job(queued_job).attempts == 1
-        assert _job(queued_job).status == "running"
+        assert calls == [] and fresh_job(queued_job).attempts == 1
+        assert fresh_job(queued_job).status == "running"
         live.lock.release()  # type: ignore[union-attr]
 
 
@@ -280,7 +259,7 @@ def test_a_redelivery_after_the_attempt_died_runs_the_job_again(
             return {"files": []}
 
         assert runner.execute(queued_job, work) == "succeeded"
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.status == "succeeded" and job.attempts == 2
         assert job.metrics["attempt"] == 2
         assert _work_files(queued_app, queued_job) == []  # the dead attempt's files too
@@ -297,11 +276,11 @@ def test_an_attempt_dying_too_often_fails_the_job_with_worker_lost(
             assert attempt is not None and attempt.number == number
             attempt.lock.release()  # type: ignore[union-attr]
         assert runner.start(queued_job) is None
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.status == "failed" and job.error["code"] == "worker_lost"
         assert job.attempts == 3
         assert runner.start(queued_job) is None  # and stays so
-        assert _job(queued_job).attempts == 3
+        assert fresh_job(queued_job).attempts == 3
 
 
 def test_the_soft_time_limit_fails_the_job_cleanly(queued_app: Flask, queued_job: str) -> None:
@@ -314,13 +293,13 @@ def test_the_soft_time_limit_fails_the_job_cleanly(queued_app: Flask, queued_job
 
     with queued_app.app_context():
         assert runner.execute(queued_job, work) == "failed"
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.status == "failed" and job.error["code"] == "time_limit_exceeded"
         assert "time limit" in job.error["message"]
         assert not seen[0].exists() and _work_files(queued_app, queued_job) == []
         # The message is acknowledged normally: a redelivery does nothing.
         assert runner.execute(queued_job, work) is None
-        assert _job(queued_job).attempts == 1
+        assert fresh_job(queued_job).attempts == 1
 
 
 @pytest.mark.parametrize(
@@ -345,7 +324,7 @@ def test_a_full_or_unwritable_disk_fails_the_job_with_storage_error(
 
     with queued_app.app_context():
         assert runner.execute(queued_job, work) == "failed"
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.error["code"] == "storage_error"
         assert error.strerror.lower() in job.error["message"]
         assert _work_files(queued_app, queued_job) == []
@@ -361,7 +340,7 @@ def test_libsndfile_write_errors_count_as_storage_errors(
 
     with queued_app.app_context():
         assert runner.execute(queued_job, work) == "failed"
-        assert _job(queued_job).error["code"] == "storage_error"
+        assert fresh_job(queued_job).error["code"] == "storage_error"
 
 
 def test_other_errors_stay_internal_errors(queued_app: Flask, queued_job: str) -> None:
@@ -370,7 +349,7 @@ def test_other_errors_stay_internal_errors(queued_app: Flask, queued_job: str) -
 
     with queued_app.app_context():
         assert runner.execute(queued_job, work) == "failed"
-        assert _job(queued_job).error["code"] == "internal_error"
+        assert fresh_job(queued_job).error["code"] == "internal_error"
 
 
 def test_an_upload_on_a_full_disk_gets_507_and_leaves_nothing(
@@ -435,14 +414,14 @@ def test_the_reaper_requeues_a_job_whose_attempt_died(queued_app: Flask, queued_
         before = _waiting(queued_app)
         _claim_and_die(queued_app, queued_job)
         assert maintenance.reap_lost_jobs() == 1
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert (job.status, job.attempts, job.worker) == ("queued", 1, None)
         assert _waiting(queued_app) == before + 1  # published again
         assert maintenance.reap_lost_jobs() == 0  # idempotent
         # The next delivery runs it as attempt 2; the spare message does nothing.
         assert runner.execute(queued_job, lambda job, a, r: {"files": []}) == "succeeded"
         assert runner.execute(queued_job, lambda job, a, r: {"files": []}) is None
-        assert _job(queued_job).attempts == 2
+        assert fresh_job(queued_job).attempts == 2
 
 
 def test_the_reaper_leaves_live_attempts_alone(queued_app: Flask, queued_job: str) -> None:
@@ -451,7 +430,7 @@ def test_the_reaper_leaves_live_attempts_alone(queued_app: Flask, queued_job: st
         assert attempt is not None
         # Even with its worker's heartbeat gone: the process still holds the lock.
         assert maintenance.reap_lost_jobs() == 0
-        assert _job(queued_job).status == "running"
+        assert fresh_job(queued_job).status == "running"
         attempt.lock.release()  # type: ignore[union-attr]
 
 
@@ -480,8 +459,8 @@ def test_the_reaper_fails_jobs_past_their_attempts_or_time_limit(
         db.session.execute(db.update(Job).where(Job.id == slow).values(started_at=started))
         db.session.commit()
         assert maintenance.reap_lost_jobs() == 2
-        assert _job(worn).error["code"] == "worker_lost"
-        assert _job(slow).error["code"] == "time_limit_exceeded"
+        assert fresh_job(worn).error["code"] == "worker_lost"
+        assert fresh_job(slow).error["code"] == "time_limit_exceeded"
         assert _work_files(queued_app, worn) == _work_files(queued_app, slow) == []
 
 
@@ -526,7 +505,7 @@ def test_the_reconciler_republishes_queued_jobs_whose_message_was_lost(
         # Nothing is missing any more: no second copy, however often it runs.
         assert maintenance.republish_lost_messages(later + timedelta(seconds=61)) == 0
         assert _waiting(queued_app) == 1
-        assert _job(queued_job).status == "queued"
+        assert fresh_job(queued_job).status == "queued"
 
 
 def test_the_reconciler_does_not_duplicate_a_backlog(queued_app: Flask, song_wav: bytes) -> None:

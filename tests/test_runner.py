@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
@@ -12,28 +11,7 @@ from app.errors import ServiceError
 from app.extensions import db
 from app.records import Job
 from app.services import jobs, runner
-from tests.conftest import register_and_login
-
-
-@pytest.fixture
-def queued_job(queued_app: Flask, song_wav: bytes) -> str:
-    client = queued_app.test_client()
-    headers = register_and_login(client)
-    response = client.post(
-        "/api/v1/separations",
-        data={"file": (io.BytesIO(song_wav), "song.wav"), "model": "hpss"},
-        headers=headers,
-        content_type="multipart/form-data",
-    )
-    assert response.status_code == 202
-    return response.json["id"]
-
-
-def _job(job_id: str) -> Job:
-    db.session.expire_all()
-    job = db.session.get(Job, job_id)
-    assert job is not None
-    return job
+from tests.conftest import fresh_job
 
 
 def test_cancel_stops_a_running_job_at_its_next_progress_report(
@@ -51,7 +29,7 @@ def test_cancel_stops_a_running_job_at_its_next_progress_report(
 
     with queued_app.app_context():
         assert runner.execute(queued_job, work) == "canceled"
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.status == "canceled" and job.result is None
         assert seen == [0.1]
         work_root = Path(queued_app.config["DATA_DIR"]) / "jobs" / queued_job / "work"
@@ -78,7 +56,7 @@ def test_progress_writes_are_throttled(queued_app: Flask, queued_job: str) -> No
     with queued_app.app_context():
         assert runner.execute(queued_job, work) == "succeeded"
         assert len(writes) <= 3
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.progress == 1.0 and job.stage == "done"
 
 
@@ -88,7 +66,7 @@ def test_failures_end_failed_with_a_code(queued_app: Flask, queued_job: str) -> 
 
     with queued_app.app_context():
         assert runner.execute(queued_job, work) == "failed"
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.status == "failed"
         assert job.error == {"code": "model_unavailable", "message": "The model is not here."}
         assert job.finished_at is not None
@@ -102,7 +80,7 @@ def test_unexpected_errors_are_logged_not_shown(
 
     with queued_app.app_context():
         assert runner.execute(queued_job, work) == "failed"
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.error is not None
         assert job.error["code"] == "internal_error"
         assert "internal detail" not in job.error["message"]
@@ -120,7 +98,7 @@ def test_a_finished_job_is_not_run_again(queued_app: Flask, queued_job: str) -> 
         assert runner.execute(queued_job, work) == "succeeded"
         assert runner.execute(queued_job, work) is None  # a redelivered message
         assert calls == [1]
-        assert _job(queued_job).attempts == 1
+        assert fresh_job(queued_job).attempts == 1
 
 
 def test_a_superseded_attempt_cannot_commit(queued_app: Flask, queued_job: str) -> None:
@@ -136,7 +114,7 @@ def test_a_superseded_attempt_cannot_commit(queued_app: Flask, queued_job: str) 
     with queued_app.app_context():
         # It ended nothing: the attempt that took over reports how the job ends.
         assert runner.execute(queued_job, work) is None
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.status == "running" and job.result is None
         results = Path(queued_app.config["DATA_DIR"]) / "jobs" / queued_job / "results"
         assert list(results.glob("*/x.wav")) == []
@@ -147,5 +125,5 @@ def test_too_many_attempts_fail_the_job(queued_app: Flask, queued_job: str) -> N
         db.session.execute(db.update(Job).where(Job.id == queued_job).values(attempts=3))
         db.session.commit()
         assert runner.execute(queued_job, lambda *a: {}) is None
-        job = _job(queued_job)
+        job = fresh_job(queued_job)
         assert job.status == "failed" and job.error["code"] == "worker_lost"
