@@ -22,13 +22,24 @@ as audio. Before anything is decoded, ``probe`` checks what the headers declare
 (duration, sample rate, channels, decoded size) against the limits; because
 headers can lie, decoding counts what it actually produces and stops past the
 same limits.
+
+``probe`` runs in the API process, so it also has a time budget
+(``_PROBE_SECONDS``): FFmpeg's header parsers walk structures of any count, and
+an upload made of millions of empty ID3 frames, WAV chunks or MP4 boxes keeps
+them busy for tens of seconds before any audio is found. ID3v2 ``PRIV``
+frames are worse: FFmpeg escapes them byte by byte into a metadata string
+(150 MB of them: 33 s and 1.9 GB), and it parses ID3 tags at the start of a
+file, in WAV chunks and between ADTS frames. ``_check_id3`` refuses such tags
+before FFmpeg sees the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -101,6 +112,23 @@ _PROBE_PACKETS = 256
 # Consecutive undecodable packets decode() tolerates once audio has started, as
 # ffmpeg itself does for a damaged stretch; beyond this the file is broken.
 _MAX_BAD_PACKETS = 32
+# Wall-clock budget of one probe() (open, first frame, duration scan). Real
+# files take well under 0.05 s, whatever their size: FFmpeg reads headers and
+# seeks past the rest. Crafted ones walk tiny header structures, about 1 us
+# each: 150 MB of empty ID3v2 frames took 12 s, of empty WAV chunks 15 s, of
+# empty MP4 boxes 24 s. FFmpeg's own limits (probesize, analyzeduration) do
+# not apply to header parsing, so PyAV's timeout (FFmpeg's interrupt callback,
+# checked between reads) stops it, and the Python loops check the deadline.
+_PROBE_SECONDS = 2.0
+# ID3v2 data FFmpeg is slow or greedy with, in bytes over all tags: PRIV frames
+# (escaped byte by byte into a metadata string: about 0.15 us and 12 bytes of
+# memory per byte) and compressed frames (inflated into memory, 1000:1 at
+# best). Real PRIV frames are identifiers and small XMP packets, kilobytes at
+# most, and compressed frames are all but extinct. And frames and tags in a
+# file: real files have tens of frames; millions keep FFmpeg busy for seconds.
+_ID3_MAX_COSTLY_BYTES = 1 * 1024 * 1024
+_ID3_MAX_FRAMES = 10_000
+_ID3_MAX_TAGS = 1000  # ADTS streams cut from HLS carry one per segment
 _ENCODE_BLOCK = 1 << 16  # frames per write: bounds temporary copies when encoding
 _MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -163,6 +191,33 @@ def _too_large(decoded_bytes: float, limit_bytes: float, *, at_least: bool = Fal
     )
 
 
+def _too_slow(seconds: float) -> AudioError:
+    return AudioError(
+        f"The file's structure took more than {seconds:g} s to read before its audio "
+        "(it is damaged or built to be slow to read); re-encode it and upload it again.",
+        code="audio_decode_failed",
+        errors={"max_probe_seconds": seconds},
+    )
+
+
+class _Deadline:
+    """The end of probe()'s time budget."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(self.end - time.monotonic(), 0.001)
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self.end
+
+    def check(self) -> None:
+        if self.passed():
+            raise _too_slow(self.seconds)
+
+
 def _too_long(seconds: float, limit: float, *, at_least: bool = False) -> AudioError:
     qualifier = "at least " if at_least else ""
     return AudioError(
@@ -213,17 +268,26 @@ def _looks_like_media(path: str) -> bool:
     return b0 == 0xFF and (b1 & 0xE0) == 0xE0 and (b1 & 0x06) != 0 and (b2 & 0x0C) != 0x0C
 
 
-def _open(path: str) -> av.container.InputContainer:
+def _open(path: str, deadline: _Deadline | None = None) -> av.container.InputContainer:
+    """Open an upload with the allowed demuxers; with ``deadline``, FFmpeg's
+    reads are interrupted when it passes (PyAV's open and read timeouts)."""
+    timeout = None if deadline is None else deadline.remaining()
     try:
-        container = av.open(path, "r", container_options=_OPEN_OPTIONS)
+        container = av.open(path, "r", container_options=_OPEN_OPTIONS, timeout=timeout)
     except (av.error.InvalidDataError, av.error.ArgumentError, EOFError) as exc:
+        if deadline is not None:
+            deadline.check()  # interrupted: say why, not "damaged"
         # FFmpeg recognised no allowed format, or the header is cut short.
         if _looks_like_media(path):
             raise _broken("The audio file is damaged or truncated.") from exc
         raise _unsupported() from exc
     except _AV_ERRORS as exc:
+        if deadline is not None:
+            deadline.check()
         raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
     try:
+        if deadline is not None:
+            deadline.check()  # an interrupted parse may still "succeed" with half a header
         _check_signature(path, container.format.name.split(",")[0])
     except BaseException:
         container.close()
@@ -338,6 +402,152 @@ def _leading_bytes(path: str) -> tuple[bytes, bytes]:
         return head, handle.read(_HEAD_BYTES)
 
 
+# An ID3v2 header as FFmpeg's ff_id3v2_match accepts it, version 2-4 (others
+# are skipped): a "syncsafe" size, 7 bits per byte.
+_ID3_HEADER = re.compile(rb"ID3[\x02-\x04][\x00-\xfe][\x00-\xff][\x00-\x7f]{4}")
+_ID3_SCAN_BLOCK = 1 << 20
+# ID3v2.4 frame flags (FFmpeg applies them to v2.3 frames too).
+_ID3_DATALEN, _ID3_ENCRYPTED, _ID3_COMPRESSED = 0x0001, 0x0004, 0x0008
+
+
+def _syncsafe(raw: bytes) -> int:
+    value = 0
+    for byte in raw:
+        value = (value << 7) | (byte & 0x7F)
+    return value
+
+
+def _syncsafe_of(size: int) -> int:
+    """FFmpeg's size_to_syncsafe: a plain 32-bit size read as a syncsafe one."""
+    return sum(((size >> (8 * i)) & 0x7F) << (7 * i) for i in range(4))
+
+
+def _zero_run(fd: int, offset: int, limit: int) -> int:
+    """How many zero bytes start at ``offset`` (at most ``limit``)."""
+    run = 0
+    while run < limit:
+        chunk = os.pread(fd, min(1 << 16, limit - run), offset + run)
+        if not chunk:
+            break
+        rest = chunk.lstrip(b"\0")
+        run += len(chunk) - len(rest)
+        if rest:
+            break
+    return min(run, limit)
+
+
+def _id3_frame_id_at(fd: int, offset: int) -> bool:
+    """FFmpeg's check_tag: is there a frame id (or padding) at ``offset``?"""
+    raw = os.pread(fd, 4, offset)
+    return len(raw) == 4 and (raw == b"\0\0\0\0" or re.fullmatch(rb"[A-Z0-9]{4}", raw) is not None)
+
+
+def _id3_tag(fd: int, start: int, header: bytes, budget: int) -> tuple[int, int]:
+    """``(frames, costly bytes)`` of the ID3v2 tag at ``start``, walked as
+    FFmpeg's id3v2_parse walks it (at most ``budget`` frames).
+
+    Costly bytes are PRIV frame data and the declared size of compressed
+    frames, which FFmpeg inflates into memory.
+    """
+    version, flags = header[3], header[5]
+    if version not in (3, 4):  # v2.2 has neither PRIV nor frame compression
+        return 0, 0
+    remaining = _syncsafe(header[6:10])
+    at = start + 10
+    if flags & 0x40:  # extended header
+        extended = _syncsafe(os.pread(fd, 4, at)) - (4 if version == 4 else 0)
+        if extended < 0:
+            return 0, 0
+        at += 4 + extended
+        remaining -= 4 + extended
+    frames = costly = 0
+    while remaining >= 10 and frames <= budget:
+        raw = os.pread(fd, 10, at)
+        if len(raw) < 10:
+            break
+        if not any(raw[:8]):  # padding: FFmpeg steps through it 10 bytes at a time
+            steps = min((_zero_run(fd, at, remaining) - 8) // 10 + 1, remaining // 10)
+            at += 10 * steps
+            remaining -= 10 * steps
+            continue
+        frame_id, size, frame_flags = raw[:4], int.from_bytes(raw[4:8], "big"), raw[8] << 8 | raw[9]
+        if version == 4 and size > 0x7F:  # syncsafe, unless the writer got it wrong
+            if size >= remaining or _id3_frame_id_at(fd, at + 10 + _syncsafe_of(size)):
+                size = _syncsafe_of(size)
+            elif not _id3_frame_id_at(fd, at + 10 + size):
+                break
+        if size > 1 << 28:
+            break
+        remaining -= 10 + size
+        if remaining < 0:
+            break
+        frames += 1
+        body, at = at + 10, at + 10 + size
+        if size == 0:
+            continue
+        declared = size
+        if frame_flags & _ID3_DATALEN:
+            if size < 4:
+                break
+            declared = int.from_bytes(os.pread(fd, 4, body), "big")
+            size -= 4
+        if frame_flags & _ID3_ENCRYPTED:
+            continue
+        if frame_flags & _ID3_COMPRESSED:
+            costly += declared
+        elif frame_id == b"PRIV":
+            costly += size
+        elif frame_id[0] == 0:  # padding
+            break
+    return frames, costly
+
+
+def _check_id3(path: str) -> None:
+    """Refuse ID3v2 tags that would cost FFmpeg seconds and gigabytes.
+
+    FFmpeg reads ID3v2 tags at the start of a file, in WAV ``id3 `` chunks and
+    between ADTS AAC frames, so the whole file is searched, about 1 ms per MB
+    (a chance match in audio data fails the header or frame checks). Tags are
+    searched inside tags too, so a fake tag cannot hide a real one.
+    """
+    advice = "remove its tags (or re-encode it) and upload it again."
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
+    try:
+        tags = frames = costly = 0
+        offset = 0
+        while block := os.pread(fd, _ID3_SCAN_BLOCK, offset):
+            position = 0
+            while match := _ID3_HEADER.search(block, position):
+                position = match.start() + 1  # overlapping headers: a fake one cannot hide another
+                tags += 1
+                found, cost = _id3_tag(
+                    fd, offset + match.start(), match.group(), _ID3_MAX_FRAMES - frames
+                )
+                frames += found
+                costly += cost
+                if tags > _ID3_MAX_TAGS or frames > _ID3_MAX_FRAMES:
+                    raise _broken(
+                        f"The file has more than {_ID3_MAX_TAGS} ID3 tags or "
+                        f"{_ID3_MAX_FRAMES} ID3 frames; {advice}"
+                    )
+                if costly > _ID3_MAX_COSTLY_BYTES:
+                    raise _broken(
+                        f"The file's ID3 tags hold {costly / _MB:.1f} MB or more of private "
+                        f"(PRIV) or compressed data; the limit is "
+                        f"{_ID3_MAX_COSTLY_BYTES / _MB:g} MB: {advice}"
+                    )
+            if len(block) < _ID3_SCAN_BLOCK:
+                break
+            offset += len(block) - 9  # a header across the block boundary is found next time
+    except OSError as exc:
+        raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
+    finally:
+        os.close(fd)
+
+
 def _check_signature(path: str, demuxer: str) -> None:
     """Refuse a file whose first bytes are not those of the format FFmpeg found in it.
 
@@ -439,12 +649,16 @@ def _check_declared(stream: av.audio.stream.AudioStream) -> None:
 
 
 def _first_frame(
-    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    deadline: _Deadline | None = None,
 ) -> av.AudioFrame:
     """Decode just enough to prove the codec works on this file."""
     packets = 0
     error: Exception | None = None
     for packet in container.demux(stream):
+        if deadline is not None:
+            deadline.check()
         if packet.size:
             packets += 1
         try:
@@ -476,27 +690,37 @@ def _packet_duration(
     container: av.container.InputContainer,
     stream: av.audio.stream.AudioStream,
     limit: float | None,
+    deadline: _Deadline | None = None,
 ) -> float:
     """Duration from packet timestamps, for files whose headers say nothing.
 
-    Demuxing without decoding is cheap; it stops as soon as ``limit`` is passed.
+    Demuxing without decoding is cheap; it stops as soon as ``limit`` is passed
+    (or ``deadline``: millions of packets with no duration would not pass it).
     """
-    total = Fraction(0)
+    # Integer ticks of the stream's time base: exact, and far cheaper per
+    # packet than Fractions (a 20-minute Opus file is 60,000 packets).
+    total = 0
     start: int | None = None
     end: int | None = None
     time_base = stream.time_base or Fraction(1, stream.codec_context.sample_rate or 1)
+    ticks_limit = None if limit is None else limit / time_base
     for packet in container.demux(stream):
+        if deadline is not None:
+            deadline.check()
         if not packet.size:
             continue
         duration = packet.duration or 0
-        total += duration * time_base
-        if packet.pts is not None:
-            start = packet.pts if start is None else min(start, packet.pts)
-            end = packet.pts + duration if end is None else max(end, packet.pts + duration)
-        seconds = float(max(total, (end - start) * time_base if start is not None else 0))
-        if limit is not None and seconds > limit:
-            return seconds
-    return float(max(total, (end - start) * time_base if start is not None else 0))
+        total += duration
+        pts = packet.pts
+        if pts is not None:
+            start = pts if start is None else min(start, pts)
+            end = pts + duration if end is None else max(end, pts + duration)
+        if (
+            ticks_limit is not None
+            and max(total, end - start if end is not None else 0) > ticks_limit
+        ):
+            break
+    return float(max(total, end - start if end is not None else 0) * time_base)
 
 
 def probe(
@@ -513,25 +737,34 @@ def probe(
     own rate and channel count (a highly compressed hour of silence is a small
     file). Only the first audio track is used, here and when decoding.
     Durations come from headers and may be estimates or lies; ``decode``
-    enforces the same limits again on the samples actually decoded.
+    enforces the same limits again on the samples actually decoded. A file
+    that takes more than ``_PROBE_SECONDS`` to get through is refused (422).
     """
     path = os.fspath(path)
+    _check_id3(path)
+    deadline = _Deadline(_PROBE_SECONDS)
     try:
-        with _open(path) as container:
+        with _open(path, deadline) as container:
             stream = _audio_stream(container)
             _check_declared(stream)
             try:
-                frame = _first_frame(container, stream)
+                frame = _first_frame(container, stream, deadline)
             except AudioError:
-                if stream.codec_context.channels == 0:  # declares none, decodes none
+                if (
+                    stream.codec_context.channels == 0 and not deadline.passed()
+                ):  # declares none, decodes none
                     raise _bad_channels(0) from None
                 raise
             sample_rate, channels = frame.sample_rate, frame.layout.nb_channels
             _check_shape(sample_rate, channels)
             duration = _header_duration(container, stream)
             if duration is None:
-                with _open(path) as again:  # from the start; seeking is not always possible
-                    duration = _packet_duration(again, again.streams.audio[0], max_seconds)
+                with _open(
+                    path, deadline
+                ) as again:  # from the start; seeking is not always possible
+                    duration = _packet_duration(
+                        again, again.streams.audio[0], max_seconds, deadline
+                    )
             if duration <= 0:
                 raise _empty()
             if max_seconds is not None and duration > max_seconds:
@@ -547,6 +780,7 @@ def probe(
                 channels=channels,
             )
     except _AV_ERRORS as exc:
+        deadline.check()  # a read interrupted by the timeout
         raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
 
 
