@@ -139,6 +139,18 @@ def queued_job(queued_app: Flask, song_wav: bytes) -> str:
 
 
 @pytest.fixture(autouse=True)
+def _same_random_shifts() -> None:
+    """Demucs draws each shift's offset from ``random``: seeded, every run
+    separates the same chunks. (Unseeded, about 1 run in 11 of a 6 s input with
+    2 s segments left a last chunk under 2048 samples, which the tiny
+    time-only HDemucs of tests/demucs_repo.py cannot take: its STFT needs more.
+    Pretrained hybrid models pad such chunks first.)"""
+    import random
+
+    random.seed(0)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_model_cache() -> Iterator[None]:
     """Each test starts with an empty per-process model cache."""
     from app.models.cache import reset_cache
