@@ -43,13 +43,11 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     app.extensions["celery"] = celery_app
 
-    # The SQLAlchemy transport polls once a second by default and takes no
-    # option for it (its options go to create_engine). A job waits half the
-    # interval on average before a worker sees it, but every poll costs CPU
-    # (measured idle: about 6% of a core at 0.1 s, 23% at 0.02 s).
-    from kombu.transport import sqlalchemy as kombu_sqla
+    # sqla+ broker URLs (the embedded default) use app/broker.py's transport:
+    # kombu's, woken by local notices instead of polling fast.
+    from app import broker
 
-    kombu_sqla.Transport.polling_interval = float(app.config.get("BROKER_POLL_SECONDS", 0.1))
+    broker.install()
 
     from app.tasks import (  # noqa: F401  (register the shared tasks)
         generation,

@@ -15,7 +15,7 @@ from typing import Any
 
 from limits import parse_many
 
-from app import worker_settings
+from app import localbus, worker_settings
 from app.env import env_bool, env_float, env_int, env_list
 
 MIN_SECRET_BYTES = 32
@@ -56,6 +56,11 @@ def from_environment() -> dict[str, Any]:
         "MAX_STORAGE_MB": env_int("MAX_STORAGE_MB", 5000),
         "WORKER_HEARTBEAT_SECONDS": env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
         "BROKER_POLL_SECONDS": env_float("BROKER_POLL_SECONDS", 0.1),
+        # Without Redis: wake the worker and waiting requests with local
+        # notices (app/localbus.py) instead of polling fast.
+        "LOCAL_NOTICES": env_bool("LOCAL_NOTICES", True),
+        # With notices, the worker still polls this often (a lost notice).
+        "BROKER_BACKSTOP_SECONDS": env_float("BROKER_BACKSTOP_SECONDS", 1.0),
         "MODEL_CACHE_SIZE": os.environ.get("MODEL_CACHE_SIZE") or "3",
         "MODEL_IDLE_SECONDS": env_float("MODEL_IDLE_SECONDS", 0.0) or None,
         "PRELOAD_MODELS": env_list("PRELOAD_MODELS", []),
@@ -63,6 +68,9 @@ def from_environment() -> dict[str, Any]:
         "SEPARATION_WINDOW_SECONDS": env_float("SEPARATION_WINDOW_SECONDS", 60.0),
         "SEPARATION_OVERLAP_SECONDS": env_float("SEPARATION_OVERLAP_SECONDS", 4.0),
         "SSE_POLL_SECONDS": env_float("SSE_POLL_SECONDS", 0.5),
+        # GET /jobs/{id}?wait= and Prefer: wait: each holds a server thread.
+        "MAX_WAIT_SECONDS": env_float("MAX_WAIT_SECONDS", 60.0),
+        "MAX_WAITING_REQUESTS": env_int("MAX_WAITING_REQUESTS", 16),
         "SSE_HEARTBEAT_SECONDS": env_float("SSE_HEARTBEAT_SECONDS", 15.0),
         "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or None,
         "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
@@ -164,6 +172,14 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     config["OPENAPI_SWAGGER_UI_PATH"] = "/docs"
     config["OPENAPI_SWAGGER_UI_URL"] = "/docs/assets/"
 
+    # The folder of local notices, shared by every process with this DATA_DIR
+    # (empty: none). With Redis, its pub/sub carries the notices instead.
+    config["NOTIFY_DIR"] = (
+        str(localbus.folder_for(data_dir))
+        if config.get("LOCAL_NOTICES", True) and not config.get("REDIS_URL")
+        else ""
+    )
+
     config.setdefault("CELERY", celery_settings(config))
     worker_settings.check_celery_settings(config["CELERY"])
     return config
@@ -183,7 +199,13 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
     else:
         broker = f"sqla+sqlite:///{data_dir / 'broker.sqlite'}"
         backend = f"db+sqlite:///{data_dir / 'celery-results.sqlite'}"
-        transport_options = {}
+        # app/broker.py: with notices, a worker polls only as a backstop;
+        # without, every BROKER_POLL_SECONDS.
+        transport_options = {
+            "polling_interval": float(config.get("BROKER_POLL_SECONDS", 0.1)),
+            "notify_dir": config.get("NOTIFY_DIR") or "",
+            "backstop_seconds": float(config.get("BROKER_BACKSTOP_SECONDS", 1.0)),
+        }
     # Time limits, visibility timeout, recycling, shutdown, beat: worker_settings.py.
     reliability = worker_settings.celery_settings(config, redis=bool(redis_url))
     transport_options.update(reliability.pop("broker_transport_options", {}))

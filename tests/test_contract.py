@@ -54,7 +54,8 @@ METRICS_TOKEN = "metrics-token-for-the-contract-tests"
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     """Jobs stay queued (no worker). Limits that would turn most generated
     requests into 429 or 409 are lifted so they reach the handlers; a fresh
-    worker heartbeat makes /readyz answer as in a running deployment; argon2
+    worker heartbeat makes /readyz answer as in a running deployment; waits
+    (``?wait=``, ``Prefer: wait``) on jobs that never end are cut short; argon2
     is made cheap, since generated logins and registrations hash passwords."""
     data_dir: Path = tmp_path_factory.mktemp("contract") / "data"
     app = make_app(
@@ -63,6 +64,7 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
         MAX_ACTIVE_JOBS=100_000,
         MAX_STORAGE_MB=100_000,
         OPENAI_WAIT_SECONDS=0.0,
+        MAX_WAIT_SECONDS=0.01,
         METRICS_TOKEN=METRICS_TOKEN,
         WORKER_HEARTBEAT_SECONDS=3600.0,
     )

@@ -11,7 +11,13 @@ from app import audio
 from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload, check_output_format
-from app.blueprints.jobs import BEARER, CallbackSchema, JobSchema
+from app.blueprints.jobs import (
+    BEARER,
+    PREFER_PARAMETER,
+    CallbackSchema,
+    JobSchema,
+    answer_with_wait,
+)
 from app.models import registry
 from app.ratelimits import limit_job_creation
 from app.records import Job
@@ -87,6 +93,7 @@ class GenerationFormSchema(GenerationSchema):
 @blp.alt_response(422, description="Invalid fields.")
 @blp.doc(
     security=BEARER,
+    parameters=[PREFER_PARAMETER],
     requestBody={
         "required": True,
         "content": {
@@ -116,4 +123,4 @@ def create_generation() -> tuple[Job, int, dict]:
     job = generation.submit(
         current_user, data, upload.stream if upload else None, upload.filename if upload else None
     )
-    return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+    return answer_with_wait(job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)})

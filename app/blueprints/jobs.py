@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
@@ -10,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from flask import Response, current_app, request, send_file, stream_with_context, url_for
-from marshmallow import Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from app import storage, transcripts
 from app.access import auth_required, current_user
@@ -201,14 +202,89 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
     return {"items": items, "page": query["page"], "per_page": query["per_page"], "total": total}
 
 
+class JobQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # cache-busting parameters and the like are ignored
+
+    wait = fields.Float(
+        validate=validate.Range(min=0, max=3600),
+        metadata={
+            "description": (
+                "Seconds to wait for the job to end before answering (at most "
+                "`MAX_WAIT_SECONDS`, 60 by default): the answer comes the moment the job "
+                "ends, so one request replaces a polling loop. `Prefer: wait=N` "
+                "(RFC 7240) does the same."
+            ),
+            "example": 30,
+        },
+    )
+
+
+PREFER_DESCRIPTION = (
+    "`wait=N` (RFC 7240): wait up to N seconds (at most `MAX_WAIT_SECONDS`) for the job "
+    "to end before answering; the job is then answered as it is. Honoured waits are "
+    "echoed in `Preference-Applied`."
+)
+PREFER_PARAMETER = {
+    "in": "header",
+    "name": "Prefer",
+    "required": False,
+    "schema": {"type": "string", "example": "wait=30"},
+    "description": PREFER_DESCRIPTION,
+}
+
+
+def preferred_wait(asked: float | None = None) -> tuple[float, bool]:
+    """Seconds this request asks to wait (``?wait=``, else ``Prefer: wait=N``),
+    capped at ``MAX_WAIT_SECONDS``, and whether it came from ``Prefer``.
+    Preferences that do not parse are ignored, as RFC 7240 asks."""
+    from_header = False
+    if asked is None:
+        for preference in request.headers.get("Prefer", "").split(","):
+            name, _, value = preference.split(";", 1)[0].partition("=")
+            if name.strip().lower() != "wait":
+                continue
+            try:
+                asked = float(value.strip().strip('"'))
+            except ValueError:
+                continue
+            if math.isfinite(asked) and asked >= 0:
+                from_header = True
+                break
+            asked = None
+    seconds = min(asked or 0.0, float(current_app.config["MAX_WAIT_SECONDS"]))
+    return seconds, from_header and seconds > 0
+
+
+def answer_with_wait(
+    job: Job, status: int, headers: dict[str, str] | None = None
+) -> tuple[Job, int, dict[str, str]]:
+    """``job`` after the wait this request prefers (``Prefer: wait=N``)."""
+    headers = dict(headers or {})
+    seconds, from_header = preferred_wait()
+    if seconds > 0 and not job.is_final:
+        job = job_service.wait_for(current_user, job.id, seconds)
+    if from_header:
+        headers["Preference-Applied"] = f"wait={seconds:g}"
+    return job, status, headers
+
+
 @blp.route("/<job_id>", methods=["GET"])
 @auth_required()
+@blp.arguments(JobQuerySchema, location="query")
 @blp.response(200, JobSchema)
 @blp.alt_response(404, description="No such job (or not yours).")
-@blp.doc(security=BEARER)
-def get_job(job_id: str) -> Job:
-    """One job: status, progress, stage, result files, error, metrics."""
-    return job_service.get(current_user, job_id)
+@blp.doc(security=BEARER, parameters=[PREFER_PARAMETER])
+def get_job(query: dict[str, Any], job_id: str) -> tuple[Job, int, dict[str, str]]:
+    """One job: status, progress, stage, result files, error, metrics.
+
+    With `?wait=N` (or `Prefer: wait=N`) the answer waits until the job has
+    ended or N seconds have passed.
+    """
+    seconds, from_header = preferred_wait(query.get("wait"))
+    job = job_service.wait_for(current_user, job_id, seconds)
+    headers = {"Preference-Applied": f"wait={seconds:g}"} if from_header else {}
+    return job, 200, headers
 
 
 @blp.route("/<job_id>", methods=["DELETE"])
@@ -308,6 +384,7 @@ def job_events(job_id: str) -> Response:
         "poll_seconds": float(config["SSE_POLL_SECONDS"]),
         "heartbeat_seconds": float(config["SSE_HEARTBEAT_SECONDS"]),
         "redis_url": config.get("REDIS_URL"),
+        "notify_dir": config.get("NOTIFY_DIR"),
     }
     # The stream may stay open for minutes: hold no connection while it waits.
     db.session.close()
@@ -497,10 +574,12 @@ def upload_route(
     @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(413, description="The upload is larger than MAX_UPLOAD_MB.")
     @blp.alt_response(415, description="The upload is not audio.")
-    @blp.doc(security=BEARER, summary=summary, description=description)
+    @blp.doc(
+        security=BEARER, summary=summary, description=description, parameters=[PREFER_PARAMETER]
+    )
     def create(form: dict[str, Any]) -> tuple[Job, int, dict[str, str]]:
         upload = form.pop("file")
         job = submit(current_user, form, upload.stream, upload.filename)
-        return job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+        return answer_with_wait(job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)})
 
     return create

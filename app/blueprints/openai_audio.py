@@ -10,7 +10,6 @@ pass a personal API key (``ams_...``) or an access token as the SDK's ``api_key`
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Response, current_app, jsonify, url_for
@@ -22,9 +21,9 @@ from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
 from app.blueprints.transcriptions import TranscriptionOptionsSchema, check_english_only
 from app.errors_http import error_response
-from app.extensions import db
 from app.ratelimits import limit_job_creation
 from app.records import Job
+from app.services import jobs as job_service
 from app.services import transcription
 
 blp = Blueprint(
@@ -89,17 +88,6 @@ def raise_validation(exc: ValidationError) -> None:
     )
 
 
-def _wait(job_id: str) -> Job:
-    deadline = time.monotonic() + float(current_app.config["OPENAI_WAIT_SECONDS"])
-    while True:
-        db.session.expire_all()
-        job = db.session.get(Job, job_id)
-        assert job is not None
-        if job.is_final or time.monotonic() >= deadline:
-            return job
-        time.sleep(0.2)
-
-
 def _answer(job: Job, response_format: str) -> Any:
     if not job.is_final:
         location = url_for("jobs.get_job", job_id=job.id)
@@ -138,7 +126,10 @@ def _handle(form: dict[str, Any], task: str) -> Any:
     upload = form.pop("file")
     params = _params(form, task)
     job = transcription.submit(current_user, params, upload.stream, upload.filename)
-    return _answer(_wait(job.id), form["response_format"])
+    seconds = float(current_app.config["OPENAI_WAIT_SECONDS"])
+    # OpenAI's API answers with the transcript: this route always waits.
+    job = job_service.wait_for(current_user, job.id, seconds, limited=False)
+    return _answer(job, form["response_format"])
 
 
 @blp.route("/transcriptions", methods=["POST"])

@@ -1,10 +1,12 @@
-"""Live job events: the job row is the truth, Redis pub/sub only says "look again".
+"""Live job events: the job row is the truth, notices only say "look again".
 
 Writers (the progress reporter, the claim, every final transition) call
 ``publish(job_id)`` after their commit. With ``REDIS_URL`` that publishes a
-notice on ``ams:job:<id>``; a stream waiting on that channel re-reads the row
-at once. Without Redis (the embedded default), or when Redis fails, streams
-poll the row every ``SSE_POLL_SECONDS``. Either way a stream sends a state the
+notice on the Redis channel ``ams:job:<id>``; without Redis (the embedded
+default) it sends a local notice ``job:<id>`` to the processes of this machine
+(``app/localbus.py``). A stream or a waiting request subscribed to it re-reads
+the row at once. When neither works (Redis down, ``LOCAL_NOTICES=0``), they poll
+the row every ``SSE_POLL_SECONDS``. Either way a stream sends a state the
 client has not seen, so a lost notice costs latency, never an event.
 
 Event ids are the state itself (``<attempts>-<status>-<progress>-<stage>``):
@@ -24,6 +26,7 @@ from typing import Any
 from flask import current_app, has_app_context
 from sqlalchemy import select
 
+from app import localbus
 from app.extensions import db
 from app.records import Job
 
@@ -44,6 +47,14 @@ def channel(job_id: str) -> str:
     return f"{CHANNEL_PREFIX}{job_id}"
 
 
+def local_topic(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def _local_bus(notify_dir: str | None) -> localbus.Bus | None:
+    return localbus.get(notify_dir) if notify_dir else None
+
+
 def _client(url: str) -> Any:
     import redis
 
@@ -62,7 +73,12 @@ def publish(job_id: str) -> None:
     if not has_app_context():
         return
     url = current_app.config.get("REDIS_URL")
-    if not url or time.monotonic() < _redis_down_until:
+    if not url:
+        bus = _local_bus(current_app.config.get("NOTIFY_DIR"))
+        if bus is not None:
+            bus.publish(local_topic(job_id))
+        return
+    if time.monotonic() < _redis_down_until:
         return
     try:
         _client(url).publish(channel(job_id), "changed")
@@ -114,11 +130,15 @@ def _load(owner_id: str, job_id: str) -> Job | None:
 
 
 class _Subscription:
-    """A Redis pub/sub subscription to one job's channel, or nothing."""
+    """Notices about one job: a Redis pub/sub subscription, a local one, or
+    nothing (``live`` False: the caller polls)."""
 
-    def __init__(self, url: str | None, job_id: str) -> None:
+    def __init__(self, url: str | None, job_id: str, notify_dir: str | None = None) -> None:
         self.pubsub: Any = None
+        self.local: localbus.Subscription | None = None
         if not url:
+            bus = _local_bus(notify_dir)
+            self.local = bus.subscribe(local_topic(job_id)) if bus is not None else None
             return
         try:
             pubsub = _client(url).pubsub(ignore_subscribe_messages=True)
@@ -127,8 +147,14 @@ class _Subscription:
         except Exception:
             log.warning("Redis pub/sub unavailable; this stream polls the database")
 
+    @property
+    def live(self) -> bool:
+        return self.pubsub is not None or self.local is not None
+
     def wait(self, seconds: float) -> bool:
-        """Wait up to ``seconds`` for a notice; False without Redis or on timeout."""
+        """Wait up to ``seconds`` for a notice; False without notices or on timeout."""
+        if self.local is not None:
+            return self.local.wait(seconds)
         if self.pubsub is None:
             return False
         deadline = time.monotonic() + seconds
@@ -145,12 +171,63 @@ class _Subscription:
         return False
 
     def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
+            self.local = None
         if self.pubsub is not None:
             pubsub, self.pubsub = self.pubsub, None
             try:
                 pubsub.close()
             except Exception:
                 log.debug("closing a pub/sub connection failed", exc_info=True)
+
+
+_waiting = 0
+_waiting_lock = threading.Lock()
+# With notices, re-read the row this often anyway (a notice may be lost).
+BACKSTOP_SECONDS = 1.0
+
+
+def waiting() -> int:
+    """Requests of this process waiting in ``wait_until_final``."""
+    return _waiting
+
+
+def wait_until_final(
+    owner_id: str,
+    job_id: str,
+    seconds: float,
+    *,
+    poll_seconds: float = 0.5,
+    redis_url: str | None = None,
+    notify_dir: str | None = None,
+    max_waiters: int | None = None,
+) -> Job | None:
+    """The job (read afresh) once it has ended, or as it is after ``seconds``;
+    None when it does not exist or is not ``owner_id``'s. With ``max_waiters``
+    and that many already waiting in this process, it does not wait."""
+    global _waiting
+    with _waiting_lock:
+        if max_waiters is not None and _waiting >= max_waiters:
+            seconds = 0.0
+        _waiting += 1
+    deadline = time.monotonic() + seconds
+    subscription = _Subscription(redis_url, job_id, notify_dir) if seconds > 0 else None
+    try:
+        while True:
+            job = _load(owner_id, job_id)
+            remaining = deadline - time.monotonic()
+            if job is None or job.is_final or remaining <= 0 or subscription is None:
+                return job
+            if subscription.live:
+                subscription.wait(min(remaining, BACKSTOP_SECONDS))
+            else:
+                time.sleep(min(remaining, poll_seconds))
+    finally:
+        if subscription is not None:
+            subscription.close()
+        with _waiting_lock:
+            _waiting -= 1
 
 
 def watch(
@@ -161,19 +238,21 @@ def watch(
     poll_seconds: float = 0.5,
     heartbeat_seconds: float = 15.0,
     redis_url: str | None = None,
+    notify_dir: str | None = None,
 ) -> Iterator[Change | None]:
     """Yield a Change whenever the job's status, progress or stage changes, and
     None every ``heartbeat_seconds`` (the caller sends a comment, which is also
     how a disconnected client is noticed). Ends after the final status, or when
     the job disappears.
 
-    With Redis, the row is read on each notice and at every heartbeat; without,
-    every ``poll_seconds``. Closing the generator releases everything.
+    With notices (Redis or local), the row is read on each notice and at every
+    heartbeat; without, every ``poll_seconds``. Closing the generator releases everything.
     """
     global _open_streams
     with _open_lock:
         _open_streams += 1
-    subscription = _Subscription(redis_url, job_id)  # before the first read: no notice lost
+    # Subscribed before the first read: no notice is lost in between.
+    subscription = _Subscription(redis_url, job_id, notify_dir)
     try:
         sent = last_event_id
         sent_status = status_of(last_event_id)
@@ -195,7 +274,7 @@ def watch(
                     yield None
                     next_beat = time.monotonic() + heartbeat_seconds
                     break  # re-read at every heartbeat too (a notice may have been lost)
-                if subscription.pubsub is not None:
+                if subscription.live:
                     if subscription.wait(until_beat):
                         break
                 else:

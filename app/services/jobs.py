@@ -171,6 +171,35 @@ def get(owner: User, job_id: str) -> Job:
     return job
 
 
+def wait_for(owner: User, job_id: str, seconds: float, *, limited: bool = True) -> Job:
+    """The job once it has ended, or as it is after ``seconds``: one request
+    instead of a polling loop, answered the moment the job ends.
+
+    A waiting request holds a server thread, so with ``limited`` at most
+    ``MAX_WAITING_REQUESTS`` wait at once per process; past that the job is
+    answered as it is (a wait is a preference, RFC 7240). The database
+    connection is given back while waiting.
+    """
+    job = get(owner, job_id)
+    if seconds <= 0 or job.is_final:
+        return job
+    config = current_app.config
+    owner_id = owner.id
+    db.session.close()
+    waited = events.wait_until_final(
+        owner_id,
+        job_id,
+        seconds,
+        poll_seconds=float(config["SSE_POLL_SECONDS"]),
+        redis_url=config.get("REDIS_URL"),
+        notify_dir=config.get("NOTIFY_DIR"),
+        max_waiters=int(config["MAX_WAITING_REQUESTS"]) if limited else None,
+    )
+    if waited is None:  # deleted while we waited
+        raise _not_found()
+    return waited
+
+
 def list_jobs(
     owner: User,
     *,
