@@ -42,7 +42,12 @@ def make_app(data_dir: Path, **overrides: Any) -> Flask:
     app = create_app(config)
     with app.app_context():
         upgrade()
+    _apps.append(app)
     return app
+
+
+# Apps made during the current test, whose connections end with it.
+_apps: list[Flask] = []
 
 
 @pytest.fixture
@@ -136,6 +141,25 @@ def song_wav() -> bytes:
 def queued_job(queued_app: Flask, song_wav: bytes) -> str:
     """The id of a queued hpss separation on ``queued_app`` (no worker runs it)."""
     return submit_separation(queued_app, song_wav)[1]
+
+
+@pytest.fixture(autouse=True)
+def _release_test_resources() -> Iterator[None]:
+    """A test's apps keep open files after it: SQLite connections to their job
+    database and broker (three descriptors each), a local-notice socket and its
+    thread. Released here, or a whole run passes 1,024 descriptors."""
+    yield
+    from kombu.transport import sqlalchemy as kombu_sqla
+
+    from app import localbus
+
+    while _apps:
+        app = _apps.pop()
+        with app.app_context():
+            db.engine.dispose()
+    for engine, _session in list(kombu_sqla.Channel._engines.values()):
+        engine.dispose()
+    localbus.close_all()
 
 
 @pytest.fixture(autouse=True)

@@ -358,11 +358,13 @@ def post_chunked(port: int, path: str, headers: dict, parts: Iterator[bytes]) ->
         "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
     received = b""
+    answered = select.poll()  # not select(): this process may hold fds past 1024
+    answered.register(sock, select.POLLIN)
     try:
         sock.sendall(head.encode())
         for part in parts:
             sock.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
-            if select.select([sock], [], [], 0)[0]:
+            if answered.poll(0):
                 break  # the server answered before the body ended
         else:
             sock.sendall(b"0\r\n\r\n")
