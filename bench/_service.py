@@ -422,9 +422,12 @@ class Client:
         notes: bool = False,
         timeout: float | None = None,
         logs: tuple[Path, ...] = (),
+        wait: float = 0.0,
     ) -> dict[str, Any]:
         """What a user waits for: ``submit()`` (the request that answers 202 with the
-        job's Location), GET the job every ``poll`` seconds until it ends, then
+        job's Location), GET the job every ``poll`` seconds until it ends (with
+        ``wait``, ``GET ?wait=`` long-polls instead: the server answers when the
+        job ends, so ``polls`` counts requests, not sleeps), then
         ``fetch(job)`` (the downloads). The succeeded job, the number of polls, what
         ``fetch`` returned, and the seconds of each step and in all. With ``notes``,
         a progress line every 15 s; past ``timeout`` seconds, a RuntimeError with the
@@ -436,8 +439,9 @@ class Client:
         accepted = time.monotonic()
         location = response.headers["Location"]
         polls = 0
+        params = {"wait": f"{wait:g}"} if wait > 0 else None
         while True:
-            job = self.request("GET", location).json()
+            job = self.request("GET", location, params=params).json()
             polls += 1
             if job.get("status") in FINAL:
                 break
@@ -453,7 +457,8 @@ class Client:
                     f"    {label}: {now - started:6.1f} s  {job.get('status')}"
                     f" / {job.get('stage')}  progress {job.get('progress')}"
                 )
-            time.sleep(poll)
+            if not params:
+                time.sleep(poll)
         finished = time.monotonic()
         if job["status"] != "succeeded":
             raise RuntimeError(f"the {label} job ended {job['status']}: {job.get('error')}")
