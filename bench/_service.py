@@ -320,6 +320,33 @@ def start_worker(
     return procs.start("celery worker", cmd, env, log)
 
 
+def start_redis(procs: Processes, work: Path) -> str | None:
+    """redis-server as docs/deployment.md runs it (AOF, fsync every second,
+    noeviction) on a free loopback port, stopped with everything else; None
+    when it is not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    folder = work / "redis"
+    folder.mkdir()
+    procs.start(
+        "redis-server",
+        [
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+            "--appendonly", "yes", "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction", "--save", "",
+        ],
+        dict(os.environ),
+        work / "redis.log",
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    wait_until(lambda: redis.Redis.from_url(url).ping(), 30, "redis", [work / "redis.log"])
+    return url
+
+
 @dataclass
 class Service:
     """The API and the worker of ``start_service``, and a logged-in user of them."""

@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import shutil
 import statistics
 import sys
 import threading
@@ -72,6 +71,7 @@ from bench._service import (  # noqa: E402 - needs ROOT on sys.path
     run_benchmark,
     say,
     service_env,
+    start_redis,
     start_worker,
     wait_until,
 )
@@ -355,30 +355,6 @@ def upload_phase(
 
 
 # --------------------------------------------------------------------------- service
-
-
-def start_redis(procs: Processes, work: Path) -> str | None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None
-    port = free_port()
-    folder = work / "redis"
-    folder.mkdir()
-    procs.start(
-        "redis-server",
-        [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-            "--appendonly", "yes", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction", "--save", "",
-        ],
-        dict(os.environ),
-        work / "redis.log",
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    wait_until(lambda: redis.Redis.from_url(url).ping(), 30, "redis", [work / "redis.log"])
-    return url
 
 
 def finished_job(procs: Processes, work: Path, env: dict[str, str], client: Client) -> str:

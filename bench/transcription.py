@@ -44,7 +44,6 @@ import mimetypes
 import os
 import re
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -65,10 +64,10 @@ from bench._service import (  # noqa: E402 - needs ROOT on sys.path
     run_direct_script,
     say,
     service_env,
+    start_redis,
     start_service,
     tail,
     verdict,
-    wait_until,
 )
 from tests.test_transcription import wer  # noqa: E402 - the tests' WER, so the figures compare
 
@@ -262,38 +261,16 @@ def one_job(client: Client, item: dict[str, Any], poll: float, wait: float) -> d
     }
 
 
-def start_redis(procs: Processes, work: Path) -> str:
-    """redis-server as docs/deployment.md runs it (AOF, fsync every second), on a
-    free loopback port; stopped with everything else."""
-    import redis
-
-    from tests.procs import free_port
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("--redis needs redis-server on PATH (apt-get install redis-server)")
-    port = free_port()
-    folder = work / "redis"
-    folder.mkdir()
-    procs.start(
-        "redis-server",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(folder)],
-        dict(os.environ),
-        work / "redis.log",
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_until(lambda: redis.Redis.from_url(url).ping(), 10, "redis-server", [work / "redis.log"])
-    return url
-
-
 def run_ours(
     args: argparse.Namespace, procs: Processes, work: Path, inputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
     # An empty MODELS_DIR: tiny.en is the bundled one.
     env = service_env(work / "service-data", work / "models")
     if args.redis:
-        env["REDIS_URL"] = start_redis(procs, work)
+        url = start_redis(procs, work)
+        if url is None:
+            raise SystemExit("--redis needs redis-server on PATH (apt-get install redis-server)")
+        env["REDIS_URL"] = url
         say(f"  ours on Redis: {env['REDIS_URL']} (a redis-server started for this run)")
     service = start_service(procs, work, env, "bench-transcription", "ours: ")
     client, api, worker = service.client, service.api, service.worker
