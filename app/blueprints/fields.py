@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import current_app
 from flask_smorest.fields import Upload
 from marshmallow import ValidationError, fields
 from werkzeug.datastructures import FileStorage
@@ -34,3 +36,22 @@ def check_output_format(data: dict[str, Any]) -> None:
     """Format options that cannot go together (schemas call this in ``validates_schema``)."""
     if data.get("output_format") == "flac" and data.get("bit_depth") == "32f":
         raise ValidationError("FLAC stores 16 or 24 bits; use wav for 32f.", "bit_depth")
+
+
+def known_model(kind: str, label: str = "model") -> Callable[[str], None]:
+    """A validator for a ``kind`` model name (``separation``, ``transcription``,
+    ``generation``): requests name models from GET /api/v1/models, never paths,
+    and an unknown one is refused before anything is stored."""
+    from app.models import registry
+
+    names = {
+        "separation": registry.separation_models,
+        "transcription": registry.transcription_models,
+        "generation": registry.generation_models,
+    }[kind]
+
+    def validate(name: str) -> None:
+        if name not in names(current_app.config):
+            raise ValidationError(f"Unknown {label}; GET /api/v1/models lists them.")
+
+    return validate

@@ -10,7 +10,7 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 from app import audio
 from app.access import auth_required, current_user
 from app.blueprints import Blueprint
-from app.blueprints.fields import FileUpload, check_output_format
+from app.blueprints.fields import FileUpload, check_output_format, known_model
 from app.blueprints.jobs import (
     BEARER,
     PREFER_PARAMETER,
@@ -27,11 +27,6 @@ PREFIX = "/generations"
 blp = Blueprint("generations", __name__, description="New music from a text prompt (MusicGen).")
 
 
-def _known_generator(name: str) -> None:
-    if name not in registry.generation_models(current_app.config):
-        raise ValidationError("Unknown model; GET /api/v1/models lists them.")
-
-
 class GenerationSchema(CallbackSchema):
     prompt = fields.String(
         required=True,
@@ -45,7 +40,7 @@ class GenerationSchema(CallbackSchema):
     )
     model = fields.String(
         load_default=None,
-        validate=_known_generator,
+        validate=known_model("generation"),
         metadata={
             "description": "Default facebook/musicgen-small.",
             "example": "facebook/musicgen-small",

@@ -11,7 +11,7 @@ from app import audio
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload, check_output_format
 from app.blueprints.jobs import CallbackSchema, upload_route
-from app.blueprints.transcriptions import LANGUAGES, _known_separator, _known_whisper
+from app.blueprints.transcriptions import LANGUAGES, known_separator, known_whisper
 from app.models import registry
 from app.services import karaoke
 
@@ -23,12 +23,12 @@ class KaraokeFormSchema(CallbackSchema):
     file = FileUpload(required=True, metadata={"description": "The song."})
     separation_model = fields.String(
         load_default=None,
-        validate=_known_separator,
+        validate=known_separator,
         metadata={"description": "Model that removes the vocals (default htdemucs)."},
     )
     whisper_model = fields.String(
         load_default=None,
-        validate=_known_whisper,
+        validate=known_whisper,
         metadata={"description": "Model that transcribes the lyrics (default tiny.en)."},
     )
     language = fields.String(

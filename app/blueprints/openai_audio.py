@@ -55,9 +55,9 @@ class OpenAITranscriptionSchema(TranscriptionOptionsSchema):
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         if data["model"] in OPENAI_MODEL_ALIASES:
             return
-        from app.blueprints.transcriptions import _known_whisper
+        from app.blueprints.transcriptions import known_whisper
 
-        _known_whisper(data["model"])
+        known_whisper(data["model"])
 
 
 def _params(form: dict[str, Any], task: str) -> dict[str, Any]:

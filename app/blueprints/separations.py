@@ -10,18 +10,13 @@ from webargs.fields import DelimitedList
 
 from app import audio
 from app.blueprints import Blueprint
-from app.blueprints.fields import FileUpload, check_output_format
+from app.blueprints.fields import FileUpload, check_output_format, known_model
 from app.blueprints.jobs import CallbackSchema, upload_route
 from app.models import registry
 from app.services import separation
 
 PREFIX = "/separations"
 blp = Blueprint("separations", __name__, description="Split a song into stems (asynchronous jobs).")
-
-
-def _known_model(name: str) -> None:
-    if name not in registry.separation_models(current_app.config):
-        raise ValidationError("Unknown model; GET /api/v1/models lists them.")
 
 
 class SeparationFormSchema(CallbackSchema):
@@ -31,7 +26,7 @@ class SeparationFormSchema(CallbackSchema):
     )
     model = fields.String(
         load_default=None,
-        validate=_known_model,
+        validate=known_model("separation"),
         metadata={
             "description": "Model name from GET /api/v1/models (default htdemucs).",
             "example": "htdemucs",

@@ -9,7 +9,7 @@ from flask import current_app
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.blueprints import Blueprint
-from app.blueprints.fields import FileUpload
+from app.blueprints.fields import FileUpload, known_model
 from app.blueprints.jobs import CallbackSchema, upload_route
 from app.models import registry, whisper_engine
 from app.services import transcription
@@ -22,14 +22,8 @@ blp = Blueprint(
 LANGUAGES = sorted(_LANGUAGE_CODES)
 
 
-def _known_whisper(name: str) -> None:
-    if name not in registry.transcription_models(current_app.config):
-        raise ValidationError("Unknown model; GET /api/v1/models lists them.")
-
-
-def _known_separator(name: str) -> None:
-    if name not in registry.separation_models(current_app.config):
-        raise ValidationError("Unknown separation model; GET /api/v1/models lists them.")
+known_whisper = known_model("transcription")
+known_separator = known_model("separation", "separation model")
 
 
 class TranscriptionOptionsSchema(Schema):
@@ -37,7 +31,7 @@ class TranscriptionOptionsSchema(Schema):
 
     model = fields.String(
         load_default=None,
-        validate=_known_whisper,
+        validate=known_whisper,
         metadata={
             "description": "Whisper model (default tiny.en, works offline).",
             "example": "tiny.en",
@@ -94,7 +88,7 @@ class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
     )
     separation_model = fields.String(
         load_default=None,
-        validate=_known_separator,
+        validate=known_separator,
         metadata={"description": "Model for isolate_vocals (default htdemucs)."},
     )
 
