@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -139,6 +140,19 @@ def _generation_config(model) -> None:
     gen.bos_token_id = CODEBOOK_SIZE
 
 
+def _save_random_model(folder: Path, model_class: Any, config: Any, seed: int) -> Path:
+    """``model_class(config)`` with seeded random weights, its codec shaped and
+    its generation settings as the real checkpoints have them, saved in ``folder``."""
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    _shape_codec(model, seed)
+    _generation_config(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    return folder
+
+
 def build_tiny_musicgen(folder: Path, *, seed: int = 0, stereo: bool = False) -> Path:
     """A tiny text-to-music model (T5 encoder, 32 kHz EnCodec, 2-layer decoder) in ``folder``."""
     from transformers import (
@@ -158,13 +172,7 @@ def build_tiny_musicgen(folder: Path, *, seed: int = 0, stereo: bool = False) ->
         decoder_start_token_id=CODEBOOK_SIZE,
         pad_token_id=CODEBOOK_SIZE,
     )
-    torch.manual_seed(seed)
-    model = MusicgenForConditionalGeneration(config).eval()
-    _shape_codec(model, seed)
-    _generation_config(model)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    folder = _save_random_model(folder, MusicgenForConditionalGeneration, config, seed)
     processor = MusicgenProcessor(
         feature_extractor=EncodecFeatureExtractor(
             feature_size=2 if stereo else 1, sampling_rate=SAMPLE_RATE
@@ -213,13 +221,7 @@ def build_tiny_musicgen_melody(folder: Path, *, seed: int = 0) -> Path:
         decoder_start_token_id=CODEBOOK_SIZE,
         pad_token_id=CODEBOOK_SIZE,
     )
-    torch.manual_seed(seed)
-    model = MusicgenMelodyForConditionalGeneration(config).eval()
-    _shape_codec(model, seed)
-    _generation_config(model)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    folder = _save_random_model(folder, MusicgenMelodyForConditionalGeneration, config, seed)
     word_tokenizer().save_pretrained(folder)
     (folder / "preprocessor_config.json").write_text(json.dumps(MELODY_FEATURES, indent=2))
     return folder
