@@ -145,11 +145,14 @@ def test_waits_are_capped(tmp_path, song_wav: bytes) -> None:
     assert response.json["status"] == "queued" and seconds < 30
     assert response.headers["Preference-Applied"] == "wait=0.2"
 
-    # Past MAX_WAITING_REQUESTS waiting in this process, the job is answered at once.
+    # Past MAX_WAITING_REQUESTS waiting in this process, the job is answered at
+    # once, and the preference is not said to be applied.
     app.config.update(MAX_WAIT_SECONDS=60, MAX_WAITING_REQUESTS=0)
-    response, seconds = timed_get(app, f"/api/v1/jobs/{job_id}?wait=60", headers)
-    assert response.status_code == 200 and response.json["status"] == "queued"
-    assert seconds < 30
+    for query, extra in (("?wait=60", {}), ("", {"Prefer": "wait=60"})):
+        response, seconds = timed_get(app, f"/api/v1/jobs/{job_id}{query}", {**headers, **extra})
+        assert response.status_code == 200 and response.json["status"] == "queued"
+        assert seconds < 30
+        assert "Preference-Applied" not in response.headers
     assert events.waiting() == 0
 
 

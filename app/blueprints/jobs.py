@@ -262,9 +262,10 @@ def answer_with_wait(
     """``job`` after the wait this request prefers (``Prefer: wait=N``)."""
     headers = dict(headers or {})
     seconds, from_header = preferred_wait()
+    granted = True
     if seconds > 0 and not job.is_final:
-        job = job_service.wait_for(current_user, job.id, seconds)
-    if from_header:
+        job, granted = job_service.wait_for(current_user, job.id, seconds)
+    if from_header and granted:
         headers["Preference-Applied"] = f"wait={seconds:g}"
     return job, status, headers
 
@@ -282,8 +283,8 @@ def get_job(query: dict[str, Any], job_id: str) -> tuple[Job, int, dict[str, str
     ended or N seconds have passed.
     """
     seconds, from_header = preferred_wait(query.get("wait"))
-    job = job_service.wait_for(current_user, job_id, seconds)
-    headers = {"Preference-Applied": f"wait={seconds:g}"} if from_header else {}
+    job, granted = job_service.wait_for(current_user, job_id, seconds)
+    headers = {"Preference-Applied": f"wait={seconds:g}"} if from_header and granted else {}
     return job, 200, headers
 
 

@@ -128,7 +128,7 @@ def _handle(form: dict[str, Any], task: str) -> Any:
     job = transcription.submit(current_user, params, upload.stream, upload.filename)
     seconds = float(current_app.config["OPENAI_WAIT_SECONDS"])
     # OpenAI's API answers with the transcript: this route always waits.
-    job = job_service.wait_for(current_user, job.id, seconds, limited=False)
+    job, _ = job_service.wait_for(current_user, job.id, seconds, limited=False)
     return _answer(job, form["response_format"])
 
 

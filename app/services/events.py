@@ -16,6 +16,7 @@ the current state, with no event log to keep.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -189,8 +190,25 @@ BACKSTOP_SECONDS = 1.0
 
 
 def waiting() -> int:
-    """Requests of this process waiting in ``wait_until_final``."""
+    """Requests of this process holding a ``waiter_slot``."""
     return _waiting
+
+
+@contextlib.contextmanager
+def waiter_slot(max_waiters: int | None) -> Iterator[bool]:
+    """Whether this request may wait: at most ``max_waiters`` at once in this
+    process (each holds a server thread); None: no limit."""
+    global _waiting
+    with _waiting_lock:
+        granted = max_waiters is None or _waiting < max_waiters
+        if granted:
+            _waiting += 1
+    try:
+        yield granted
+    finally:
+        if granted:
+            with _waiting_lock:
+                _waiting -= 1
 
 
 def wait_until_final(
@@ -201,33 +219,24 @@ def wait_until_final(
     poll_seconds: float = 0.5,
     redis_url: str | None = None,
     notify_dir: str | None = None,
-    max_waiters: int | None = None,
 ) -> Job | None:
     """The job (read afresh) once it has ended, or as it is after ``seconds``;
-    None when it does not exist or is not ``owner_id``'s. With ``max_waiters``
-    and that many already waiting in this process, it does not wait."""
-    global _waiting
-    with _waiting_lock:
-        if max_waiters is not None and _waiting >= max_waiters:
-            seconds = 0.0
-        _waiting += 1
+    None when it does not exist or is not ``owner_id``'s."""
     deadline = time.monotonic() + seconds
-    subscription = _Subscription(redis_url, job_id, notify_dir) if seconds > 0 else None
+    # Subscribed before the first read: no notice is lost in between.
+    subscription = _Subscription(redis_url, job_id, notify_dir)
     try:
         while True:
             job = _load(owner_id, job_id)
             remaining = deadline - time.monotonic()
-            if job is None or job.is_final or remaining <= 0 or subscription is None:
+            if job is None or job.is_final or remaining <= 0:
                 return job
             if subscription.live:
                 subscription.wait(min(remaining, BACKSTOP_SECONDS))
             else:
                 time.sleep(min(remaining, poll_seconds))
     finally:
-        if subscription is not None:
-            subscription.close()
-        with _waiting_lock:
-            _waiting -= 1
+        subscription.close()
 
 
 def watch(

@@ -171,9 +171,10 @@ def get(owner: User, job_id: str) -> Job:
     return job
 
 
-def wait_for(owner: User, job_id: str, seconds: float, *, limited: bool = True) -> Job:
+def wait_for(owner: User, job_id: str, seconds: float, *, limited: bool = True) -> tuple[Job, bool]:
     """The job once it has ended, or as it is after ``seconds``: one request
-    instead of a polling loop, answered the moment the job ends.
+    instead of a polling loop, answered the moment the job ends. Also whether
+    the wait was granted.
 
     A waiting request holds a server thread, so with ``limited`` at most
     ``MAX_WAITING_REQUESTS`` wait at once per process; past that the job is
@@ -182,22 +183,24 @@ def wait_for(owner: User, job_id: str, seconds: float, *, limited: bool = True) 
     """
     job = get(owner, job_id)
     if seconds <= 0 or job.is_final:
-        return job
+        return job, True
     config = current_app.config
     owner_id = owner.id
-    db.session.close()
-    waited = events.wait_until_final(
-        owner_id,
-        job_id,
-        seconds,
-        poll_seconds=float(config["SSE_POLL_SECONDS"]),
-        redis_url=config.get("REDIS_URL"),
-        notify_dir=config.get("NOTIFY_DIR"),
-        max_waiters=int(config["MAX_WAITING_REQUESTS"]) if limited else None,
-    )
+    with events.waiter_slot(int(config["MAX_WAITING_REQUESTS"]) if limited else None) as granted:
+        if not granted:
+            return job, False
+        db.session.close()
+        waited = events.wait_until_final(
+            owner_id,
+            job_id,
+            seconds,
+            poll_seconds=float(config["SSE_POLL_SECONDS"]),
+            redis_url=config.get("REDIS_URL"),
+            notify_dir=config.get("NOTIFY_DIR"),
+        )
     if waited is None:  # deleted while we waited
         raise _not_found()
-    return waited
+    return waited, True
 
 
 def list_jobs(
