@@ -30,7 +30,10 @@ them busy for tens of seconds before any audio is found. ID3v2 ``PRIV``
 frames are worse: FFmpeg escapes them byte by byte into a metadata string
 (150 MB of them: 33 s and 1.9 GB), and it parses ID3 tags at the start of a
 file, in WAV chunks and between ADTS frames. ``_check_id3`` refuses such tags
-before FFmpeg sees the file.
+before FFmpeg sees the file. MP4 is the other format whose headers FFmpeg
+loads whole: ``_check_boxes`` refuses sample tables and compressed headers
+that would cost it hundreds of megabytes, and box chains that are damaged or
+made of millions of boxes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import os
 import re
 import tempfile
 import time
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -101,6 +105,14 @@ _DEMUXERS = ",".join(
     )
 )  # fmt: skip
 _OPEN_OPTIONS = {"format_whitelist": _DEMUXERS, "protocol_whitelist": "file"}
+# FFmpeg's mov demuxer picks a file for a known box anywhere in its first
+# kilobytes, then parses every box from the start, whatever the first one is:
+# a file that does not start like MP4 (and so would be refused after the open)
+# is not offered to it, so ``_check_boxes`` sees every file it parses.
+_OPEN_OPTIONS_NO_MOV = {
+    "format_whitelist": ",".join(d for d in _DEMUXERS.split(",") if d != "mov"),
+    "protocol_whitelist": "file",
+}
 
 # FFmpeg names some demuxers after a family; clients expect the usual name.
 _FORMAT_NAMES = {"mov": "mp4"}
@@ -129,6 +141,23 @@ _PROBE_SECONDS = 2.0
 _ID3_MAX_COSTLY_BYTES = 1 * 1024 * 1024
 _ID3_MAX_FRAMES = 10_000
 _ID3_MAX_TAGS = 1000  # ADTS streams cut from HLS carry one per segment
+# MP4/MOV (ISO-BMFF) boxes other than media data and padding: FFmpeg parses
+# them into memory at open (moov: the sample tables, 2-3x their size: a 31 MB
+# sample table took 75-100 MB, a 160 MB one 350 MB) or while reading (moof,
+# fragments). Real files are far below: a one-hour 44.1 kHz stereo AAC m4a
+# has a 0.6 MB moov; the moof boxes of a 20-minute file fragmented at every
+# frame total 5.6 MB; a three-hour 60 fps video track's tables are about
+# 10 MB (12-16 bytes a frame); cover art in the moov is a few MB at most. A
+# compressed moov (cmov) counts at its inflated size (a 0.5 MB upload
+# inflated to 500 MB: 2 s and 1.1 GB in FFmpeg).
+_MP4_MAX_HEADER_BYTES = 32 * 1024 * 1024
+# Top-level boxes in a file. Unfragmented files have under ten; a 20-minute
+# AAC file fragmented at every frame (low-latency streaming, ffmpeg's
+# frag_every_frame) 103,000, the most a real file has. 200 MB of empty boxes
+# are 26 million, about 1 us each in FFmpeg and 2.5 us in the walk (which
+# also stops at the probe's deadline).
+_MP4_MAX_BOXES = 250_000
+_MP4_MAX_CMOV = 8  # compressed headers, nested ones included; files have one
 _ENCODE_BLOCK = 1 << 16  # frames per write: bounds temporary copies when encoding
 _MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
@@ -271,9 +300,14 @@ def _looks_like_media(path: str) -> bool:
 def _open(path: str, deadline: _Deadline | None = None) -> av.container.InputContainer:
     """Open an upload with the allowed demuxers; with ``deadline``, FFmpeg's
     reads are interrupted when it passes (PyAV's open and read timeouts)."""
+    try:
+        head, stripped = _leading_bytes(path)
+    except OSError as exc:
+        raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
+    options = _OPEN_OPTIONS if _SIGNATURES["mov"](head) else _OPEN_OPTIONS_NO_MOV
     timeout = None if deadline is None else deadline.remaining()
     try:
-        container = av.open(path, "r", container_options=_OPEN_OPTIONS, timeout=timeout)
+        container = av.open(path, "r", container_options=options, timeout=timeout)
     except (av.error.InvalidDataError, av.error.ArgumentError, EOFError) as exc:
         if deadline is not None:
             deadline.check()  # interrupted: say why, not "damaged"
@@ -288,7 +322,7 @@ def _open(path: str, deadline: _Deadline | None = None) -> av.container.InputCon
     try:
         if deadline is not None:
             deadline.check()  # an interrupted parse may still "succeed" with half a header
-        _check_signature(path, container.format.name.split(",")[0])
+        _check_signature(head, stripped, container.format.name.split(",")[0])
     except BaseException:
         container.close()
         raise
@@ -373,19 +407,34 @@ _MAX_ZERO_PADDING = 64 * 1024
 _MAX_ID3_TAGS = 8  # files carry one, rarely two; a chain of them is not audio
 
 
+def _after_id3(handle: Any) -> int:
+    """Where the media starts: past the ID3v2 tags at the start of the file,
+    which FFmpeg skips before any demuxer reads (its ff_id3v2_match and
+    id3v2_parse: a footer only in v2.4)."""
+    offset = 0
+    for _ in range(_MAX_ID3_TAGS):
+        handle.seek(offset)
+        tag = handle.read(10)
+        if (
+            len(tag) < 10
+            or tag[:3] != b"ID3"
+            or tag[3] == 0xFF
+            or tag[4] == 0xFF
+            or any(b & 0x80 for b in tag[6:10])
+        ):
+            break
+        size = 0
+        for byte in tag[6:10]:  # a "syncsafe" integer: 7 bits per byte
+            size = (size << 7) | byte
+        footer = 10 if tag[3] == 4 and tag[5] & 0x10 else 0
+        offset += 10 + size + footer
+    return offset
+
+
 def _leading_bytes(path: str) -> tuple[bytes, bytes]:
     """The file's first bytes after any ID3v2 tags, as is and past zero padding."""
     with open(path, "rb") as handle:
-        offset = 0
-        for _ in range(_MAX_ID3_TAGS):
-            handle.seek(offset)
-            tag = handle.read(10)
-            if len(tag) < 10 or tag[:3] != b"ID3" or any(b & 0x80 for b in tag[6:10]):
-                break
-            size = 0
-            for byte in tag[6:10]:  # a "syncsafe" integer: 7 bits per byte
-                size = (size << 7) | byte
-            offset += 10 + size + (10 if tag[5] & 0x10 else 0)  # header, body, footer
+        offset = _after_id3(handle)
         handle.seek(offset)
         head = handle.read(_HEAD_BYTES)
         start = offset
@@ -548,18 +597,161 @@ def _check_id3(path: str) -> None:
         os.close(fd)
 
 
-def _check_signature(path: str, demuxer: str) -> None:
-    """Refuse a file whose first bytes are not those of the format FFmpeg found in it.
+# Top-level boxes FFmpeg seeks over: media data and padding. Everything else
+# counts as header (moov, moof, trak, meta, uuid, unknown boxes...): FFmpeg's
+# parsers are chosen by box type at any depth, even at the top level.
+_MP4_MEDIA = (b"mdat", b"free", b"skip", b"wide")
+# What FFmpeg's mov_read_cmov inflates, wherever a cmov box is: "dcom" (zlib),
+# then "cmvd" with the declared inflated size (allocated at once) and the data.
+_CMOV = re.compile(rb"cmov.{4}dcomzlib.{4}cmvd(.{4})", re.DOTALL)
+_BOX_WINDOW = 1 << 16
+
+
+def _box_name(kind: bytes) -> str:
+    return kind.decode("ascii", "backslashreplace")
+
+
+def _cmov_bytes(data: bytes | memoryview, budget: int, found: int = 0) -> tuple[int, int]:
+    """``(bytes, count)`` FFmpeg would inflate for the compressed movie headers
+    in ``data``, nested ones included (an inflated header is parsed again).
+    Stops once past ``budget`` bytes or ``_MP4_MAX_CMOV`` headers."""
+    used = 0
+    view = memoryview(data)
+    for match in _CMOV.finditer(view):
+        found += 1
+        declared = int.from_bytes(match.group(1), "big")
+        used += declared
+        if used > budget or found > _MP4_MAX_CMOV:
+            break
+        if declared == 0:
+            continue
+        try:
+            inflated = zlib.decompressobj().decompress(view[match.end() :], declared)
+        except zlib.error:  # FFmpeg fails on it too, after allocating the declared size
+            continue
+        nested, found = _cmov_bytes(inflated, budget - used, found)
+        used += nested
+        if used > budget or found > _MP4_MAX_CMOV:
+            break
+    return used, found
+
+
+def _header_box(window: bytes, at: int, fd: int, offset: int, size: int) -> bytes | memoryview:
+    """The bytes of a header box if it may hold a compressed header, else b""."""
+    if at + size <= len(window):
+        found = window.find(b"cmov", at, at + size) >= 0
+        return memoryview(window)[at : at + size] if found else b""
+    body = os.pread(fd, size, offset)
+    return body if b"cmov" in body else b""
+
+
+def _box_error(message: str) -> AudioError:
+    return _broken(f"The MP4 file {message}; re-encode it and upload it again.")
+
+
+def _too_much_header(header_bytes: int) -> AudioError:
+    return AudioError(
+        f"The MP4 file's header boxes (moov and the like) hold {header_bytes / _MB:.1f} MB "
+        f"or more; the limit is {_MP4_MAX_HEADER_BYTES / _MB:g} MB (an hour of AAC needs "
+        "under 1 MB): re-encode it and upload it again.",
+        code="audio_decode_failed",
+        errors={
+            "header_mb": round(header_bytes / _MB, 1),
+            "max_header_mb": round(_MP4_MAX_HEADER_BYTES / _MB, 1),
+        },
+    )
+
+
+def _check_boxes(path: str, deadline: _Deadline | None = None) -> None:
+    """Refuse an MP4/MOV whose boxes would cost FFmpeg too much memory or time.
+
+    FFmpeg parses the header boxes (``moov``: the sample tables) into memory
+    at open, about twice their size, and walks every top-level box. Only
+    files that start like MP4 are walked: FFmpeg's mov demuxer is not offered
+    the others (``_OPEN_OPTIONS_NO_MOV``). The walk reads the top-level box
+    headers (a real file: a few reads) and scans the header boxes for
+    compressed ones (at most ``_MP4_MAX_HEADER_BYTES``; a real file: under a
+    megabyte). Until a ``moov`` and an ``mdat`` are found (what FFmpeg reads
+    at open), the boxes must tile the file: a box smaller than its header or
+    past the end of the file is damage or a trap. After them, FFmpeg stops at
+    the first box that is not one, and so does the walk: some phones append
+    trailers that are not boxes.
+    """
+    try:
+        with open(path, "rb") as handle:
+            offset = _after_id3(handle)
+            handle.seek(offset)
+            if not _SIGNATURES["mov"](handle.read(8)):
+                return
+            fd = handle.fileno()
+            end = os.fstat(fd).st_size
+            window, window_at = b"", 0  # a box walk reads small, nearby pieces
+            boxes = header_bytes = cmovs = 0
+            found: set[bytes] = set()
+            while offset < end:
+                at = offset - window_at
+                if at < 0 or (at + 32 > len(window) and window_at + len(window) < end):
+                    window, window_at, at = os.pread(fd, _BOX_WINDOW, offset), offset, 0
+                raw = window[at : at + 32]
+                size, kind, head_size = int.from_bytes(raw[:4], "big"), raw[4:8], 8
+                if size == 1:  # 64-bit size
+                    size, head_size = int.from_bytes(raw[8:16], "big"), 16
+                elif size == 0:  # to the end of the file
+                    size = end - offset
+                if kind == b"uuid":
+                    head_size += 16
+                if len(raw) < head_size or not head_size <= size <= end - offset:
+                    if b"moov" in found and b"mdat" in found:
+                        return
+                    if len(raw) < head_size:
+                        raise _box_error("is damaged or truncated: it ends inside a box header")
+                    raise _box_error(
+                        f"is damaged or truncated: it has a box {_box_name(kind)!r} of "
+                        f"{size} bytes at byte {offset}, where {end - offset} are left"
+                    )
+                boxes += 1
+                if boxes > _MP4_MAX_BOXES:
+                    raise _box_error(f"has more than {_MP4_MAX_BOXES} boxes")
+                if deadline is not None and not boxes % 4096:
+                    deadline.check()
+                offset += size
+                if kind == b"mdat":
+                    found.add(kind)
+                    continue
+                if kind in _MP4_MEDIA:  # FFmpeg reads a free box holding a moov as one
+                    child = window[at + head_size + 4 : at + head_size + 8]
+                    if len(child) < 4:
+                        child = os.pread(fd, 4, offset - size + head_size + 4)
+                    if child not in (b"mvhd", b"cmov"):
+                        found.add(b"mdat" if kind == b"wide" else kind)
+                        continue
+                    kind = b"moov"
+                found.add(kind)
+                header_bytes += size
+                if header_bytes <= _MP4_MAX_HEADER_BYTES:
+                    body = _header_box(window, at, fd, offset - size, size)
+                    if body:
+                        inflated, cmovs = _cmov_bytes(
+                            body, _MP4_MAX_HEADER_BYTES - header_bytes, cmovs
+                        )
+                        header_bytes += inflated
+                if cmovs > _MP4_MAX_CMOV:
+                    raise _box_error(f"has more than {_MP4_MAX_CMOV} compressed headers (cmov)")
+                if header_bytes > _MP4_MAX_HEADER_BYTES:
+                    raise _too_much_header(header_bytes)
+    except OSError as exc:
+        raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
+
+
+def _check_signature(head: bytes, stripped: bytes, demuxer: str) -> None:
+    """Refuse a file whose first bytes (``_leading_bytes``) are not those of
+    the format FFmpeg found in it.
 
     FFmpeg's MP3, AAC, AC-3 and MPEG-TS probes look for frames anywhere in the
     first megabyte, so a PDF, web page, image or zip with a song appended (a
     polyglot) is found to be "mp3". Requiring the format's own signature at the
     start means content, not a stray sync word, decides the type.
     """
-    try:
-        head, stripped = _leading_bytes(path)
-    except OSError as exc:
-        raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
     check = _SIGNATURES.get(demuxer)
     if check is not None:
         ok = check(head)
@@ -743,6 +935,7 @@ def probe(
     path = os.fspath(path)
     _check_id3(path)
     deadline = _Deadline(_PROBE_SECONDS)
+    _check_boxes(path, deadline)
     try:
         with _open(path, deadline) as container:
             stream = _audio_stream(container)

@@ -6,6 +6,10 @@
   FFmpeg escapes PRIV frames byte by byte (20 MB: 3 s and 240 MB of memory),
   inflates compressed frames (a 0.3 MB upload: 4 s and 900 MB) and loops over
   every frame. Refused before FFmpeg opens the file.
+- MP4/MOV box structures are checked first too (``audio._check_boxes``,
+  top-level box headers plus the header boxes): a 160 MB sample table costs
+  FFmpeg 350 MB, a compressed moov inflates 1000:1, millions of boxes cost
+  seconds. Refused before FFmpeg opens the file.
 - A time budget (``audio._PROBE_SECONDS``) for the rest: FFmpeg's header
   parsers walk structures of any count (an empty WAV chunk or MP4 box is about
   a microsecond; 200 MB holds millions) and ``probesize``/``analyzeduration``
@@ -131,18 +135,34 @@ def wav_many_chunks(megabytes: int) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
-def mp4_many_boxes(megabytes: int) -> bytes:
-    """clip4.m4a (ftyp, free, mdat, moov) with millions of empty ``free`` boxes
-    before ``moov``: the sample offsets still point into ``mdat``."""
+def clip4_boxes() -> list[bytes]:
+    """clip4.m4a's top-level boxes: ftyp, free, mdat, moov (moov last, so
+    anything may go between them: the sample offsets still point into mdat)."""
     data = (SPEECH / "clip4.m4a").read_bytes()
     offset, boxes = 0, []
     while offset < len(data):
-        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        boxes.append((kind, data[offset : offset + size]))
+        size = struct.unpack(">I", data[offset : offset + 4])[0]
+        boxes.append(data[offset : offset + size])
         offset += size
-    assert [kind for kind, _ in boxes] == [b"ftyp", b"free", b"mdat", b"moov"]
-    padding = b"\0\0\0\x08free" * (megabytes * MB // 8)
-    return b"".join(box for _, box in boxes[:3]) + padding + boxes[3][1]
+    assert [box[4:8] for box in boxes] == [b"ftyp", b"free", b"mdat", b"moov"]
+    return boxes
+
+
+def box(kind: bytes, body: bytes = b"", *, size: int | None = None) -> bytes:
+    return struct.pack(">I", 8 + len(body) if size is None else size) + kind + body
+
+
+def mp4_many_boxes(megabytes: int) -> bytes:
+    """clip4.m4a with millions of empty top-level ``free`` boxes before ``moov``."""
+    ftyp, free, mdat, moov = clip4_boxes()
+    return ftyp + free + mdat + box(b"free") * (megabytes * MB // 8) + moov
+
+
+def mp4_nested_boxes(megabytes: int) -> bytes:
+    """clip4.m4a whose moov starts with millions of empty ``free`` children:
+    few top-level boxes, a moov under the size bound, slow for FFmpeg."""
+    ftyp, free, mdat, moov = clip4_boxes()
+    return ftyp + free + mdat + box(b"moov", box(b"free") * (megabytes * MB // 8) + moov[8:])
 
 
 def _crc_table() -> np.ndarray:
@@ -225,7 +245,7 @@ def sparse(path: Path, parts: list[bytes | int]) -> Path:
 
 SLOW = {
     "wav-many-chunks.wav": lambda: wav_many_chunks(24),
-    "mp4-many-boxes.m4a": lambda: mp4_many_boxes(16),
+    "mp4-many-nested-boxes.m4a": lambda: mp4_nested_boxes(16),
 }
 
 
@@ -242,7 +262,10 @@ def test_files_slow_to_parse_stop_at_the_budget(
     assert (answer.status, answer.code) == (422, "audio_decode_failed")
     assert "took more than 0.25 s to read" in answer.message
     assert answer.errors == {"max_probe_seconds": small_budget}
-    assert read < path.stat().st_size / 2, (read, path.stat().st_size)
+    # The box check reads the moov once (to find compressed headers); FFmpeg
+    # then reads part of it.
+    scanned = path.stat().st_size - sum(map(len, clip4_boxes()[:3])) if "mp4" in name else 0
+    assert read - scanned < path.stat().st_size / 2, (read, scanned, path.stat().st_size)
     # FFmpeg was told: the open carries the budget as its timeout.
     assert opened and all(0 < call["timeout"] <= small_budget for call in opened)
 
@@ -463,6 +486,241 @@ def test_private_data_hidden_behind_padding_or_a_fake_header_is_found(tmp_path: 
     path = sparse(tmp_path / "overlap.aac", [fake, tag, header, size, adts[cut:]])
     answer, _ = probe_counting(path)
     assert isinstance(answer, audio.AudioError) and "private (PRIV)" in answer.message, answer
+
+
+# --------------------------------------------------------------------------- MP4 boxes
+
+
+CONTAINERS = (b"moov", b"trak", b"mdia", b"minf", b"stbl")
+
+
+def children(body: bytes) -> list[tuple[bytes, bytes]]:
+    offset, found = 0, []
+    while offset < len(body):
+        size, kind = struct.unpack(">I4s", body[offset : offset + 8])
+        found.append((kind, body[offset + 8 : offset + size]))
+        offset += size
+    return found
+
+
+def with_sample_table(body: bytes, entries: int) -> list[bytes | int]:
+    """clip4's moov body with an ``stsz`` of ``entries`` sample sizes (a hole),
+    as parts for ``sparse``: what FFmpeg loads into memory at open."""
+    parts: list[bytes | int] = []
+    for kind, inner in children(body):
+        if kind == b"stsz":
+            table = struct.pack(">III", 0, 0, entries)
+            parts += [box(kind, table, size=8 + len(table) + 4 * entries), 4 * entries]
+        elif kind in CONTAINERS:
+            nested = with_sample_table(inner, entries)
+            length = sum(p if isinstance(p, int) else len(p) for p in nested)
+            parts += [struct.pack(">I", 8 + length) + kind, *nested]
+        else:
+            parts.append(box(kind, inner))
+    return parts
+
+
+def big_sample_table(megabytes: float) -> list[bytes | int]:
+    """clip4.m4a whose moov holds a ``megabytes`` sample table (a hole)."""
+    ftyp, free, mdat, moov = clip4_boxes()
+    return [ftyp + free + mdat, *with_sample_table(moov, int(megabytes * MB) // 4)]
+
+
+def cmov(body: bytes, declared: int | None = None) -> bytes:
+    """A compressed movie header (QuickTime's cmov) holding ``body``."""
+    size = len(body) if declared is None else declared
+    packed = struct.pack(">I", size) + zlib.compress(body, 9)
+    return box(b"moov", box(b"cmov", box(b"dcom", b"zlib") + box(b"cmvd", packed)))
+
+
+def test_a_huge_sample_table_is_refused_before_ffmpeg(
+    tmp_path: Path, opened: list[dict[str, Any]]
+) -> None:
+    """33 MB of sample sizes in the moov (FFmpeg: about 80 MB of memory at
+    open; 160 MB took 350 MB). Refused from the box headers alone: the walk
+    does not even read the table."""
+    path = sparse(tmp_path / "table.m4a", big_sample_table(33))
+    answer, read = probe_counting(path)
+    assert isinstance(answer, audio.AudioError), answer
+    assert (answer.status, answer.code) == (422, "audio_decode_failed")
+    assert "header boxes (moov and the like) hold 33.0 MB or more" in answer.message
+    assert "the limit is 32 MB" in answer.message and "re-encode it" in answer.message
+    assert answer.errors == {"header_mb": 33.0, "max_header_mb": 32.0}
+    assert opened == []
+    assert read < 1 * MB
+
+
+def test_a_huge_moov_gets_a_clear_422_through_the_api(tmp_path: Path, queued_app: Flask) -> None:
+    client = queued_app.test_client()
+    headers = register_and_login(client)
+    path = sparse(tmp_path / "table.m4a", big_sample_table(33))
+    response = client.post(
+        "/api/v1/transcriptions",
+        data={"file": (io.BytesIO(path.read_bytes()), "song.m4a", "audio/mp4")},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 422, response.json
+    assert response.json["code"] == "audio_decode_failed"
+    assert "hold 33.0 MB or more; the limit is 32 MB" in response.json["message"]
+    assert response.json["errors"] == {"header_mb": 33.0, "max_header_mb": 32.0}
+    assert client.get("/api/v1/jobs", headers=headers).json["items"] == []
+    data_dir = Path(queued_app.config["DATA_DIR"])
+    left = [p for folder in ("tmp", "jobs") for p in (data_dir / folder).rglob("*") if p.is_file()]
+    assert left == []
+
+
+def test_compressed_movie_headers_count_inflated(
+    tmp_path: Path, opened: list[dict[str, Any]]
+) -> None:
+    """FFmpeg inflates a cmov into memory at its declared size, then parses
+    it (which can hold another cmov): a 0.5 MB upload took 1.1 GB."""
+    ftyp, free, mdat, moov = clip4_boxes()
+    real = tmp_path / "compressed.m4a"
+    real.write_bytes(ftyp + free + mdat + cmov(moov[8:]))
+    answer, _ = probe_counting(real)
+    assert isinstance(answer, audio.AudioInfo), answer  # a real compressed header still works
+    assert answer.codec == "aac" and answer.duration == pytest.approx(5.29, abs=0.01)
+
+    padded = moov[8:] + box(b"free", bytes(40 * MB))  # inflates to 40 MB
+    bomb = tmp_path / "bomb.m4a"
+    bomb.write_bytes(ftyp + free + mdat + cmov(padded))
+    nested = tmp_path / "nested.m4a"
+    nested.write_bytes(ftyp + free + mdat + cmov(cmov(padded)[8:]))
+    for path in (bomb, nested):
+        assert path.stat().st_size < 1 * MB
+        opened.clear()
+        answer, _ = probe_counting(path)
+        assert isinstance(answer, audio.AudioError), (path.name, answer)
+        assert (answer.status, answer.code) == (422, "audio_decode_failed")
+        assert "hold 40." in answer.message and "the limit is 32 MB" in answer.message
+        assert opened == []
+
+
+def test_millions_of_top_level_boxes_are_refused_before_ffmpeg(
+    tmp_path: Path, opened: list[dict[str, Any]]
+) -> None:
+    """2 million empty boxes (24 s for FFmpeg unbounded): the walk stops
+    after 250,000, having read 2 MB of the 16."""
+    path = tmp_path / "boxes.m4a"
+    path.write_bytes(mp4_many_boxes(16))
+    answer, read = probe_counting(path)
+    assert isinstance(answer, audio.AudioError), answer
+    assert (answer.status, answer.code) == (422, "audio_decode_failed")
+    assert "more than 250000 boxes" in answer.message
+    assert opened == []
+    assert read < 4 * MB
+
+
+def broken_chains() -> dict[str, bytes]:
+    ftyp, free, mdat, moov = clip4_boxes()
+    rest = free + mdat + moov
+    end = len(ftyp + rest)
+    return {
+        "box-smaller-than-its-header": ftyp + box(b"abcd", size=4) + rest,
+        "mdat-past-the-end": ftyp + free + struct.pack(">I", end) + mdat[4:] + moov,
+        "moov-past-the-end": ftyp + free + mdat + struct.pack(">I", len(moov) + 1) + moov[4:],
+        "64-bit-size-too-small": ftyp + struct.pack(">I4sQ", 1, b"abcd", 8) + rest,
+        "uuid-shorter-than-its-header": ftyp + box(b"uuid", bytes(8)) + rest,
+        "ends-inside-a-header": ftyp + free + mdat + moov[:5],
+        "garbage-after-ftyp": ftyp + np.random.default_rng(7).bytes(64 * 1024),
+        "zero-size-box-swallows-the-moov": ftyp + free + struct.pack(">I", 0) + mdat[4:] + moov,
+        "zero-bytes-after-ftyp": ftyp + bytes(64 * 1024),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(broken_chains()))
+def test_broken_box_chains_are_refused_cleanly(
+    tmp_path: Path, name: str, opened: list[dict[str, Any]]
+) -> None:
+    """Boxes that do not tile the file before the moov and mdat are found:
+    refused by the walk (a clear 422, FFmpeg never called), or, when the
+    chain is valid but holds no usable moov (a size-0 box runs to the end of
+    the file), by FFmpeg with the same 422."""
+    path = tmp_path / f"{name}.m4a"
+    path.write_bytes(broken_chains()[name])
+    answer, _ = probe_counting(path)
+    assert isinstance(answer, audio.AudioError), answer
+    assert (answer.status, answer.code) == (422, "audio_decode_failed"), answer.message
+    if name.startswith("zero-"):
+        assert "damaged or truncated" in answer.message
+    else:
+        assert answer.message.startswith("The MP4 file is damaged or truncated: it ")
+        assert opened == []
+
+
+def write_mp4(path: Path, **options: str) -> Path:
+    """A second of AAC in MP4, with the muxer's ``options`` (movflags)."""
+    with av.open(str(path), "w", format="mp4", options=options) as out:
+        stream = out.add_stream("aac", rate=44100)
+        stream.layout = "mono"
+        tone = np.sin(np.arange(44100) / 10).astype(np.float32)[None, :]
+        for start in range(0, 44100 - 1024, 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(tone[:, start : start + 1024]), format="fltp", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 44100, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def test_real_box_layouts_pass_the_box_check(tmp_path: Path) -> None:
+    """What muxers and phones write: moov first or last, fragments (a moof
+    per frame), 64-bit sizes, uuid boxes, a trailer after the boxes (some
+    phones append one). The check reads little."""
+    ftyp, free, mdat, moov = clip4_boxes()
+    mdat64 = struct.pack(">I4sQ", 1, b"mdat", len(mdat) + 8) + mdat[8:]  # in free + mdat's place
+    uuid = box(b"uuid", bytes(16) + b"XMP data")
+    files = {
+        "clip4.m4a": SPEECH / "clip4.m4a",
+        "faststart.m4a": write_mp4(tmp_path / "faststart.m4a", movflags="faststart"),
+        "fragmented.mp4": write_mp4(
+            tmp_path / "fragmented.mp4", movflags="frag_keyframe+empty_moov+frag_every_frame"
+        ),
+    }
+    for name, data in {
+        "mdat-64.m4a": ftyp + mdat64 + moov,
+        "uuid.m4a": ftyp + free + mdat + uuid + moov,
+        "trailer.m4a": ftyp + free + mdat + moov + b"SEFH" + bytes(200) + b"SEFT",
+    }.items():
+        files[name] = tmp_path / name
+        files[name].write_bytes(data)
+    for name, path in files.items():
+        answer, read = probe_counting(path)
+        assert isinstance(answer, audio.AudioInfo), (name, answer)
+        assert answer.codec == "aac" and answer.duration > 0.9, (name, answer)
+        assert read < 1 * MB, name
+    # Boxes after an ID3 tag are walked from its end, as FFmpeg reads them
+    # (this file's sample offsets are then wrong, so only the walk is tried).
+    tagged = tmp_path / "id3.m4a"
+    tagged.write_bytes(id3_tag(id3_frame(b"TIT2", b"\0title")) + ftyp + free + mdat + moov)
+    audio._check_boxes(str(tagged))
+    tagged.write_bytes(id3_tag(id3_frame(b"TIT2", b"\0title")) + ftyp + free + mdat + moov[:-1])
+    with pytest.raises(audio.AudioError, match="moov"):
+        audio._check_boxes(str(tagged))
+
+
+def test_a_file_not_starting_like_mp4_is_not_read_as_mp4(
+    tmp_path: Path, opened: list[dict[str, Any]]
+) -> None:
+    """FFmpeg's mov demuxer takes a file for a known box anywhere near its
+    start, then parses every box from the first: an unknown first box used to
+    get a huge moov parsed before the signature check refused the file. Such
+    files are now not offered to that demuxer at all."""
+    parts = [box(b"abcd", bytes(8)), *big_sample_table(40)]
+    path = sparse(tmp_path / "disguised.m4a", parts)
+    answer, _ = probe_counting(path)
+    assert isinstance(answer, audio.AudioError), answer
+    assert answer.status == 415
+    assert opened and all(
+        "mov" not in call["container_options"]["format_whitelist"].split(",") for call in opened
+    )
+    opened.clear()
+    assert audio.probe(SPEECH / "clip4.m4a").codec == "aac"
+    assert "mov" in opened[0]["container_options"]["format_whitelist"].split(",")
 
 
 # --------------------------------------------------------------------------- quick already
