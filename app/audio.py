@@ -437,16 +437,7 @@ def _leading_bytes(path: str) -> tuple[bytes, bytes]:
         offset = _after_id3(handle)
         handle.seek(offset)
         head = handle.read(_HEAD_BYTES)
-        start = offset
-        handle.seek(offset)
-        while start - offset < _MAX_ZERO_PADDING:
-            chunk = handle.read(4096)
-            if not chunk:
-                break
-            rest = chunk.lstrip(b"\x00")
-            start += len(chunk) - len(rest)
-            if rest:
-                break
+        start = offset + _zero_run(handle.fileno(), offset, _MAX_ZERO_PADDING)
         handle.seek(start)
         return head, handle.read(_HEAD_BYTES)
 

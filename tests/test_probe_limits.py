@@ -404,10 +404,10 @@ def adts_boundary(adts: bytes, frames: int) -> int:
     return at
 
 
-def adts_frames() -> bytes:
-    """A second of AAC in ADTS (raw .aac)."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="adts") as out:
+def encode_aac(target: Any, container: str, **options: str) -> None:
+    """A second of a mono AAC tone into ``target`` (a path or a buffer), in
+    ``container`` with the muxer's ``options``."""
+    with av.open(target, "w", format=container, options=options) as out:
         stream = out.add_stream("aac", rate=44100)
         stream.layout = "mono"
         tone = np.sin(np.arange(44100) / 10).astype(np.float32)[None, :]
@@ -420,6 +420,12 @@ def adts_frames() -> bytes:
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
+
+
+def adts_frames() -> bytes:
+    """A second of AAC in ADTS (raw .aac)."""
+    buffer = io.BytesIO()
+    encode_aac(buffer, "adts")
     return buffer.getvalue()
 
 
@@ -651,19 +657,7 @@ def test_broken_box_chains_are_refused_cleanly(
 
 def write_mp4(path: Path, **options: str) -> Path:
     """A second of AAC in MP4, with the muxer's ``options`` (movflags)."""
-    with av.open(str(path), "w", format="mp4", options=options) as out:
-        stream = out.add_stream("aac", rate=44100)
-        stream.layout = "mono"
-        tone = np.sin(np.arange(44100) / 10).astype(np.float32)[None, :]
-        for start in range(0, 44100 - 1024, 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(tone[:, start : start + 1024]), format="fltp", layout="mono"
-            )
-            frame.sample_rate, frame.pts = 44100, start
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+    encode_aac(str(path), "mp4", **options)
     return path
 
 
