@@ -113,6 +113,11 @@ _OPEN_OPTIONS_NO_MOV = {
     "format_whitelist": ",".join(d for d in _DEMUXERS.split(",") if d != "mov"),
     "protocol_whitelist": "file",
 }
+# FFmpeg's wav demuxer re-probes 16-bit PCM for a bitstream carried in it (AC-3
+# or DTS over S/PDIF, MP3): it runs every demuxer's probe over buffers doubling
+# up to 1 MB, 45 ms per WAV upload of any length. Such a bitstream starts with
+# the samples, so the first 32 KB find it as well (1.6 ms).
+_WAV_PROBESIZE = "32768"
 
 # FFmpeg names some demuxers after a family; clients expect the usual name.
 _FORMAT_NAMES = {"mov": "mp4"}
@@ -305,6 +310,8 @@ def _open(path: str, deadline: _Deadline | None = None) -> av.container.InputCon
     except OSError as exc:
         raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
     options = _OPEN_OPTIONS if _SIGNATURES["mov"](head) else _OPEN_OPTIONS_NO_MOV
+    if _SIGNATURES["wav"](head):
+        options = {**options, "probesize": _WAV_PROBESIZE}
     timeout = None if deadline is None else deadline.remaining()
     try:
         container = av.open(path, "r", container_options=options, timeout=timeout)

@@ -33,6 +33,7 @@ from typing import Any
 import av
 import numpy as np
 import pytest
+import soundfile as sf
 from flask import Flask
 
 from app import audio
@@ -789,3 +790,45 @@ def test_a_wav_with_a_150_mb_fmt_chunk(tmp_path: Path) -> None:
     assert isinstance(answer, audio.AudioInfo), answer
     assert (answer.sample_rate, answer.channels, answer.duration) == (16000, 1, 1.0)
     assert read < 1 * MB
+
+
+def test_a_pcm_wav_is_not_read_through_for_a_hidden_bitstream(tmp_path: Path) -> None:
+    """FFmpeg re-probes 16-bit PCM for AC-3/DTS/MP3 carried in it, over up to
+    1 MB by default; the probe limits that to the first 32 KB (what is read,
+    not how long it takes: it was about 1 MB and 45 ms per WAV upload)."""
+    path = tmp_path / "thirty-seconds.wav"
+    samples = (np.sin(np.arange(44100 * 30) / 7) * 0.2).astype(np.float32)
+    sf.write(path, np.stack([samples, samples], axis=1), 44100, subtype="PCM_16")
+    answer, read = probe_counting(path)
+    assert isinstance(answer, audio.AudioInfo), answer
+    assert (answer.codec, answer.sample_rate, answer.channels) == ("pcm_s16le", 44100, 2)
+    assert answer.duration == pytest.approx(30.0)
+    assert read < 256 * 1024
+
+
+def test_ac3_over_spdif_in_a_wav_is_still_found(tmp_path: Path) -> None:
+    """A WAV whose 16-bit samples carry AC-3 (IEC 61937, as on a DVD rip) is
+    read as the AC-3 it carries, not as noise-like PCM."""
+    spdif = io.BytesIO()
+    with av.open(spdif, "w", format="spdif") as out:
+        stream = out.add_stream("ac3", rate=48000)
+        stream.layout = "stereo"
+        tone = (np.sin(np.arange(48000 * 3) / 10) * 0.3).astype(np.float32)
+        for start in range(0, tone.size - 1536, 1536):
+            block = np.ascontiguousarray(np.stack([tone[start : start + 1536]] * 2))
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, start
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    path = tmp_path / "ac3-in.wav"
+    words = np.frombuffer(spdif.getvalue(), dtype="<i2").reshape(-1, 2)
+    sf.write(path, words, 48000, subtype="PCM_16")
+    info = audio.probe(path, **LIMITS)
+    assert (info.format, info.codec, info.sample_rate, info.channels) == ("wav", "ac3", 48000, 2)
+    samples, rate = audio.decode(path)
+    assert rate == 48000 and samples.shape[0] == 2
+    assert samples.shape[1] == pytest.approx(48000 * 3, rel=0.02)
+    # A tone, not the bitstream played as samples (which would be near full scale).
+    assert 0.2 < float(np.abs(samples).max()) < 0.4
