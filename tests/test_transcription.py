@@ -269,3 +269,29 @@ def test_openai_route_answers_202_when_the_job_outlasts_the_wait(
     assert response.json["status"] == "queued"
     assert response.headers["Location"] == response.json["url"]
     assert client.get(response.json["url"], headers=headers).json["kind"] == "transcription"
+
+
+def test_numpy_blas_runs_single_threaded_while_whisper_transcribes() -> None:
+    """numpy's OpenBLAS threads spin between calls and slow CTranslate2 on a
+    small machine; the engine keeps them to one for the transcription and puts
+    the process's setting back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from app import audio
+    from app.models import whisper_engine
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("numpy is linked to no BLAS threadpoolctl knows: nothing to limit")
+    model = whisper_engine.load("tiny.en", {"MODELS_DIR": "/nonexistent"}, "cpu", "int8")
+    samples, _ = audio.decode(SPEECH / "clip2.flac", sample_rate=16000, channels=1)
+    seen: list[list[int]] = []
+    result = whisper_engine.transcribe(
+        model, samples[0], {"beam_size": 1}, lambda _f: seen.append(blas_threads())
+    )
+    assert wer(REFERENCES["clip2.flac"], result["text"]) < 0.25
+    assert seen and all(threads == [1] * len(before) for threads in seen), seen
+    assert blas_threads() == before
