@@ -49,3 +49,14 @@ def on_starting(server: Any) -> None:
 
     path = setup_multiprocess()
     server.log.info("Prometheus multiprocess directory: %s", path)
+
+
+def post_worker_init(worker: Any) -> None:
+    """Start the fork server that probes uploads (app/isolated.py) as the worker
+    boots, so the first upload does not wait ~1 s for its imports."""
+    from app.env import env_bool
+
+    if env_bool("PROBE_ISOLATION", True):
+        from app import isolated
+
+        isolated.warm_up()

@@ -39,6 +39,7 @@ made of millions of boxes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -60,6 +61,8 @@ import soundfile as sf
 import soxr
 
 from app.errors import ServiceError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BIT_DEPTHS",
@@ -918,6 +921,7 @@ def probe(
     *,
     max_seconds: float | None = None,
     max_bytes: float | None = None,
+    budget_seconds: float | None = None,
 ) -> AudioInfo:
     """Check an upload is usable audio before a job is accepted for it.
 
@@ -928,11 +932,12 @@ def probe(
     file). Only the first audio track is used, here and when decoding.
     Durations come from headers and may be estimates or lies; ``decode``
     enforces the same limits again on the samples actually decoded. A file
-    that takes more than ``_PROBE_SECONDS`` to get through is refused (422).
+    that takes more than ``budget_seconds`` (``_PROBE_SECONDS``) to get
+    through is refused (422). ``probe_isolated`` runs this in a child process.
     """
     path = os.fspath(path)
     _check_id3(path)
-    deadline = _Deadline(_PROBE_SECONDS)
+    deadline = _Deadline(_PROBE_SECONDS if budget_seconds is None else budget_seconds)
     _check_boxes(path, deadline)
     try:
         with _open(path, deadline) as container:
@@ -973,6 +978,69 @@ def probe(
     except _AV_ERRORS as exc:
         deadline.check()  # a read interrupted by the timeout
         raise _broken(f"The audio file could not be read ({exc.__class__.__name__}).") from exc
+
+
+# Beyond the probe's own budget, how long the parent waits for the child (its
+# start, and a loaded machine) before killing it; and the child's CPU limit.
+_CHILD_GRACE_SECONDS = 8.0
+_CHILD_CPU_SECONDS = 10
+
+
+def _probe_in_child(
+    path: str, max_seconds: float | None, max_bytes: float | None, budget_seconds: float
+) -> AudioInfo:
+    try:
+        return probe(
+            path, max_seconds=max_seconds, max_bytes=max_bytes, budget_seconds=budget_seconds
+        )
+    except AudioError as exc:
+        if isinstance(exc.__cause__, MemoryError):  # FFmpeg's ENOMEM, at the limit
+            raise MemoryError from None
+        raise
+
+
+def probe_isolated(
+    path: str | os.PathLike[str],
+    *,
+    max_seconds: float | None = None,
+    max_bytes: float | None = None,
+    memory_mb: int,
+) -> AudioInfo:
+    """``probe`` in a child process with at most ``memory_mb`` of memory.
+
+    Uploads come from anyone, and FFmpeg's parsers are C: a file that crashes
+    one, or makes it buffer hundreds of MB, costs the child, not the API
+    process and its other requests. Either way the client gets a 422.
+    """
+    from app import isolated
+
+    budget = _PROBE_SECONDS
+    try:
+        return isolated.call(
+            _probe_in_child,
+            os.fspath(path),
+            max_seconds,
+            max_bytes,
+            budget,
+            timeout=budget + _CHILD_GRACE_SECONDS,
+            memory_bytes=memory_mb * _MB,
+            cpu_seconds=_CHILD_CPU_SECONDS,
+        )
+    except isolated.ChildOutOfMemory:
+        raise AudioError(
+            f"Reading the file's structure needs more than {memory_mb} MB of memory "
+            "(it is damaged or built to be costly to read); re-encode it and upload it again.",
+            code="audio_decode_failed",
+            errors={"max_probe_memory_mb": memory_mb},
+        ) from None
+    except isolated.ChildTimedOut:
+        raise _too_slow(budget) from None
+    except isolated.ChildFailed as exc:
+        log.warning("probing an upload failed in its child process: %s", exc)
+        raise _broken(
+            "The audio file could not be read: the decoder stopped on it (it is damaged "
+            "or malformed); re-encode it and upload it again."
+        ) from None
 
 
 def _frame_key(frame: av.AudioFrame) -> tuple[str, str, int]:

@@ -36,6 +36,10 @@ def from_environment() -> dict[str, Any]:
         "MAX_UPLOAD_MB": env_int("MAX_UPLOAD_MB", 200),
         "MAX_AUDIO_SECONDS": env_float("MAX_AUDIO_SECONDS", 1200.0),
         "MAX_DECODED_MB": env_int("MAX_DECODED_MB", 2048),
+        # Uploads are probed in a child process with this much memory at most
+        # (app/isolated.py); PROBE_ISOLATION=false probes in the API process.
+        "PROBE_ISOLATION": env_bool("PROBE_ISOLATION", True),
+        "PROBE_MEMORY_MB": env_int("PROBE_MEMORY_MB", 256),
         # No cross-origin browser access unless the operator lists origins;
         # `make run` (app/embedded.py) lists its own localhost addresses.
         "CORS_ORIGINS": env_list("CORS_ORIGINS", []),
@@ -139,6 +143,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     config["MAX_FORM_PARTS"] = 32
     # Float32 samples an upload may decode to at its own rate and channel count.
     config["MAX_DECODED_BYTES"] = int(config["MAX_DECODED_MB"]) * 1024 * 1024
+    if int(config["PROBE_MEMORY_MB"]) < 16:
+        raise RuntimeError("PROBE_MEMORY_MB must be at least 16 (MB)")
 
     config["JWT_ACCESS_TOKEN_EXPIRES"] = timedelta(minutes=int(config["JWT_ACCESS_MINUTES"]))
     config["JWT_REFRESH_TOKEN_EXPIRES"] = timedelta(days=int(config["JWT_REFRESH_DAYS"]))

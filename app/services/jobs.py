@@ -56,11 +56,14 @@ def store_upload(stream: IO[bytes], filename: str | None) -> tuple[Path, dict[st
     try:
         if size == 0:
             raise audio.AudioError("The uploaded file is empty.", code="empty_audio", status=422)
-        info = audio.probe(
-            path,
-            max_seconds=float(config["MAX_AUDIO_SECONDS"]),
-            max_bytes=config["MAX_DECODED_BYTES"],
-        )
+        limits = {
+            "max_seconds": float(config["MAX_AUDIO_SECONDS"]),
+            "max_bytes": config["MAX_DECODED_BYTES"],
+        }
+        if config["PROBE_ISOLATION"]:
+            info = audio.probe_isolated(path, memory_mb=int(config["PROBE_MEMORY_MB"]), **limits)
+        else:
+            info = audio.probe(path, **limits)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
