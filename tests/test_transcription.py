@@ -123,6 +123,27 @@ def test_result_and_every_transcript_format(client: FlaskClient, auth_headers: d
     bad = client.get(f"{url}?format=docx", headers=auth_headers)
     assert bad.status_code == 422
 
+    # Line lengths: narrow one-line cues split at words, each line within the limit.
+    def cue_lines(body: str, times: str) -> list[list[str]]:
+        cues = [block.splitlines() for block in body.strip().split("\n\n")]
+        return [[line for line in cue if line and not re.search(times, line)] for cue in cues]
+
+    narrow = client.get(f"{url}?format=srt&max_line_chars=16&max_lines=1", headers=auth_headers)
+    assert narrow.status_code == 200
+    cues = [lines[1:] for lines in cue_lines(narrow.text, " --> ")]  # drop the cue number
+    assert len(cues) > len(cue_lines(srt.text, " --> "))
+    assert all(len(lines) == 1 and len(lines[0]) <= 16 for lines in cues), cues
+    assert wer(REFERENCES[name], " ".join(line for lines in cues for line in lines)) < 0.25
+    wide = client.get(f"{url}?format=vtt&max_line_chars=200&max_lines=4", headers=auth_headers)
+    assert len(cue_lines(wide.text, " --> ")[1:]) <= len(cue_lines(vtt.text, " --> ")[1:])
+    short_lrc = client.get(f"{url}?format=lrc&max_line_chars=12", headers=auth_headers).text
+    lyric_lines = [line[10:] for line in short_lrc.splitlines() if re.match(r"\[\d\d:", line)]
+    assert lyric_lines and all(len(line) <= 12 for line in lyric_lines), lyric_lines
+    for query in ("max_line_chars=5", "max_line_chars=201", "max_lines=0", "max_lines=x"):
+        refused = client.get(f"{url}?format=srt&{query}", headers=auth_headers)
+        assert refused.status_code == 422, query
+        assert refused.json["code"] == "validation_error", refused.json
+
 
 def test_options_are_validated(client: FlaskClient, auth_headers: dict) -> None:
     clip = (SPEECH / "clip1.mp3").read_bytes()
@@ -133,6 +154,14 @@ def test_options_are_validated(client: FlaskClient, auth_headers: dict) -> None:
         "compute_type": {"compute_type": "int4"},
         "model": {"model": "whisper-9000"},
         "separation_model": {"separation_model": "htdemucs"},  # without isolate_vocals
+        # Needs word timestamps (faster-whisper ignores it otherwise).
+        "hallucination_silence_threshold": {"hallucination_silence_threshold": 2},
+        "no_speech_threshold": {"no_speech_threshold": 1.5},
+        "log_prob_threshold": {"log_prob_threshold": 1},
+        "compression_ratio_threshold": {"compression_ratio_threshold": 0.5},
+        "repetition_penalty": {"repetition_penalty": 0.5},
+        "no_repeat_ngram_size": {"no_repeat_ngram_size": 11},
+        "hotwords": {"hotwords": "x" * 1001},
     }
     for field, form in cases.items():
         payload = {"file": (io.BytesIO(clip), "c.mp3"), **{k: str(v) for k, v in form.items()}}
@@ -142,6 +171,40 @@ def test_options_are_validated(client: FlaskClient, auth_headers: dict) -> None:
         )  # fmt: skip
         assert response.status_code == 422, (field, response.json)
         assert field in response.json["errors"], (field, response.json)
+
+
+def test_decoding_options_reach_faster_whisper(
+    client: FlaskClient, auth_headers: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from faster_whisper import WhisperModel
+
+    received: list[dict] = []
+    real = WhisperModel.transcribe
+
+    def spy(self: WhisperModel, audio: object, **options: object) -> object:
+        received.append(options)
+        return real(self, audio, **options)
+
+    monkeypatch.setattr(WhisperModel, "transcribe", spy)
+    options = {
+        "hotwords": "stream rhythm",
+        "no_speech_threshold": 0.5,
+        "log_prob_threshold": -1.5,
+        "compression_ratio_threshold": 2.2,
+        "repetition_penalty": 1.1,
+        "no_repeat_ngram_size": 3,
+        "hallucination_silence_threshold": 2.0,
+    }
+    name = "clip2.flac"
+    job = _submit(
+        client, auth_headers, (SPEECH / name).read_bytes(), name, word_timestamps=True, **options
+    )
+    job = client.get(job["url"], headers=auth_headers).json
+    assert job["status"] == "succeeded", job
+    assert wer(REFERENCES[name], job["result"]["text"]) < 0.25
+    assert {key: job["params"][key] for key in options} == options
+    assert len(received) == 1
+    assert {key: received[0][key] for key in options} == options
 
 
 def test_language_detection_and_model_reuse(client: FlaskClient, auth_headers: dict) -> None:

@@ -526,6 +526,19 @@ class TranscriptQuerySchema(Schema):
     download = fields.Boolean(
         load_default=False, metadata={"description": "Send as an attachment."}
     )
+    max_line_chars = fields.Integer(
+        load_default=42,
+        validate=validate.Range(min=10, max=200),
+        metadata={
+            "description": "Characters per subtitle line (srt, vtt) and per LRC line; longer "
+            "segments are split at word boundaries, with word times when the job has them."
+        },
+    )
+    max_lines = fields.Integer(
+        load_default=2,
+        validate=validate.Range(min=1, max=4),
+        metadata={"description": "Lines per subtitle cue (srt, vtt)."},
+    )
 
 
 @blp.route("/<job_id>/transcript", methods=["GET"])
@@ -542,10 +555,11 @@ def get_transcript(query: dict[str, Any], job_id: str) -> Response:
     if "segments" not in (job.result or {}):
         raise ServiceError("This job has no transcript.", code="not_a_transcript", status=409)
     fmt = query["format"]
+    width, lines = query["max_line_chars"], query["max_lines"]
     if fmt == "lrc_words":  # enhanced LRC: a time tag before every word
-        body, fmt = transcripts.render_enhanced_lrc(job.result or {}), "lrc"
+        body, fmt = transcripts.render_enhanced_lrc(job.result or {}, max_line_chars=width), "lrc"
     else:
-        body = transcripts.render(job.result or {}, fmt)
+        body = transcripts.render(job.result or {}, fmt, max_line_chars=width, max_lines=lines)
     response = Response(body, content_type=transcripts.CONTENT_TYPES[fmt])
     if query["download"]:
         stem = (job.input or {}).get("filename", "audio").rsplit(".", 1)[0][:80] or "audio"

@@ -73,7 +73,44 @@ class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
         validate=validate.Length(max=1000),
         metadata={"description": "Vocabulary hints, e.g. names or lyrics lines."},
     )
+    hotwords = fields.String(
+        validate=validate.Length(max=1000),
+        metadata={
+            "description": "Words or phrases to expect (names, a song title), given to the "
+            "decoder in every 30 s window, unlike initial_prompt which only starts it."
+        },
+    )
     beam_size = fields.Integer(load_default=5, validate=validate.Range(min=1, max=10))
+    no_speech_threshold = fields.Float(
+        validate=validate.Range(min=0.0, max=1.0),
+        metadata={"description": "A window whose no-speech probability is above this (and whose "
+                  "text is unlikely) is silence (default 0.6)."},
+    )  # fmt: skip
+    log_prob_threshold = fields.Float(
+        validate=validate.Range(min=-20.0, max=0.0),
+        metadata={"description": "Decode again at a higher temperature when the average log "
+                  "probability is below this (default -1.0)."},
+    )  # fmt: skip
+    compression_ratio_threshold = fields.Float(
+        validate=validate.Range(min=1.0, max=10.0),
+        metadata={"description": "Decode again when the text compresses better than this: "
+                  "repeated lines (default 2.4)."},
+    )  # fmt: skip
+    repetition_penalty = fields.Float(
+        validate=validate.Range(min=1.0, max=2.0),
+        metadata={"description": "Above 1 penalises tokens already produced (default 1)."},
+    )
+    no_repeat_ngram_size = fields.Integer(
+        validate=validate.Range(min=0, max=10),
+        metadata={"description": "Never repeat a sequence of this many tokens (0: off)."},
+    )
+    hallucination_silence_threshold = fields.Float(
+        validate=validate.Range(min=0.1, max=30.0),
+        metadata={
+            "description": "Seconds: skip silences longer than this where the text looks "
+            "hallucinated (music between verses). Needs word_timestamps=true."
+        },
+    )
     condition_on_previous_text = fields.Boolean(load_default=True)
     compute_type = fields.String(
         load_default=None,
@@ -95,6 +132,10 @@ class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
     @validates_schema
     def _check_combinations(self, data: dict[str, Any], **_: Any) -> None:
         check_english_only(data)
+        if "hallucination_silence_threshold" in data and not data.get("word_timestamps"):
+            raise ValidationError(
+                "Only with word_timestamps=true.", "hallucination_silence_threshold"
+            )
         if data.get("separation_model") and not data.get("isolate_vocals"):
             raise ValidationError("Only with isolate_vocals=true.", "separation_model")
         if data.get("isolate_vocals"):

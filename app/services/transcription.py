@@ -23,6 +23,16 @@ VAD_FIELDS = {
     "vad_min_silence_duration_ms": "min_silence_duration_ms",
     "vad_speech_pad_ms": "speech_pad_ms",
 }
+# Decoding options passed to faster-whisper as they are, when given.
+DECODING_FIELDS = (
+    "hotwords",
+    "no_speech_threshold",
+    "log_prob_threshold",
+    "compression_ratio_threshold",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "hallucination_silence_threshold",
+)
 # Vocals for lyrics: only the source and its complement, as float so nothing clips.
 VOCALS_PARAMS = {
     "two_stems": "vocals",
@@ -62,6 +72,7 @@ def whisper_options(params: dict[str, Any]) -> dict[str, Any]:
         options["initial_prompt"] = params["initial_prompt"]
     if params.get("temperature") is not None:
         options["temperature"] = float(params["temperature"])
+    options.update({field: params[field] for field in DECODING_FIELDS if field in params})
     vad = {target: params[field] for field, target in VAD_FIELDS.items() if field in params}
     if vad:
         options["vad_parameters"] = vad
