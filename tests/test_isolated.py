@@ -7,13 +7,13 @@ name, and the fork server's children import their module (a light one).
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 
 from app import audio, isolated
 from tests.conftest import make_app, register_and_login
@@ -27,7 +27,7 @@ from tests.isolated_children import (
     spin,
 )
 from tests.test_probe_limits import ogg_one_long_packet
-from tests.test_upload_attacks import assert_nothing_kept, assert_refused
+from tests.test_upload_attacks import _upload, assert_nothing_kept, assert_refused
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 MB = 1 << 20
@@ -101,6 +101,10 @@ def test_calls_from_many_threads_at_once() -> None:
 # --------------------------------------------------------------------------- probe_isolated
 
 
+def transcribe(client: FlaskClient, headers: dict[str, str], data: bytes, name: str) -> Any:
+    return _upload(client, headers, data, name, "audio/*", endpoint="/api/v1/transcriptions")
+
+
 def test_the_probe_gives_the_same_answers_in_a_child() -> None:
     for path in sorted(SPEECH.glob("clip*")):
         assert audio.probe_isolated(path, memory_mb=256) == audio.probe(path), path.name
@@ -115,24 +119,13 @@ def test_an_upload_that_makes_ffmpeg_buffer_is_refused_at_the_memory_limit(
     app = make_app(tmp_path / "data", PROBE_MEMORY_MB=16)
     client = app.test_client()
     headers = register_and_login(client)
-    response = client.post(
-        "/api/v1/transcriptions",
-        data={"file": (io.BytesIO(ogg_one_long_packet(24)), "endless.opus")},
-        headers=headers,
-        content_type="multipart/form-data",
-    )
+    response = transcribe(client, headers, ogg_one_long_packet(24), "endless.opus")
     assert_refused(response, 422, "audio_decode_failed")
     assert "more than 16 MB of memory" in response.json["message"]
     assert response.json["errors"] == {"max_probe_memory_mb": 16}
     assert_nothing_kept(app)
     # The next upload is probed as usual.
-    clip = (SPEECH / "clip2.flac").read_bytes()
-    response = client.post(
-        "/api/v1/transcriptions",
-        data={"file": (io.BytesIO(clip), "clip2.flac")},
-        headers=headers,
-        content_type="multipart/form-data",
-    )
+    response = transcribe(client, headers, (SPEECH / "clip2.flac").read_bytes(), "clip2.flac")
     assert response.status_code == 202, response.json
     assert response.json["input"]["codec"] == "flac"
 
@@ -153,13 +146,7 @@ def test_a_probe_that_crashes_its_child_is_a_422(
     app = make_app(tmp_path / "data")
     client = app.test_client()
     headers = register_and_login(client)
-    clip = (SPEECH / "clip1.mp3").read_bytes()
-    response = client.post(
-        "/api/v1/transcriptions",
-        data={"file": (io.BytesIO(clip), "clip1.mp3")},
-        headers=headers,
-        content_type="multipart/form-data",
-    )
+    response = transcribe(client, headers, (SPEECH / "clip1.mp3").read_bytes(), "clip1.mp3")
     assert_refused(response, 422, "audio_decode_failed")
     assert "the decoder stopped on it" in response.json["message"]
     assert_nothing_kept(app)
@@ -173,10 +160,5 @@ def test_probe_isolation_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.M
     app = make_app(tmp_path / "data", PROBE_ISOLATION=False)
     client = app.test_client()
     headers = register_and_login(client)
-    response = client.post(
-        "/api/v1/transcriptions",
-        data={"file": (io.BytesIO((SPEECH / "clip1.mp3").read_bytes()), "clip1.mp3")},
-        headers=headers,
-        content_type="multipart/form-data",
-    )
+    response = transcribe(client, headers, (SPEECH / "clip1.mp3").read_bytes(), "clip1.mp3")
     assert response.status_code == 202, response.json
