@@ -1035,6 +1035,10 @@ def probe_isolated(
         ) from None
     except isolated.ChildTimedOut:
         raise _too_slow(budget) from None
+    except isolated.Unavailable as exc:
+        # This host's fault, not the file's: the upload is probed here instead.
+        log.error("upload probing cannot use a child process (%s): probing in-process", exc)
+        return probe(path, max_seconds=max_seconds, max_bytes=max_bytes, budget_seconds=budget)
     except isolated.ChildFailed as exc:
         log.warning("probing an upload failed in its child process: %s", exc)
         raise _broken(

@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 PRELOAD = ("app.audio", "av.subtitles.stream")
 
 
+class Unavailable(RuntimeError):
+    """No child could be had (the fork server does not start or answer): a
+    fault of this host, not of the call."""
+
+
 class ChildFailed(Exception):
     """The child ended without an answer: it crashed or was killed."""
 
@@ -69,6 +74,7 @@ class _Server:
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        command = server_command(theirs.fileno())
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
@@ -78,7 +84,7 @@ class _Server:
         }
         with theirs:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.isolated", str(theirs.fileno())],
+                command,
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -126,6 +132,11 @@ class _Server:
 _server = _Server()
 
 
+def server_command(control_fd: int) -> list[str]:
+    """How the fork server is started, told the number of its control socket."""
+    return [sys.executable, "-m", "app.isolated", str(control_fd)]
+
+
 def warm_up() -> None:
     """Start the fork server now rather than at the first call (~1 s of imports):
     gunicorn's ``post_worker_init`` calls this, so no upload waits for it."""
@@ -145,11 +156,15 @@ def call(
     ``ChildOutOfMemory`` past ``memory_bytes`` of new address space,
     ``ChildTimedOut`` past ``timeout`` seconds (the child is killed), and
     ``ChildFailed`` when the child ends without answering: a crash, or
-    ``cpu_seconds`` of CPU spent.
+    ``cpu_seconds`` of CPU spent. ``Unavailable`` when no child starts.
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with theirs:
-        _server.hand_over(theirs)
+    try:
+        with theirs:
+            _server.hand_over(theirs)
+    except OSError as exc:
+        ours.close()
+        raise Unavailable(f"the fork server cannot be reached ({exc})") from exc
     connection = Connection(ours.detach())
     pid: int | None = None
     try:
@@ -165,6 +180,8 @@ def call(
             _kill(pid)
         raise
     except (EOFError, OSError):
+        if pid is None:  # no child ever started on the call
+            raise Unavailable("the fork server gave no child for the call") from None
         raise ChildFailed("the child ended without answering (it crashed or was killed)") from None
     finally:
         connection.close()
@@ -183,10 +200,14 @@ def _kill(pid: int) -> None:
 # --------------------------------------------------------------------------- server side
 
 
-def _address_space() -> int:
-    """This process's virtual memory size, in bytes (what RLIMIT_AS counts)."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+def _address_space() -> int | None:
+    """This process's virtual memory size, in bytes (what RLIMIT_AS counts),
+    or None where /proc is not there to say."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _child(fd: int) -> None:
@@ -195,10 +216,11 @@ def _child(fd: int) -> None:
     connection.send(os.getpid())
     # A crashing parser leaves no core file (of someone's upload) behind.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if memory_bytes is not None:
+    mapped = _address_space()
+    if memory_bytes is not None and mapped is not None:
         # On top of what the child already maps (the interpreter and its
         # libraries), so the limit is the call's own.
-        limit = _address_space() + memory_bytes
+        limit = mapped + memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if cpu_seconds is not None:
         # Killed at the limit: loops inside C code that never come back to Python.

@@ -7,7 +7,9 @@ name, and the fork server's children import their module (a light one).
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -162,3 +164,21 @@ def test_probe_isolation_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.M
     headers = register_and_login(client)
     response = transcribe(client, headers, (SPEECH / "clip1.mp3").read_bytes(), "clip1.mp3")
     assert response.status_code == 202, response.json
+
+
+def test_without_a_fork_server_uploads_are_probed_in_process(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host where the fork server cannot run (it exits at once) still takes
+    uploads, probed in the API process, and says so in the log; the file is
+    not blamed."""
+    monkeypatch.setattr(isolated, "_server", isolated._Server())
+    monkeypatch.setattr(
+        isolated, "server_command", lambda _fd: [sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    with pytest.raises(isolated.Unavailable):
+        isolated.call(add, 1, 2, timeout=30)
+    clip = SPEECH / "clip1.mp3"
+    with caplog.at_level(logging.ERROR, logger="app.audio"):
+        assert audio.probe_isolated(clip, memory_mb=64) == audio.probe(clip)
+    assert "probing in-process" in caplog.text
