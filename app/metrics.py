@@ -32,7 +32,6 @@ import socket
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from flask import Flask
 from prometheus_client import (
@@ -302,12 +301,9 @@ class JobCollector:
 
     def _queue_of(self, kind: str) -> str:
         try:
-            from app.tasks import task_for_kind
+            from app.tasks import queue_for_kind
 
-            celery = self.app.extensions["celery"]
-            route = celery.amqp.router.route({}, task_for_kind(kind).name)
-            queue: Any = route.get("queue")
-            return str(getattr(queue, "name", queue) or celery.conf.task_default_queue)
+            return queue_for_kind(kind)
         except Exception:
             return "unknown"
 

@@ -161,3 +161,41 @@ def test_display_name_strips_directories_and_control_characters() -> None:
     assert display_name("a\tb\x00c.mp3") == "abc.mp3"
     assert display_name(None) == "upload"
     assert display_name("Ünïcødé song.flac") == "Ünïcødé song.flac"
+
+
+def test_queued_jobs_show_their_place_in_their_queue(queued_app: Flask, song_wav: bytes) -> None:
+    """Places count every user's jobs in the same Celery queue (karaoke shares
+    separation's, analysis transcription's), oldest first, and close up as
+    jobs ahead leave the queue."""
+    client = queued_app.test_client()
+    alice, bob = register_and_login(client), register_and_login(client)
+
+    def upload(headers: dict, route: str, **form: str) -> dict:
+        response = client.post(
+            f"/api/v1/{route}",
+            data={"file": (io.BytesIO(song_wav), "song.wav"), **form},
+            headers=headers,
+            content_type="multipart/form-data",
+        )
+        assert response.status_code == 202, response.json
+        return response.json
+
+    first = upload(alice, "separations", model="hpss")
+    second = upload(bob, "separations", model="hpss")
+    transcription = upload(alice, "transcriptions")
+    analysis = upload(bob, "analyses")
+    assert [first["queue_position"], second["queue_position"]] == [1, 2]
+    assert [transcription["queue_position"], analysis["queue_position"]] == [1, 2]
+
+    def place(headers: dict, job: dict) -> int | None:
+        return client.get(job["url"], headers=headers).json["queue_position"]
+
+    canceled = client.post(f"/api/v1/jobs/{first['id']}/cancel", headers=alice).json
+    assert canceled["status"] == "canceled" and canceled["queue_position"] is None
+    assert place(bob, second) == 1
+    assert place(bob, analysis) == 2
+    listed = client.get("/api/v1/jobs?status=queued", headers=bob).json["items"]
+    assert {job["id"]: job["queue_position"] for job in listed} == {
+        second["id"]: 1,
+        analysis["id"]: 2,
+    }

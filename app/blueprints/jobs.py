@@ -134,6 +134,17 @@ class JobSchema(Schema):
     )
     progress = fields.Float(metadata={"description": "0..1", "example": 0.42})
     stage = fields.String(allow_none=True, metadata={"example": "separating"})
+    queue_position = fields.Method(
+        "_queue_position",
+        allow_none=True,
+        metadata={
+            "type": "integer",
+            "nullable": True,
+            "description": "While queued: 1 is the next job to start in this job's queue when "
+            "a worker is free (every user's jobs count, as a number only); null otherwise.",
+            "example": 2,
+        },
+    )
     params = fields.Dict()
     input = fields.Nested(InputSchema, allow_none=True)
     result = fields.Method(
@@ -154,6 +165,9 @@ class JobSchema(Schema):
     )
     url = fields.Method("_url")
     events_url = fields.Method("_events_url")
+
+    def _queue_position(self, job: Job) -> int | None:
+        return job_service.queue_position(job)
 
     def _events_url(self, job: Job) -> str:
         return url_for("jobs.job_events", job_id=job.id)
@@ -398,6 +412,7 @@ def job_events(job_id: str) -> Response:
                 yield ": keepalive\n\n"
                 continue
             data = json.dumps(schema.dump(change.job), separators=(",", ":"), sort_keys=True)
+            db.session.close()  # queue_position read the database
             yield f"event: {change.event}\nid: {change.id}\ndata: {data}\n\n"
 
     response = Response(stream_with_context(generate()), mimetype="text/event-stream")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Task
 
 
@@ -16,3 +18,11 @@ def task_for_kind(kind: str) -> Task:
         "generation": generation.generate,
     }
     return tasks[kind]
+
+
+def queue_for_kind(kind: str) -> str:
+    """The Celery queue jobs of ``kind`` go to (``task_routes`` in app/config.py)."""
+    task = task_for_kind(kind)
+    route = task.app.amqp.router.route({}, task.name)
+    queue: Any = route.get("queue")
+    return str(getattr(queue, "name", queue) or task.app.conf.task_default_queue)
