@@ -317,10 +317,15 @@ def test_gunicorn_workers_share_one_set_of_metrics(tmp_path: Path) -> None:
         session = requests.Session()
         for _ in range(40):
             assert session.get(base + "/healthz", timeout=5).ok
-        # New connections, so both processes get to answer scrapes.
+        # New connections, so both processes get to answer scrapes: at least 12,
+        # and until both have (the second may still be booting when the first
+        # answers /healthz, more so on a busy machine).
         counts = set()
-        pids = set()
-        for _ in range(12):
+        pids: set[str] = set()
+        files: list[str] = []
+        scrapes, deadline = 0, time.monotonic() + 30
+        while scrapes < 12 or (len(pids) < 2 and time.monotonic() < deadline):
+            scrapes += 1
             response = requests.get(base + "/metrics", timeout=5, headers={"Connection": "close"})
             assert response.status_code == 200
             samples = parse(response.text)
@@ -333,8 +338,8 @@ def test_gunicorn_workers_share_one_set_of_metrics(tmp_path: Path) -> None:
                     status="200",
                 )
             )
-        files = sorted(p.name for p in (data / "metrics").glob("*.db"))
-        pids = {name.rsplit("-", 1)[-1] for name in files}
+            files = sorted(p.name for p in (data / "metrics").glob("*.db"))
+            pids = {name.rsplit("-", 1)[-1] for name in files}
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=40)
