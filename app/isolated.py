@@ -101,9 +101,20 @@ class _Server:
             self.process.wait()
         self.control = self.process = None
 
+    def _forget_inherited(self) -> None:
+        """In a process forked from the one that started the server (gunicorn
+        with preload_app): that server is the parent's; close our copy of its
+        control socket, so it still ends with the parent, and start our own."""
+        if self.pid is not None and self.pid != os.getpid():
+            if self.control is not None:
+                self.control.close()
+            self.control = self.process = None
+            self.pid = None
+
     def hand_over(self, end: socket.socket) -> None:
         """Give the server one end of a call's socket pair (starting it if needed)."""
         with self.lock:
+            self._forget_inherited()
             for attempt in (1, 2):
                 if (
                     self.pid != os.getpid()
@@ -125,11 +136,14 @@ class _Server:
 
     def warm_up(self) -> None:
         with self.lock:
-            if self.pid != os.getpid() or self.process is None:
+            self._forget_inherited()
+            if self.process is None:
                 self._start()
 
 
 _server = _Server()
+# A lock held by another thread at fork time would stay held in the child.
+os.register_at_fork(after_in_child=lambda: setattr(_server, "lock", threading.Lock()))
 
 
 def server_command(control_fd: int) -> list[str]:
@@ -170,7 +184,7 @@ def call(
     try:
         connection.send((func, args, memory_bytes, cpu_seconds))
         if not connection.poll(timeout):
-            raise ChildTimedOut(f"no answer within {timeout:g} s")
+            raise Unavailable(f"the fork server started no child within {timeout:g} s")
         pid = connection.recv()
         if not connection.poll(timeout):
             raise ChildTimedOut(f"no answer within {timeout:g} s")

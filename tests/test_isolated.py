@@ -182,3 +182,32 @@ def test_without_a_fork_server_uploads_are_probed_in_process(
     with caplog.at_level(logging.ERROR, logger="app.audio"):
         assert audio.probe_isolated(clip, memory_mb=64) == audio.probe(clip)
     assert "probing in-process" in caplog.text
+
+
+def test_a_forked_process_starts_its_own_fork_server() -> None:
+    """gunicorn with preload_app forks workers from a process that may have a
+    server already: each worker gets its own, and the parent keeps its."""
+    import select
+
+    isolated.warm_up()
+    assert isolated._server.process is not None
+    parents = isolated._server.process.pid
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked test process
+        ok = False
+        try:
+            ok = isolated.call(add, 2, 2, timeout=30) == 4
+            ok = ok and isolated._server.process is not None
+            ok = ok and isolated._server.process.pid != parents
+        finally:
+            os.write(writer, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(writer)
+    ready, _, _ = select.select([reader], [], [], 60)
+    answer = os.read(reader, 1) if ready else b"timeout"
+    os.close(reader)
+    os.waitpid(child, 0)
+    assert answer == b"1"
+    assert isolated.call(add, 1, 1, timeout=30) == 2
+    assert isolated._server.process is not None and isolated._server.process.pid == parents
