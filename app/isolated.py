@@ -7,8 +7,8 @@ moov of millions of boxes) would cost memory in proportion to the upload for
 each concurrent upload. In a child, a crash or a blow-up costs the child only
 and the client gets a clear answer.
 
-Children come from a fork server: ``python -m app.isolated``, started once per
-API process, imports ``app.audio`` and then forks a fresh single-threaded
+Children come from a fork server: a Python process started once per API
+process (``server_command``), which imports ``app.audio`` and then forks a fresh single-threaded
 child per call. Forking the API process itself is not safe (gunicorn's threads
 may hold locks at fork time) and a new interpreter per call costs ~1 s of
 imports; a fork server child answers in about 20 ms. multiprocessing's own
@@ -146,9 +146,23 @@ _server = _Server()
 os.register_at_fork(after_in_child=lambda: setattr(_server, "lock", threading.Lock()))
 
 
+# The server's entry: the ``app`` package without running app/__init__.py,
+# which imports Flask, SQLAlchemy and the API (54 MB more in every server, and
+# more to fork); the children need app.audio only.
+_BOOTSTRAP = """
+import sys, types
+package = types.ModuleType("app")
+package.__path__ = [sys.argv[1]]
+sys.modules["app"] = package
+from app.isolated import serve
+serve(int(sys.argv[2]))
+"""
+
+
 def server_command(control_fd: int) -> list[str]:
     """How the fork server is started, told the number of its control socket."""
-    return [sys.executable, "-m", "app.isolated", str(control_fd)]
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    return [sys.executable, "-c", _BOOTSTRAP, package_dir, str(control_fd)]
 
 
 def warm_up() -> None:
@@ -279,7 +293,3 @@ def serve(control_fd: int) -> None:
                 finally:
                     os._exit(code)
             os.close(fd)
-
-
-if __name__ == "__main__":
-    serve(int(sys.argv[1]))

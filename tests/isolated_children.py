@@ -42,3 +42,9 @@ def spin() -> None:
 
 def my_pid() -> int:
     return os.getpid()
+
+
+def imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
