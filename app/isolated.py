@@ -8,12 +8,13 @@ each concurrent upload. In a child, a crash or a blow-up costs the child only
 and the client gets a clear answer.
 
 Children come from a fork server: a Python process started once per API
-process (``server_command``), which imports ``app.audio`` and then forks a fresh single-threaded
-child per call. Forking the API process itself is not safe (gunicorn's threads
-may hold locks at fork time) and a new interpreter per call costs ~1 s of
-imports; a fork server child answers in about 20 ms. multiprocessing's own
-fork server is not used: in Python 3.11 each of its children re-runs the main
-script (``gunicorn``'s, say) before doing anything.
+process (``server_command``) that imports ``app.audio`` (not the API) and then
+forks a fresh single-threaded child per call. Forking the API process itself
+is not safe (gunicorn's threads may hold locks at fork time) and a new
+interpreter per call costs ~1 s of imports; a fork server child probes an
+upload in about 8 ms. multiprocessing's own fork server is not used: in
+Python 3.11 each of its children re-runs the main script (``gunicorn``'s, say)
+before doing anything.
 
 Each call gets its own socket pair; the server receives one end (SCM_RIGHTS)
 and forks a child that reads ``(func, args, limits)`` from it, sends its pid,
