@@ -244,3 +244,21 @@ def redis_server(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def redis_url(redis_server: Any) -> str:
     return str(redis_server.url)
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start the service as ``make run`` does (tests/support/live.py), with the
+    given settings as environment variables; stopped (Ctrl-C) after the test."""
+    from tests.support.live import LiveService
+
+    started: list[LiveService] = []
+
+    def start(**env: str) -> LiveService:
+        service = LiveService(tmp_path / f"live{len(started)}", **env)
+        started.append(service)
+        return service.start()
+
+    yield start
+    for service in started:
+        service.stop()
