@@ -25,6 +25,16 @@ log = logging.getLogger("app.access")
 REQUEST_ID_HEADER = "X-Request-ID"
 # Probes and scrapes arrive every few seconds: logged at DEBUG, not INFO.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Every metric label must come from a bounded set: each new value is a new
+# series, kept in memory and in the metrics files for the life of the process.
+# A method is whatever token a client sends, so only the standard ones are kept.
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
+def method_label(method: str) -> str:
+    return method if method in STANDARD_METHODS else "other"
 
 
 def init_app(app: Flask) -> None:
@@ -47,7 +57,7 @@ def _finish(response: Response) -> Response:
     seconds = time.perf_counter() - started
     response.headers[REQUEST_ID_HEADER] = g.request_id
     route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-    metrics.observe_request(request.method, route, response.status_code, seconds)
+    metrics.observe_request(method_label(request.method), route, response.status_code, seconds)
     level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
     if log.isEnabledFor(level):
         log.log(
