@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from app import config as config_module
 from app.extensions import cors, db, jwt, migrate
+from app.json_bodies import JSONProvider
 from app.openapi import ErrorResponses, ServiceApi
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
@@ -105,6 +106,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the application; ``config`` overrides settings read from the environment."""
     app = Flask(__name__)
     app.request_class = UploadRequest
+    app.json = JSONProvider(app)
 
     settings = config_module.from_environment()
     settings.update(config or {})

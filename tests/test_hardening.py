@@ -13,6 +13,7 @@ import string
 
 import requests
 
+from tests.conftest import sine_and_clicks, wav_bytes
 from tests.support.live import LiveService
 
 
@@ -53,3 +54,72 @@ def test_made_up_methods_do_not_grow_the_metrics(live) -> None:
     assert sum(float(after[name]) for name in other) >= 1020
     methods = {re.search(r'method="([^"]*)"', name)[1] for name in after if name.startswith(http)}
     assert methods <= {"GET", "other"}, methods
+
+
+# ------------------------------------------------------------- 5. malformed JSON
+
+DEEP = "[" * 200_000
+HUGE = "1" + "0" * 5000
+
+
+def test_deep_and_huge_json_answer_400_and_count_against_limits(live) -> None:
+    service = live(LOGIN_RATE_LIMIT="5/minute")
+    headers = service.register()
+    bodies = {
+        "/api/v1/auth/register": [DEEP, '{"email": "a@example.com", "password": ' + HUGE + "}"],
+        "/api/v1/auth/api-keys": [DEEP, '{"name": ' + HUGE + "}"],
+        "/api/v1/generations": [DEEP, '{"prompt": "calm piano", "seed": ' + HUGE + "}"],
+    }
+    for path, payloads in bodies.items():
+        for body in payloads:
+            answer = requests.post(
+                service.url + path,
+                data=body,
+                headers={**headers, "Content-Type": "application/json"},
+                timeout=30,
+            )
+            assert answer.status_code == 400, (path, answer.status_code, answer.text[:300])
+            assert answer.json()["code"] == "bad_request"
+            assert answer.json()["status"] == 400
+    # Login: the rate limit's key function reads the body too. Each attempt
+    # counts; the sixth and later get 429, none gets 500. (register above
+    # counted against the same per-address login limit: one new account.)
+    codes = []
+    for body in [DEEP, '{"email": "a@example.com", "password": ' + HUGE + "}"] * 6:
+        answer = requests.post(
+            f"{service.url}/api/v1/auth/login",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        codes.append(answer.status_code)
+        assert answer.headers["Content-Type"] == "application/json"
+    assert 500 not in codes, codes
+    assert set(codes) == {400, 429}, codes
+    assert codes.index(429) <= 5, codes
+
+
+# ------------------------------------------------------------- 7. job-creation rate limit
+
+
+def test_only_created_jobs_spend_the_job_rate_limit(live) -> None:
+    service = live(JOB_RATE_LIMIT="3/minute")
+    headers = service.register()
+    song = wav_bytes(sine_and_clicks(seconds=1.0))
+
+    def separate(model: str) -> requests.Response:
+        return requests.post(
+            f"{service.url}/api/v1/separations",
+            headers=headers,
+            files={"file": ("song.wav", song)},
+            data={"model": model},
+            timeout=60,
+        )
+
+    for _ in range(10):
+        refused = separate("no-such-model")
+        assert refused.status_code == 422, refused.text
+    assert [separate("hpss").status_code for _ in range(3)] == [202, 202, 202]
+    limited = separate("hpss")
+    assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) > 0

@@ -8,15 +8,25 @@ from flask import Flask, Request
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from marshmallow import Schema
-from webargs.flaskparser import FlaskParser
+from webargs import missing
+from webargs.flaskparser import FlaskParser, is_json_request
 from webargs.multidictproxy import MultiDictProxy
+
+from app import json_bodies
 
 
 class Parser(FlaskParser):
     """Adds the ``multipart`` location: form fields and files in one schema, so a
-    multipart upload is validated by one schema and documented as one body."""
+    multipart upload is validated by one schema and documented as one body.
+    JSON bodies are read with app/json_bodies.py."""
 
     __location_map__ = {**FlaskParser.__location_map__, "multipart": "load_multipart"}
+
+    def _raw_load_json(self, req: Request) -> Any:
+        """webargs' own JSON reading, with the parser of app/json_bodies.py."""
+        if not is_json_request(req):
+            return missing
+        return json_bodies.loads(req.get_data(cache=True))
 
     def load_multipart(self, req: Request, schema: Schema) -> Any:
         data = req.form.copy()
