@@ -11,6 +11,7 @@ off. A refused request gets ``429`` JSON with ``code: rate_limited`` and a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -34,7 +35,7 @@ def client_ip() -> str:
 
 def login_account() -> str:
     """The account a login attempt names (hashed: no e-mails in Redis keys);
-    empty, so the limit is skipped, when the body names none (it fails validation)."""
+    empty when the body names none."""
     from app.services.auth import normalise_email
 
     body = request.get_json(silent=True)
@@ -58,7 +59,11 @@ limiter = Limiter(key_func=client_ip)
 
 login_per_ip = limiter.limit(lambda: _setting("LOGIN_RATE_LIMIT"), key_func=client_ip)
 login_per_account = limiter.limit(
-    lambda: _setting("LOGIN_RATE_LIMIT"), key_func=login_account, scope="account"
+    lambda: _setting("LOGIN_RATE_LIMIT"),
+    key_func=login_account,
+    scope="account",
+    # A body naming no account fails validation; the per-address limit counts it.
+    exempt_when=lambda: not login_account(),
 )
 # Password checks on an authenticated route (deleting the account) count per user.
 password_per_user = limiter.limit(
@@ -68,9 +73,21 @@ refresh_per_ip = limiter.limit(lambda: _setting("REFRESH_RATE_LIMIT"), key_func=
 refresh_per_user = limiter.limit(
     lambda: _setting("REFRESH_RATE_LIMIT"), key_func=authenticated_user, scope="user"
 )
-# One budget per user across every route that creates a job.
+
+
+def _job_created(_response: Any) -> bool:
+    return bool(g.get("job_created"))
+
+
+# One budget per user across every route that creates a job. Only created jobs
+# spend it: a client fixing its 422s must not lock itself out. (Checked before
+# the view, counted after it, so requests arriving together may pass together;
+# MAX_ACTIVE_JOBS is the hard bound on what runs.)
 job_creation = limiter.shared_limit(
-    lambda: _setting("JOB_RATE_LIMIT"), scope="job-creation", key_func=authenticated_user
+    lambda: _setting("JOB_RATE_LIMIT"),
+    scope="job-creation",
+    key_func=authenticated_user,
+    deduct_when=_job_created,
 )
 
 RATE_LIMITED_DOC = {"429": {"description": "Too many requests; see Retry-After."}}
@@ -87,11 +104,18 @@ JOB_CREATION_DOC = {
 
 def limit_job_creation(view: F) -> F:
     """For every route that creates a job, under ``@auth_required()``: the
-    per-user JOB_RATE_LIMIT, checked before the upload is read; documented
-    with the quota answers ``jobs.submit`` gives."""
+    per-user JOB_RATE_LIMIT, checked before the upload is read and counted
+    when the view returns (every refusal, from validation to quotas, raises);
+    documented with the quota answers ``jobs.submit`` gives."""
     from flask_smorest import Blueprint
 
-    return cast(F, Blueprint.doc(responses=JOB_CREATION_DOC)(job_creation(view)))
+    @functools.wraps(view)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        answer = view(*args, **kwargs)
+        g.job_created = True
+        return answer
+
+    return cast(F, Blueprint.doc(responses=JOB_CREATION_DOC)(job_creation(counted)))
 
 
 def _rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
