@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import re
 import string
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
@@ -123,3 +124,60 @@ def test_only_created_jobs_spend_the_job_rate_limit(live) -> None:
     limited = separate("hpss")
     assert limited.status_code == 429 and limited.json()["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) > 0
+
+
+# ------------------------------------------------------------- 3. quota races
+
+
+def _parallel(count: int, call) -> list[requests.Response]:
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        return list(pool.map(lambda _: call(), range(count)))
+
+
+def test_parallel_submissions_cannot_pass_max_active_jobs(live) -> None:
+    service = live(MAX_ACTIVE_JOBS="5", JOB_RATE_LIMIT="1000/minute")
+    headers = service.register()
+    song = wav_bytes(sine_and_clicks(seconds=1.0))
+
+    def separate() -> requests.Response:
+        return requests.post(
+            f"{service.url}/api/v1/separations",
+            headers=headers,
+            files={"file": ("song.wav", song)},
+            data={"model": "hpss"},
+            timeout=120,
+        )
+
+    with service.paused_workers():  # every job stays queued meanwhile
+        answers = _parallel(20, separate)
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [202] * 5 + [429] * 15, codes
+        assert {a.json()["code"] for a in answers if a.status_code == 429} == {
+            "too_many_active_jobs"
+        }
+        listed = requests.get(f"{service.url}/api/v1/jobs", headers=headers, timeout=30).json()
+        assert listed["total"] == 5
+
+
+def test_parallel_uploads_cannot_pass_the_storage_quota(live) -> None:
+    service = live(MAX_STORAGE_MB="2", MAX_ACTIVE_JOBS="0", JOB_RATE_LIMIT="1000/minute")
+    headers = service.register()
+    song = wav_bytes(sine_and_clicks(seconds=7.15))  # 1.26 MB: one fits in 2 MB, two do not
+    assert 1.2e6 < len(song) < 1.35e6
+
+    def separate() -> requests.Response:
+        return requests.post(
+            f"{service.url}/api/v1/separations",
+            headers=headers,
+            files={"file": ("song.wav", song)},
+            data={"model": "hpss"},
+            timeout=120,
+        )
+
+    with service.paused_workers():
+        answers = _parallel(10, separate)
+    codes = sorted(answer.status_code for answer in answers)
+    assert codes == [202] + [409] * 9, codes
+    assert {a.json()["code"] for a in answers if a.status_code == 409} == {"storage_quota_exceeded"}
+    me = requests.get(f"{service.url}/api/v1/auth/me", headers=headers, timeout=30).json()
+    assert me["usage"]["stored_bytes"] <= 2 * 1024 * 1024, me

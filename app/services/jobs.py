@@ -99,7 +99,6 @@ def submit(
     if upload is not None:
         path, meta = store_upload(upload, filename)
         try:
-            quotas.check_storage(owner, incoming=meta["size"])
             storage.adopt_input(job_id, path, meta["format"] or "bin")
         except BaseException:
             path.unlink(missing_ok=True)
@@ -123,8 +122,11 @@ def submit(
         updated_at=now,
         expires_at=now + ttl,
     )
-    db.session.add(job)
     try:
+        # Again, atomically with the insert: parallel submissions were all
+        # checked against the same count above.
+        quotas.reserve(owner, incoming=job.stored_bytes)
+        db.session.add(job)
         db.session.commit()
     except BaseException:
         db.session.rollback()

@@ -1,6 +1,7 @@
 """Per-user quotas: jobs waiting or running at once, and bytes kept on disk.
 
 Defaults come from ``MAX_ACTIVE_JOBS`` and ``MAX_STORAGE_MB`` (0 = no limit);
+``reserve`` checks them atomically with the insert of a new job;
 an admin can override them per user (``flask users set-quota``). Storage is the
 sum of ``Job.stored_bytes`` over the user's jobs: the input, counted at submit,
 plus the published results, counted when the job succeeds; deleting or
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.errors import ServiceError
 from app.extensions import db
@@ -62,6 +63,27 @@ def usage(user: User) -> dict[str, Any]:
         "stored_bytes": stored_bytes(user),
         "max_storage_bytes": max_storage_bytes(user),
     }
+
+
+def reserve(user: User, incoming: int = 0) -> None:
+    """Check both quotas inside a write transaction that holds the user's row,
+    so that the caller's insert of the new job, committed in the same
+    transaction, is counted by every submission after it.
+
+    Checked without it, parallel submissions all read the same count and all
+    pass. The UPDATE takes PostgreSQL's row lock, and SQLite's database write
+    lock (pysqlite begins the transaction at the first write); either is held
+    until the caller commits or rolls back, which it must do at once: this is
+    the last step before the insert, after the upload was stored and probed.
+    """
+    db.session.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(max_active_jobs=User.max_active_jobs)
+        .execution_options(synchronize_session=False)
+    )
+    check_active_jobs(user)
+    check_storage(user, incoming)
 
 
 def check_active_jobs(user: User) -> None:

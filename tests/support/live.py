@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from tests.procs import ROOT, free_port, wait_for
+from tests.procs import ROOT, child_pids, free_port, wait_for
 
 PASSWORD = "a long enough password"
 
@@ -101,6 +101,34 @@ class LiveService:
         self.process = None
 
     # ------------------------------------------------------------- helpers
+
+    def worker_pids(self) -> list[int]:
+        """The Celery processes ``make run`` started, with their pool children."""
+        assert self.process is not None
+        found = []
+        for pid in child_pids(self.process.pid):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"celery" in command:
+                found += [pid, *child_pids(pid)]
+        return found
+
+    @contextlib.contextmanager
+    def paused_workers(self) -> Iterator[None]:
+        """Stop the workers (SIGSTOP) meanwhile: jobs stay queued, as they do
+        while every worker is busy with long jobs."""
+        pids = self.worker_pids()
+        assert pids, "make run started no worker"
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def register(self, email: str | None = None) -> dict[str, str]:
         """A new account, logged in: its ``Authorization`` header."""
