@@ -97,6 +97,10 @@ def authenticate_request(
                 status=403,
             )
     else:
+        if token is not None:
+            # RFC 6750 (via RFC 9110's auth-scheme) makes "bearer" case-insensitive;
+            # flask-jwt-extended compares it exactly, so it reads the canonical form.
+            request.environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
         verify_jwt_in_request(refresh=refresh, verify_type=verify_type, locations=locations)
         user = get_current_user()
     g.auth_user = user

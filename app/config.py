@@ -74,7 +74,13 @@ def from_environment() -> dict[str, Any]:
         "SSE_POLL_SECONDS": env_float("SSE_POLL_SECONDS", 0.5),
         # GET /jobs/{id}?wait= and Prefer: wait: each holds a server thread.
         "MAX_WAIT_SECONDS": env_float("MAX_WAIT_SECONDS", 60.0),
-        "MAX_WAITING_REQUESTS": env_int("MAX_WAITING_REQUESTS", 16),
+        # Requests that hold a server thread while they wait (event streams,
+        # waits, the OpenAI-compatible route), per API process: leave threads
+        # for everything else.
+        "MAX_WAITING_REQUESTS": env_int(
+            "MAX_WAITING_REQUESTS", max(1, env_int("GUNICORN_THREADS", 32) - 8)
+        ),
+        "MAX_WAITING_PER_USER": env_int("MAX_WAITING_PER_USER", 8),
         "SSE_HEARTBEAT_SECONDS": env_float("SSE_HEARTBEAT_SECONDS", 15.0),
         "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or None,
         "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),

@@ -21,6 +21,8 @@ class ServiceError(Exception):
 
     code: str = "bad_request"
     status: int = 400
+    # Seconds a client should wait before trying again (sent as Retry-After).
+    retry_after: int | None = None
 
     def __init__(
         self,

@@ -113,7 +113,10 @@ def _too_large() -> tuple[str, str]:
 
 
 def _handle_service_error(exc: ServiceError) -> ResponseReturnValue:
-    return error_response(exc.status, exc.message, code=exc.code, errors=exc.errors)
+    response, status = error_response(exc.status, exc.message, code=exc.code, errors=exc.errors)  # type: ignore[misc]
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response, status
 
 
 def _handle_redis_down(exc: Exception) -> ResponseReturnValue:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import random
 import re
+import socket
 import string
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
 from tests.conftest import sine_and_clicks, wav_bytes
+from tests.procs import wait_for
 from tests.support.live import LiveService
 
 
@@ -181,3 +184,170 @@ def test_parallel_uploads_cannot_pass_the_storage_quota(live) -> None:
     assert {a.json()["code"] for a in answers if a.status_code == 409} == {"storage_quota_exceeded"}
     me = requests.get(f"{service.url}/api/v1/auth/me", headers=headers, timeout=30).json()
     assert me["usage"]["stored_bytes"] <= 2 * 1024 * 1024, me
+
+
+# ------------------------------------------------------------- 2. threads held by one user
+
+
+def _open_raw(service: LiveService, request: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+    sock.sendall(request.encode())
+    return sock
+
+
+def _status_line(sock: socket.socket, timeout: float) -> str | None:
+    """The response's status line if it has come, else None (still waiting)."""
+    sock.settimeout(timeout)
+    try:
+        head = sock.recv(65536)
+    except TimeoutError:
+        return None
+    except OSError:
+        return "closed"
+    return head.split(b"\r\n", 1)[0].decode() if head else "closed"
+
+
+def _timed(call) -> float:
+    started = time.monotonic()
+    answer = call()
+    assert answer.status_code == 200, answer.text
+    return time.monotonic() - started
+
+
+def test_one_users_streams_and_waits_leave_the_server_to_others(live, tmp_path) -> None:
+    service = live(MAX_ACTIVE_JOBS="0", JOB_RATE_LIMIT="1000/minute", OPENAI_WAIT_SECONDS="12")
+    greedy, other, openai_user = service.register(), service.register(), service.register()
+    song = wav_bytes(sine_and_clicks(seconds=1.0))
+    with service.paused_workers():  # jobs stay queued: every stream and wait stays open
+        job = requests.post(
+            f"{service.url}/api/v1/separations",
+            headers=greedy,
+            files={"file": ("song.wav", song)},
+            data={"model": "hpss"},
+            timeout=60,
+        ).json()
+        host = f"Host: 127.0.0.1:{service.port}\r\nAuthorization: {greedy['Authorization']}\r\n"
+        requests_ = [
+            f"GET /api/v1/jobs/{job['id']}/events HTTP/1.1\r\n{host}\r\n",
+            f"GET /api/v1/jobs/{job['id']}?wait=60 HTTP/1.1\r\n{host}\r\n",
+        ]
+        socks = [_open_raw(service, requests_[i % 2]) for i in range(200)]
+        time.sleep(3)
+        lines = [_status_line(sock, 0.5) for sock in socks]
+        held = [line for line in lines if line is None or " 200 " in line]
+        refused = [line for line in lines if line is not None and " 429 " in line]
+        assert len(held) <= 8 and len(held) + len(refused) == 200, lines
+
+        # 25 OpenAI-style transcriptions at once: a few wait, the rest get 202 at once.
+        def transcribe() -> tuple[int, float]:
+            started = time.monotonic()
+            answer = requests.post(
+                f"{service.url}/v1/audio/transcriptions",
+                headers=openai_user,
+                files={"file": ("speech.wav", song)},
+                data={"model": "whisper-1"},
+                timeout=120,
+            )
+            return answer.status_code, time.monotonic() - started
+
+        with ThreadPoolExecutor(max_workers=25) as pool:
+            transcriptions = pool.submit(lambda: list(pool.map(lambda _: transcribe(), range(25))))
+            # Meanwhile everyone else is served promptly.
+            latencies = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                latencies.append(_timed(lambda: requests.get(f"{service.url}/healthz", timeout=5)))
+                latencies.append(
+                    _timed(
+                        lambda: requests.get(f"{service.url}/api/v1/jobs", headers=other, timeout=5)
+                    )
+                )
+            answered = transcriptions.result()
+        latencies.sort()
+        p99 = latencies[int(len(latencies) * 0.99)]
+        assert p99 < 1.0, f"p99 {p99:.3f} s over {len(latencies)} requests"
+        assert {status for status, _ in answered} == {202}, answered
+        quick = [seconds for _, seconds in answered if seconds < 10]
+        assert len(quick) >= 25 - 8, answered
+
+        # Streams whose clients have gone give their threads back within seconds.
+        for sock in socks:
+            sock.close()
+        time.sleep(3)
+        again = [_open_raw(service, requests_[0]) for _ in range(8)]
+        assert all(" 200 " in (_status_line(sock, 5) or "") for sock in again)
+        for sock in again:
+            sock.close()
+
+
+# ------------------------------------------------------------- 7. OpenAI route, final states
+
+
+def test_openai_route_never_answers_a_retried_5xx_for_an_ended_job(live) -> None:
+    service = live(MAX_ACTIVE_JOBS="0", JOB_RATE_LIMIT="1000/minute", OPENAI_WAIT_SECONDS="60")
+    headers = service.register()
+    speech = wav_bytes(sine_and_clicks(seconds=1.0))
+
+    def transcribe(model: str) -> requests.Response:
+        return requests.post(
+            f"{service.url}/v1/audio/transcriptions",
+            headers=headers,
+            files={"file": ("speech.wav", speech)},
+            data={"model": model},
+            timeout=120,
+        )
+
+    # A model the catalogue names but this machine has no weights for.
+    missing = transcribe("small.en")
+    assert missing.status_code == 422, missing.text
+    body = missing.json()
+    assert body["error"]["code"] == "model_unavailable"
+    assert body["error"]["type"] == "server_error"
+    assert missing.headers["x-should-retry"] == "false"
+    assert body["url"] == missing.headers["Location"]
+
+    # A job canceled while the request waits for it.
+    with service.paused_workers(), ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(transcribe, "whisper-1")
+
+        def queued() -> str | None:
+            jobs = requests.get(
+                f"{service.url}/api/v1/jobs?status=queued", headers=headers, timeout=30
+            ).json()["items"]
+            return jobs[0]["id"] if jobs else None
+
+        job_id = wait_for(queued, 30, "the transcription to be queued")
+        requests.post(f"{service.url}/api/v1/jobs/{job_id}/cancel", headers=headers, timeout=30)
+        canceled = waiting.result(timeout=60)
+    assert canceled.status_code == 409, canceled.text
+    assert canceled.json()["error"]["code"] == "job_canceled"
+    assert canceled.headers["x-should-retry"] == "false"
+
+
+# ------------------------------------------------------------- 7. bearer scheme
+
+
+def test_the_bearer_scheme_is_case_insensitive(live) -> None:
+    service = live()
+    token = service.register()["Authorization"].split(" ", 1)[1]
+    for scheme in ("Bearer", "bearer", "BEARER", "bEaReR"):
+        answer = requests.get(
+            f"{service.url}/api/v1/auth/me",
+            headers={"Authorization": f"{scheme} {token}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, (scheme, answer.text)
+    key = requests.post(
+        f"{service.url}/api/v1/auth/api-keys",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"name": "probe"},
+        timeout=30,
+    ).json()["key"]
+    answer = requests.get(
+        f"{service.url}/api/v1/jobs", headers={"Authorization": f"BEARER {key}"}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    wrong = requests.get(
+        f"{service.url}/api/v1/auth/me", headers={"Authorization": f"Basic {token}"}, timeout=30
+    )
+    assert wrong.status_code == 401

@@ -145,14 +145,29 @@ def test_waits_are_capped(tmp_path, song_wav: bytes) -> None:
     assert response.json["status"] == "queued" and seconds < 30
     assert response.headers["Preference-Applied"] == "wait=0.2"
 
-    # Past MAX_WAITING_REQUESTS waiting in this process, the job is answered at
-    # once, and the preference is not said to be applied.
-    app.config.update(MAX_WAIT_SECONDS=60, MAX_WAITING_REQUESTS=0)
-    for query, extra in (("?wait=60", {}), ("", {"Prefer": "wait=60"})):
-        response, seconds = timed_get(app, f"/api/v1/jobs/{job_id}{query}", {**headers, **extra})
-        assert response.status_code == 200 and response.json["status"] == "queued"
-        assert seconds < 30
-        assert "Preference-Applied" not in response.headers
+    # Past MAX_WAITING_REQUESTS waiting in this process, or MAX_WAITING_PER_USER
+    # of this user's, a wait is refused at once with Retry-After (a client
+    # looping on ?wait= would otherwise spin).
+    for limits, status, code in (
+        ({"MAX_WAITING_REQUESTS": 0}, 503, "server_busy"),
+        ({"MAX_WAITING_PER_USER": 0}, 429, "too_many_waiting_requests"),
+    ):
+        app.config.update(MAX_WAIT_SECONDS=60, MAX_WAITING_REQUESTS=24, MAX_WAITING_PER_USER=8)
+        app.config.update(limits)
+        for query, extra in (("?wait=60", {}), ("", {"Prefer": "wait=60"})):
+            url = f"/api/v1/jobs/{job_id}{query}"
+            response, seconds = timed_get(app, url, {**headers, **extra})
+            assert response.status_code == status and response.json["code"] == code
+            assert int(response.headers["Retry-After"]) > 0
+            assert seconds < 30
+    # A job just created is answered at once instead, without the preference applied.
+    created = app.test_client().post(
+        "/api/v1/separations",
+        data={"file": (io.BytesIO(song_wav), "song.wav"), "model": "hpss"},
+        headers={**headers, "Prefer": "wait=60"},
+        content_type="multipart/form-data",
+    )
+    assert created.status_code == 202 and "Preference-Applied" not in created.headers
     assert events.waiting() == 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import select
+import socket
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterator
@@ -234,6 +236,50 @@ class JobQuerySchema(Schema):
     )
 
 
+WAITING_REFUSED = {
+    "429": {
+        "description": "too_many_waiting_requests: this user already holds "
+        "MAX_WAITING_PER_USER waiting requests (streams and waits); see Retry-After."
+    },
+    "503": {
+        "description": "server_busy: MAX_WAITING_REQUESTS requests already wait; see Retry-After."
+    },
+}
+
+
+def client_gone_check() -> Callable[[], bool]:
+    """A check, cheap enough to call every second, of whether this request's
+    client has closed its connection: a waiting request or an event stream
+    then gives its server thread back at once instead of at its next write.
+    Needs the socket gunicorn puts in the WSGI environ; elsewhere (tests'
+    clients, other servers) it always says no."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None or not hasattr(select, "poll"):
+        return lambda: False
+    try:
+        fd = sock.fileno()
+    except OSError:
+        return lambda: True
+    hangup = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+
+    def gone() -> bool:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | hangup)
+        for _, mask in poller.poll(0):
+            if mask & hangup:
+                return True
+            if mask & select.POLLIN and not hasattr(select, "POLLRDHUP"):
+                try:  # without POLLRDHUP: readable with nothing to read is EOF
+                    return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError:
+                    return True
+        return False
+
+    return gone
+
+
 PREFER_DESCRIPTION = (
     "`wait=N` (RFC 7240): wait up to N seconds (at most `MAX_WAIT_SECONDS`) for the job "
     "to end before answering; the job is then answered as it is. Honoured waits are "
@@ -278,7 +324,10 @@ def answer_with_wait(
     seconds, from_header = preferred_wait()
     granted = True
     if seconds > 0 and not job.is_final:
-        job, granted = job_service.wait_for(current_user, job.id, seconds)
+        # The job exists now: past the caps on waiting, answer it at once.
+        job, granted = job_service.wait_for(
+            current_user, job.id, seconds, refuse=False, client_gone=client_gone_check()
+        )
     if from_header and granted:
         headers["Preference-Applied"] = f"wait={seconds:g}"
     return job, status, headers
@@ -289,7 +338,7 @@ def answer_with_wait(
 @blp.arguments(JobQuerySchema, location="query")
 @blp.response(200, JobSchema)
 @blp.alt_response(404, description="No such job (or not yours).")
-@blp.doc(security=BEARER, parameters=[PREFER_PARAMETER])
+@blp.doc(security=BEARER, parameters=[PREFER_PARAMETER], responses=WAITING_REFUSED)
 def get_job(query: dict[str, Any], job_id: str) -> tuple[Job, int, dict[str, str]]:
     """One job: status, progress, stage, result files, error, metrics.
 
@@ -297,7 +346,9 @@ def get_job(query: dict[str, Any], job_id: str) -> tuple[Job, int, dict[str, str
     ended or N seconds have passed.
     """
     seconds, from_header = preferred_wait(query.get("wait"))
-    job, granted = job_service.wait_for(current_user, job_id, seconds)
+    job, granted = job_service.wait_for(
+        current_user, job_id, seconds, client_gone=client_gone_check()
+    )
     headers = {"Preference-Applied": f"wait={seconds:g}"} if from_header and granted else {}
     return job, 200, headers
 
@@ -384,6 +435,7 @@ curl -N -H "Authorization: Bearer $TOKEN" http://localhost:5000/api/v1/jobs/$JOB
         "204": {"description": "Last-Event-ID already names the job's final state."},
         "401": {"description": "No valid access token."},
         "404": {"description": "No such job (or not yours)."},
+        **WAITING_REFUSED,
     },
 )
 def job_events(job_id: str) -> Response:
@@ -400,22 +452,30 @@ def job_events(job_id: str) -> Response:
         "heartbeat_seconds": float(config["SSE_HEARTBEAT_SECONDS"]),
         "redis_url": config.get("REDIS_URL"),
         "notify_dir": config.get("NOTIFY_DIR"),
+        "client_gone": client_gone_check(),
     }
+    # A stream holds a server thread until it ends: past the caps, 429/503.
+    place = job_service.hold_waiting_place(current_user)
     # The stream may stay open for minutes: hold no connection while it waits.
     db.session.close()
     schema = JobSchema()
 
     def generate() -> Iterator[str]:
-        yield "retry: 3000\n\n"
-        for change in events.watch(owner_id, job_id, **options):
-            if change is None:
-                yield ": keepalive\n\n"
-                continue
-            data = json.dumps(schema.dump(change.job), separators=(",", ":"), sort_keys=True)
-            db.session.close()  # queue_position read the database
-            yield f"event: {change.event}\nid: {change.id}\ndata: {data}\n\n"
+        try:
+            yield "retry: 3000\n\n"
+            for change in events.watch(owner_id, job_id, **options):
+                if change is None:
+                    yield ": keepalive\n\n"
+                    continue
+                data = json.dumps(schema.dump(change.job), separators=(",", ":"), sort_keys=True)
+                db.session.close()  # queue_position read the database
+                yield f"event: {change.event}\nid: {change.id}\ndata: {data}\n\n"
+        finally:
+            place.release()
 
     response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    # Also when the body was never iterated (the generator's own finally then never runs).
+    response.call_on_close(place.release)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once
     return response

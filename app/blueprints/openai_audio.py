@@ -19,6 +19,7 @@ from app import transcripts
 from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
+from app.blueprints.jobs import client_gone_check
 from app.blueprints.transcriptions import TranscriptionOptionsSchema, check_english_only
 from app.errors_http import error_response
 from app.ratelimits import limit_job_creation
@@ -88,6 +89,41 @@ def raise_validation(exc: ValidationError) -> None:
     )
 
 
+# A failed job whose cause is the input: what OpenAI answers for bad input.
+CLIENT_ERROR_CODES = {"invalid_parameter", "empty_audio", "unsupported_media_type"}
+
+
+def _ended_without_result(job: Job) -> Any:
+    """An OpenAI-style error for a job that ended without a transcript.
+
+    OpenAI SDKs retry 408, 409, 429 and every 5xx, uploading the file again and
+    creating a new job each time; a job that has ended will not end otherwise
+    on the same input, so these answers are never 5xx, and say
+    ``x-should-retry: false`` (which the SDKs honour over the status). The
+    input's fault is a 400, as OpenAI answers; a canceled job a 409; any other
+    failure (a model not installed, a lost worker, a time limit) a 422 with
+    the ``server_error`` type. ``url`` points to the job for the details.
+    """
+    error = job.error or {"code": f"job_{job.status}", "message": f"The job was {job.status}."}
+    code = error["code"]
+    if job.status == "canceled":
+        status, kind = 409, "invalid_request_error"
+    elif code in CLIENT_ERROR_CODES or code.startswith(("audio_", "unsupported_")):
+        status, kind = 400, "invalid_request_error"
+    else:
+        status, kind = 422, "server_error"
+    location = url_for("jobs.get_job", job_id=job.id)
+    response, status = error_response(status, error["message"], code=code)  # type: ignore[misc]
+    body = response.get_json()
+    body["url"] = location
+    body["error"] = {"message": error["message"], "type": kind, "code": code}
+    answer = jsonify(body)
+    answer.status_code = status
+    answer.headers["x-should-retry"] = "false"
+    answer.headers["Location"] = location
+    return answer
+
+
 def _answer(job: Job, response_format: str) -> Any:
     if not job.is_final:
         location = url_for("jobs.get_job", job_id=job.id)
@@ -96,18 +132,7 @@ def _answer(job: Job, response_format: str) -> Any:
         response.headers["Location"] = location
         return response
     if job.status != "succeeded":
-        error = job.error or {"code": job.status, "message": f"The job was {job.status}."}
-        status = {"invalid_parameter": 400, "model_unavailable": 503}.get(error["code"], 500)
-        if error["code"].startswith("audio_"):
-            status = 400
-        response, status = error_response(status, error["message"], code=error["code"])  # type: ignore[misc]
-        body = response.get_json()
-        body["error"] = {
-            "message": error["message"],
-            "type": "invalid_request_error",
-            "code": error["code"],
-        }
-        return jsonify(body), status
+        return _ended_without_result(job)
     result = job.result or {}
     if response_format == "json":
         return jsonify({"text": result.get("text", "")})
@@ -127,8 +152,11 @@ def _handle(form: dict[str, Any], task: str) -> Any:
     params = _params(form, task)
     job = transcription.submit(current_user, params, upload.stream, upload.filename)
     seconds = float(current_app.config["OPENAI_WAIT_SECONDS"])
-    # OpenAI's API answers with the transcript: this route always waits.
-    job, _ = job_service.wait_for(current_user, job.id, seconds, limited=False)
+    # OpenAI's API answers with the transcript: this route waits, in one of the
+    # places for waiting requests; past their caps it answers 202 and the job URL.
+    job, _ = job_service.wait_for(
+        current_user, job.id, seconds, refuse=False, client_gone=client_gone_check()
+    )
     return _answer(job, form["response_format"])
 
 

@@ -16,11 +16,10 @@ the current state, with no event log to keep.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from flask import current_app, has_app_context
 from sqlalchemy import select
 
 from app import localbus
+from app.errors import ServiceError
 from app.extensions import db
 from app.records import Job
 
@@ -183,32 +183,86 @@ class _Subscription:
                 log.debug("closing a pub/sub connection failed", exc_info=True)
 
 
-_waiting = 0
-_waiting_lock = threading.Lock()
 # With notices, re-read the row this often anyway (a notice may be lost).
 BACKSTOP_SECONDS = 1.0
+# How often a waiting request looks whether its client is still there.
+CLIENT_CHECK_SECONDS = 1.0
+# Past a cap, when to try again.
+RETRY_AFTER_SECONDS = 5
+
+
+class TooManyWaiting(ServiceError):
+    """Past the caps on requests that hold a server thread while they wait."""
+
+    retry_after = RETRY_AFTER_SECONDS
+
+
+class Hold:
+    """One request of this process holding a server thread while it waits (an
+    event stream, ``?wait=``, ``Prefer: wait``, the OpenAI-compatible route).
+    ``release`` may be called more than once."""
+
+    def __init__(self, owner_id: str) -> None:
+        self.owner_id = owner_id
+        self.released = False
+
+    def release(self) -> None:
+        global _held
+        with _held_lock:
+            if self.released:
+                return
+            self.released = True
+            _held -= 1
+            left = _held_by_owner[self.owner_id] - 1
+            if left:
+                _held_by_owner[self.owner_id] = left
+            else:
+                del _held_by_owner[self.owner_id]
+
+
+_held = 0
+_held_by_owner: dict[str, int] = {}
+_held_lock = threading.Lock()
 
 
 def waiting() -> int:
-    """Requests of this process holding a ``waiter_slot``."""
-    return _waiting
+    """Requests of this process holding a thread while they wait (streams included)."""
+    return _held
 
 
-@contextlib.contextmanager
-def waiter_slot(max_waiters: int | None) -> Iterator[bool]:
-    """Whether this request may wait: at most ``max_waiters`` at once in this
-    process (each holds a server thread); None: no limit."""
-    global _waiting
-    with _waiting_lock:
-        granted = max_waiters is None or _waiting < max_waiters
-        if granted:
-            _waiting += 1
-    try:
-        yield granted
-    finally:
-        if granted:
-            with _waiting_lock:
-                _waiting -= 1
+def hold(owner_id: str, *, max_total: int, max_per_user: int) -> Hold:
+    """A place for one more waiting request of ``owner_id`` in this process.
+
+    Each such request holds one of the process's server threads for as long as
+    it waits, and threads are what every other request needs too: at most
+    ``max_total`` may wait at once, and one user at most ``max_per_user`` of
+    them. Past either, TooManyWaiting (429 for the user's own cap, 503 when
+    the server is full), with a Retry-After.
+    """
+    global _held
+    with _held_lock:
+        mine = _held_by_owner.get(owner_id, 0)
+        if mine >= max_per_user:
+            raise TooManyWaiting(
+                f"You already have {mine} requests waiting on jobs on this server "
+                f"(event streams and waits; at most {max_per_user}). Close one, or poll.",
+                code="too_many_waiting_requests",
+                status=429,
+            )
+        if _held >= max_total:
+            raise TooManyWaiting(
+                "The server is holding as many waiting requests as it can; "
+                "retry shortly, or poll without waiting.",
+                code="server_busy",
+                status=503,
+            )
+        _held += 1
+        _held_by_owner[owner_id] = mine + 1
+    return Hold(owner_id)
+
+
+def _never() -> bool:
+    return False
 
 
 def wait_until_final(
@@ -219,9 +273,11 @@ def wait_until_final(
     poll_seconds: float = 0.5,
     redis_url: str | None = None,
     notify_dir: str | None = None,
+    client_gone: Callable[[], bool] = _never,
 ) -> Job | None:
-    """The job (read afresh) once it has ended, or as it is after ``seconds``;
-    None when it does not exist or is not ``owner_id``'s."""
+    """The job (read afresh) once it has ended, or as it is after ``seconds``
+    or when ``client_gone()`` says nobody waits for the answer any more; None
+    when it does not exist or is not ``owner_id``'s."""
     deadline = time.monotonic() + seconds
     # Subscribed before the first read: no notice is lost in between.
     subscription = _Subscription(redis_url, job_id, notify_dir)
@@ -229,12 +285,13 @@ def wait_until_final(
         while True:
             job = _load(owner_id, job_id)
             remaining = deadline - time.monotonic()
-            if job is None or job.is_final or remaining <= 0:
+            if job is None or job.is_final or remaining <= 0 or client_gone():
                 return job
+            step = min(remaining, CLIENT_CHECK_SECONDS)
             if subscription.live:
-                subscription.wait(min(remaining, BACKSTOP_SECONDS))
+                subscription.wait(min(step, BACKSTOP_SECONDS))
             else:
-                time.sleep(min(remaining, poll_seconds))
+                time.sleep(min(step, poll_seconds))
     finally:
         subscription.close()
 
@@ -248,11 +305,13 @@ def watch(
     heartbeat_seconds: float = 15.0,
     redis_url: str | None = None,
     notify_dir: str | None = None,
+    client_gone: Callable[[], bool] = _never,
 ) -> Iterator[Change | None]:
     """Yield a Change whenever the job's status, progress or stage changes, and
-    None every ``heartbeat_seconds`` (the caller sends a comment, which is also
-    how a disconnected client is noticed). Ends after the final status, or when
-    the job disappears.
+    None every ``heartbeat_seconds`` (the caller sends a comment). Ends after
+    the final status, when the job disappears, or within about a second of
+    ``client_gone()`` turning true: a stream whose client left must give its
+    server thread back then, not at its next write.
 
     With notices (Redis or local), the row is read on each notice and at every
     heartbeat; without, every ``poll_seconds``. Closing the generator releases everything.
@@ -277,18 +336,23 @@ def watch(
                 sent, sent_status = current, job.status
             if job.is_final:
                 return
+            next_read = time.monotonic() + poll_seconds
             while True:
-                until_beat = next_beat - time.monotonic()
+                if client_gone():
+                    return
+                now = time.monotonic()
+                until_beat = next_beat - now
                 if until_beat <= 0:
                     yield None
                     next_beat = time.monotonic() + heartbeat_seconds
                     break  # re-read at every heartbeat too (a notice may have been lost)
+                step = min(until_beat, CLIENT_CHECK_SECONDS)
                 if subscription.live:
-                    if subscription.wait(until_beat):
+                    if subscription.wait(step):
                         break
                 else:
-                    time.sleep(min(poll_seconds, until_beat))
-                    if until_beat > poll_seconds:
+                    time.sleep(max(0.0, min(step, next_read - now)))
+                    if time.monotonic() >= next_read:
                         break
     finally:
         subscription.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -202,24 +203,36 @@ def queue_position(job: Job) -> int | None:
     return int(ahead) + 1
 
 
-def wait_for(owner: User, job_id: str, seconds: float, *, limited: bool = True) -> tuple[Job, bool]:
+def wait_for(
+    owner: User,
+    job_id: str,
+    seconds: float,
+    *,
+    refuse: bool = True,
+    client_gone: Callable[[], bool] | None = None,
+) -> tuple[Job, bool]:
     """The job once it has ended, or as it is after ``seconds``: one request
     instead of a polling loop, answered the moment the job ends. Also whether
     the wait was granted.
 
-    A waiting request holds a server thread, so with ``limited`` at most
-    ``MAX_WAITING_REQUESTS`` wait at once per process; past that the job is
-    answered as it is (a wait is a preference, RFC 7240). The database
-    connection is given back while waiting.
+    A waiting request holds a server thread, so it needs one of this
+    process's places for waiting requests (``events.hold``). Past the caps,
+    ``refuse`` raises the 429/503 that says so; otherwise the job is answered
+    as it is (a wait is a preference, RFC 7240). The database connection is
+    given back while waiting, and the wait ends early once ``client_gone()``.
     """
     job = get(owner, job_id)
     if seconds <= 0 or job.is_final:
         return job, True
+    try:
+        place = hold_waiting_place(owner)
+    except events.TooManyWaiting:
+        if refuse:
+            raise
+        return job, False
     config = current_app.config
     owner_id = owner.id
-    with events.waiter_slot(int(config["MAX_WAITING_REQUESTS"]) if limited else None) as granted:
-        if not granted:
-            return job, False
+    try:
         db.session.close()
         waited = events.wait_until_final(
             owner_id,
@@ -228,10 +241,24 @@ def wait_for(owner: User, job_id: str, seconds: float, *, limited: bool = True) 
             poll_seconds=float(config["SSE_POLL_SECONDS"]),
             redis_url=config.get("REDIS_URL"),
             notify_dir=config.get("NOTIFY_DIR"),
+            client_gone=client_gone or (lambda: False),
         )
+    finally:
+        place.release()
     if waited is None:  # deleted while we waited
         raise _not_found()
     return waited, True
+
+
+def hold_waiting_place(owner: User) -> events.Hold:
+    """One of this process's places for requests that wait (MAX_WAITING_REQUESTS
+    in all, MAX_WAITING_PER_USER per user)."""
+    config = current_app.config
+    return events.hold(
+        owner.id,
+        max_total=int(config["MAX_WAITING_REQUESTS"]),
+        max_per_user=int(config["MAX_WAITING_PER_USER"]),
+    )
 
 
 def list_jobs(
