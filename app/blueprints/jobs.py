@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
-from flask import Response, current_app, request, send_file, stream_with_context, url_for
+from flask import Response, current_app, request, stream_with_context, url_for
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from app import storage, transcripts
 from app.access import auth_required, current_user
-from app.blueprints import Blueprint
+from app.blueprints import Blueprint, downloads
 from app.blueprints.fields import UTCDateTime
 from app.errors import ServiceError
 from app.extensions import db
@@ -449,13 +449,8 @@ def get_file(job_id: str, name: str) -> Response:
     if name not in listed:
         raise ServiceError("No such file.", code="not_found", status=404)
     path = storage.result_file(job.id, job.attempts, name)
-    return send_file(
-        path,
-        mimetype=listed[name]["content_type"],
-        as_attachment=True,
-        download_name=_download_name(job, name),
-        conditional=True,
-        max_age=0,
+    return downloads.send_file(
+        path, mimetype=listed[name]["content_type"], download_name=_download_name(job, name)
     )
 
 
