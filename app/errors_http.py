@@ -23,6 +23,7 @@ STATUS_CODES: dict[int, str] = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    412: "precondition_failed",
     413: "file_too_large",
     415: "unsupported_media_type",
     416: "range_not_satisfiable",

@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
-from flask import Response, current_app, request, send_file, stream_with_context, url_for
+from flask import Response, current_app, request, stream_with_context, url_for
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from app import storage, transcripts
 from app.access import auth_required, current_user
-from app.blueprints import Blueprint
+from app.blueprints import Blueprint, downloads
 from app.blueprints.fields import UTCDateTime
 from app.errors import ServiceError
 from app.extensions import db
@@ -498,24 +498,38 @@ def _finished_job(job_id: str) -> Job:
 
 @blp.route("/<job_id>/files/<path:name>", methods=["GET"])
 @auth_required()
-@blp.response(200, description="The file (supports HTTP Range requests).")
+@blp.response(200, description="The file.")
+@blp.alt_response(206, description="The one byte range asked for (`Range`).")
+@blp.alt_response(304, description="Unchanged (`If-None-Match`, `If-Modified-Since`).")
 @blp.alt_response(404, description="No such job or file.")
 @blp.alt_response(410, description="The job's results have expired (`job_expired`).")
+@blp.alt_response(
+    412,
+    description="`If-Match` or `If-Unmodified-Since` does not hold (`precondition_failed`).",
+)
+@blp.alt_response(
+    416,
+    description="The one byte range asked for starts past the end of the file or does "
+    "not parse (`range_not_satisfiable`); `Content-Range: bytes */SIZE` gives the size.",
+)
 @blp.doc(security=BEARER)
 def get_file(job_id: str, name: str) -> Response:
-    """Download one result file; supports Range requests for seeking."""
+    """Download one result file.
+
+    Conditional and range requests follow RFC 9110: `ETag` (strong) and
+    `Last-Modified` validate `If-Match`, `If-Unmodified-Since` (`412` when they
+    fail), `If-None-Match`, `If-Modified-Since` (`304`) and `If-Range`. One
+    byte range, `bytes=-N` included, is a `206`; a suffix longer than the file
+    is the whole file as a `206`. Several ranges, or a unit other than `bytes`,
+    get the whole file with `200`.
+    """
     job = _finished_job(job_id)
     listed = {f["name"]: f for f in (job.result or {}).get("files", [])}
     if name not in listed:
         raise ServiceError("No such file.", code="not_found", status=404)
     path = storage.result_file(job.id, job.attempts, name)
-    return send_file(
-        path,
-        mimetype=listed[name]["content_type"],
-        as_attachment=True,
-        download_name=_download_name(job, name),
-        conditional=True,
-        max_age=0,
+    return downloads.send_file(
+        path, mimetype=listed[name]["content_type"], download_name=_download_name(job, name)
     )
 
 
