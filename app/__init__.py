@@ -10,6 +10,7 @@ from typing import IO, Any
 from flask import Flask, Request, Response
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import config as config_module
 from app.extensions import cors, db, jwt, migrate
@@ -112,6 +113,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings.update(config or {})
     app.config.update(config_module.finalise(settings))
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    hops = int(app.config.get("TRUSTED_PROXY_HOPS") or 0)
+    if hops:
+        # Behind a proxy every request comes from the proxy's address: rate
+        # limits per address and the access log need the client's. Only the
+        # last `hops` entries are believed, the ones our own proxies appended.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
+        )
 
     from app import observability
 

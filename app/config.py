@@ -52,6 +52,10 @@ def from_environment() -> dict[str, Any]:
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
         "JWT_ACCESS_MINUTES": env_int("JWT_ACCESS_MINUTES", 15),
         "JWT_REFRESH_DAYS": env_int("JWT_REFRESH_DAYS", 30),
+        # Reverse proxies in front of the API that each append the address they
+        # got the request from to X-Forwarded-For (compose's nginx: 1). 0 trusts
+        # no such header: anyone can send one.
+        "TRUSTED_PROXY_HOPS": env_int("TRUSTED_PROXY_HOPS", 0),
         "RATELIMIT_ENABLED": env_bool("RATELIMIT_ENABLED", True),
         "LOGIN_RATE_LIMIT": os.environ.get("LOGIN_RATE_LIMIT") or "5/minute",
         "REFRESH_RATE_LIMIT": os.environ.get("REFRESH_RATE_LIMIT") or "10/minute",
@@ -137,6 +141,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     config["SQLALCHEMY_DATABASE_URI"] = database_url
     config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
 
+    if int(config.get("TRUSTED_PROXY_HOPS") or 0) < 0:
+        raise RuntimeError("TRUSTED_PROXY_HOPS must be 0 (no proxy) or more")
     config["MAX_CONTENT_LENGTH"] = int(config["MAX_UPLOAD_MB"]) * 1024 * 1024 + 64 * 1024
     # Bodies that are not multipart uploads (JSON, urlencoded forms) are read
     # into memory whole: they get this much, not MAX_CONTENT_LENGTH (UploadRequest).

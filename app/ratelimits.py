@@ -28,8 +28,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def client_ip() -> str:
-    """The peer address. Behind a reverse proxy, have it set the real client
-    address (or run the app behind ProxyFix) so limits are not shared by all."""
+    """The client's address: the peer's, or behind a reverse proxy the one it
+    forwarded (``TRUSTED_PROXY_HOPS``, ProxyFix in ``create_app``), else every
+    client would share the proxy's limits."""
     return request.remote_addr or "unknown"
 
 

@@ -20,28 +20,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import make_app
+from tests.support.compose import compose, interpolate
+from tests.support.proxy import LIMITS, TEMPLATE, directive, rendered_config, seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "compose.yaml").read_text())
-
-
-def interpolate(value: Any) -> Any:
-    """Compose's ``${VAR:-default}`` with no variable set."""
-    if isinstance(value, str):
-        return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
-    if isinstance(value, list):
-        return [interpolate(v) for v in value]
-    return value
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -93,10 +80,15 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
         )
         assert done.returncode == 0, done.stderr
         services = json.loads(done.stdout)["services"]
-        expected = {"redis", "migrate", "api", "worker", "beat"}
+        expected = {"proxy", "redis", "migrate", "api", "worker", "beat"}
         if profiles:
             expected |= {"gpu-worker", "postgres"}
         assert set(services) == expected
+        # The proxy is the only way in: nothing else publishes a port.
+        published = {name for name, service in services.items() if service.get("ports")}
+        assert published == {"proxy"}, published
+        (port,) = services["proxy"]["ports"]
+        assert (port["published"], port["target"]) == ("5000", 80)
 
 
 def test_compose_services_run_commands_that_exist() -> None:
@@ -165,6 +157,93 @@ def test_app_containers_share_the_data_volume_and_settings() -> None:
         unknown = set(services[name]["environment"]) - config_keys - others
         assert not unknown, (name, unknown)
     assert {"data", "models"} <= set(document["volumes"])
+
+
+def test_the_proxy_is_the_only_way_in() -> None:
+    """gunicorn must not face clients (docs/deployment.md, "Reverse proxy"):
+    the api publishes no port and believes the one proxy hop in front of it."""
+    services = compose()["services"]
+    for name, service in services.items():
+        assert ("ports" in service) == (name == "proxy"), name
+    proxy = services["proxy"]
+    assert proxy["ports"] == ["${PORT:-5000}:80"]
+    assert proxy["image"].startswith("nginx:")  # the official image, its templating
+    assert proxy["depends_on"]["api"]["condition"] == "service_started"
+    env = proxy["environment"]
+    assert env["NGINX_ENVSUBST_FILTER"] == "PROXY_"
+    assert env["PROXY_LISTEN"] == "80"
+    # gunicorn's port in the image (Dockerfile ENV PORT=5000, gunicorn.conf.py).
+    assert env["PROXY_UPSTREAM"] == "api:5000"
+    assert "PORT=5000" in " ".join(a for i, a in dockerfile_instructions() if i == "ENV")
+    api_env = services["api"]["environment"]
+    assert api_env["TRUSTED_PROXY_HOPS"] == "1"
+    # One MAX_UPLOAD_MB for both, so their body limits agree.
+    assert env["MAX_UPLOAD_MB"] == api_env["MAX_UPLOAD_MB"] == "${MAX_UPLOAD_MB:-200}"
+
+    mounts = {}
+    for volume in proxy["volumes"]:
+        source, target, mode = volume.split(":")
+        assert mode == "ro", volume
+        mounts[target] = (ROOT / source).resolve()
+    assert mounts["/etc/nginx/templates"] == TEMPLATE.parent
+    (envsh,) = (t for t in mounts if t.startswith("/docker-entrypoint.d/"))
+    # The image sources *.envsh in name order, before 20-envsubst-on-templates.sh,
+    # and skips a file without its execute bit.
+    assert envsh.endswith(".envsh") and envsh.split("/")[-1] < "20-envsubst"
+    assert mounts[envsh] == LIMITS and os.access(LIMITS, os.X_OK)
+
+
+def _location(config: str, match: str) -> str:
+    block = re.search(r"^\s*location " + re.escape(match) + r" \{(.*?)^\s*\}", config, re.M | re.S)
+    assert block, match
+    return block.group(1)
+
+
+def body_limit(config: str) -> int:
+    """client_max_body_size in bytes (limits.envsh writes it in KiB)."""
+    value = directive(config, "client_max_body_size")
+    assert value.endswith("k"), value
+    return int(value[:-1]) * 1024
+
+
+def test_proxy_limits_agree_with_the_api(tmp_path: Path) -> None:
+    """The shipped nginx configuration, rendered as compose renders it, against
+    the API's own settings: what the API accepts gets through, and the
+    long-lived routes are not cut short."""
+    config = rendered_config()
+    app = make_app(tmp_path / "data")
+    settings = app.config
+    assert body_limit(config) == settings["MAX_CONTENT_LENGTH"]
+    small = make_app(tmp_path / "small", MAX_UPLOAD_MB=7).config["MAX_CONTENT_LENGTH"]
+    assert body_limit(rendered_config(MAX_UPLOAD_MB="7")) == small
+
+    assert seconds(directive(config, "client_header_timeout")) <= 10
+    assert directive(config, "proxy_request_buffering") == "on"
+    assert directive(config, "proxy_intercept_errors") == "off"  # the API's errors pass untouched
+    assert seconds(directive(config, "proxy_read_timeout")) > settings["MAX_WAIT_SECONDS"]
+
+    events_path = "^/api/v1/jobs/[^/]+/events$"
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
+    assert {"/api/v1/jobs/<job_id>/events", "/v1/audio/transcriptions"} <= routes
+    assert re.match(events_path, "/api/v1/jobs/0f8e2c1a-job/events")
+    events = _location(config, f"~ {events_path}")
+    assert directive(events, "proxy_buffering") == "off"
+    assert directive(events, "gzip") == "off"
+    assert seconds(directive(events, "proxy_read_timeout")) > 10 * settings["SSE_HEARTBEAT_SECONDS"]
+    openai = _location(config, "^~ /v1/audio/")
+    assert seconds(directive(openai, "proxy_read_timeout")) > settings["OPENAI_WAIT_SECONDS"]
+    # limit_conn is not inherited into a location that sets its own.
+    for block in (events, openai):
+        assert re.search(r"limit_conn per_address \d+;", block)
+
+    # nginx's own errors: each status it can produce has a JSON page.
+    handled = {
+        int(code)
+        for codes in re.findall(r"^\s*error_page ([^/]+)/", config, re.M)
+        for code in codes.split()
+        if code.isdigit()
+    }
+    assert {400, 408, 413, 414, 429, 494, 502, 503, 504} <= handled
 
 
 # --------------------------------------------------------------------------- Dockerfile

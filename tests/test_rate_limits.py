@@ -74,6 +74,54 @@ def test_login_is_limited_per_address(tmp_path: Path) -> None:
     assert _login(client, "nobody@example.com", "wrong password", "10.0.0.2").status_code == 401
 
 
+PROXY = "10.0.0.100"  # every request arrives from the reverse proxy's address
+
+
+def _forwarded_login(client: FlaskClient, n: int, forwarded_for: str) -> Any:
+    return client.post(
+        "/api/v1/auth/login",
+        json={"email": f"nobody{n}@example.com", "password": "wrong password"},
+        headers={"X-Forwarded-For": forwarded_for},
+        **_ip(PROXY),
+    )
+
+
+def test_behind_a_trusted_proxy_logins_are_limited_per_forwarded_address(
+    tmp_path: Path,
+) -> None:
+    """TRUSTED_PROXY_HOPS=1 (compose's nginx): the address the proxy appended
+    is the client's, so clients behind one proxy do not share a budget, and
+    whatever a client put in X-Forwarded-For itself does not count."""
+    app = limited_app(tmp_path, LOGIN_RATE_LIMIT="3/minute", TRUSTED_PROXY_HOPS=1)
+    client = app.test_client()
+    # The client's own header comes first; nginx appends the real address.
+    for n, spoofed in enumerate(("1.1.1.1", "2.2.2.2", "3.3.3.3")):
+        response = _forwarded_login(client, n, f"{spoofed}, 203.0.113.7")
+        assert response.status_code == 401
+    _assert_429(_forwarded_login(client, 9, "4.4.4.4, 203.0.113.7"))
+    # Another client behind the same proxy has a budget of its own.
+    assert _forwarded_login(client, 10, "203.0.113.8").status_code == 401
+
+
+def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(tmp_path: Path) -> None:
+    """The default (TRUSTED_PROXY_HOPS=0): a client that sets X-Forwarded-For
+    itself is still limited by the address it connects from."""
+    assert config_module.from_environment()["TRUSTED_PROXY_HOPS"] == 0
+    client = limited_app(tmp_path, LOGIN_RATE_LIMIT="3/minute").test_client()
+    for n in range(3):
+        assert _forwarded_login(client, n, f"198.51.100.{n}").status_code == 401
+    _assert_429(_forwarded_login(client, 9, "198.51.100.9"))
+
+
+def test_trusted_proxy_hops_cannot_be_negative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TRUSTED_PROXY_HOPS", "-1")
+    with pytest.raises(RuntimeError, match="TRUSTED_PROXY_HOPS"):
+        config_module.finalise(config_module.from_environment())
+
+
 def test_login_is_limited_per_account(tmp_path: Path) -> None:
     """Guessing one account's password from many addresses hits the account's
     limit; once hit, even the right password waits."""
