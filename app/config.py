@@ -78,6 +78,8 @@ def from_environment() -> dict[str, Any]:
         "SSE_HEARTBEAT_SECONDS": env_float("SSE_HEARTBEAT_SECONDS", 15.0),
         "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or None,
         "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
+        # A delivery try (connect, send, read) is cut after this long.
+        "WEBHOOK_DEADLINE_SECONDS": env_float("WEBHOOK_DEADLINE_SECONDS", 15.0),
         **worker_settings.from_environment(redis_url),
     }
 
@@ -125,6 +127,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
             "unset it to have one generated in DATA_DIR"
         )
     config["WEBHOOK_SECRET"] = webhook_secret
+    if not float(config.get("WEBHOOK_DEADLINE_SECONDS") or 0) > 0:
+        raise RuntimeError("WEBHOOK_DEADLINE_SECONDS must be a positive number of seconds")
 
     database_url = config.get("DATABASE_URL") or f"sqlite:///{data_dir / 'jobs.sqlite'}"
     config["DATABASE_URL"] = database_url

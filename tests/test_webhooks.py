@@ -10,6 +10,7 @@ import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -470,3 +471,67 @@ def test_https_delivery_checks_the_certificate_against_the_url_host(
     record = client.get(f"/api/v1/jobs/{bad}", headers=headers).json["webhook"]
     assert record["state"] == "failed" and "SSL" in record["last_error"], record
     assert len(receiver.requests) == 1
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (skips the test without openssl)."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed; HTTPS webhook test skipped")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("mode", ["http", "https", "https-handshake"])
+def test_a_trickling_receiver_is_cut_at_the_deadline(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver sending a byte a second never trips a per-read timeout; the
+    deadline ends the try anyway, over TLS too, handshake included."""
+    import ssl
+
+    from tests.support.trickle import Trickler
+
+    deadline = 2.0
+    config = {"WEBHOOK_ALLOW_PRIVATE": True, "WEBHOOK_DEADLINE_SECONDS": deadline}
+    server_tls: ssl.SSLContext | None = None
+    if mode != "http":
+        cert, key = _certificate(tmp_path)
+        trusted = ssl.create_default_context(cafile=str(cert))
+        monkeypatch.setattr(webhooks, "tls_context", lambda: trusted)
+        if mode == "https":
+            server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server_tls.load_cert_chain(str(cert), str(key))
+    outcome: dict[str, Any] = {}
+
+    def deliver(url: str) -> None:
+        started = time.monotonic()
+        try:
+            webhooks.post(url, {"Content-Type": "application/json"}, b"{}", config)
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - started
+
+    with Trickler(tls=server_tls, stall_handshake=mode == "https-handshake") as receiver:
+        url = receiver.url(scheme="https" if mode != "http" else "http")
+        thread = threading.Thread(target=deliver, args=(url,), daemon=True)
+        thread.start()
+        thread.join(deadline + 1.5)
+        still_waiting = thread.is_alive()
+    thread.join(10)  # leaving the receiver freed it, if the deadline did not
+    assert not still_waiting, f"post() still waited on the receiver after {deadline + 1.5} s"
+    assert isinstance(outcome.get("error"), webhooks.DeliveryError), outcome
+    assert "deadline" in str(outcome["error"]), outcome
+    assert outcome["seconds"] >= deadline - 0.1, outcome
+    assert len(receiver.connections) == 1
+    if mode != "https-handshake":
+        assert receiver.connections[0].request.startswith(b"POST /hook"), receiver.connections
