@@ -19,8 +19,12 @@ from app import localbus, worker_settings
 from app.env import env_bool, env_float, env_int, env_list
 
 MIN_SECRET_BYTES = 32
-# Every worker consumes these by default; "webhooks" holds only small, quick deliveries.
-QUEUES = ("separation", "transcription", "generation", "webhooks")
+# The queues of jobs, which keep a worker process busy for minutes.
+JOB_QUEUES = ("separation", "transcription", "generation")
+# Webhook deliveries: each waits on someone else's server, so they get a
+# worker of their own rather than a place in line behind (or before) jobs.
+WEBHOOK_QUEUE = "webhooks"
+QUEUES = (*JOB_QUEUES, WEBHOOK_QUEUE)
 
 
 def from_environment() -> dict[str, Any]:

@@ -22,6 +22,7 @@ from flask import Flask
 from app.errors import ServiceError
 from app.services import webhooks
 from tests.conftest import make_app, register_and_login
+from tests.procs import wait_for
 
 
 class Receiver:
@@ -535,3 +536,57 @@ def test_a_trickling_receiver_is_cut_at_the_deadline(
     assert len(receiver.connections) == 1
     if mode != "https-handshake":
         assert receiver.connections[0].request.startswith(b"POST /hook"), receiver.connections
+
+
+def test_a_trickling_receiver_delays_no_job_under_make_run(live: Callable[..., Any]) -> None:
+    """Through the real server as ``make run`` starts it: while a delivery
+    trickles, the next job runs at once (deliveries have a worker of their
+    own), and the delivery is cut at the deadline and retried later."""
+    import requests
+
+    from tests.conftest import sine_and_clicks, wav_bytes
+    from tests.support.trickle import Trickler
+
+    deadline = 3.0
+    service = live(WEBHOOK_ALLOW_PRIVATE="1", WEBHOOK_DEADLINE_SECONDS=f"{deadline:g}")
+    headers = service.register()
+    song = wav_bytes(sine_and_clicks(seconds=2.0))
+
+    def separate(**fields: str) -> str:
+        response = requests.post(
+            f"{service.url}/api/v1/separations",
+            headers=headers,
+            files={"file": ("song.wav", song)},
+            data={"model": "hpss", **fields},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    with Trickler() as receiver:
+        first = separate(callback_url=receiver.url())
+        assert service.wait_for_job(headers, first)["status"] == "succeeded"
+        delivery = receiver.wait_for_connection(timeout=30)
+        second = separate()
+        job = service.wait_for_job(headers, second, timeout=30)
+        second_done = time.monotonic()
+        assert job["status"] == "succeeded", job
+        # Done while the delivery was still trickling, not after it.
+        assert delivery.closed is None or second_done < delivery.closed, (
+            f"the second job ended {second_done - delivery.opened:.1f} s after the delivery "
+            f"began, {second_done - delivery.closed:.1f} s after it was cut: it waited for it"
+        )
+
+        def cut() -> Any:
+            job = requests.get(f"{service.url}/api/v1/jobs/{first}", headers=headers, timeout=30)
+            record = job.json()["webhook"]
+            return record if record["state"] != "pending" else None
+
+        record = wait_for(cut, deadline + 15, "the delivery to be cut", [service.log_path])
+        assert delivery.closed is not None
+    assert record["state"] == "retrying" and record["attempts"] == 1, record
+    assert "deadline" in record["last_error"], record
+    assert record["last_status"] is None, record
+    assert deadline - 0.5 < delivery.closed - delivery.opened < deadline + 2, (
+        delivery.closed - delivery.opened
+    )
