@@ -33,7 +33,8 @@ class Connection:
 
 class Trickler:
     """On a free loopback port. ``tls`` serves HTTPS with that context;
-    ``stall_handshake`` trickles the TLS handshake itself instead."""
+    ``stall_handshake`` trickles the TLS handshake itself instead; ``answer``
+    replaces the HTTP answer (the first ``at_once`` bytes go out together)."""
 
     def __init__(
         self,
@@ -41,8 +42,12 @@ class Trickler:
         interval: float = 1.0,
         tls: ssl.SSLContext | None = None,
         stall_handshake: bool = False,
+        answer: bytes = ANSWER,
+        at_once: int = 0,
     ) -> None:
         self.interval = interval
+        self.answer = answer
+        self.at_once = at_once
         self.tls = tls
         self.stall_handshake = stall_handshake
         self.connections: list[Connection] = []
@@ -101,15 +106,16 @@ class Trickler:
             raw.settimeout(10)
             if self.stall_handshake:
                 record.request = raw.recv(65536)  # the ClientHello
-                payload = HANDSHAKE
+                payload, start = HANDSHAKE, 0
             else:
                 if self.tls is not None:
                     sock = self.tls.wrap_socket(raw, server_side=True)
                     with self._lock:
                         self._sockets.append(sock)
                 record.request = _read_request(sock)
-                payload = ANSWER
-            for i in range(len(payload)):
+                payload, start = self.answer, self.at_once
+                sock.sendall(payload[:start])
+            for i in range(start, len(payload)):
                 sock.sendall(payload[i : i + 1])
                 # The client sends nothing more: readable means it has gone.
                 if select.select([sock], [], [], self.interval)[0] or self._stop.is_set():
