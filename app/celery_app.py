@@ -82,9 +82,10 @@ def _connect_worker_signals(app: Flask) -> None:
                 target=_maintenance_loop, args=(app,), daemon=True, name="maintenance"
             ).start()
 
-        # With the solo and threads pools, tasks run in this process.
+        # With the solo and threads pools, tasks run in this process; a
+        # worker for webhooks alone never loads a model.
         pool_module = type(getattr(sender, "pool", None)).__module__
-        if pool_module.endswith((".solo", ".threads")):
+        if pool_module.endswith((".solo", ".threads")) and runs_jobs(queues):
             start_model_housekeeping(app)
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
@@ -103,6 +104,15 @@ def _connect_worker_signals(app: Flask) -> None:
     worker_ready.connect(on_ready, weak=False)
     worker_shutdown.connect(on_shutdown, weak=False)
     worker_process_init.connect(on_process_init, weak=False)
+
+
+def runs_jobs(queues: str) -> bool:
+    """Whether a worker consuming these queues (comma-separated) runs jobs;
+    unknown (empty) counts as yes."""
+    from app.config import JOB_QUEUES
+
+    names = set(filter(None, queues.split(",")))
+    return not names or bool(names & set(JOB_QUEUES))
 
 
 def start_model_housekeeping(app: Flask) -> threading.Thread:

@@ -19,8 +19,12 @@ from app import localbus, worker_settings
 from app.env import env_bool, env_float, env_int, env_list
 
 MIN_SECRET_BYTES = 32
-# Every worker consumes these by default; "webhooks" holds only small, quick deliveries.
-QUEUES = ("separation", "transcription", "generation", "webhooks")
+# The queues of jobs, which keep a worker process busy for minutes.
+JOB_QUEUES = ("separation", "transcription", "generation")
+# Webhook deliveries: each waits on someone else's server, so they get a
+# worker of their own rather than a place in line behind (or before) jobs.
+WEBHOOK_QUEUE = "webhooks"
+QUEUES = (*JOB_QUEUES, WEBHOOK_QUEUE)
 
 
 def from_environment() -> dict[str, Any]:
@@ -88,6 +92,8 @@ def from_environment() -> dict[str, Any]:
         "SSE_HEARTBEAT_SECONDS": env_float("SSE_HEARTBEAT_SECONDS", 15.0),
         "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or None,
         "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
+        # A delivery try (connect, send, read) is cut after this long.
+        "WEBHOOK_DEADLINE_SECONDS": env_float("WEBHOOK_DEADLINE_SECONDS", 15.0),
         **worker_settings.from_environment(redis_url),
     }
 
@@ -135,6 +141,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
             "unset it to have one generated in DATA_DIR"
         )
     config["WEBHOOK_SECRET"] = webhook_secret
+    if not float(config.get("WEBHOOK_DEADLINE_SECONDS") or 0) > 0:
+        raise RuntimeError("WEBHOOK_DEADLINE_SECONDS must be a positive number of seconds")
 
     database_url = config.get("DATABASE_URL") or f"sqlite:///{data_dir / 'jobs.sqlite'}"
     config["DATABASE_URL"] = database_url

@@ -1,4 +1,8 @@
-"""``make run``: the API and a Celery worker together, in the foreground.
+"""``make run``: the API and the Celery workers together, in the foreground.
+
+Two workers: one for jobs, and one with a few threads for webhook
+deliveries, so that a slow receiver never delays a job and a long job never
+delays a delivery.
 
 The embedded default needs nothing but this checkout: SQLite for jobs, a
 SQLite broker for Celery, files under ``DATA_DIR``. With ``REDIS_URL`` set the
@@ -17,9 +21,11 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
-from app.config import QUEUES
+from app.config import JOB_QUEUES, WEBHOOK_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
+# Deliveries the webhook worker makes at once.
+WEBHOOK_THREADS = 4
 
 
 def migrate_database() -> None:
@@ -56,10 +62,18 @@ def main() -> int:
     python = sys.executable
     worker_cmd = [
         python, "-m", "celery", "-A", "celery_worker", "worker",
-        "-Q", ",".join(QUEUES),
+        "-Q", ",".join(JOB_QUEUES),
         "--concurrency", os.environ.get("WORKER_CONCURRENCY", "1"),
         "--loglevel", os.environ.get("LOG_LEVEL", "INFO"),
         "--hostname", f"embedded@{os.uname().nodename}",
+    ]  # fmt: skip
+    # Deliveries spend their time waiting on receivers: threads, not processes.
+    webhook_worker_cmd = [
+        python, "-m", "celery", "-A", "celery_worker", "worker",
+        "-Q", WEBHOOK_QUEUE,
+        "--pool", "threads", "--concurrency", str(WEBHOOK_THREADS),
+        "--loglevel", os.environ.get("LOG_LEVEL", "INFO"),
+        "--hostname", f"webhooks@{os.uname().nodename}",
     ]  # fmt: skip
     web_processes = os.environ.get("WEB_CONCURRENCY") or (
         "2" if os.environ.get("REDIS_URL") else "1"
@@ -82,10 +96,16 @@ def main() -> int:
         **os.environ,
         "MAINTENANCE_IN_WORKER": os.environ.get("MAINTENANCE_IN_WORKER", "1"),
     }
-    children = [
-        subprocess.Popen(worker_cmd, cwd=ROOT, env=worker_env),
-        subprocess.Popen(api_cmd, cwd=ROOT),
-    ]
+    # One maintenance pass is enough: the job worker's.
+    webhook_worker_env = {**os.environ, "MAINTENANCE_IN_WORKER": "0"}
+    api = subprocess.Popen(api_cmd, cwd=ROOT)
+    children = {
+        "the worker": subprocess.Popen(worker_cmd, cwd=ROOT, env=worker_env),
+        "the webhook worker": subprocess.Popen(
+            webhook_worker_cmd, cwd=ROOT, env=webhook_worker_env
+        ),
+        "the API": api,
+    }
     stopping = False
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -98,7 +118,7 @@ def main() -> int:
     shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
     base = f"http://{shown_host}:{port}"
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    if _wait_until_up(f"http://{probe_host}:{port}/healthz", 60, children[1]):
+    if _wait_until_up(f"http://{probe_host}:{port}/healthz", 60, api):
         print(
             "\nAiMusicSeparator is running (embedded default: SQLite jobs and queue, "
             f"data in {os.environ['DATA_DIR']})\n"
@@ -110,18 +130,18 @@ def main() -> int:
         )
     exit_code = 0
     while not stopping:
-        for child in children:
+        for name, child in children.items():
             if child.poll() is not None:
-                print(f"{child.args[2:5]} exited with {child.returncode}; stopping", flush=True)
+                print(f"{name} exited with {child.returncode}; stopping", flush=True)
                 exit_code = child.returncode or 1
                 stopping = True
         time.sleep(0.2)
 
-    for child in children:
+    for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 40
-    for child in children:
+    for child in children.values():
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:

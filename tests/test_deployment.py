@@ -80,7 +80,7 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
         )
         assert done.returncode == 0, done.stderr
         services = json.loads(done.stdout)["services"]
-        expected = {"proxy", "redis", "migrate", "api", "worker", "beat"}
+        expected = {"proxy", "redis", "migrate", "api", "worker", "webhook-worker", "beat"}
         if profiles:
             expected |= {"gpu-worker", "postgres"}
         assert set(services) == expected
@@ -105,13 +105,13 @@ def test_compose_services_run_commands_that_exist() -> None:
         "upgrade",
     ]
     assert services["migrate"]["restart"] == "no"  # a one-shot, not a restart loop
-    for name in ("worker", "gpu-worker", "beat"):
+    for name in ("worker", "webhook-worker", "gpu-worker", "beat"):
         command = interpolate(services[name]["command"])
         assert command[:3] == ["celery", "-A", "celery_worker"], name
         assert (ROOT / "celery_worker.py").exists()
     assert "celery_app = flask_app.extensions" in (ROOT / "celery_worker.py").read_text()
     assert interpolate(services["beat"]["command"])[3] == "beat"
-    for name in ("api", "worker", "beat", "migrate"):
+    for name in ("api", "worker", "webhook-worker", "beat", "migrate"):
         depends = services[name]["depends_on"]
         assert depends["redis"]["condition"] == "service_healthy", name
         assert depends["postgres"]["required"] is False, name
@@ -121,8 +121,14 @@ def test_every_routed_queue_has_a_consumer(celery_queues: set[str]) -> None:
     services = compose()["services"]
     cpu = set(option(interpolate(services["worker"]["command"]), "-Q").split(","))
     gpu = set(option(interpolate(services["gpu-worker"]["command"]), "-Q").split(","))
-    # The default (no profile) worker consumes every queue a task is routed to.
-    assert celery_queues <= cpu, celery_queues - cpu
+    hooks_command = interpolate(services["webhook-worker"]["command"])
+    hooks = set(option(hooks_command, "-Q").split(","))
+    # The default (no profile) workers together consume every queue a task is routed to.
+    assert celery_queues <= cpu | hooks, celery_queues - cpu - hooks
+    # Deliveries never wait behind a job, nor hold a job's process.
+    assert hooks == {"webhooks"} and "webhooks" not in cpu | gpu
+    assert option(hooks_command, "--pool") == "threads"
+    assert "profiles" not in services["webhook-worker"]
     assert gpu == {"separation", "generation"}
     assert services["gpu-worker"]["profiles"] == ["gpu"]
     assert services["gpu-worker"]["environment"]["MODEL_DEVICE"] == "cuda"
@@ -145,7 +151,7 @@ def test_redis_persists_queued_jobs() -> None:
 def test_app_containers_share_the_data_volume_and_settings() -> None:
     document = compose()
     services = document["services"]
-    names = ("api", "worker", "gpu-worker", "beat", "migrate")
+    names = ("api", "worker", "webhook-worker", "gpu-worker", "beat", "migrate")
     for name in names:
         assert "data:/data" in services[name]["volumes"], name
         env = services[name]["environment"]

@@ -1,9 +1,9 @@
 """``make run`` itself: ``python -m app.embedded`` as a user starts it.
 
-One API process and one worker on a fresh DATA_DIR; the test talks HTTP to it
-like curl would: a job runs end to end, login attempts are limited across the
-whole server (one API process, so the in-memory counters are exact), and
-Ctrl-C stops everything.
+One API process, a job worker and a webhook worker on a fresh DATA_DIR; the
+test talks HTTP to it like curl would: a job runs end to end, login attempts
+are limited across the whole server (one API process, so the in-memory
+counters are exact), and Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -70,6 +70,19 @@ def test_make_run_serves_jobs_limits_logins_and_stops_on_ctrl_c(tmp_path: Path) 
         job = wait_for(finished, 90, "the job to end", [log_path], interval=0.3)
         assert job["status"] == "succeeded", job
         assert {f["name"] for f in job["result"]["files"]} == {"harmonic.wav", "percussive.wav"}
+
+        # Jobs and webhook deliveries have a worker each: neither waits for the other.
+        expected = {
+            "embedded": {"separation", "transcription", "generation"},
+            "webhooks": {"webhooks"},
+        }
+
+        def workers() -> dict[str, set[str]] | None:
+            alive = requests.get(f"{base}/readyz").json()["checks"]["workers"]["alive"]
+            queues = {w["hostname"].split("@")[0]: set(w["queues"]) for w in alive}
+            return queues if queues == expected else None
+
+        wait_for(workers, 30, "a job worker and a webhook worker", [log_path])
 
         # Two more logins (3/minute) pass, then every API thread answers 429.
         wrong = {**account, "password": "not the password at all"}

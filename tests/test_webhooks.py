@@ -10,6 +10,7 @@ import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +22,7 @@ from flask import Flask
 from app.errors import ServiceError
 from app.services import webhooks
 from tests.conftest import make_app, register_and_login
+from tests.procs import wait_for
 
 
 class Receiver:
@@ -470,3 +472,146 @@ def test_https_delivery_checks_the_certificate_against_the_url_host(
     record = client.get(f"/api/v1/jobs/{bad}", headers=headers).json["webhook"]
     assert record["state"] == "failed" and "SSL" in record["last_error"], record
     assert len(receiver.requests) == 1
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (skips the test without openssl)."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed; HTTPS webhook test skipped")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _post_within(url: str, config: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """``post()`` in a thread given ``seconds`` to end: its status or error,
+    and how long it took. A thread still waiting is left to the receiver's
+    exit, which frees it: a post() without a deadline fails the test instead
+    of hanging it."""
+    outcome: dict[str, Any] = {}
+
+    def deliver() -> None:
+        started = time.monotonic()
+        try:
+            outcome["status"] = webhooks.post(
+                url, {"Content-Type": "application/json"}, b"{}", config
+            )
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=deliver, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"post() still waited on the receiver after {seconds:g} s"
+    return outcome
+
+
+@pytest.mark.parametrize("mode", ["http", "https", "https-handshake"])
+def test_a_trickling_receiver_is_cut_at_the_deadline(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver sending a byte a second never trips a per-read timeout; the
+    deadline ends the try anyway, over TLS too, handshake included."""
+    import ssl
+
+    from tests.support.trickle import Trickler
+
+    deadline = 2.0
+    config = {"WEBHOOK_ALLOW_PRIVATE": True, "WEBHOOK_DEADLINE_SECONDS": deadline}
+    server_tls: ssl.SSLContext | None = None
+    if mode != "http":
+        cert, key = _certificate(tmp_path)
+        trusted = ssl.create_default_context(cafile=str(cert))
+        monkeypatch.setattr(webhooks, "tls_context", lambda: trusted)
+        if mode == "https":
+            server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server_tls.load_cert_chain(str(cert), str(key))
+    with Trickler(tls=server_tls, stall_handshake=mode == "https-handshake") as receiver:
+        url = receiver.url(scheme="https" if mode != "http" else "http")
+        outcome = _post_within(url, config, deadline + 1.5)
+    assert isinstance(outcome.get("error"), webhooks.DeliveryError), outcome
+    assert "deadline" in str(outcome["error"]), outcome
+    assert outcome["seconds"] >= deadline - 0.1, outcome
+    assert len(receiver.connections) == 1
+    if mode != "https-handshake":
+        assert receiver.connections[0].request.startswith(b"POST /hook"), receiver.connections
+
+
+def test_a_2xx_whose_body_trickles_counts_as_delivered() -> None:
+    """The status line is the answer; the deadline only stops the wait for the rest."""
+    from tests.support.trickle import Trickler
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    config = {"WEBHOOK_ALLOW_PRIVATE": True, "WEBHOOK_DEADLINE_SECONDS": 1.0}
+    with Trickler(answer=head + b"x" * 1000, at_once=len(head)) as receiver:
+        outcome = _post_within(receiver.url(), config, 2.5)
+    assert outcome.get("status") == 200, outcome
+
+
+def test_the_deadline_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="WEBHOOK_DEADLINE_SECONDS"):
+        make_app(tmp_path / "data", WEBHOOK_DEADLINE_SECONDS=0)
+
+
+def test_a_trickling_receiver_delays_no_job_under_make_run(live: Callable[..., Any]) -> None:
+    """Through the real server as ``make run`` starts it: while a delivery
+    trickles, the next job runs at once (deliveries have a worker of their
+    own), and the delivery is cut at the deadline and retried later."""
+    import requests
+
+    from tests.conftest import sine_and_clicks, wav_bytes
+    from tests.support.trickle import Trickler
+
+    deadline = 3.0
+    service = live(WEBHOOK_ALLOW_PRIVATE="1", WEBHOOK_DEADLINE_SECONDS=f"{deadline:g}")
+    headers = service.register()
+    song = wav_bytes(sine_and_clicks(seconds=2.0))
+
+    def separate(**fields: str) -> str:
+        response = requests.post(
+            f"{service.url}/api/v1/separations",
+            headers=headers,
+            files={"file": ("song.wav", song)},
+            data={"model": "hpss", **fields},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    with Trickler() as receiver:
+        first = separate(callback_url=receiver.url())
+        assert service.wait_for_job(headers, first)["status"] == "succeeded"
+        delivery = receiver.wait_for_connection(timeout=30)
+        second = separate()
+        job = service.wait_for_job(headers, second, timeout=30)
+        second_done = time.monotonic()
+        assert job["status"] == "succeeded", job
+        # Done while the delivery was still trickling, not after it.
+        assert delivery.closed is None or second_done < delivery.closed, (
+            f"the second job ended {second_done - delivery.opened:.1f} s after the delivery "
+            f"began, {second_done - delivery.closed:.1f} s after it was cut: it waited for it"
+        )
+
+        def cut() -> Any:
+            job = requests.get(f"{service.url}/api/v1/jobs/{first}", headers=headers, timeout=30)
+            record = job.json()["webhook"]
+            return record if record["state"] != "pending" else None
+
+        record = wait_for(cut, deadline + 15, "the delivery to be cut", [service.log_path])
+        assert delivery.closed is not None
+    assert record["state"] == "retrying" and record["attempts"] == 1, record
+    assert "deadline" in record["last_error"], record
+    assert record["last_status"] is None, record
+    assert deadline - 0.5 < delivery.closed - delivery.opened < deadline + 2, (
+        delivery.closed - delivery.opened
+    )

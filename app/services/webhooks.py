@@ -12,10 +12,15 @@ Receivers verify ``X-AMS-Signature: sha256=<hex>``, the HMAC-SHA256 of
 (``GET /api/v1/webhooks/secret``; derived from ``WEBHOOK_SECRET``, so no
 table is needed and rotating that one value rotates every account's).
 ``X-AMS-Event-Id`` stays the same across retries, for de-duplication.
+
+Each try has a wall-clock deadline (``WEBHOOK_DEADLINE_SECONDS``): socket
+timeouts bound each read, not the whole answer, and a receiver sending a
+byte now and then would otherwise hold a worker for as long as it liked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -24,6 +29,7 @@ import json
 import logging
 import socket
 import ssl
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -46,6 +52,8 @@ MAX_URL_LENGTH = 2048
 RETRY_DELAYS = (10, 60, 300, 1800)
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
+# A whole try (connect, send, read) ends here whatever the receiver does.
+DEFAULT_DEADLINE_SECONDS = 15.0
 USER_AGENT = "AiMusicSeparator-Webhook/1"
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -238,15 +246,83 @@ def job_ended(job_id: str) -> None:
             db.session.rollback()
 
 
+class _Watchdog:
+    """Cuts a try's connection when its deadline passes.
+
+    Shutting a socket down from another thread wakes whatever call is blocked
+    on it (a send, a read, the TLS handshake); connecting is bounded by its own
+    timeout instead. The shutdown goes to a duplicate of the descriptor taken
+    right after connecting: it reaches the connection below TLS (an
+    SSLSocket's own ``shutdown`` would pull the TLS state from under a read in
+    progress), keeps working after http.client has closed its copy, and can
+    never hit a descriptor number the process has reused meanwhile.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends = time.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._watched: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self.release()
+
+    def remaining(self) -> float:
+        return self.ends - time.monotonic()
+
+    @property
+    def passed(self) -> bool:
+        return self.expired or self.remaining() <= 0
+
+    def connect(self, address: str, port: int) -> socket.socket:
+        """A connection to the address that the watchdog can cut."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            raise TimeoutError("the deadline passed before connecting")
+        sock = socket.create_connection((address, port), min(CONNECT_TIMEOUT, remaining))
+        with self._lock:
+            if self.expired:
+                sock.close()
+                raise TimeoutError("the deadline passed while connecting")
+            self._watched.append(sock.dup())
+        return sock
+
+    def release(self) -> None:
+        """Forget the connections of tries that are over (their duplicates
+        would otherwise keep them open)."""
+        with self._lock:
+            for sock in self._watched:
+                sock.close()
+            self._watched.clear()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._watched:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     """HTTP to a vetted address, with the URL's host in the Host header."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, address: str, timeout: float, watchdog: _Watchdog
+    ) -> None:
         super().__init__(host, port, timeout=timeout)
         self.address = address
+        self.watchdog = watchdog
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.address, self.port), CONNECT_TIMEOUT)
+        self.sock = self.watchdog.connect(self.address, self.port)
         self.sock.settimeout(self.timeout)
 
 
@@ -254,14 +330,21 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """HTTPS to a vetted address; SNI and certificate checks use the URL's host."""
 
     def __init__(
-        self, host: str, port: int, address: str, timeout: float, context: ssl.SSLContext
+        self,
+        host: str,
+        port: int,
+        address: str,
+        timeout: float,
+        context: ssl.SSLContext,
+        watchdog: _Watchdog,
     ) -> None:
         super().__init__(host, port, timeout=timeout, context=context)
         self.address = address
         self.tls = context
+        self.watchdog = watchdog
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.address, self.port), CONNECT_TIMEOUT)
+        sock = self.watchdog.connect(self.address, self.port)
         sock.settimeout(self.timeout)
         self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
 
@@ -282,29 +365,51 @@ class DeliveryError(Exception):
 
 def post(url: str, headers: dict[str, str], body: bytes, config: Any = None) -> int:
     """POST once to a re-checked address; returns the 2xx status, raises
-    DeliveryError otherwise. Redirects are not followed (they could point inward)."""
-    target = check(url, config)
-    last: Exception | None = None
-    for address in target.addresses:
-        if target.scheme == "https":
-            conn: http.client.HTTPConnection = _PinnedHTTPSConnection(
-                target.host, target.port, address, READ_TIMEOUT, tls_context()
+    DeliveryError otherwise. Redirects are not followed (they could point inward).
+
+    The status line is the answer: a body that fails or trickles after it
+    does not turn a 2xx into a failure (the receiver has the event by then).
+    """
+    config = config if config is not None else current_app.config
+    seconds = float(config.get("WEBHOOK_DEADLINE_SECONDS") or DEFAULT_DEADLINE_SECONDS)
+    with _Watchdog(seconds) as watchdog:
+        target = check(url, config)
+        last: Exception | None = None
+        for address in target.addresses:
+            if watchdog.passed:
+                break
+            if target.scheme == "https":
+                conn: http.client.HTTPConnection = _PinnedHTTPSConnection(
+                    target.host, target.port, address, READ_TIMEOUT, tls_context(), watchdog
+                )
+            else:
+                conn = _PinnedHTTPConnection(
+                    target.host, target.port, address, READ_TIMEOUT, watchdog
+                )
+            response: http.client.HTTPResponse | None = None
+            try:
+                conn.request("POST", target.path, body=body, headers=headers)
+                response = conn.getresponse()
+                status = response.status
+                # Drained so that closing does not reset a receiver still writing.
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    response.read(64 * 1024)
+            except (OSError, http.client.HTTPException) as exc:
+                last = exc
+                continue
+            finally:
+                if response is not None:
+                    response.close()
+                conn.close()
+                watchdog.release()
+            if 200 <= status < 300:
+                return status
+            raise DeliveryError(f"The receiver answered HTTP {status}.", status)
+        if watchdog.passed:
+            raise DeliveryError(
+                f"The receiver did not answer within the {seconds:g} s deadline "
+                "(WEBHOOK_DEADLINE_SECONDS); the connection was cut."
             )
-        else:
-            conn = _PinnedHTTPConnection(target.host, target.port, address, READ_TIMEOUT)
-        try:
-            conn.request("POST", target.path, body=body, headers=headers)
-            response = conn.getresponse()
-            response.read(64 * 1024)
-            status = response.status
-        except (OSError, http.client.HTTPException) as exc:
-            last = exc
-            continue
-        finally:
-            conn.close()
-        if 200 <= status < 300:
-            return status
-        raise DeliveryError(f"The receiver answered HTTP {status}.", status)
     reason = type(last).__name__ if last else "no address"
     detail = str(last) if last else ""
     raise DeliveryError(f"Could not reach the receiver ({reason}: {detail})"[:500])
