@@ -49,14 +49,9 @@ def celery_init_app(app: Flask) -> Celery:
 
     broker.install()
 
-    from app.tasks import (  # noqa: F401  (register the shared tasks)
-        generation,
-        maintenance,
-        pipelines,
-        separation,
-        transcription,
-        webhooks,
-    )
+    from app.tasks import import_task_modules
+
+    import_task_modules()
 
     _connect_worker_signals(app)
     return celery_app
@@ -109,10 +104,10 @@ def _connect_worker_signals(app: Flask) -> None:
 def runs_jobs(queues: str) -> bool:
     """Whether a worker consuming these queues (comma-separated) runs jobs;
     unknown (empty) counts as yes."""
-    from app.config import JOB_QUEUES
+    from app.job_kinds import job_queues
 
     names = set(filter(None, queues.split(",")))
-    return not names or bool(names & set(JOB_QUEUES))
+    return not names or bool(names & set(job_queues()))
 
 
 def start_model_housekeeping(app: Flask) -> threading.Thread:

@@ -15,16 +15,19 @@ from typing import Any
 
 from limits import parse_many
 
-from app import localbus, worker_settings
+from app import job_kinds, localbus, worker_settings
 from app.env import env_bool, env_float, env_int, env_list
 
 MIN_SECRET_BYTES = 32
-# The queues of jobs, which keep a worker process busy for minutes.
-JOB_QUEUES = ("separation", "transcription", "generation")
 # Webhook deliveries: each waits on someone else's server, so they get a
 # worker of their own rather than a place in line behind (or before) jobs.
 WEBHOOK_QUEUE = "webhooks"
-QUEUES = (*JOB_QUEUES, WEBHOOK_QUEUE)
+
+
+def queues() -> tuple[str, ...]:
+    """Every queue a worker may consume: the job kinds' (app/job_kinds.py), which
+    keep a worker process busy for minutes, and the webhooks'."""
+    return (*job_kinds.job_queues(), WEBHOOK_QUEUE)
 
 
 def from_environment() -> dict[str, Any]:
@@ -245,15 +248,10 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "task_default_queue": "separation",
+        "task_default_queue": job_kinds.job_queues()[0],
         "task_routes": {
-            "app.tasks.separation.*": {"queue": "separation"},
-            "app.tasks.transcription.*": {"queue": "transcription"},
-            "app.tasks.generation.*": {"queue": "generation"},
-            "app.tasks.webhooks.*": {"queue": "webhooks"},
-            # Pipelines go where their heaviest step runs.
-            "app.tasks.pipelines.karaoke": {"queue": "separation"},
-            "app.tasks.pipelines.analyze": {"queue": "transcription"},
+            **job_kinds.task_routes(),
+            "app.tasks.webhooks.*": {"queue": WEBHOOK_QUEUE},
             "app.tasks.maintenance.*": {"queue": worker_settings.MAINTENANCE_QUEUE},
         },
         "worker_hijack_root_logger": False,

@@ -21,7 +21,8 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 
-from app.config import JOB_QUEUES, WEBHOOK_QUEUE
+from app.config import WEBHOOK_QUEUE
+from app.job_kinds import job_queues
 
 ROOT = Path(__file__).resolve().parent.parent
 # Deliveries the webhook worker makes at once.
@@ -62,7 +63,7 @@ def main() -> int:
     python = sys.executable
     worker_cmd = [
         python, "-m", "celery", "-A", "celery_worker", "worker",
-        "-Q", ",".join(JOB_QUEUES),
+        "-Q", ",".join(job_queues()),
         "--concurrency", os.environ.get("WORKER_CONCURRENCY", "1"),
         "--loglevel", os.environ.get("LOG_LEVEL", "INFO"),
         "--hostname", f"embedded@{os.uname().nodename}",

@@ -216,7 +216,7 @@ class JobCollector:
     def collect(self) -> Iterator[Metric]:
         from sqlalchemy import func, select
 
-        from app.blueprints.jobs import KINDS
+        from app import job_kinds
         from app.extensions import db
         from app.records import JOB_STATUSES, Job, WorkerHeartbeat, utcnow
 
@@ -253,7 +253,7 @@ class JobCollector:
         up.add_metric([], 1)
         yield up
 
-        counts = {(kind, status): 0 for kind in KINDS for status in JOB_STATUSES}
+        counts = {(kind, status): 0 for kind in job_kinds.names() for status in JOB_STATUSES}
         for kind, status, count in by_state:
             counts[(kind, status)] = int(count)
         jobs = GaugeMetricFamily(
@@ -293,18 +293,18 @@ class JobCollector:
         for (queues,) in workers:
             for queue in filter(None, (queues or "").split(",")):
                 per_queue[queue] = per_queue.get(queue, 0) + 1
-        from app.config import QUEUES
+        from app.config import queues
 
-        for queue in sorted(set(QUEUES) | set(per_queue)):
+        for queue in sorted(set(queues()) | set(per_queue)):
             alive.add_metric([queue], per_queue.get(queue, 0))
         yield alive
 
     def _queue_of(self, kind: str) -> str:
-        try:
-            from app.tasks import queue_for_kind
+        from app import job_kinds
 
-            return queue_for_kind(kind)
-        except Exception:
+        try:
+            return job_kinds.queue_for(kind)
+        except KeyError:  # a row of a kind this version no longer has
             return "unknown"
 
 

@@ -11,21 +11,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from app import job_kinds
 from app.env import env_bool, env_float
 
 # Periodic upkeep (reaper, reconciler, expiry) that Celery beat sends in Redis mode.
 MAINTENANCE_QUEUE = "maintenance"
 MAINTENANCE_TASK = "app.tasks.maintenance.run"
 
-# Task name -> the settings whose sum is its hard time limit in seconds (a
-# pipeline gets the sum of its steps' limits).
-TIME_LIMIT_KEYS: dict[str, tuple[str, ...]] = {
-    "app.tasks.separation.separate": ("SEPARATION_TIME_LIMIT",),
-    "app.tasks.transcription.transcribe": ("TRANSCRIPTION_TIME_LIMIT",),
-    "app.tasks.generation.generate": ("GENERATION_TIME_LIMIT",),
-    "app.tasks.pipelines.karaoke": ("SEPARATION_TIME_LIMIT", "TRANSCRIPTION_TIME_LIMIT"),
-    "app.tasks.pipelines.analyze": ("TRANSCRIPTION_TIME_LIMIT",),
-}
 
 # The visibility timeout must be at least this many times the longest hard limit.
 VISIBILITY_MARGIN = 1.25
@@ -63,7 +55,9 @@ def soft_limit(hard: float) -> float:
 def time_limits(config: dict[str, Any]) -> dict[str, tuple[float, float]]:
     """(soft, hard) time limit in seconds of every job task."""
     limits = {}
-    for task, keys in TIME_LIMIT_KEYS.items():
+    # The settings whose sum is each job task's hard limit (a pipeline's is the
+    # sum of its steps'), from the job-kind table.
+    for task, keys in job_kinds.time_limit_keys().items():
         hard = sum(float(config.get(key) or 0.0) for key in keys)
         if hard <= 0:
             raise RuntimeError(f"{' and '.join(keys)} must be a positive number of seconds")
@@ -72,7 +66,7 @@ def time_limits(config: dict[str, Any]) -> dict[str, tuple[float, float]]:
 
 
 def hard_limit_for(config: dict[str, Any], task_name: str) -> float | None:
-    keys = TIME_LIMIT_KEYS.get(task_name)
+    keys = job_kinds.time_limit_keys().get(task_name)
     if not keys:
         return None
     return sum(float(config.get(key) or 0.0) for key in keys) or None

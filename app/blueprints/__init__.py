@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from flask import Flask, Request
@@ -43,20 +44,18 @@ class Blueprint(SmorestBlueprint):
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
+    """Every blueprint: the job kinds' (app/job_kinds.py) and the others."""
+    from app import job_kinds
     from app.access import SECURITY_SCHEMES, unenforced_schemes
     from app.blueprints import (
-        analyses,
         auth,
         generations,
         health,
         jobs,
-        karaoke,
         metrics,
         models,
         openai_audio,
         pages,
-        separations,
-        transcriptions,
         webhooks,
     )
 
@@ -65,20 +64,11 @@ def register_blueprints(app: Flask, api: Api) -> None:
         if name not in unenforced:
             api.spec.components.security_scheme(name, scheme)
     # The job result's documented shape (its field is computed per job kind).
-    api.spec.components.schema("Result", schema=jobs.ResultSchema)
+    api.spec.components.schema("Result", schema=jobs.result_document_schema())
     api.spec.components.schema("Generation", schema=generations.GenerationSchema)
     api.spec.components.schema("GenerationForm", schema=generations.GenerationFormSchema)
-    for module in (
-        auth,
-        jobs,
-        separations,
-        transcriptions,
-        karaoke,
-        analyses,
-        generations,
-        models,
-        webhooks,
-    ):
+    kind_routes = [importlib.import_module(name) for name in job_kinds.route_modules()]
+    for module in (auth, jobs, *kind_routes, models, webhooks):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
     api.register_blueprint(openai_audio.blp, url_prefix="/v1/audio")
     api.register_blueprint(health.blp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 import json
 import math
 import select
@@ -15,7 +17,7 @@ from urllib.parse import quote
 from flask import Response, current_app, request, stream_with_context, url_for
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from app import storage, transcripts
+from app import job_kinds, storage, transcripts
 from app.access import auth_required, current_user
 from app.blueprints import Blueprint, downloads
 from app.blueprints.fields import UTCDateTime
@@ -29,7 +31,29 @@ from app.services import jobs as job_service
 PREFIX = "/jobs"
 blp = Blueprint("jobs", __name__, description="Jobs of every kind: poll, cancel, download.")
 BEARER = [{"bearerAuth": []}]
-KINDS = ("separation", "transcription", "karaoke", "analysis", "generation")
+
+
+class OneOfKinds(validate.OneOf):
+    """``?kind=``: the job-kind table's names, read when asked (app/job_kinds.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(job_kinds.names())
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return job_kinds.names()
+
+    @choices.setter
+    def choices(self, _value: Any) -> None:
+        pass
+
+    @property  # type: ignore[override]
+    def choices_text(self) -> str:
+        return ", ".join(str(choice) for choice in self.choices)
+
+    @choices_text.setter
+    def choices_text(self, _value: Any) -> None:
+        pass
 
 
 class JobErrorSchema(Schema):
@@ -59,28 +83,24 @@ class ResultFileSchema(Schema):
 
 
 class ResultSchema(Schema):
-    """Documents the result shapes; kinds add their own fields."""
+    """What every kind's result holds; each kind adds its own fields in the
+    schema the job-kind table names (``result_schema``), and the OpenAPI
+    document's ``Result`` has them all (``result_document_schema``)."""
 
     files = fields.List(fields.Nested(ResultFileSchema))
-    stems = fields.List(fields.String(), metadata={"description": "Separation."})
-    sample_rate = fields.Integer(metadata={"description": "Separation."})
     archive_url = fields.String(metadata={"description": "All files as one zip."})
-    text = fields.String(metadata={"description": "Transcription: the whole text."})
-    language = fields.String(metadata={"description": "Transcription: detected or given."})
-    language_probability = fields.Float()
-    duration = fields.Float()
-    segments = fields.List(
-        fields.Dict(),
-        metadata={"description": "Transcription: start, end, text, avg_logprob, no_speech_prob"},
-    )
-    words = fields.List(
-        fields.Dict(),
-        metadata={
-            "description": "Transcription with word_timestamps: start, end, word, probability"
-        },
-    )
-    transcript_url = fields.String(
-        metadata={"description": "Transcription: rendered as json, txt, srt, vtt, tsv or lrc."}
+
+
+def result_document_schema() -> type[Schema]:
+    """``Result`` for the OpenAPI document: the common fields and every kind's."""
+    declared: dict[str, Any] = dict(ResultSchema._declared_fields)
+    for kind in job_kinds.JOB_KINDS:
+        if kind.result_schema:
+            module, _, name = kind.result_schema.rpartition(".")
+            schema = getattr(importlib.import_module(module), name)
+            declared.update(schema._declared_fields)
+    return Schema.from_dict(
+        {name: copy.copy(field) for name, field in declared.items()}, name="ResultSchema"
     )
 
 
@@ -197,7 +217,7 @@ class JobListQuerySchema(Schema):
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
-    kind = fields.String(validate=validate.OneOf(KINDS))
+    kind = fields.String(validate=OneOfKinds())
 
 
 class JobPageSchema(Schema):

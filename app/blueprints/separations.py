@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from webargs.fields import DelimitedList
 
 from app import audio
@@ -17,6 +17,13 @@ from app.services import separation
 
 PREFIX = "/separations"
 blp = Blueprint("separations", __name__, description="Split a song into stems (asynchronous jobs).")
+
+
+class SeparationResultSchema(Schema):
+    """A separation's ``result`` fields beside ``files`` (app/job_kinds.py)."""
+
+    stems = fields.List(fields.String(), metadata={"description": "Separation."})
+    sample_rate = fields.Integer(metadata={"description": "Separation."})
 
 
 class SeparationFormSchema(CallbackSchema):

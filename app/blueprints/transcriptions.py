@@ -22,6 +22,28 @@ blp = Blueprint(
 LANGUAGES = sorted(_LANGUAGE_CODES)
 
 
+class TranscriptionResultSchema(Schema):
+    """A transcription's ``result`` fields beside ``files`` (app/job_kinds.py)."""
+
+    text = fields.String(metadata={"description": "Transcription: the whole text."})
+    language = fields.String(metadata={"description": "Transcription: detected or given."})
+    language_probability = fields.Float()
+    duration = fields.Float()
+    segments = fields.List(
+        fields.Dict(),
+        metadata={"description": "Transcription: start, end, text, avg_logprob, no_speech_prob"},
+    )
+    words = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "Transcription with word_timestamps: start, end, word, probability"
+        },
+    )
+    transcript_url = fields.String(
+        metadata={"description": "Transcription: rendered as json, txt, srt, vtt, tsv or lrc."}
+    )
+
+
 known_whisper = known_model("transcription")
 known_separator = known_model("separation", "separation model")
 

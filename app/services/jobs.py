@@ -16,7 +16,7 @@ from typing import IO, Any
 from flask import current_app
 from sqlalchemy import and_, func, or_, select, update
 
-from app import audio, storage
+from app import audio, job_kinds, storage
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import ACTIVE_STATUSES, Job, User, utcnow
@@ -144,9 +144,8 @@ def publish_task(job: Job) -> str:
     (``task_publish_retry_policy``) are spent. A second message for the same
     job is harmless: only one delivery can claim it (see ``runner.start``).
     """
-    from app.tasks import task_for_kind
-
-    return str(task_for_kind(job.kind).apply_async(args=[job.id], task_id=job.id).id)
+    task = current_app.extensions["celery"].tasks[job_kinds.get(job.kind).task]
+    return str(task.apply_async(args=[job.id], task_id=job.id).id)
 
 
 def enqueue(job: Job) -> None:
@@ -183,11 +182,7 @@ def queue_position(job: Job) -> int | None:
     number only), in the order they were accepted; None once it has started."""
     if job.status != "queued":
         return None
-    from app.blueprints.jobs import KINDS
-    from app.tasks import queue_for_kind
-
-    queue = queue_for_kind(job.kind)
-    kinds = [kind for kind in KINDS if queue_for_kind(kind) == queue]
+    kinds = job_kinds.kinds_in_queue(job_kinds.queue_for(job.kind))
     ahead = db.session.execute(
         select(func.count())
         .select_from(Job)

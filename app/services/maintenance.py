@@ -31,7 +31,7 @@ from typing import Any, Literal
 from flask import current_app
 from sqlalchemy import select, update
 
-from app import storage
+from app import job_kinds, storage
 from app.extensions import db
 from app.records import Job, WorkerHeartbeat, utcnow
 from app.services import jobs
@@ -93,7 +93,6 @@ def verdict(
 
 def reap_lost_jobs(now: datetime | None = None) -> int:
     """Re-queue or fail ``running`` jobs whose attempt died. Returns how many moved."""
-    from app.tasks import task_for_kind
     from app.worker_settings import hard_limit_for
 
     now = now or utcnow()
@@ -114,7 +113,7 @@ def reap_lost_jobs(now: datetime | None = None) -> int:
         job_id, kind, worker, attempt = job.id, job.kind, job.worker, job.attempts
         attempt_alive = storage.attempt_alive(job_id, attempt)
         worker_alive = None if not worker else worker in alive_workers
-        limit = hard_limit_for(current_app.config, task_for_kind(kind).name)
+        limit = hard_limit_for(current_app.config, job_kinds.get(kind).task)
         ran = (now - (job.started_at or now)).total_seconds()
         # A live process gets a grace period past its limit: its worker kills it first.
         grace = 0.0 if attempt_alive is False else 2 * window + 60.0
@@ -174,12 +173,7 @@ def _requeue(job: Job, attempt: int, now: datetime) -> bool:
 
 def queue_of(kind: str) -> str:
     """The broker queue a job kind's task is routed to."""
-    from app.tasks import task_for_kind
-
-    celery = current_app.extensions["celery"]
-    route = celery.amqp.router.route({}, task_for_kind(kind).name)
-    queue: Any = route.get("queue")
-    return str(getattr(queue, "name", queue) or celery.conf.task_default_queue)
+    return job_kinds.queue_for(kind)
 
 
 def waiting_messages(channel: Any, queue: str) -> int:

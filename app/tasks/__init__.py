@@ -1,28 +1,26 @@
-"""Celery tasks, one module per capability (one queue each)."""
+"""Celery tasks, one module per capability; which task runs which job kind,
+and on which queue, is the job-kind table's (app/job_kinds.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
 
-from celery import Task
+from celery import Task, current_app
+
+from app import job_kinds
+
+
+def import_task_modules() -> None:
+    """Register every task: the job kinds' task modules, webhooks and maintenance."""
+    for module in (*job_kinds.task_modules(), "app.tasks.webhooks", "app.tasks.maintenance"):
+        importlib.import_module(module)
 
 
 def task_for_kind(kind: str) -> Task:
-    from app.tasks import generation, pipelines, separation, transcription
-
-    tasks: dict[str, Task] = {
-        "separation": separation.separate,
-        "transcription": transcription.transcribe,
-        "karaoke": pipelines.make_karaoke,
-        "analysis": pipelines.analyze,
-        "generation": generation.generate,
-    }
-    return tasks[kind]
+    """The Celery task that runs jobs of ``kind``."""
+    return current_app.tasks[job_kinds.get(kind).task]
 
 
 def queue_for_kind(kind: str) -> str:
-    """The Celery queue jobs of ``kind`` go to (``task_routes`` in app/config.py)."""
-    task = task_for_kind(kind)
-    route = task.app.amqp.router.route({}, task.name)
-    queue: Any = route.get("queue")
-    return str(getattr(queue, "name", queue) or task.app.conf.task_default_queue)
+    """The Celery queue jobs of ``kind`` go to."""
+    return job_kinds.queue_for(kind)
