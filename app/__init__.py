@@ -10,8 +10,11 @@ from typing import IO, Any
 from flask import Flask, Request, Response
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from app import config as config_module
+from app.bodies import BoundedBody
 from app.extensions import cors, db, jwt, migrate
 from app.openapi import ErrorResponses, ServiceApi
 
@@ -57,6 +60,16 @@ class UploadRequest(Request):
     @max_content_length.setter
     def max_content_length(self, value: int | None) -> None:
         Request.max_content_length.fset(self, value)  # type: ignore[attr-defined]
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        """A chunked body over the limit is refused, not cut off at it
+        (app/bodies.py): Werkzeug limits a body without Content-Length to
+        ``max_content_length`` and reads it whole only up to there."""
+        stream = Request.stream.fget(self)  # type: ignore[attr-defined]
+        if self.content_length is None and isinstance(stream, LimitedStream):
+            return BoundedBody(self.environ["wsgi.input"], stream.limit, is_max=True)
+        return stream
 
 
 @event.listens_for(Engine, "connect")

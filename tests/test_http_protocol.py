@@ -1,0 +1,160 @@
+"""HTTP as a client sees it on the wire, through the server ``make run`` starts.
+
+What the test client cannot show: whether a connection may be reused after an
+answer, what gunicorn answers itself before the app sees a request, and how a
+body without Content-Length is held to its limit. Raw sockets, because a
+client library would hide the very bytes these tests are about.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.support.live import PASSWORD, LiveService, live_service
+
+EMAIL = "protocol@example.com"
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """One server for the module: every test here only sends requests, and
+    starting and stopping ``make run`` costs far more than the tests do."""
+    with live_service(tmp_path_factory.mktemp("protocol"), MAX_UPLOAD_MB="1") as service:
+        yield service
+
+
+@pytest.fixture(scope="module")
+def auth(service: LiveService) -> str:
+    return service.register(EMAIL)["Authorization"]
+
+
+# --------------------------------------------------------------------------- wire
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def connect(service: LiveService) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", service.port), timeout=30)
+
+
+def read_reply(sock: socket.socket) -> Reply:
+    """One response, framed by its Content-Length (every answer here has one),
+    leaving the connection where the next response would start."""
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before a response: {buffer!r}"
+        buffer += chunk
+    head, _, body = buffer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        key = name.strip().lower()
+        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    length = int(headers["content-length"])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed in the middle of a response"
+        body += chunk
+    return Reply(int(status_line.split(" ")[1]), headers, body[:length])
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server ends the connection (FIN or reset) within ``within`` s."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(65536) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def send_until_answered(sock: socket.socket, pieces: Iterable[bytes]) -> None:
+    """Send ``pieces`` but stop once the server has answered, as a client cut
+    off mid-body does; a server that closed the connection ends it too."""
+    answered = select.poll()
+    answered.register(sock, select.POLLIN)
+    try:
+        for piece in pieces:
+            sock.sendall(piece)
+            if answered.poll(0):
+                return
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def chunked(body: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
+    for start in range(0, len(body), size):
+        piece = body[start : start + size]
+        yield f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    yield b"0\r\n\r\n"
+
+
+def request_head(method: str, path: str, *headers: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def multipart(*parts: tuple[str, bytes, str | None]) -> bytes:
+    """A multipart/form-data body (boundary ``b0und``) of (name, data, filename)."""
+    body = b""
+    for name, data, filename in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += f"--b0und\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + b"--b0und--\r\n"
+
+
+UPLOAD = "Content-Type: multipart/form-data; boundary=b0und"
+
+
+# --------------------------------------------------------------------------- chunked bodies
+
+
+def login(service: LiveService, body: bytes, *framing: str) -> Reply:
+    sock = connect(service)
+    head = request_head("POST", "/api/v1/auth/login", "Content-Type: application/json", *framing)
+    sock.sendall(head)
+    pieces = chunked(body) if "Transfer-Encoding: chunked" in framing else [body]
+    send_until_answered(sock, pieces)
+    try:
+        return read_reply(sock)
+    finally:
+        sock.close()
+
+
+def test_a_chunked_json_body_over_the_limit_is_refused(service: LiveService, auth: str) -> None:
+    """Without Content-Length the limit can only be found while reading: a body
+    over it must be refused as a whole, not parsed from its first megabyte."""
+    account = json.dumps({"email": EMAIL, "password": PASSWORD}).encode()
+    padded = account + b" " * (2 * MB)  # valid JSON in its first megabyte
+
+    sized = login(service, padded, f"Content-Length: {len(padded)}")
+    assert (sized.status, sized.json()["code"]) == (413, "body_too_large")
+
+    streamed = login(service, padded, "Transfer-Encoding: chunked")
+    assert streamed.status == 413, streamed.body
+    assert streamed.json() == sized.json()
+
+    small = login(service, account, "Transfer-Encoding: chunked")
+    assert small.status == 200, small.body
+    assert small.json()["access_token"]
