@@ -14,7 +14,7 @@ from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
 from app import config as config_module
-from app.bodies import BoundedBody
+from app.bodies import BoundedBody, CloseAfterUnreadBody
 from app.extensions import cors, db, jwt, migrate
 from app.openapi import ErrorResponses, ServiceApi
 
@@ -176,4 +176,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     register_cli(app)
     app.after_request(_security_headers)
+    app.wsgi_app = CloseAfterUnreadBody(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -127,6 +127,59 @@ def multipart(*parts: tuple[str, bytes, str | None]) -> bytes:
 UPLOAD = "Content-Type: multipart/form-data; boundary=b0und"
 
 
+# --------------------------------------------------------------------------- 413
+
+
+def test_a_body_refused_before_it_was_read_closes_the_connection(
+    service: LiveService, auth: str
+) -> None:
+    """Gunicorn cannot reuse a connection whose request body is still on the
+    way: the answer must say so, or the client's next request on it fails."""
+    # Content-Length over the upload limit: refused before a byte is read.
+    sock = connect(service)
+    head = request_head(
+        "POST", "/api/v1/separations", f"Authorization: {auth}", UPLOAD,
+        f"Content-Length: {3 * MB}",
+    )  # fmt: skip
+    sock.sendall(head + b"--b0und\r\n")
+    reply = read_reply(sock)
+    assert (reply.status, reply.json()["code"]) == (413, "file_too_large")
+    assert reply.headers["connection"] == "close"
+    assert closed_by_server(sock, within=3)
+    sock.close()
+
+    # Too many parts: refused after the first of the body; the rest never comes.
+    fields = multipart(*[(f"f{i}", b"x", None) for i in range(40)])
+    declared = len(fields) + 900 * 1024  # under MAX_CONTENT_LENGTH
+    sock = connect(service)
+    head = request_head(
+        "POST", "/api/v1/separations", f"Authorization: {auth}", UPLOAD,
+        f"Content-Length: {declared}",
+    )  # fmt: skip
+    sock.sendall(head + fields[: -len(b"--b0und--\r\n")] + bytes(200 * 1024))
+    reply = read_reply(sock)
+    assert (reply.status, reply.json()["code"]) == (413, "form_too_large")
+    assert reply.headers["connection"] == "close"
+    assert closed_by_server(sock, within=3)
+    sock.close()
+
+    # A refusal after the whole body was read keeps the connection open: the
+    # next request on it is answered.
+    sock = connect(service)
+    body = multipart(("file", b"just some text\n", "notes.txt"))
+    head = request_head(
+        "POST", "/api/v1/separations", f"Authorization: {auth}", UPLOAD,
+        f"Content-Length: {len(body)}",
+    )  # fmt: skip
+    sock.sendall(head + body)
+    reply = read_reply(sock)
+    assert (reply.status, reply.json()["code"]) == (415, "unsupported_media_type")
+    assert reply.headers["connection"] == "keep-alive"
+    sock.sendall(request_head("GET", "/api/v1/auth/me", f"Authorization: {auth}"))
+    assert read_reply(sock).status == 200
+    sock.close()
+
+
 # --------------------------------------------------------------------------- chunked bodies
 
 
@@ -154,6 +207,7 @@ def test_a_chunked_json_body_over_the_limit_is_refused(service: LiveService, aut
     streamed = login(service, padded, "Transfer-Encoding: chunked")
     assert streamed.status == 413, streamed.body
     assert streamed.json() == sized.json()
+    assert streamed.headers["connection"] == "close"
 
     small = login(service, account, "Transfer-Encoding: chunked")
     assert small.status == 200, small.body
