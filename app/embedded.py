@@ -71,8 +71,8 @@ def main() -> int:
         # waits: enough threads for a few dozen watching browser tabs.
         # Without Redis, rate-limit counters live in each API process: one
         # process keeps every limit exact (threads serve the concurrency).
-        # The worker is gunicorn.conf.py's: gthread, closing connections that
-        # carry an unread body (app/serving.py).
+        # The worker is gunicorn.conf.py's (app/serving.py): gthread, with JSON
+        # errors, closing connections that carry an unread body.
         "--worker-class", "app.serving.ApiWorker", "--workers", web_processes,
         "--threads", os.environ.get("GUNICORN_THREADS") or "32",
         "--timeout", "300", "--graceful-timeout", "30",

@@ -9,6 +9,7 @@ client library would hide the very bytes these tests are about.
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 from collections.abc import Iterable, Iterator
@@ -178,6 +179,84 @@ def test_a_body_refused_before_it_was_read_closes_the_connection(
     sock.sendall(request_head("GET", "/api/v1/auth/me", f"Authorization: {auth}"))
     assert read_reply(sock).status == 200
     sock.close()
+
+
+# --------------------------------------------------------------------------- gunicorn's own
+
+
+GARBLED = [
+    pytest.param(
+        b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        414, "uri_too_long", id="request-line-over-4094-bytes",
+    ),
+    pytest.param(
+        request_head("GET", "/healthz", *[f"X-Header-{i}: 1" for i in range(101)]),
+        431, "request_header_fields_too_large", id="101-headers",
+    ),
+    pytest.param(
+        request_head("GET", "/healthz", "X-Big: " + "a" * 9000),
+        431, "request_header_fields_too_large", id="header-over-8190-bytes",
+    ),
+    pytest.param(b"NONSENSE\r\n\r\n", 400, "bad_request", id="invalid-request-line"),
+    pytest.param(
+        request_head("GET", "/healthz", "No colon here"), 400, "bad_request", id="invalid-header"
+    ),
+    pytest.param(
+        request_head("POST", "/api/v1/auth/login", "Transfer-Encoding: zstd-please"),
+        501, "not_implemented", id="unknown-transfer-coding",
+    ),
+    pytest.param(
+        request_head("POST", "/api/v1/auth/login", "Expect: 200-ok", "Content-Length: 2"),
+        417, "expectation_failed", id="unknown-expectation",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "status", "code"), GARBLED)
+def test_requests_the_server_refuses_itself_get_json_errors(
+    service: LiveService, raw: bytes, status: int, code: str
+) -> None:
+    """Gunicorn answers these before the app sees them; a client must still be
+    able to parse the answer as the API's one error shape."""
+    sock = connect(service)
+    sock.sendall(raw)
+    reply = read_reply(sock)
+    assert reply.status == status
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.headers["connection"] == "close"
+    body = reply.json()
+    assert set(body) == {"code", "status", "message"}
+    assert (body["code"], body["status"]) == (code, status)
+    assert body["message"]
+    assert closed_by_server(sock, within=3)
+    sock.close()
+
+
+def test_a_failure_inside_the_server_is_a_json_500() -> None:
+    """Gunicorn's own failures (or an exception escaping the app) cannot be
+    provoked from outside: the worker's handler is called as gunicorn calls it."""
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from app.serving import ApiWorker
+
+    cfg = Config()
+    worker = ApiWorker(0, os.getpid(), [], None, 30, cfg, Logger(cfg))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        worker.handle_error(None, ours, ("127.0.0.1", 1), RuntimeError("boom"))
+        reply = read_reply(theirs)
+    worker.tmp.close()
+    assert reply.status == 500
+    assert (reply.headers["content-type"], reply.headers["connection"]) == (
+        "application/json",
+        "close",
+    )
+    assert reply.json() == {
+        "code": "internal_error",
+        "status": 500,
+        "message": "An internal error occurred; it has been logged.",
+    }
 
 
 # --------------------------------------------------------------------------- chunked bodies
