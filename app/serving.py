@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterable
+from types import FrameType
 from typing import Any
 
 from gunicorn import util
@@ -110,9 +111,22 @@ def json_error(status: int, reason: str, message: str) -> bytes:
 class ApiWorker(ThreadWorker):
     """Gunicorn's gthread worker, as the API's clients need it (module docstring)."""
 
+    _quitting = False
+
     def load_wsgi(self) -> None:
         super().load_wsgi()
         self.wsgi = _honouring_close(self.wsgi)
+
+    def handle_quit(self, sig: int, frame: FrameType | None) -> None:
+        """Once. Ctrl-C on ``make run`` reaches the worker twice, as SIGINT from
+        the terminal and as SIGQUIT from the arbiter: the second, run inside the
+        first while that held the thread pool's shutdown lock, waited for the
+        lock forever, until the arbiter killed the worker at the end of its
+        graceful timeout."""
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)
 
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         """Gunicorn's own error handling, its HTML page replaced by JSON."""
