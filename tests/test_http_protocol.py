@@ -164,6 +164,15 @@ def test_a_body_refused_before_it_was_read_closes_the_connection(
     assert closed_by_server(sock, within=3)
     sock.close()
 
+    # No token: refused before the upload is read, whatever its size.
+    sock = connect(service)
+    head = request_head("POST", "/api/v1/separations", UPLOAD, f"Content-Length: {900 * 1024}")
+    sock.sendall(head + b"--b0und\r\n")
+    reply = read_reply(sock)
+    assert (reply.status, reply.json()["code"]) == (401, "unauthorized")
+    assert reply.headers["connection"] == "close"
+    sock.close()
+
     # A refusal after the whole body was read keeps the connection open: the
     # next request on it is answered.
     sock = connect(service)
