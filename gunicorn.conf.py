@@ -16,7 +16,9 @@ bind = [f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT') or '50
 # neither needs a process of its own. Two processes survive one crashing. Each
 # open event stream (GET /jobs/<id>/events) holds a thread while it waits (a
 # database read every SSE_POLL_SECONDS, a heartbeat every 15 s), hence 32.
-worker_class = "gthread"
+# Gunicorn's gthread worker, answering its own errors in JSON and closing a
+# connection whose request body was left unread (app/serving.py).
+worker_class = "app.serving.ApiWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
 threads = int(os.environ.get("GUNICORN_THREADS") or 32)
 # Uploads of a few hundred MB from slow clients take a while to arrive.

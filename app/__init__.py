@@ -11,8 +11,11 @@ from flask import Flask, Request, Response
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from app import config as config_module
+from app.bodies import BoundedBody, CloseAfterUnreadBody
 from app.extensions import cors, db, jwt, migrate
 from app.json_bodies import JSONProvider
 from app.openapi import ErrorResponses, ServiceApi
@@ -60,6 +63,16 @@ class UploadRequest(Request):
     def max_content_length(self, value: int | None) -> None:
         Request.max_content_length.fset(self, value)  # type: ignore[attr-defined]
 
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        """A chunked body over the limit is refused, not cut off at it
+        (app/bodies.py): Werkzeug limits a body without Content-Length to
+        ``max_content_length`` and reads it whole only up to there."""
+        stream = Request.stream.fget(self)  # type: ignore[attr-defined]
+        if self.content_length is None and isinstance(stream, LimitedStream):
+            return BoundedBody(self.environ["wsgi.input"], stream.limit, is_max=True)
+        return stream
+
 
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -88,18 +101,27 @@ HTML_CSP = (
 )
 
 
+# Headers every response carries: no MIME sniffing, no framing, no referrer
+# leaks. Gunicorn's own error answers carry them too (app/serving.py).
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
 def _security_headers(response: Response) -> Response:
-    """Headers every response carries: no MIME sniffing, no framing, no referrer
-    leaks, and a content security policy on the pages we serve."""
+    """``SECURITY_HEADERS``, and a content security policy: our pages may load
+    their own scripts and styles, anything else loads nothing."""
     headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
     if response.mimetype == "text/html":
         headers.setdefault("Content-Security-Policy", HTML_CSP)
     else:
-        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        headers.setdefault("Content-Security-Policy", API_CSP)
     return response
 
 
@@ -174,4 +196,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     register_cli(app)
     app.after_request(_security_headers)
+    app.wsgi_app = CloseAfterUnreadBody(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -86,7 +86,9 @@ def main() -> int:
         # waits: enough threads for a few dozen watching browser tabs.
         # Without Redis, rate-limit counters live in each API process: one
         # process keeps every limit exact (threads serve the concurrency).
-        "--worker-class", "gthread", "--workers", web_processes,
+        # The worker is gunicorn.conf.py's (app/serving.py): gthread, with JSON
+        # errors, closing connections that carry an unread body.
+        "--worker-class", "app.serving.ApiWorker", "--workers", web_processes,
         "--threads", os.environ.get("GUNICORN_THREADS") or "32",
         "--timeout", "300", "--graceful-timeout", "30",
         "--control-socket", str(Path(os.environ["DATA_DIR"]).resolve() / "gunicorn.ctl"),

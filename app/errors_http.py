@@ -25,18 +25,24 @@ STATUS_CODES: dict[int, str] = {
     409: "conflict",
     412: "precondition_failed",
     413: "file_too_large",
+    # 414, 417, 431 and 501 come from gunicorn, before the app (app/serving.py).
+    414: "uri_too_long",
     415: "unsupported_media_type",
     416: "range_not_satisfiable",
+    417: "expectation_failed",
     422: "validation_error",
     429: "too_many_requests",
+    431: "request_header_fields_too_large",
     500: "internal_error",
+    501: "not_implemented",
     503: "service_unavailable",
 }
 
 
-def error_response(
+def error_body(
     status: int, message: str, code: str | None = None, errors: Any = None
-) -> ResponseReturnValue:
+) -> dict[str, Any]:
+    """The one error shape, for the app's answers and gunicorn's alike."""
     body: dict[str, Any] = {
         "code": code
         or STATUS_CODES.get(status, HTTPStatus(status).phrase.lower().replace(" ", "_")),
@@ -45,7 +51,13 @@ def error_response(
     }
     if errors:
         body["errors"] = errors
-    return jsonify(body), status
+    return body
+
+
+def error_response(
+    status: int, message: str, code: str | None = None, errors: Any = None
+) -> ResponseReturnValue:
+    return jsonify(error_body(status, message, code, errors)), status
 
 
 def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
