@@ -30,13 +30,22 @@ WEBHOOK_THREADS = 4
 
 
 def migrate_database() -> None:
+    """The job tables, and (with the embedded SQLite broker) the broker's tables
+    and queues, before any other process starts: the API and two workers
+    creating kombu's tables at once raced, and a publish that lost the race
+    failed with 503 broker_unavailable."""
     from flask_migrate import upgrade
 
     from app import create_app
+    from app.config import queues
 
     app = create_app()
     with app.app_context():
         upgrade()
+    if not app.config.get("REDIS_URL"):
+        with app.extensions["celery"].connection_for_write() as connection:
+            for queue in queues():
+                connection.default_channel.queue_declare(queue=queue)
 
 
 def _wait_until_up(url: str, timeout: float, api: subprocess.Popen[bytes]) -> bool:

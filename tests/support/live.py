@@ -104,6 +104,9 @@ class LiveService:
 
     def worker_pids(self) -> list[int]:
         """The Celery processes ``make run`` started, with their pool children."""
+        return [pid for main in self._celery_mains() for pid in (main, *child_pids(main))]
+
+    def _celery_mains(self) -> list[int]:
         assert self.process is not None
         found = []
         for pid in child_pids(self.process.pid):
@@ -112,15 +115,20 @@ class LiveService:
             except OSError:
                 continue
             if b"celery" in command:
-                found += [pid, *child_pids(pid)]
+                found.append(pid)
         return found
 
     @contextlib.contextmanager
     def paused_workers(self) -> Iterator[None]:
-        """Stop the workers (SIGSTOP) meanwhile: jobs stay queued, as they do
-        while every worker is busy with long jobs."""
-        pids = self.worker_pids()
-        assert pids, "make run started no worker"
+        """Stop the processes that run jobs (SIGSTOP) meanwhile: jobs stay
+        queued, as they do while every worker is busy with long jobs.
+
+        Only the prefork pool's children, idle between jobs, are stopped: a
+        worker's main process writes heartbeats and polls the SQLite broker,
+        and stopped while it holds a write lock it would block the API too.
+        """
+        pids = [pid for main in self._celery_mains() for pid in child_pids(main)]
+        assert pids, "make run started no worker with a process pool"
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         try:
