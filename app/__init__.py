@@ -1,200 +1,27 @@
-"""AiMusicSeparator backend: the Flask application factory."""
+"""AiMusicSeparator backend.
+
+``create_app`` (``app/factory.py``) builds the Flask application. It is loaded
+on first use, not when the package is imported: the probe's fork server
+(``app/isolated.py``) imports ``app.audio`` alone, and must not carry Flask,
+SQLAlchemy and the API in its memory (and in every child it forks).
+"""
 
 from __future__ import annotations
 
-import sqlite3
-import tempfile
-from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, Response
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.utils import cached_property
-from werkzeug.wsgi import LimitedStream
+if TYPE_CHECKING:
+    from app.factory import HTML_CSP, MIGRATIONS_DIR, UploadRequest, configure_logging, create_app
 
-from app import config as config_module
-from app.bodies import BoundedBody, CloseAfterUnreadBody
-from app.extensions import cors, db, jwt, migrate
-from app.json_bodies import JSONProvider
-from app.openapi import ErrorResponses, ServiceApi
-
-MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
+__all__ = ["HTML_CSP", "MIGRATIONS_DIR", "UploadRequest", "configure_logging", "create_app"]
 
 
-class UploadRequest(Request):
-    """Spools uploaded files into ``DATA_DIR/tmp`` instead of ``/tmp``.
+def __getattr__(name: str) -> Any:
+    """``from app import create_app`` (and the factory's other names) imports
+    app/factory.py then. Only those names: any other lookup, such as the one
+    ``from app import audio`` makes before importing the submodule, must not."""
+    if name in __all__:
+        from app import factory
 
-    Werkzeug writes every file part over 500 KB to a temporary file; keeping
-    those on the data volume means the upload is streamed to the same disk the
-    job folder lives on, and a full data disk shows up as one clear error.
-    """
-
-    def _get_file_stream(
-        self,
-        total_content_length: int | None,
-        content_type: str | None,
-        filename: str | None = None,
-        content_length: int | None = None,
-    ) -> IO[bytes]:
-        from flask import current_app
-
-        tmp_dir = Path(current_app.config["DATA_DIR"]) / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        return tempfile.TemporaryFile(dir=tmp_dir, prefix="upload-")
-
-    @property
-    def max_content_length(self) -> int | None:  # type: ignore[override]
-        """``MAX_CONTENT_LENGTH`` for multipart uploads, ``MAX_BODY_BYTES`` for
-        any other body: JSON and urlencoded bodies are read into memory whole,
-        so they must not get the upload limit of hundreds of megabytes."""
-        from flask import current_app
-
-        limit = Request.max_content_length.fget(self)  # type: ignore[attr-defined]
-        if self._max_content_length is not None or self.mimetype == "multipart/form-data":
-            return limit
-        body_limit = current_app.config.get("MAX_BODY_BYTES") if current_app else None
-        if body_limit is None:
-            return limit
-        return body_limit if limit is None else min(limit, body_limit)
-
-    @max_content_length.setter
-    def max_content_length(self, value: int | None) -> None:
-        Request.max_content_length.fset(self, value)  # type: ignore[attr-defined]
-
-    @cached_property
-    def stream(self) -> IO[bytes]:
-        """A chunked body over the limit is refused, not cut off at it
-        (app/bodies.py): Werkzeug limits a body without Content-Length to
-        ``max_content_length`` and reads it whole only up to there."""
-        stream = Request.stream.fget(self)  # type: ignore[attr-defined]
-        if self.content_length is None and isinstance(stream, LimitedStream):
-            return BoundedBody(self.environ["wsgi.input"], stream.limit, is_max=True)
-        return stream
-
-
-@event.listens_for(Engine, "connect")
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """API and workers write the same SQLite file: WAL and a busy timeout keep
-    them from failing with "database is locked" under concurrent jobs."""
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Text or JSON lines on stderr, with request and job ids (app/logs.py)."""
-    from app import logs
-
-    logs.configure(level, log_format)
-
-
-HTML_CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    # Swagger UI's page starts itself with an inline script.
-    "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'; form-action 'self'"
-)
-
-
-# Headers every response carries: no MIME sniffing, no framing, no referrer
-# leaks. Gunicorn's own error answers carry them too (app/serving.py).
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
-
-
-def _security_headers(response: Response) -> Response:
-    """``SECURITY_HEADERS``, and a content security policy: our pages may load
-    their own scripts and styles, anything else loads nothing."""
-    headers = response.headers
-    for name, value in SECURITY_HEADERS.items():
-        headers.setdefault(name, value)
-    if response.mimetype == "text/html":
-        headers.setdefault("Content-Security-Policy", HTML_CSP)
-    else:
-        headers.setdefault("Content-Security-Policy", API_CSP)
-    return response
-
-
-def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Build the application; ``config`` overrides settings read from the environment."""
-    app = Flask(__name__)
-    app.request_class = UploadRequest
-    app.json = JSONProvider(app)
-
-    settings = config_module.from_environment()
-    settings.update(config or {})
-    app.config.update(config_module.finalise(settings))
-    configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-    hops = int(app.config.get("TRUSTED_PROXY_HOPS") or 0)
-    if hops:
-        # Behind a proxy every request comes from the proxy's address: rate
-        # limits per address and the access log need the client's. Only the
-        # last `hops` entries are believed, the ones our own proxies appended.
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
-        )
-
-    from app import observability
-
-    observability.init_app(app)
-
-    db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
-    jwt.init_app(app)
-    # One Api (and OpenAPI document) per app: a shared one would mix the specs
-    # of apps created side by side, as tests do.
-    from app.access import unenforced_schemes
-
-    plugin = ErrorResponses(unenforced=unenforced_schemes(app.config))
-    api = ServiceApi(app, spec_kwargs={"extra_plugins": [plugin]})
-    app.extensions["api"] = api
-    cors.init_app(
-        app,
-        resources={
-            r"/api/*": {"origins": app.config["CORS_ORIGINS"]},
-            r"/v1/*": {"origins": app.config["CORS_ORIGINS"]},
-        },
-        expose_headers=[
-            "Location",
-            "Content-Disposition",
-            "Content-Range",
-            "Accept-Ranges",
-            "Retry-After",
-        ],
-        supports_credentials=False,
-        always_send=False,
-    )
-
-    from app import auth_callbacks, errors_http
-
-    auth_callbacks.register(jwt)
-    errors_http.register(app)
-
-    from app import ratelimits
-
-    ratelimits.init_app(app)
-
-    from app.blueprints import register_blueprints
-
-    register_blueprints(app, api)
-
-    from app.celery_app import celery_init_app
-
-    celery_init_app(app)
-
-    from app.cli import register_cli
-
-    register_cli(app)
-    app.after_request(_security_headers)
-    app.wsgi_app = CloseAfterUnreadBody(app.wsgi_app)  # type: ignore[method-assign]
-    return app
+        return getattr(factory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

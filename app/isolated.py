@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # Imported by the fork server, so children start with them loaded (PyAV loads
 # av.subtitles at its first open: a few ms in every child otherwise).
 PRELOAD = ("app.audio", "av.subtitles.stream")
+# The folder holding this ``app`` package: first on the server's path, so the
+# server imports this very package whatever its current directory holds.
+_PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Unavailable(RuntimeError):
@@ -78,7 +81,7 @@ class _Server:
         command = server_command(theirs.fileno())
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "PYTHONPATH": os.pathsep.join([_PROJECT_DIR, *(p for p in sys.path if p)]),
             # The children need no BLAS: no idle thread pool in each of them.
             "OPENBLAS_NUM_THREADS": "1",
             "OMP_NUM_THREADS": "1",
@@ -147,23 +150,18 @@ _server = _Server()
 os.register_at_fork(after_in_child=lambda: setattr(_server, "lock", threading.Lock()))
 
 
-# The server's entry: the ``app`` package without running app/__init__.py,
-# which imports Flask, SQLAlchemy and the API (54 MB more in every server, and
-# more to fork); the children need app.audio only.
-_BOOTSTRAP = """
-import sys, types
-package = types.ModuleType("app")
-package.__path__ = [sys.argv[1]]
-sys.modules["app"] = package
-from app.isolated import serve
-serve(int(sys.argv[2]))
-"""
+# The server's entry. Importing the ``app`` package is light (the Flask
+# factory loads on first use, app/__init__.py), so the server carries the
+# audio stack and not the API.
+_SERVE = "import sys; from app.isolated import serve; serve(int(sys.argv[1]))"
 
 
 def server_command(control_fd: int) -> list[str]:
-    """How the fork server is started, told the number of its control socket."""
-    package_dir = os.path.dirname(os.path.abspath(__file__))
-    return [sys.executable, "-c", _BOOTSTRAP, package_dir, str(control_fd)]
+    """How the fork server is started, told the number of its control socket.
+
+    ``-P``: no current directory on the path (``_start`` puts the project's there).
+    """
+    return [sys.executable, "-P", "-c", _SERVE, str(control_fd)]
 
 
 def warm_up() -> None:

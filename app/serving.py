@@ -24,9 +24,9 @@ from gunicorn.config import Config
 from gunicorn.http.wsgi import Response
 from gunicorn.workers.gthread import ThreadWorker
 
-from app import API_CSP, SECURITY_HEADERS
 from app.bodies import StartResponse, WsgiApp, asks_to_close
 from app.errors_http import error_body
+from app.factory import API_CSP, SECURITY_HEADERS
 
 
 def _honouring_close(app: WsgiApp) -> WsgiApp:

@@ -15,7 +15,7 @@ import soundfile as sf
 import soxr
 
 from app import audio
-from app.audio import AudioError
+from app.audio import AudioError, probing
 
 
 def sine(seconds: float, sr: int, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
@@ -112,10 +112,10 @@ def test_packet_duration_fallback(tmp_path):
     """Files whose headers give no duration are measured by demuxing alone."""
     path = write_av(tmp_path / "a.ogg", "ogg", "libopus", sine(2.0, 48000)[None], 48000)
     with av.open(str(path)) as container:
-        seconds = audio._packet_duration(container, container.streams.audio[0], None)
+        seconds = probing.packet_duration(container, container.streams.audio[0], None)
     assert seconds == pytest.approx(2.0, abs=0.05)
     with av.open(str(path)) as container:
-        stopped = audio._packet_duration(container, container.streams.audio[0], 0.5)
+        stopped = probing.packet_duration(container, container.streams.audio[0], 0.5)
     assert 0.5 < stopped < 1.0
 
 

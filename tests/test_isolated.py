@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,29 @@ def test_children_carry_the_audio_stack_only() -> None:
     assert isolated.call(imported, "av", timeout=30)
     assert not isolated.call(imported, "flask", timeout=30)
     assert not isolated.call(imported, "sqlalchemy", timeout=30)
+
+
+def test_the_audio_package_imports_without_the_api() -> None:
+    """What lets the fork server start with plain imports: in a fresh
+    interpreter, ``app.audio`` brings in none of the API's heavy packages, and
+    ``from app import create_app`` still finds the factory."""
+    heavy = ("flask", "sqlalchemy", "celery", "torch")
+    code = (
+        "import sys\n"
+        "import app.audio\n"
+        f"loaded = [m for m in {heavy!r} if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "from app import create_app\n"
+        "assert create_app.__module__ == 'app.factory' and 'flask' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_crash_costs_the_child_only() -> None:

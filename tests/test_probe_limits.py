@@ -2,15 +2,15 @@
 
 ``audio.probe`` runs in the API process for every upload. Two things bound it:
 
-- ID3v2 tags are checked first (``audio._check_id3``, one pass over the file):
+- ID3v2 tags are checked first (``guards.check_id3``, one pass over the file):
   FFmpeg escapes PRIV frames byte by byte (20 MB: 3 s and 240 MB of memory),
   inflates compressed frames (a 0.3 MB upload: 4 s and 900 MB) and loops over
   every frame. Refused before FFmpeg opens the file.
-- MP4/MOV box structures are checked first too (``audio._check_boxes``,
+- MP4/MOV box structures are checked first too (``guards.check_boxes``,
   top-level box headers plus the header boxes): a 160 MB sample table costs
   FFmpeg 350 MB, a compressed moov inflates 1000:1, millions of boxes cost
   seconds. Refused before FFmpeg opens the file.
-- A time budget (``audio._PROBE_SECONDS``) for the rest: FFmpeg's header
+- A time budget (``probing.PROBE_SECONDS``) for the rest: FFmpeg's header
   parsers walk structures of any count (an empty WAV chunk or MP4 box is about
   a microsecond; 200 MB holds millions) and ``probesize``/``analyzeduration``
   do not limit header parsing. PyAV's timeout (FFmpeg's interrupt callback,
@@ -37,6 +37,7 @@ import soundfile as sf
 from flask import Flask
 
 from app import audio
+from app.audio import guards, limits, probing
 from tests.conftest import register_and_login
 
 SPEECH = Path(__file__).parent / "data" / "speech"
@@ -79,14 +80,14 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(audio.av, "open", spy)
+    monkeypatch.setattr(av, "open", spy)
     yield calls
 
 
 @pytest.fixture
 def small_budget(monkeypatch: pytest.MonkeyPatch) -> float:
     """A probe budget of 0.25 s: the slow files below need over 2 s unbounded."""
-    monkeypatch.setattr(audio, "_PROBE_SECONDS", 0.25)
+    monkeypatch.setattr(probing, "PROBE_SECONDS", 0.25)
     return 0.25
 
 
@@ -278,7 +279,7 @@ def test_the_same_files_parse_in_full_without_a_budget(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_bytes(make())
         before = bytes_read()
-        with audio._open(str(path)) as container:
+        with guards.open_container(str(path)) as container:
             assert container.streams.audio, name
         assert bytes_read() - before > path.stat().st_size / 2, name
 
@@ -315,12 +316,12 @@ def test_the_duration_scan_checks_the_budget(tmp_path: Path) -> None:
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
-    with audio._open(str(path)) as container:
-        assert audio._header_duration(container, container.streams.audio[0]) is None
+    with guards.open_container(str(path)) as container:
+        assert probing.header_duration(container, container.streams.audio[0]) is None
     assert audio.probe(path).duration == pytest.approx(4.0, abs=0.05)  # scanned, in budget
-    deadline = audio._Deadline(0.0)
-    with audio._open(str(path)) as container, pytest.raises(audio.AudioError) as raised:
-        audio._packet_duration(container, container.streams.audio[0], None, deadline)
+    deadline = limits.Deadline(0.0)
+    with guards.open_container(str(path)) as container, pytest.raises(audio.AudioError) as raised:
+        probing.packet_duration(container, container.streams.audio[0], None, deadline)
     assert "took more than 0 s" in raised.value.message
 
 
@@ -692,10 +693,10 @@ def test_real_box_layouts_pass_the_box_check(tmp_path: Path) -> None:
     # (this file's sample offsets are then wrong, so only the walk is tried).
     tagged = tmp_path / "id3.m4a"
     tagged.write_bytes(id3_tag(id3_frame(b"TIT2", b"\0title")) + ftyp + free + mdat + moov)
-    audio._check_boxes(str(tagged))
+    guards.check_boxes(str(tagged))
     tagged.write_bytes(id3_tag(id3_frame(b"TIT2", b"\0title")) + ftyp + free + mdat + moov[:-1])
     with pytest.raises(audio.AudioError, match="moov"):
-        audio._check_boxes(str(tagged))
+        guards.check_boxes(str(tagged))
 
 
 def test_a_file_not_starting_like_mp4_is_not_read_as_mp4(

@@ -36,6 +36,7 @@ from sqlalchemy import select as sql_select
 from werkzeug.serving import make_server
 
 from app import audio
+from app.audio import probing
 from app.extensions import db
 from app.records import Job
 from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
@@ -597,14 +598,18 @@ def test_ten_hours_of_silence_is_refused_without_decoding(
 ) -> None:
     assert len(ten_hours_of_silence) < 1024 * 1024
     decoded = []
-    original = audio._DecodedChunks.__init__
 
-    def spy(self: Any, *args: Any, **kwargs: Any) -> None:
-        decoded.append(args)
-        original(self, *args, **kwargs)
+    def spying(real: Callable[..., Any]) -> Callable[..., Any]:
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            decoded.append(args)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(audio._DecodedChunks, "__init__", spy)
-    monkeypatch.setattr(audio, "_packet_duration", lambda *a: pytest.fail("demuxed it all"))
+        return spy
+
+    # Every decode in the service goes through these two (app/audio/decoding.py).
+    for name in ("decode", "iter_decode"):
+        monkeypatch.setattr(audio, name, spying(getattr(audio, name)))
+    monkeypatch.setattr(probing, "packet_duration", lambda *a: pytest.fail("demuxed it all"))
     start = time.perf_counter()
     response = _upload(small_client, headers, ten_hours_of_silence, name="long.flac")
     elapsed = time.perf_counter() - start
