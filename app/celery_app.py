@@ -25,18 +25,15 @@ log = logging.getLogger(__name__)
 
 
 def celery_init_app(app: Flask) -> Celery:
-    from app import metrics
     from app.logs import job_context
 
     class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:
             # Job tasks take the job id first (and use it as the task id): every
-            # log line of the task carries it, and its duration is recorded.
+            # log line of the task carries it.
             job_id = args[0] if args and isinstance(args[0], str) else None
             with app.app_context(), job_context(job_id):
-                outcome = self.run(*args, **kwargs)
-                metrics.job_ended(job_id, outcome)
-                return outcome
+                return self.run(*args, **kwargs)
 
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(app.config["CELERY"])

@@ -156,18 +156,13 @@ def observe_model_load(kind: str, model: str, device: str, seconds: float) -> No
     MODEL_LOAD.labels(kind, model, device).observe(seconds)
 
 
-def job_ended(job_id: str | None, outcome: object) -> None:
-    """After a task: record the job's duration if this task ended it, and log it.
-
-    ``outcome`` is what the task returned: the final status when this attempt
-    ended the job, None when the message found nothing to do (a duplicate, a
-    canceled job), which must not count twice.
-    """
+def record_job(job_id: str) -> None:
+    """Record the run of a job that just ended, and log it (``job_ended``
+    in app/services/jobs.py calls this once per job). A job that never
+    started (canceled while queued) has no run to record."""
     from app.extensions import db
-    from app.records import FINAL_STATUSES, Job
+    from app.records import Job
 
-    if not job_id or outcome not in FINAL_STATUSES:
-        return
     try:
         job = db.session.get(Job, job_id)
         if job is None or not job.is_final or job.started_at is None:

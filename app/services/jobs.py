@@ -16,7 +16,7 @@ from typing import IO, Any
 from flask import current_app
 from sqlalchemy import and_, func, or_, select, update
 
-from app import audio, job_kinds, storage
+from app import audio, job_kinds, metrics, storage
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import ACTIVE_STATUSES, Job, User, utcnow
@@ -309,15 +309,18 @@ def finish(
     db.session.commit()
     if result.rowcount != 1:
         return False
-    ended(job_id)
+    job_ended(job_id)
     return True
 
 
-def ended(job_id: str) -> None:
-    """What follows every move to a final status, by whoever won it: live
-    streams hear about it, and the webhook (if any) is scheduled."""
+def job_ended(job_id: str) -> None:
+    """The one hook for "a job ended": called once per job, by whoever won the
+    move to a final status (a worker's commit, a cancel, the reaper). Live
+    streams hear about it, the webhook (if any) is scheduled, and the run is
+    recorded in the metrics."""
     events.publish(job_id)
-    webhooks.job_ended(job_id)
+    webhooks.schedule_delivery(job_id)
+    metrics.record_job(job_id)
 
 
 def cancel(owner: User, job_id: str) -> Job:

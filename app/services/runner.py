@@ -35,7 +35,7 @@ from app.errors import ServiceError
 from app.extensions import db
 from app.records import ACTIVE_STATUSES, Job, utcnow
 from app.services.events import publish
-from app.services.jobs import ended, finish
+from app.services.jobs import finish, job_ended
 
 log = logging.getLogger(__name__)
 
@@ -338,5 +338,5 @@ def _commit(
         # progress check and now: this attempt's result is never served.
         shutil.rmtree(folder, ignore_errors=True)
         return _lost(job.id, attempt)
-    ended(job.id)
+    job_ended(job.id)
     return "succeeded"

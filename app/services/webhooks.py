@@ -208,7 +208,7 @@ def _job_json(job: Job) -> dict[str, Any]:
         return JobSchema().dump(job)
 
 
-def job_ended(job_id: str) -> None:
+def schedule_delivery(job_id: str) -> None:
     """Schedule the webhook of a job that just ended, if it asked for one.
 
     Called once per job, by whoever won the move to a final status. The body
