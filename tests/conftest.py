@@ -167,8 +167,8 @@ def _same_random_shifts() -> None:
     """Demucs draws each shift's offset from ``random``: seeded, every run
     separates the same chunks. (Unseeded, about 1 run in 11 of a 6 s input with
     2 s segments left a last chunk under 2048 samples, which the tiny
-    time-only HDemucs of tests/demucs_repo.py cannot take: its STFT needs more.
-    Pretrained hybrid models pad such chunks first.)"""
+    time-only HDemucs of tests/support/demucs_repo.py cannot take: its STFT
+    needs more. Pretrained hybrid models pad such chunks first.)"""
     import random
 
     random.seed(0)
@@ -186,8 +186,9 @@ def _fresh_model_cache() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MODELS_DIR with a local Demucs repo of tiny random models (see demucs_repo.py)."""
-    from tests.demucs_repo import build_repo
+    """MODELS_DIR with a local Demucs repo of tiny random models
+    (tests/support/demucs_repo.py)."""
+    from tests.support.demucs_repo import build_repo
 
     root = tmp_path_factory.mktemp("models")
     build_repo(root / "demucs")
@@ -224,12 +225,12 @@ def progress_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str | Non
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Any]:
-    """A real redis-server on a free loopback port (tests/procs.py) with the
+    """A real redis-server on a free loopback port (tests/support/procs.py) with the
     persistence docs/deployment.md prescribes; the test is skipped, with the
     reason, when redis-server is not installed."""
     import shutil
 
-    from tests.procs import RedisProcess
+    from tests.support.procs import RedisProcess
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server); test skipped")

@@ -195,7 +195,7 @@ def test_transcribe_refuses_what_the_api_refuses(runner: FlaskCliRunner, tmp_pat
 
 @pytest.fixture
 def musicgen_app(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    from tests.musicgen_models import build_tiny_musicgen
+    from tests.support.musicgen_models import build_tiny_musicgen
 
     models = tmp_path_factory.mktemp("cli-musicgen")
     build_tiny_musicgen(models / "musicgen" / "musicgen-small")

@@ -242,7 +242,7 @@ def test_models_download_writes_a_local_repo(
     from demucs.apply import BagOfModels
 
     from tests.conftest import make_app
-    from tests.demucs_repo import tiny_htdemucs
+    from tests.support.demucs_repo import tiny_htdemucs
 
     weights = [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]
     fetched = BagOfModels([tiny_htdemucs(seed=s) for s in range(4)], weights)

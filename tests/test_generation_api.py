@@ -19,7 +19,7 @@ RATE = 32000
 
 @pytest.fixture(scope="session")
 def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.musicgen_models import build_tiny_musicgen, build_tiny_musicgen_melody
+    from tests.support.musicgen_models import build_tiny_musicgen, build_tiny_musicgen_melody
 
     root = tmp_path_factory.mktemp("musicgen-models")
     build_tiny_musicgen(root / "musicgen" / "musicgen-small")

@@ -1,7 +1,7 @@
 """Upload probing in a child process (app/isolated.py): a crash, a memory
 blow-up or a hang costs the child, and the client gets a clear answer.
 
-What the children run is in tests/isolated_children.py: functions pickle by
+What the children run is in tests/support/isolated_children.py: functions pickle by
 name, and the fork server's children import their module (a light one).
 """
 
@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 
 from app import audio, isolated
 from tests.conftest import make_app, register_and_login
-from tests.isolated_children import (
+from tests.support.isolated_children import (
     add,
     allocate,
     crash,

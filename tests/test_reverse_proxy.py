@@ -32,7 +32,7 @@ import pytest
 import requests
 
 from tests.conftest import make_app
-from tests.procs import child_pids, free_port, wait_for
+from tests.support.procs import child_pids, free_port, wait_for
 from tests.support.proxy import NginxProxy, directive, nginx_binary, seconds
 
 SLOW_CLIENTS = 40  # half trickle headers, half a body

@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
-from tests.procs import CeleryProcess, job_env, wait_for
+from tests.support.procs import CeleryProcess, job_env, wait_for
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 REFERENCES: dict[str, str] = json.loads((SPEECH / "references.json").read_text())

@@ -22,7 +22,7 @@ from flask import Flask
 from app.errors import ServiceError
 from app.services import webhooks
 from tests.conftest import make_app, register_and_login
-from tests.procs import wait_for
+from tests.support.procs import wait_for
 
 
 class Receiver:

@@ -14,7 +14,7 @@ import soundfile as sf
 from flask import Flask
 
 from tests.conftest import SR, make_app, register_and_login
-from tests.procs import CeleryProcess, job_env, wait_for
+from tests.support.procs import CeleryProcess, job_env, wait_for
 
 
 def drive_a_job(app: Flask, log_path: Path) -> None:

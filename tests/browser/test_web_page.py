@@ -353,7 +353,7 @@ def test_transcript_follows_the_audio(page: Any) -> None:
 
 @pytest.fixture(scope="module")
 def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.musicgen_models import build_tiny_musicgen
+    from tests.support.musicgen_models import build_tiny_musicgen
 
     root = tmp_path_factory.mktemp("musicgen-models")
     build_tiny_musicgen(root / "musicgen" / "musicgen-small")
@@ -462,7 +462,7 @@ def karaoke_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random Demucs repo, plus ``mdx_extra``: a model that hears the
     whole input as vocals (a trained Demucs does that with a speech clip; the
     random ones do not, and their "vocals" are too quiet to transcribe)."""
-    from tests.demucs_repo import add_vocals_passthrough, build_repo
+    from tests.support.demucs_repo import add_vocals_passthrough, build_repo
 
     root = tmp_path_factory.mktemp("karaoke-models")
     add_vocals_passthrough(build_repo(root / "demucs"), "mdx_extra")

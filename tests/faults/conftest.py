@@ -2,7 +2,7 @@
 
 Every test here is marked ``faults`` (``pytest -m faults`` runs just these,
 ``-m "not faults"`` skips them) and is skipped, with the reason printed, when
-``redis-server`` is not installed. Workers run ``tests/faults/slow_celery.py``
+``redis-server`` is not installed. Workers run ``tests/support/slow_celery.py``
 so hpss jobs last a few seconds: long enough to kill something mid-job.
 """
 
@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from app.extensions import db
 from app.records import FINAL_STATUSES, Job
 from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
-from tests.procs import CeleryProcess, RedisProcess, job_env, wait_for
+from tests.support.procs import CeleryProcess, RedisProcess, job_env, wait_for
 
 # Short limits so every fault resolves within a test. The visibility timeout
 # obeys the startup rules (over 1.25 x the longest hard limit, karaoke's 120 s,
@@ -66,7 +66,7 @@ class Faults:
             self.tmp_path / f"{name}.log",
             self.env(FAULT_HPSS_DELAY=delay, **env),
             name=f"{name}@localhost",
-            entry="tests.faults.slow_celery",
+            entry="tests.support.slow_celery",
             **({"queues": queues} if queues else {}),
         )
         self.processes.append(process)

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import make_app
 from tests.faults.conftest import SETTINGS, Faults
-from tests.procs import RedisProcess
+from tests.support.procs import RedisProcess
 
 pytestmark = pytest.mark.faults
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import Faults
-from tests.procs import RedisProcess
+from tests.support.procs import RedisProcess
 
 pytestmark = pytest.mark.faults
 

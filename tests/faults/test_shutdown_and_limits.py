@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import Faults
-from tests.procs import wait_for
+from tests.support.procs import wait_for
 
 pytestmark = pytest.mark.faults
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.faults.conftest import Faults
-from tests.procs import wait_for
+from tests.support.procs import wait_for
 
 pytestmark = pytest.mark.faults
 
