@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.records import ApiKey, Job, utcnow
-from tests.conftest import register_and_login
+from tests.support.apps import register_and_login
 
 PASSWORD = "a long enough password"
 

@@ -19,7 +19,8 @@ from app.batch import TqdmProgress
 from app.extensions import db
 from app.records import Job
 from app.services.runner import SubProgress
-from tests.conftest import SR, make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import SR, sine_and_clicks, wav_bytes
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 

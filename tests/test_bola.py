@@ -22,7 +22,8 @@ from sqlalchemy import update
 
 from app.extensions import db
 from app.records import Job
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 
 # endpoint -> (method, the URL path after /api/v1/jobs/<job_id>, extra request kwargs)
 CALLS: dict[str, tuple[str, str, dict[str, Any]]] = {

@@ -11,7 +11,8 @@ import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import SR, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import register_and_login
+from tests.support.audio import SR, sine_and_clicks, wav_bytes
 
 
 def _separate(client: FlaskClient, headers: dict, data: bytes, **form) -> dict:
@@ -145,7 +146,7 @@ def test_missing_weights_fail_the_job_with_model_unavailable(
 
 
 def test_missing_weights_with_downloads_allowed_but_no_network(tmp_path: Path) -> None:
-    from tests.conftest import make_app
+    from tests.support.apps import make_app
 
     app = make_app(tmp_path / "d", MODELS_DIR=str(tmp_path / "empty"), ALLOW_MODEL_DOWNLOAD=True)
     app.extensions["celery"].conf.task_always_eager = True
@@ -241,7 +242,7 @@ def test_models_download_writes_a_local_repo(
     import demucs.pretrained
     from demucs.apply import BagOfModels
 
-    from tests.conftest import make_app
+    from tests.support.apps import make_app
     from tests.support.demucs_repo import tiny_htdemucs
 
     weights = [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import sine_and_clicks, wav_bytes
+from tests.support.audio import sine_and_clicks, wav_bytes
 from tests.support.procs import ROOT, free_port, wait_for
 
 

@@ -12,7 +12,8 @@ import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 
 RATE = 32000
 

@@ -18,7 +18,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from app import audio, isolated
-from tests.conftest import make_app, register_and_login
+from tests.support.apps import make_app, register_and_login
 from tests.support.isolated_children import (
     add,
     allocate,

@@ -37,7 +37,7 @@ import soundfile as sf
 from flask import Flask
 
 from app import audio
-from tests.conftest import register_and_login
+from tests.support.apps import register_and_login
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 MB = 1 << 20

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import make_app
+from tests.support.apps import make_app
 from tests.support.procs import child_pids, free_port, wait_for
 from tests.support.proxy import NginxProxy, directive, nginx_binary, seconds
 

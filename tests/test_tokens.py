@@ -22,7 +22,7 @@ import jwt as pyjwt
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app
+from tests.support.apps import make_app
 
 PASSWORD = "a long enough password"
 ROUTES = [

@@ -38,7 +38,8 @@ from werkzeug.serving import make_server
 from app import audio
 from app.extensions import db
 from app.records import Job
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 
 # --------------------------------------------------------------------------- files
 

@@ -21,7 +21,7 @@ from flask import Flask
 
 from app.errors import ServiceError
 from app.services import webhooks
-from tests.conftest import make_app, register_and_login
+from tests.support.apps import make_app, register_and_login
 from tests.support.procs import wait_for
 
 
@@ -265,7 +265,7 @@ def test_a_failed_job_is_sent_with_its_error(hook_app: Flask) -> None:
 
 
 def _song() -> bytes:
-    from tests.conftest import sine_and_clicks, wav_bytes
+    from tests.support.audio import sine_and_clicks, wav_bytes
 
     return wav_bytes(sine_and_clicks(1.0))
 
@@ -569,7 +569,7 @@ def test_a_trickling_receiver_delays_no_job_under_make_run(live: Callable[..., A
     own), and the delivery is cut at the deadline and retried later."""
     import requests
 
-    from tests.conftest import sine_and_clicks, wav_bytes
+    from tests.support.audio import sine_and_clicks, wav_bytes
     from tests.support.trickle import Trickler
 
     deadline = 3.0

@@ -21,7 +21,7 @@ import soundfile as sf
 from flask import Flask
 
 from tests.browser.conftest import LiveServer, screenshot
-from tests.conftest import SR, sine_and_clicks, wav_bytes
+from tests.support.audio import SR, sine_and_clicks, wav_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a long enough password"
@@ -175,7 +175,7 @@ def test_live_status_from_a_queued_job(chromium: Any, tmp_path: Path, transport:
     events stream when the server has one, by polling when it has not (the
     "polling" run hides the route from the page), and a queued job can be
     canceled from the page."""
-    from tests.conftest import make_app
+    from tests.support.apps import make_app
 
     app = make_app(tmp_path / "data")  # publishes to the SQLite broker; no worker runs
     with LiveServer(app) as live:
@@ -365,7 +365,7 @@ def test_generate_again_with_the_same_seed(
 ) -> None:
     """Generate from a prompt (tiny random MusicGen), then "Generate again with
     this seed": a second job with the drawn seed and the very same audio."""
-    from tests.conftest import make_app
+    from tests.support.apps import make_app
 
     app = make_app(tmp_path / "data", MODELS_DIR=str(musicgen_dir), ALLOW_MODEL_DOWNLOAD=False)
     app.extensions["celery"].conf.task_always_eager = True
@@ -477,7 +477,7 @@ def test_karaoke_results(
     the lyrics following the instrumental as it plays (or, when the vocals
     stem is silent, a plain "no lyrics" message), and every lyrics file
     downloadable with the same content the API serves."""
-    from tests.conftest import make_app
+    from tests.support.apps import make_app
 
     app = make_app(
         tmp_path / "data", MODELS_DIR=str(karaoke_models_dir), ALLOW_MODEL_DOWNLOAD=False

@@ -19,7 +19,8 @@ from flask.testing import FlaskClient
 
 from app.extensions import db
 from app.records import FINAL_STATUSES, Job
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 from tests.support.procs import CeleryProcess, RedisProcess, job_env, wait_for
 
 # Short limits so every fault resolves within a test. The visibility timeout
