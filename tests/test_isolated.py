@@ -29,8 +29,8 @@ from tests.support.isolated_children import (
     sleep_forever,
     spin,
 )
-from tests.test_probe_limits import ogg_one_long_packet
-from tests.test_upload_attacks import _upload, assert_nothing_kept, assert_refused
+from tests.support.ogg import ogg_one_long_packet
+from tests.support.uploads import assert_nothing_kept, assert_refused, upload
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 MB = 1 << 20
@@ -114,7 +114,7 @@ def test_calls_from_many_threads_at_once() -> None:
 
 
 def transcribe(client: FlaskClient, headers: dict[str, str], data: bytes, name: str) -> Any:
-    return _upload(client, headers, data, name, "audio/*", endpoint="/api/v1/transcriptions")
+    return upload(client, headers, data, name, "audio/*", endpoint="/api/v1/transcriptions")
 
 
 def test_the_probe_gives_the_same_answers_in_a_child() -> None:

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from app.lyrics import build_lines
 from tests.support.apps import register_and_login
 from tests.support.audio import sine_and_clicks, wav_bytes
-from tests.test_transcription import REFERENCES, SPEECH, words_of
+from tests.support.speech import REFERENCES, SPEECH, words_of
 
 LRC_LINE = re.compile(r"^\[(\d\d):(\d\d)\.(\d\d)\](.*)$")
 SRT_TIME = re.compile(r"^\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}$")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 import threading
 from collections.abc import Iterator
@@ -16,25 +15,7 @@ from flask.testing import FlaskClient
 from tests.support.apps import make_app, register_and_login
 from tests.support.audio import sine_and_clicks, wav_bytes
 from tests.support.procs import CeleryProcess, job_env, wait_for
-
-SPEECH = Path(__file__).parent / "data" / "speech"
-REFERENCES: dict[str, str] = json.loads((SPEECH / "references.json").read_text())
-
-
-def words_of(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance over the reference length."""
-    ref, hyp = words_of(reference), words_of(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / max(len(ref), 1)
+from tests.support.speech import REFERENCES, SPEECH, wer, words_of
 
 
 def test_wer() -> None:

@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 from flask import Flask
 
-from tests.browser.conftest import LiveServer, screenshot
 from tests.support.audio import SR, sine_and_clicks, wav_bytes
+from tests.support.browser import LiveServer, screenshot
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a long enough password"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import SETTINGS, Faults
 from tests.support.apps import make_app
+from tests.support.faults import SETTINGS, Faults
 from tests.support.procs import RedisProcess
 
 pytestmark = pytest.mark.faults

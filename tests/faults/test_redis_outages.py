@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import Faults
+from tests.support.faults import Faults
 from tests.support.procs import RedisProcess
 
 pytestmark = pytest.mark.faults

@@ -94,3 +94,8 @@ def fresh_job(job_id: str) -> Job:
     job = db.session.get(Job, job_id)
     assert job is not None
     return job
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header that presents ``token``."""
+    return {"Authorization": f"Bearer {token}"}
