@@ -22,11 +22,23 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
+def eager_app(tmp_path: Path) -> Callable[..., Flask]:
+    """Makes apps whose jobs run inline (Celery eager mode): full results, no
+    worker. ``eager_app(**settings)`` keeps its data in ``tmp_path / "data"``;
+    ``eager_app(data_dir, **settings)`` where the test says."""
+
+    def make(data_dir: Path | None = None, **overrides: Any) -> Flask:
+        app = make_app(data_dir or tmp_path / "data", **overrides)
+        app.extensions["celery"].conf.task_always_eager = True
+        return app
+
+    return make
+
+
+@pytest.fixture
+def app(eager_app: Callable[..., Flask]) -> Flask:
     """An app whose jobs run inline (Celery eager mode): full results, no worker."""
-    app = make_app(tmp_path / "data")
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app()
 
 
 @pytest.fixture
@@ -107,11 +119,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def demucs_app(tmp_path: Path, models_dir: Path) -> Iterator[Flask]:
+def demucs_app(eager_app: Callable[..., Flask], models_dir: Path) -> Flask:
     """Like ``app``, with the tiny Demucs repo as MODELS_DIR and downloads off."""
-    app = make_app(tmp_path / "data", MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=False)
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app(MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=False)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +146,10 @@ def test_missing_weights_fail_the_job_with_model_unavailable(
     assert "flask models download htdemucs_ft" in job["error"]["message"]
 
 
-def test_missing_weights_with_downloads_allowed_but_no_network(tmp_path: Path) -> None:
-    from tests.support.apps import make_app
-
-    app = make_app(tmp_path / "d", MODELS_DIR=str(tmp_path / "empty"), ALLOW_MODEL_DOWNLOAD=True)
-    app.extensions["celery"].conf.task_always_eager = True
+def test_missing_weights_with_downloads_allowed_but_no_network(
+    tmp_path: Path, eager_app: Callable[..., Flask]
+) -> None:
+    app = eager_app(tmp_path / "d", MODELS_DIR=str(tmp_path / "empty"), ALLOW_MODEL_DOWNLOAD=True)
     client = app.test_client()
     headers = register_and_login(client)
     job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)))

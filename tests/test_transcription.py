@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -202,9 +202,10 @@ def test_language_detection_and_model_reuse(client: FlaskClient, auth_headers: d
     assert get_cache().loads == {("transcription", "tiny.en@int8", "cpu"): 1}
 
 
-def test_missing_whisper_weights_fail_with_model_unavailable(tmp_path: Path) -> None:
-    app = make_app(tmp_path / "d", ALLOW_MODEL_DOWNLOAD=False)
-    app.extensions["celery"].conf.task_always_eager = True
+def test_missing_whisper_weights_fail_with_model_unavailable(
+    tmp_path: Path, eager_app: Callable[..., Flask]
+) -> None:
+    app = eager_app(tmp_path / "d", ALLOW_MODEL_DOWNLOAD=False)
     client = app.test_client()
     headers = register_and_login(client)
     job = _submit(client, headers, (SPEECH / "clip1.mp3").read_bytes(), "c.mp3", model="small")

@@ -225,11 +225,9 @@ def assert_failed_cleanly(app: Flask, client: FlaskClient, headers: dict, job: d
 
 
 @pytest.fixture
-def small_app(tmp_path: Path) -> Iterator[Flask]:
+def small_app(eager_app: Callable[..., Flask]) -> Flask:
     """Jobs run inline; limits small enough to reach with generated files."""
-    app = make_app(tmp_path / "data", MAX_UPLOAD_MB=1, MAX_AUDIO_SECONDS=20.0)
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app(MAX_UPLOAD_MB=1, MAX_AUDIO_SECONDS=20.0)
 
 
 @pytest.fixture

@@ -69,19 +69,15 @@ class Receiver:
 
 
 @pytest.fixture
-def hook_app(tmp_path: Path) -> Iterator[Flask]:
+def hook_app(eager_app: Callable[..., Flask]) -> Flask:
     """Jobs and deliveries run inline (eager), private receivers allowed."""
-    app = make_app(tmp_path / "data", WEBHOOK_ALLOW_PRIVATE=True)
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app(WEBHOOK_ALLOW_PRIVATE=True)
 
 
 @pytest.fixture
-def strict_app(tmp_path: Path) -> Iterator[Flask]:
+def strict_app(eager_app: Callable[..., Flask]) -> Flask:
     """The default: the SSRF guard is on."""
-    app = make_app(tmp_path / "data")
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app()
 
 
 def _separate(client: Any, headers: dict[str, str], song_wav: bytes, **fields: Any) -> Any:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from tests.support.apps import make_app
 from tests.support.browser import LiveServer
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -52,10 +50,8 @@ def chromium() -> Iterator[Any]:
 
 
 @pytest.fixture
-def live_app(tmp_path: Path) -> Flask:
-    app = make_app(tmp_path / "data")
-    app.extensions["celery"].conf.task_always_eager = True
-    return app
+def live_app(eager_app: Callable[..., Flask]) -> Flask:
+    return eager_app()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import io
 import re
 import secrets
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -361,14 +362,11 @@ def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_generate_again_with_the_same_seed(
-    chromium: Any, tmp_path: Path, musicgen_dir: Path
+    chromium: Any, eager_app: Callable[..., Flask], musicgen_dir: Path
 ) -> None:
     """Generate from a prompt (tiny random MusicGen), then "Generate again with
     this seed": a second job with the drawn seed and the very same audio."""
-    from tests.support.apps import make_app
-
-    app = make_app(tmp_path / "data", MODELS_DIR=str(musicgen_dir), ALLOW_MODEL_DOWNLOAD=False)
-    app.extensions["celery"].conf.task_always_eager = True
+    app = eager_app(MODELS_DIR=str(musicgen_dir), ALLOW_MODEL_DOWNLOAD=False)
     with LiveServer(app) as live:
         context = chromium.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
         page = context.new_page()
@@ -471,18 +469,17 @@ def karaoke_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("model", ["mdx_extra", "mdx"], ids=["lyrics", "no-lyrics"])
 def test_karaoke_results(
-    chromium: Any, tmp_path: Path, karaoke_models_dir: Path, model: str
+    chromium: Any,
+    tmp_path: Path,
+    eager_app: Callable[..., Flask],
+    karaoke_models_dir: Path,
+    model: str,
 ) -> None:
     """A karaoke package from a speech clip: instrumental and vocals players,
     the lyrics following the instrumental as it plays (or, when the vocals
     stem is silent, a plain "no lyrics" message), and every lyrics file
     downloadable with the same content the API serves."""
-    from tests.support.apps import make_app
-
-    app = make_app(
-        tmp_path / "data", MODELS_DIR=str(karaoke_models_dir), ALLOW_MODEL_DOWNLOAD=False
-    )
-    app.extensions["celery"].conf.task_always_eager = True
+    app = eager_app(MODELS_DIR=str(karaoke_models_dir), ALLOW_MODEL_DOWNLOAD=False)
     with LiveServer(app) as live:
         context = chromium.new_context(
             base_url=live.url, viewport={"width": 1280, "height": 900}, accept_downloads=True
