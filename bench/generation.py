@@ -43,7 +43,7 @@ Everything runs in a temporary folder, deleted at the end unless ``--keep``;
 every process started is the leader of its own session and its whole group is
 stopped on exit, Ctrl-C or error. The process helpers, the service start-up and
 the HTTP client come from bench/_service.py; the offline word-level tokenizer is
-tests/musicgen_models.py's.
+tests/support/musicgen_models.py's.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from bench._service import (  # noqa: E402 - needs ROOT on sys.path
     tail,
     verdict,
 )
-from tests.musicgen_models import WORDS, word_tokenizer  # noqa: E402 - the tests' tokenizer
+from tests.support.musicgen_models import WORDS, word_tokenizer  # noqa: E402 - the tests' tokenizer
 
 GOAL = 1.1  # ours, second request / direct
 MODEL_NAME = "facebook/musicgen-small"

@@ -78,7 +78,7 @@ HTDEMUCS_KWARGS: dict[str, Any] = {
     "t_dropout": 0.02,
     "segment": Fraction(39, 5),  # 7.8 s, the real model's training segment (default 10)
 }
-TINY_KWARGS: dict[str, Any] = {"channels": 8, "t_layers": 1}  # as tests/demucs_repo.py
+TINY_KWARGS: dict[str, Any] = {"channels": 8, "t_layers": 1}  # as tests/support/demucs_repo.py
 FULL_SIG, TINY_SIG = "bench0f1", "bench0t1"
 TINY_NAME = "bench_tiny"
 

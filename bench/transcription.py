@@ -39,7 +39,7 @@ Everything runs in a temporary folder, deleted at the end unless ``--keep``;
 every process started is stopped on exit, Ctrl-C or error (each is the leader
 of its own session and its whole group is stopped). The process helpers, the
 service start-up and the HTTP client come from bench/_service.py; the WER is
-tests/test_transcription.py's.
+tests/support/speech.py's.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ from bench._service import (  # noqa: E402 - needs ROOT on sys.path
     tail,
     verdict,
 )
-from tests.test_transcription import wer  # noqa: E402 - the tests' WER, so the figures compare
+from tests.support.speech import wer  # noqa: E402 - the tests' WER, so the figures compare
 
 SPEECH = ROOT / "tests" / "data" / "speech"
 SAMPLE_RATE = 16000

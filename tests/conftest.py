@@ -1,61 +1,44 @@
-"""Fixtures after the Flask tutorial: ``app``, ``client``, ``runner``, plus users and audio."""
+"""Fixtures after the Flask tutorial: ``app``, ``client``, ``runner``, plus users and audio.
+
+Fixtures only: the functions tests call themselves are in tests/support/.
+"""
 
 from __future__ import annotations
 
-import io
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from app import create_app
-from app.extensions import db
-from app.records import Job
-
-SR = 44100
+from tests.support.apps import dispose_apps, make_app, register_and_login, submit_separation
+from tests.support.audio import sine_and_clicks, wav_bytes
 
 # No model hub is reachable from test machines: fail fast instead of retrying.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def make_app(data_dir: Path, **overrides: Any) -> Flask:
-    from flask_migrate import upgrade
+@pytest.fixture
+def eager_app(tmp_path: Path) -> Callable[..., Flask]:
+    """Makes apps whose jobs run inline (Celery eager mode): full results, no
+    worker. ``eager_app(**settings)`` keeps its data in ``tmp_path / "data"``;
+    ``eager_app(data_dir, **settings)`` where the test says."""
 
-    config = {
-        "DATA_DIR": str(data_dir),
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "DATABASE_URL": None,
-        "REDIS_URL": None,
-        "TESTING": True,
-        # Production keeps rate limits on; tests that exercise them turn them
-        # back on (tests/test_rate_limits.py), the rest create jobs in bursts.
-        "RATELIMIT_ENABLED": False,
-        **overrides,
-    }
-    app = create_app(config)
-    with app.app_context():
-        upgrade()
-    _apps.append(app)
-    return app
+    def make(data_dir: Path | None = None, **overrides: Any) -> Flask:
+        app = make_app(data_dir or tmp_path / "data", **overrides)
+        app.extensions["celery"].conf.task_always_eager = True
+        return app
 
-
-# Apps made during the current test, whose connections end with it.
-_apps: list[Flask] = []
+    return make
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
+def app(eager_app: Callable[..., Flask]) -> Flask:
     """An app whose jobs run inline (Celery eager mode): full results, no worker."""
-    app = make_app(tmp_path / "data")
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app()
 
 
 @pytest.fixture
@@ -74,38 +57,6 @@ def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
 
 
-def register_and_login(client: FlaskClient, email: str | None = None) -> dict[str, str]:
-    email = email or f"user-{secrets.token_hex(4)}@example.com"
-    password = "a long enough password"
-    response = client.post("/api/v1/auth/register", json={"email": email, "password": password})
-    assert response.status_code == 201, response.json
-    response = client.post("/api/v1/auth/login", json={"email": email, "password": password})
-    assert response.status_code == 200, response.json
-    return {"Authorization": f"Bearer {response.json['access_token']}"}
-
-
-def submit_separation(app: Flask, audio: bytes) -> tuple[dict[str, str], str]:
-    """A new user uploads ``audio`` for an hpss separation: their headers and the job id."""
-    client = app.test_client()
-    headers = register_and_login(client)
-    response = client.post(
-        "/api/v1/separations",
-        data={"file": (io.BytesIO(audio), "song.wav"), "model": "hpss"},
-        headers=headers,
-        content_type="multipart/form-data",
-    )
-    assert response.status_code == 202, response.json
-    return headers, response.json["id"]
-
-
-def fresh_job(job_id: str) -> Job:
-    """The job's row as the database has it now (not the session's cached copy)."""
-    db.session.expire_all()
-    job = db.session.get(Job, job_id)
-    assert job is not None
-    return job
-
-
 @pytest.fixture
 def auth_headers(client: FlaskClient) -> dict[str, str]:
     return register_and_login(client)
@@ -114,22 +65,6 @@ def auth_headers(client: FlaskClient) -> dict[str, str]:
 @pytest.fixture
 def login() -> Callable[..., dict[str, str]]:
     return register_and_login
-
-
-def sine_and_clicks(seconds: float = 2.0, sr: int = SR, channels: int = 2) -> np.ndarray:
-    """A 440 Hz sine plus a click every 0.25 s: one clearly harmonic, one clearly percussive part."""
-    t = np.arange(int(seconds * sr)) / sr
-    sine = 0.3 * np.sin(2 * np.pi * 440.0 * t)
-    clicks = np.zeros_like(t)
-    clicks[:: int(0.25 * sr)] = 0.9
-    mono = (sine + clicks).astype(np.float32)
-    return np.stack([mono] * channels)
-
-
-def wav_bytes(audio: np.ndarray, sr: int = SR, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, audio.T, sr, format=fmt, subtype=subtype)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -145,21 +80,9 @@ def queued_job(queued_app: Flask, song_wav: bytes) -> str:
 
 @pytest.fixture(autouse=True)
 def _release_test_resources() -> Iterator[None]:
-    """A test's apps keep open files after it: SQLite connections to their job
-    database and broker (three descriptors each), a local-notice socket and its
-    thread. Released here, or a whole run passes 1,024 descriptors."""
+    """Close what the test's apps keep open (tests/support/apps.py)."""
     yield
-    from kombu.transport import sqlalchemy as kombu_sqla
-
-    from app import localbus
-
-    while _apps:
-        app = _apps.pop()
-        with app.app_context():
-            db.engine.dispose()
-    for engine, _session in list(kombu_sqla.Channel._engines.values()):
-        engine.dispose()
-    localbus.close_all()
+    dispose_apps()
 
 
 @pytest.fixture(autouse=True)
@@ -167,8 +90,8 @@ def _same_random_shifts() -> None:
     """Demucs draws each shift's offset from ``random``: seeded, every run
     separates the same chunks. (Unseeded, about 1 run in 11 of a 6 s input with
     2 s segments left a last chunk under 2048 samples, which the tiny
-    time-only HDemucs of tests/demucs_repo.py cannot take: its STFT needs more.
-    Pretrained hybrid models pad such chunks first.)"""
+    time-only HDemucs of tests/support/demucs_repo.py cannot take: its STFT
+    needs more. Pretrained hybrid models pad such chunks first.)"""
     import random
 
     random.seed(0)
@@ -186,8 +109,9 @@ def _fresh_model_cache() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MODELS_DIR with a local Demucs repo of tiny random models (see demucs_repo.py)."""
-    from tests.demucs_repo import build_repo
+    """MODELS_DIR with a local Demucs repo of tiny random models
+    (tests/support/demucs_repo.py)."""
+    from tests.support.demucs_repo import build_repo
 
     root = tmp_path_factory.mktemp("models")
     build_repo(root / "demucs")
@@ -195,11 +119,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def demucs_app(tmp_path: Path, models_dir: Path) -> Iterator[Flask]:
+def demucs_app(eager_app: Callable[..., Flask], models_dir: Path) -> Flask:
     """Like ``app``, with the tiny Demucs repo as MODELS_DIR and downloads off."""
-    app = make_app(tmp_path / "data", MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=False)
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app(MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=False)
 
 
 @pytest.fixture
@@ -224,12 +146,12 @@ def progress_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str | Non
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[Any]:
-    """A real redis-server on a free loopback port (tests/procs.py) with the
+    """A real redis-server on a free loopback port (tests/support/procs.py) with the
     persistence docs/deployment.md prescribes; the test is skipped, with the
     reason, when redis-server is not installed."""
     import shutil
 
-    from tests.procs import RedisProcess
+    from tests.support.procs import RedisProcess
 
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server); test skipped")

@@ -9,7 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import SR, register_and_login, wav_bytes
+from tests.support.apps import register_and_login
+from tests.support.audio import SR, wav_bytes
 
 NOTE = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 

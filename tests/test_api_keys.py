@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.records import ApiKey, Job, utcnow
-from tests.conftest import register_and_login
+from tests.support.apps import bearer, register_and_login
 
 PASSWORD = "a long enough password"
 
@@ -26,10 +26,6 @@ def _key(client: FlaskClient, login: dict[str, str], **body: object) -> dict:
     response = client.post("/api/v1/auth/api-keys", headers=login, json={"name": "ci", **body})
     assert response.status_code == 201, response.json
     return response.json
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_a_key_is_shown_once_and_stored_as_a_hash(app: Flask, client: FlaskClient) -> None:
@@ -62,7 +58,7 @@ def test_a_key_is_shown_once_and_stored_as_a_hash(app: Flask, client: FlaskClien
 def test_a_key_works_like_an_access_token(queued_app: Flask, song_wav: bytes) -> None:
     client = queued_app.test_client()
     login = register_and_login(client, "ada@example.com")
-    key = _bearer(_key(client, login)["key"])
+    key = bearer(_key(client, login)["key"])
 
     me = client.get("/api/v1/auth/me", headers=key)
     assert me.status_code == 200 and me.json["email"] == "ada@example.com"
@@ -88,7 +84,7 @@ def test_a_key_works_like_an_access_token(queued_app: Flask, song_wav: bytes) ->
 def test_account_routes_need_a_login_not_a_key(client: FlaskClient) -> None:
     login = register_and_login(client)
     created = _key(client, login)
-    key = _bearer(created["key"])
+    key = bearer(created["key"])
     attempts = [
         client.post("/api/v1/auth/api-keys", headers=key, json={"name": "more"}),
         client.get("/api/v1/auth/api-keys", headers=key),
@@ -110,7 +106,7 @@ def test_revoked_expired_unknown_and_altered_keys_get_401(app: Flask, client: Fl
     revoked = _key(client, login, name="old")
     expiring = _key(client, login, name="temp", expires_in_days=1)
     good = _key(client, login, name="good")
-    assert client.get("/api/v1/auth/me", headers=_bearer(expiring["key"])).status_code == 200
+    assert client.get("/api/v1/auth/me", headers=bearer(expiring["key"])).status_code == 200
     assert expiring["expires_at"] is not None
 
     assert client.delete(f"/api/v1/auth/api-keys/{revoked['id']}", headers=login).status_code == 204
@@ -130,13 +126,13 @@ def test_revoked_expired_unknown_and_altered_keys_get_401(app: Flask, client: Fl
         "altered": altered,
         "prefix only": good["prefix"],
     }.items():
-        response = client.get("/api/v1/jobs", headers=_bearer(token))
+        response = client.get("/api/v1/jobs", headers=bearer(token))
         assert response.status_code == 401, label
         assert response.json["code"] == "invalid_api_key", label
         assert response.json["status"] == 401
     listed = {k["name"]: k for k in client.get("/api/v1/auth/api-keys", headers=login).json}
     assert listed["old"]["revoked"] is True and listed["good"]["revoked"] is False
-    assert client.get("/api/v1/jobs", headers=_bearer(good["key"])).status_code == 200
+    assert client.get("/api/v1/jobs", headers=bearer(good["key"])).status_code == 200
 
 
 def test_keys_are_owner_scoped(client: FlaskClient) -> None:
@@ -149,13 +145,13 @@ def test_keys_are_owner_scoped(client: FlaskClient) -> None:
     assert denied.status_code == missing.status_code == 404
     assert denied.json == missing.json
     assert client.get("/api/v1/auth/api-keys", headers=bob).json == []
-    assert client.get("/api/v1/auth/me", headers=_bearer(ada_key["key"])).status_code == 200
+    assert client.get("/api/v1/auth/me", headers=bearer(ada_key["key"])).status_code == 200
 
 
 def test_last_used_is_recorded_at_most_once_a_minute(app: Flask, client: FlaskClient) -> None:
     login = register_and_login(client)
     created = _key(client, login)
-    key = _bearer(created["key"])
+    key = bearer(created["key"])
 
     def last_used() -> object:
         with app.app_context():
@@ -183,7 +179,7 @@ def test_last_used_is_recorded_at_most_once_a_minute(app: Flask, client: FlaskCl
 
 def test_keys_die_with_their_account(app: Flask, client: FlaskClient) -> None:
     login = register_and_login(client)
-    key = _bearer(_key(client, login)["key"])
+    key = bearer(_key(client, login)["key"])
     assert client.get("/api/v1/auth/me", headers=key).status_code == 200
     deleted = client.delete("/api/v1/auth/me", headers=login, json={"password": PASSWORD})
     assert deleted.status_code == 204
@@ -207,7 +203,7 @@ def test_openapi_says_which_routes_take_keys_and_they_do(client: FlaskClient) ->
     documenting ``apiKeyAuth`` accept it (whatever they answer, never 401/403),
     the login-only ones refuse it with 403. Without credentials all give 401."""
     login = register_and_login(client)
-    key = _bearer(_key(client, login)["key"])
+    key = bearer(_key(client, login)["key"])
     spec = client.get("/openapi.json").json
     schemes = spec["components"]["securitySchemes"]
     assert schemes["bearerAuth"]["bearerFormat"] == "JWT"

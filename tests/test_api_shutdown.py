@@ -18,8 +18,9 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
-from tests.procs import ROOT, free_port, wait_for
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
+from tests.support.procs import ROOT, free_port, wait_for
 
 
 def _multipart(body: bytes, boundary: str) -> bytes:

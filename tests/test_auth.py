@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
+from tests.support.apps import bearer
+
 CREDS = {"email": "ada@example.com", "password": "correct horse battery"}
 
 
@@ -12,10 +14,6 @@ def _login(client: FlaskClient) -> dict:
     response = client.post("/api/v1/auth/login", json=CREDS)
     assert response.status_code == 200
     return response.json
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def test_register_login_me(client: FlaskClient) -> None:
@@ -27,7 +25,7 @@ def test_register_login_me(client: FlaskClient) -> None:
     tokens = client.post("/api/v1/auth/login", json=CREDS).json
     assert tokens["token_type"] == "Bearer"
     assert 0 < tokens["expires_in"] <= 15 * 60
-    me = client.get("/api/v1/auth/me", headers=_bearer(tokens["access_token"]))
+    me = client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"]))
     assert me.status_code == 200
     assert me.json["email"] == "ada@example.com"
 
@@ -116,42 +114,42 @@ def test_login_failures_look_the_same(client: FlaskClient) -> None:
 
 def test_refresh_gives_a_working_access_token(client: FlaskClient) -> None:
     tokens = _login(client)
-    response = client.post("/api/v1/auth/refresh", headers=_bearer(tokens["refresh_token"]))
+    response = client.post("/api/v1/auth/refresh", headers=bearer(tokens["refresh_token"]))
     assert response.status_code == 200
     assert "refresh_token" not in response.json
-    me = client.get("/api/v1/auth/me", headers=_bearer(response.json["access_token"]))
+    me = client.get("/api/v1/auth/me", headers=bearer(response.json["access_token"]))
     assert me.status_code == 200
     # An access token cannot refresh.
-    denied = client.post("/api/v1/auth/refresh", headers=_bearer(tokens["access_token"]))
+    denied = client.post("/api/v1/auth/refresh", headers=bearer(tokens["access_token"]))
     assert denied.status_code == 401
 
 
 def test_logout_revokes_access_and_refresh(client: FlaskClient) -> None:
     tokens = _login(client)
     assert (
-        client.post("/api/v1/auth/logout", headers=_bearer(tokens["access_token"])).status_code
+        client.post("/api/v1/auth/logout", headers=bearer(tokens["access_token"])).status_code
         == 204
     )
-    me = client.get("/api/v1/auth/me", headers=_bearer(tokens["access_token"]))
+    me = client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"]))
     assert me.status_code == 401
     assert me.json["code"] == "token_revoked"
-    refresh = client.post("/api/v1/auth/refresh", headers=_bearer(tokens["refresh_token"]))
+    refresh = client.post("/api/v1/auth/refresh", headers=bearer(tokens["refresh_token"]))
     assert refresh.status_code == 401
 
 
 def test_logout_with_refresh_token_ends_the_session(client: FlaskClient) -> None:
     tokens = _login(client)
-    fresh = client.post("/api/v1/auth/refresh", headers=_bearer(tokens["refresh_token"])).json
+    fresh = client.post("/api/v1/auth/refresh", headers=bearer(tokens["refresh_token"])).json
     assert (
-        client.post("/api/v1/auth/logout", headers=_bearer(tokens["refresh_token"])).status_code
+        client.post("/api/v1/auth/logout", headers=bearer(tokens["refresh_token"])).status_code
         == 204
     )
     for token in (tokens["access_token"], fresh["access_token"]):
-        assert client.get("/api/v1/auth/me", headers=_bearer(token)).status_code == 401
+        assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 401
 
 
 def test_other_sessions_survive_a_logout(client: FlaskClient) -> None:
     first = _login(client)
     second = client.post("/api/v1/auth/login", json=CREDS).json
-    client.post("/api/v1/auth/logout", headers=_bearer(first["access_token"]))
-    assert client.get("/api/v1/auth/me", headers=_bearer(second["access_token"])).status_code == 200
+    client.post("/api/v1/auth/logout", headers=bearer(first["access_token"]))
+    assert client.get("/api/v1/auth/me", headers=bearer(second["access_token"])).status_code == 200

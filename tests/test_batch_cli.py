@@ -19,7 +19,8 @@ from app.batch import TqdmProgress
 from app.extensions import db
 from app.records import Job
 from app.services.runner import SubProgress
-from tests.conftest import SR, make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import SR, sine_and_clicks, wav_bytes
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 
@@ -195,7 +196,7 @@ def test_transcribe_refuses_what_the_api_refuses(runner: FlaskCliRunner, tmp_pat
 
 @pytest.fixture
 def musicgen_app(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    from tests.musicgen_models import build_tiny_musicgen
+    from tests.support.musicgen_models import build_tiny_musicgen
 
     models = tmp_path_factory.mktemp("cli-musicgen")
     build_tiny_musicgen(models / "musicgen" / "musicgen-small")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,8 @@ from sqlalchemy import update
 
 from app.extensions import db
 from app.records import Job
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 
 # endpoint -> (method, the URL path after /api/v1/jobs/<job_id>, extra request kwargs)
 CALLS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -35,13 +35,6 @@ CALLS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "jobs.job_events": ("GET", "/events", {}),
 }
 MALFORMED = ["not-a-uuid", "1%20OR%201=1", "' OR '1'='1", "%00", "{}", "0" * 37]
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    app = make_app(tmp_path / "data")
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
 
 
 @pytest.fixture

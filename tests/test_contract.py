@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app.extensions import db
 from app.records import WorkerHeartbeat, utcnow
-from tests.conftest import make_app, register_and_login
+from tests.support.apps import make_app, register_and_login
 
 CHECKS = [
     not_a_server_error,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import SR, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import register_and_login
+from tests.support.audio import SR, sine_and_clicks, wav_bytes
 
 
 def _separate(client: FlaskClient, headers: dict, data: bytes, **form) -> dict:
@@ -144,11 +146,10 @@ def test_missing_weights_fail_the_job_with_model_unavailable(
     assert "flask models download htdemucs_ft" in job["error"]["message"]
 
 
-def test_missing_weights_with_downloads_allowed_but_no_network(tmp_path: Path) -> None:
-    from tests.conftest import make_app
-
-    app = make_app(tmp_path / "d", MODELS_DIR=str(tmp_path / "empty"), ALLOW_MODEL_DOWNLOAD=True)
-    app.extensions["celery"].conf.task_always_eager = True
+def test_missing_weights_with_downloads_allowed_but_no_network(
+    tmp_path: Path, eager_app: Callable[..., Flask]
+) -> None:
+    app = eager_app(tmp_path / "d", MODELS_DIR=str(tmp_path / "empty"), ALLOW_MODEL_DOWNLOAD=True)
     client = app.test_client()
     headers = register_and_login(client)
     job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)))
@@ -241,8 +242,8 @@ def test_models_download_writes_a_local_repo(
     import demucs.pretrained
     from demucs.apply import BagOfModels
 
-    from tests.conftest import make_app
-    from tests.demucs_repo import tiny_htdemucs
+    from tests.support.apps import make_app
+    from tests.support.demucs_repo import tiny_htdemucs
 
     weights = [[1.0 if i == j else 0.0 for j in range(4)] for i in range(4)]
     fetched = BagOfModels([tiny_htdemucs(seed=s) for s in range(4)], weights)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_app
+from tests.support.apps import make_app
 from tests.support.compose import compose, interpolate
 from tests.support.proxy import LIMITS, TEMPLATE, directive, rendered_config, seconds
 

@@ -24,7 +24,7 @@ import pytest
 import requests
 from werkzeug.http import http_date, parse_date
 
-from tests.conftest import sine_and_clicks, wav_bytes
+from tests.support.audio import sine_and_clicks, wav_bytes
 from tests.support.live import live_service
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import sine_and_clicks, wav_bytes
-from tests.procs import ROOT, free_port, wait_for
+from tests.support.audio import sine_and_clicks, wav_bytes
+from tests.support.procs import ROOT, free_port, wait_for
 
 
 def test_make_run_serves_jobs_limits_logins_and_stops_on_ctrl_c(tmp_path: Path) -> None:

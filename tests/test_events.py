@@ -24,8 +24,8 @@ from werkzeug.serving import make_server
 from app.extensions import db
 from app.records import Job
 from app.services import events, jobs, runner
-from tests.conftest import make_app, register_and_login, submit_separation
-from tests.procs import free_port
+from tests.support.apps import make_app, register_and_login, submit_separation
+from tests.support.procs import free_port
 
 FINAL = ("succeeded", "failed", "canceled")
 

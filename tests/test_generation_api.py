@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +12,15 @@ import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 
 RATE = 32000
 
 
 @pytest.fixture(scope="session")
 def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.musicgen_models import build_tiny_musicgen, build_tiny_musicgen_melody
+    from tests.support.musicgen_models import build_tiny_musicgen, build_tiny_musicgen_melody
 
     root = tmp_path_factory.mktemp("musicgen-models")
     build_tiny_musicgen(root / "musicgen" / "musicgen-small")
@@ -28,10 +29,8 @@ def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def gen_app(tmp_path: Path, musicgen_dir: Path) -> Iterator[Flask]:
-    app = make_app(tmp_path / "data", MODELS_DIR=str(musicgen_dir), ALLOW_MODEL_DOWNLOAD=False)
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+def gen_app(eager_app: Callable[..., Flask], musicgen_dir: Path) -> Flask:
+    return eager_app(MODELS_DIR=str(musicgen_dir), ALLOW_MODEL_DOWNLOAD=False)
 
 
 @pytest.fixture
@@ -181,9 +180,10 @@ def test_generation_requests_are_validated(client: FlaskClient, headers: dict) -
     assert client.get("/api/v1/jobs", headers=headers).json["total"] == 0
 
 
-def test_missing_weights_fail_with_model_unavailable(tmp_path: Path) -> None:
-    app = make_app(tmp_path / "d", MODELS_DIR=str(tmp_path / "none"), ALLOW_MODEL_DOWNLOAD=False)
-    app.extensions["celery"].conf.task_always_eager = True
+def test_missing_weights_fail_with_model_unavailable(
+    tmp_path: Path, eager_app: Callable[..., Flask]
+) -> None:
+    app = eager_app(tmp_path / "d", MODELS_DIR=str(tmp_path / "none"), ALLOW_MODEL_DOWNLOAD=False)
     client = app.test_client()
     headers = register_and_login(client)
     job = _generate(client, headers, prompt="x", duration=1.0)

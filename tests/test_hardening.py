@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.conftest import sine_and_clicks, wav_bytes
-from tests.procs import wait_for
+from tests.support.audio import sine_and_clicks, wav_bytes
 from tests.support.live import LiveService
+from tests.support.procs import wait_for
 
 
 def _series(service: LiveService) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Upload probing in a child process (app/isolated.py): a crash, a memory
 blow-up or a hang costs the child, and the client gets a clear answer.
 
-What the children run is in tests/isolated_children.py: functions pickle by
+What the children run is in tests/support/isolated_children.py: functions pickle by
 name, and the fork server's children import their module (a light one).
 """
 
@@ -19,8 +19,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from app import audio, isolated
-from tests.conftest import make_app, register_and_login
-from tests.isolated_children import (
+from tests.support.apps import make_app, register_and_login
+from tests.support.isolated_children import (
     add,
     allocate,
     crash,
@@ -30,8 +30,8 @@ from tests.isolated_children import (
     sleep_forever,
     spin,
 )
-from tests.test_probe_limits import ogg_one_long_packet
-from tests.test_upload_attacks import _upload, assert_nothing_kept, assert_refused
+from tests.support.ogg import ogg_one_long_packet
+from tests.support.uploads import assert_nothing_kept, assert_refused, upload
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 MB = 1 << 20
@@ -138,7 +138,7 @@ def test_calls_from_many_threads_at_once() -> None:
 
 
 def transcribe(client: FlaskClient, headers: dict[str, str], data: bytes, name: str) -> Any:
-    return _upload(client, headers, data, name, "audio/*", endpoint="/api/v1/transcriptions")
+    return upload(client, headers, data, name, "audio/*", endpoint="/api/v1/transcriptions")
 
 
 def test_the_probe_gives_the_same_answers_in_a_child() -> None:

@@ -23,7 +23,7 @@ from flask import Flask
 from app.extensions import db
 from app.records import Job, WorkerHeartbeat, utcnow
 from app.services import maintenance, runner
-from tests.conftest import fresh_job, make_app, register_and_login
+from tests.support.apps import fresh_job, make_app, register_and_login
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,8 @@ from flask import Flask
 from app import config as config_module
 from app import job_kinds, worker_settings
 from app.job_kinds import JOB_KINDS
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 
 
 def _routed_queue(app: Flask, task_name: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import register_and_login
+from tests.support.apps import register_and_login
 
 
 def _submit(client: FlaskClient, headers: dict, data: bytes) -> dict:

@@ -13,8 +13,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app.lyrics import build_lines
-from tests.conftest import register_and_login, sine_and_clicks, wav_bytes
-from tests.test_transcription import REFERENCES, SPEECH, words_of
+from tests.support.apps import register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
+from tests.support.speech import REFERENCES, SPEECH, words_of
 
 LRC_LINE = re.compile(r"^\[(\d\d):(\d\d)\.(\d\d)\](.*)$")
 SRT_TIME = re.compile(r"^\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}$")
@@ -92,7 +93,7 @@ def test_lyric_files_from_a_real_transcription(app: Flask, tmp_path: Path) -> No
     from app.lyrics import embed_in_mp3
     from app.services import karaoke, transcription
     from app.services.runner import NullProgress
-    from tests.conftest import SR
+    from tests.support.audio import SR
 
     name = "clip2.flac"
     with app.app_context():
@@ -217,7 +218,7 @@ def test_title_and_artist_are_carried_over(demucs_app: Flask, tmp_path: Path) ->
     import av
     from mutagen.id3 import ID3
 
-    from tests.conftest import SR
+    from tests.support.audio import SR
 
     path = tmp_path / "tagged.mp3"
     with av.open(str(path), "w") as out:

@@ -17,7 +17,7 @@ import torch
 
 from app.errors import ServiceError
 from app.models import musicgen_engine as mg
-from tests.musicgen_models import build_tiny_musicgen, build_tiny_musicgen_melody
+from tests.support.musicgen_models import build_tiny_musicgen, build_tiny_musicgen_melody
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 

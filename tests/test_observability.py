@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import logs
-from tests.conftest import make_app, register_and_login
+from tests.support.apps import make_app, register_and_login
 
 ROOT = Path(__file__).resolve().parent.parent
 

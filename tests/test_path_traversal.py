@@ -8,29 +8,17 @@ import os
 import re
 import shutil
 import unicodedata
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 SECRET = b"TOP SECRET: outside the data directory"
-
-
-@pytest.fixture
-def eager_app(tmp_path: Path) -> Iterator[Flask]:
-    app = make_app(tmp_path / "data")
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
-
-
-@pytest.fixture
-def client(eager_app: Flask) -> FlaskClient:
-    return eager_app.test_client()
 
 
 @pytest.fixture
@@ -75,9 +63,9 @@ NAMES = {
 
 
 def test_client_file_names_never_become_paths(
-    eager_app: Flask, client: FlaskClient, headers: dict, song: bytes, tmp_path: Path
+    app: Flask, client: FlaskClient, headers: dict, song: bytes, tmp_path: Path
 ) -> None:
-    data_dir = Path(eager_app.config["DATA_DIR"])
+    data_dir = Path(app.config["DATA_DIR"])
     outside_before = _tree(tmp_path) - {p for p in _tree(tmp_path) if p.startswith("data")}
     jobs = {}
     for sent, shown in NAMES.items():
@@ -179,9 +167,9 @@ def _outside_file(tmp_path: Path) -> Path:
 
 
 def test_symlinked_result_file_is_not_followed(
-    eager_app: Flask, client: FlaskClient, headers: dict, finished: dict, tmp_path: Path
+    app: Flask, client: FlaskClient, headers: dict, finished: dict, tmp_path: Path
 ) -> None:
-    folder = Path(eager_app.config["DATA_DIR"]) / "jobs" / finished["id"] / "results"
+    folder = Path(app.config["DATA_DIR"]) / "jobs" / finished["id"] / "results"
     stem = next(folder.glob("*/harmonic.wav"))
     url = next(f["url"] for f in finished["result"]["files"] if f["name"] == "harmonic.wav")
     for target in (_outside_file(tmp_path), stem.parent.parent.parent / "input.wav"):
@@ -194,10 +182,10 @@ def test_symlinked_result_file_is_not_followed(
 
 
 def test_symlinked_result_folder_is_not_followed(
-    eager_app: Flask, client: FlaskClient, headers: dict, finished: dict, tmp_path: Path
+    app: Flask, client: FlaskClient, headers: dict, finished: dict, tmp_path: Path
 ) -> None:
     """A result folder replaced by a link to a folder outside DATA_DIR."""
-    results = Path(eager_app.config["DATA_DIR"]) / "jobs" / finished["id"] / "results"
+    results = Path(app.config["DATA_DIR"]) / "jobs" / finished["id"] / "results"
     attempt = next(results.iterdir())
     elsewhere = tmp_path / "elsewhere"
     shutil.move(attempt, elsewhere)

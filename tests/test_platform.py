@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from tests.conftest import make_app
+from tests.support.apps import make_app
 
 
 def test_secret_is_generated_once_and_private(tmp_path: Path) -> None:
@@ -221,7 +221,8 @@ def test_the_api_process_never_imports_torch(tmp_path: Path) -> None:
 import io, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pathlib import Path
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
 app = make_app(Path({str(tmp_path)!r}) / "d")
 client = app.test_client()
 headers = register_and_login(client)

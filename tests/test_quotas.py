@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from app import storage
 from app.extensions import db
 from app.records import Job, utcnow
-from tests.conftest import make_app, register_and_login
+from tests.support.apps import make_app, register_and_login
 
 MB = 1024 * 1024
 

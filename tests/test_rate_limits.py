@@ -3,7 +3,7 @@ creation per user across every job-creating route; 429 JSON with Retry-After.
 
 Threat: password guessing and resource exhaustion (OWASP API2, API4;
 reliability notes R-L1). The suite's other tests run with limits off
-(tests/conftest.py); here they are on, with small limits so bursts are short.
+(tests/support/apps.py); here they are on, with small limits so bursts are short.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import config as config_module
-from tests.conftest import make_app, register_and_login
+from tests.support.apps import make_app, register_and_login
 
 PASSWORD = "a long enough password"
 

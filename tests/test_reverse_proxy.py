@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import make_app
-from tests.procs import child_pids, free_port, wait_for
+from tests.support.apps import make_app
+from tests.support.procs import child_pids, free_port, wait_for
 from tests.support.proxy import NginxProxy, directive, nginx_binary, seconds
 
 SLOW_CLIENTS = 40  # half trickle headers, half a body

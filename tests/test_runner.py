@@ -11,7 +11,7 @@ from app.errors import ServiceError
 from app.extensions import db
 from app.records import Job
 from app.services import jobs, runner
-from tests.conftest import fresh_job
+from tests.support.apps import fresh_job
 
 
 def test_cancel_stops_a_running_job_at_its_next_progress_report(

@@ -11,7 +11,7 @@ import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import SR, sine_and_clicks, wav_bytes
+from tests.support.audio import SR, sine_and_clicks, wav_bytes
 
 
 def _upload(client: FlaskClient, headers: dict, data: bytes, name: str = "song.wav", **form):
@@ -172,7 +172,7 @@ def test_bad_requests_change_nothing(
 
 
 def test_too_long_audio_is_refused(tmp_path: Path) -> None:
-    from tests.conftest import make_app, register_and_login
+    from tests.support.apps import make_app, register_and_login
 
     app = make_app(tmp_path / "d", MAX_AUDIO_SECONDS=1.0)
     client = app.test_client()
@@ -183,7 +183,7 @@ def test_too_long_audio_is_refused(tmp_path: Path) -> None:
 
 
 def test_upload_over_the_limit_is_413(tmp_path: Path) -> None:
-    from tests.conftest import make_app, register_and_login
+    from tests.support.apps import make_app, register_and_login
 
     app = make_app(tmp_path / "d", MAX_UPLOAD_MB=1)
     client = app.test_client()

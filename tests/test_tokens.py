@@ -22,7 +22,7 @@ import jwt as pyjwt
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app
+from tests.support.apps import bearer, make_app
 
 PASSWORD = "a long enough password"
 ROUTES = [
@@ -69,15 +69,11 @@ def _assert_401(client: FlaskClient, headers: dict[str, str], label: str) -> Non
         assert body["status"] == 401 and body["code"] and body["message"], (label, body)
 
 
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def test_forged_and_malformed_tokens_get_401(app: Flask, client: FlaskClient) -> None:
     tokens = _session(client)
     access = tokens["access_token"]
     # Sanity: the genuine token works on every route tried below.
-    assert client.get("/api/v1/auth/me", headers=_bearer(access)).status_code == 200
+    assert client.get("/api/v1/auth/me", headers=bearer(access)).status_code == 200
 
     secret = app.config["JWT_SECRET_KEY"]
     claims = _claims(access)
@@ -89,46 +85,46 @@ def test_forged_and_malformed_tokens_get_401(app: Flask, client: FlaskClient) ->
         "no header": {},
         "empty bearer": {"Authorization": "Bearer "},
         "other scheme": {"Authorization": f"Basic {access}"},
-        "not a token": _bearer("not-a-token"),
-        "two segments": _bearer(f"{header_b64}.{payload_b64}"),
-        "four segments": _bearer(f"{access}.AAAA"),
-        "bad base64": _bearer(f"{header_b64}.{payload_b64}!.{signature_b64}"),
-        "flipped signature": _bearer(f"{header_b64}.{payload_b64}.{signature_b64[::-1]}"),
-        "payload swapped": _bearer(
+        "not a token": bearer("not-a-token"),
+        "two segments": bearer(f"{header_b64}.{payload_b64}"),
+        "four segments": bearer(f"{access}.AAAA"),
+        "bad base64": bearer(f"{header_b64}.{payload_b64}!.{signature_b64}"),
+        "flipped signature": bearer(f"{header_b64}.{payload_b64}.{signature_b64[::-1]}"),
+        "payload swapped": bearer(
             f"{header_b64}.{_segment({**claims, 'sub': str(uuid.uuid4())})}.{signature_b64}"
         ),
-        "alg none": _bearer(f"{_segment({'alg': 'none', 'typ': 'JWT'})}.{payload_b64}."),
-        "alg None": _bearer(f"{_segment({'alg': 'None', 'typ': 'JWT'})}.{payload_b64}."),
-        "alg none, signature kept": _bearer(
+        "alg none": bearer(f"{_segment({'alg': 'none', 'typ': 'JWT'})}.{payload_b64}."),
+        "alg None": bearer(f"{_segment({'alg': 'None', 'typ': 'JWT'})}.{payload_b64}."),
+        "alg none, signature kept": bearer(
             f"{_segment({'alg': 'none', 'typ': 'JWT'})}.{payload_b64}.{signature_b64}"
         ),
-        "wrong key": _bearer(pyjwt.encode(claims, "x" * 64, algorithm="HS256")),
-        "right key, HS512": _bearer(pyjwt.encode(claims, secret, algorithm="HS512")),
-        "right key, HS384": _bearer(pyjwt.encode(claims, secret, algorithm="HS384")),
+        "wrong key": bearer(pyjwt.encode(claims, "x" * 64, algorithm="HS256")),
+        "right key, HS512": bearer(pyjwt.encode(claims, secret, algorithm="HS512")),
+        "right key, HS384": bearer(pyjwt.encode(claims, secret, algorithm="HS384")),
         # RS/HS confusion: the header claims RS256 while the signature is an
         # HMAC under the server's own key; a server trusting the header's alg
         # would verify it. Also an RS256 token with a made-up signature.
-        "RS256 header, HMAC signature": _bearer(
+        "RS256 header, HMAC signature": bearer(
             _hmac_token({"alg": "RS256", "typ": "JWT"}, claims, secret.encode())
         ),
-        "RS256 made-up signature": _bearer(
+        "RS256 made-up signature": bearer(
             f"{_segment({'alg': 'RS256', 'typ': 'JWT'})}.{payload_b64}.{_b64(b'x' * 256)}"
         ),
-        "refresh as access": _bearer(tokens["refresh_token"]),
-        "expired": _bearer(
+        "refresh as access": bearer(tokens["refresh_token"]),
+        "expired": bearer(
             signed({**claims, "iat": now - 7200, "nbf": now - 7200, "exp": now - 60})
         ),
-        "not yet valid (nbf)": _bearer(signed({**claims, "nbf": now + 3600, "exp": now + 7200})),
-        "missing sub": _bearer(signed({k: v for k, v in claims.items() if k != "sub"})),
-        "sub not a string": _bearer(signed({**claims, "sub": 12345})),
-        "unknown user": _bearer(signed({**claims, "sub": str(uuid.uuid4())})),
-        "type changed to refresh": _bearer(signed({**claims, "type": "refresh"})),
-        "16 KB header": _bearer(
+        "not yet valid (nbf)": bearer(signed({**claims, "nbf": now + 3600, "exp": now + 7200})),
+        "missing sub": bearer(signed({k: v for k, v in claims.items() if k != "sub"})),
+        "sub not a string": bearer(signed({**claims, "sub": 12345})),
+        "unknown user": bearer(signed({**claims, "sub": str(uuid.uuid4())})),
+        "type changed to refresh": bearer(signed({**claims, "type": "refresh"})),
+        "16 KB header": bearer(
             f"{_segment({'alg': 'HS256', 'typ': 'JWT', 'pad': 'A' * 16384})}"
             f".{payload_b64}.{signature_b64}"
         ),
-        "16 KB garbage": _bearer("A" * 16384),
-        "api key shape, unknown": _bearer("ams_" + "A" * 43),
+        "16 KB garbage": bearer("A" * 16384),
+        "api key shape, unknown": bearer("ams_" + "A" * 43),
     }
     for label, headers in cases.items():
         _assert_401(client, headers, label)
@@ -139,29 +135,29 @@ def test_missing_exp_is_refused(app: Flask, client: FlaskClient) -> None:
     access = _session(client)["access_token"]
     claims = {k: v for k, v in _claims(access).items() if k != "exp"}
     token = pyjwt.encode(claims, app.config["JWT_SECRET_KEY"], algorithm="HS256")
-    _assert_401(client, _bearer(token), "no exp")
+    _assert_401(client, bearer(token), "no exp")
 
 
 def test_token_of_a_deleted_user_gets_401(client: FlaskClient) -> None:
     tokens = _session(client)
-    headers = _bearer(tokens["access_token"])
+    headers = bearer(tokens["access_token"])
     deleted = client.delete("/api/v1/auth/me", headers=headers, json={"password": PASSWORD})
     assert deleted.status_code == 204
     _assert_401(client, headers, "deleted user")
-    refresh = client.post("/api/v1/auth/refresh", headers=_bearer(tokens["refresh_token"]))
+    refresh = client.post("/api/v1/auth/refresh", headers=bearer(tokens["refresh_token"]))
     assert refresh.status_code == 401 and refresh.json["status"] == 401
 
 
 def test_revoked_tokens_get_401_on_every_route(client: FlaskClient) -> None:
     tokens = _session(client)
-    logout = client.post("/api/v1/auth/logout", headers=_bearer(tokens["access_token"]))
+    logout = client.post("/api/v1/auth/logout", headers=bearer(tokens["access_token"]))
     assert logout.status_code == 204
-    _assert_401(client, _bearer(tokens["access_token"]), "revoked access")
+    _assert_401(client, bearer(tokens["access_token"]), "revoked access")
     assert (
-        client.get("/api/v1/auth/me", headers=_bearer(tokens["access_token"])).json["code"]
+        client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"])).json["code"]
         == "token_revoked"
     )
-    refresh = client.post("/api/v1/auth/refresh", headers=_bearer(tokens["refresh_token"]))
+    refresh = client.post("/api/v1/auth/refresh", headers=bearer(tokens["refresh_token"]))
     assert refresh.status_code == 401 and refresh.json["code"] == "token_revoked"
 
 
@@ -183,7 +179,7 @@ def test_revocations_live_in_redis_with_a_ttl_and_survive_restarts(
         "/api/v1/auth/login", json={"email": "ada@example.com", "password": PASSWORD}
     ).json
     assert (
-        client.post("/api/v1/auth/logout", headers=_bearer(tokens["access_token"])).status_code
+        client.post("/api/v1/auth/logout", headers=bearer(tokens["access_token"])).status_code
         == 204
     )
 
@@ -198,12 +194,12 @@ def test_revocations_live_in_redis_with_a_ttl_and_survive_restarts(
         assert db.session.query(RevokedToken).count() == 0
 
     def check(client: FlaskClient) -> None:
-        me = client.get("/api/v1/auth/me", headers=_bearer(tokens["access_token"]))
+        me = client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"]))
         assert me.status_code == 401 and me.json["code"] == "token_revoked"
-        again = client.post("/api/v1/auth/refresh", headers=_bearer(tokens["refresh_token"]))
+        again = client.post("/api/v1/auth/refresh", headers=bearer(tokens["refresh_token"]))
         assert again.status_code == 401 and again.json["code"] == "token_revoked"
         # The other session is untouched.
-        other = client.get("/api/v1/auth/me", headers=_bearer(kept["access_token"]))
+        other = client.get("/api/v1/auth/me", headers=bearer(kept["access_token"]))
         assert other.status_code == 200
 
     check(client)
@@ -224,7 +220,7 @@ def test_redis_down_refuses_instead_of_letting_tokens_through(
     client = app.test_client()
     tokens = _session(client)
     redis_server.stop()
-    response = client.get("/api/v1/auth/me", headers=_bearer(tokens["access_token"]))
+    response = client.get("/api/v1/auth/me", headers=bearer(tokens["access_token"]))
     assert response.status_code == 503
     assert response.json["code"] == "service_unavailable"
     assert response.headers["Retry-After"]

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
-from tests.procs import CeleryProcess, job_env, wait_for
-
-SPEECH = Path(__file__).parent / "data" / "speech"
-REFERENCES: dict[str, str] = json.loads((SPEECH / "references.json").read_text())
-
-
-def words_of(text: str) -> list[str]:
-    return re.sub(r"[^\w\s']", " ", text.lower()).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance over the reference length."""
-    ref, hyp = words_of(reference), words_of(hypothesis)
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / max(len(ref), 1)
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
+from tests.support.procs import CeleryProcess, job_env, wait_for
+from tests.support.speech import REFERENCES, SPEECH, wer, words_of
 
 
 def test_wer() -> None:
@@ -220,9 +202,10 @@ def test_language_detection_and_model_reuse(client: FlaskClient, auth_headers: d
     assert get_cache().loads == {("transcription", "tiny.en@int8", "cpu"): 1}
 
 
-def test_missing_whisper_weights_fail_with_model_unavailable(tmp_path: Path) -> None:
-    app = make_app(tmp_path / "d", ALLOW_MODEL_DOWNLOAD=False)
-    app.extensions["celery"].conf.task_always_eager = True
+def test_missing_whisper_weights_fail_with_model_unavailable(
+    tmp_path: Path, eager_app: Callable[..., Flask]
+) -> None:
+    app = eager_app(tmp_path / "d", ALLOW_MODEL_DOWNLOAD=False)
     client = app.test_client()
     headers = register_and_login(client)
     job = _submit(client, headers, (SPEECH / "clip1.mp3").read_bytes(), "c.mp3", model="small")

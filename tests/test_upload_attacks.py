@@ -31,15 +31,13 @@ import pytest
 import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func
-from sqlalchemy import select as sql_select
 from werkzeug.serving import make_server
 
 from app import audio
 from app.audio import probing
-from app.extensions import db
-from app.records import Job
-from tests.conftest import make_app, register_and_login, sine_and_clicks, wav_bytes
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
+from tests.support.uploads import assert_nothing_kept, assert_refused, files_under, upload
 
 # --------------------------------------------------------------------------- files
 
@@ -213,47 +211,6 @@ DISGUISES: dict[str, tuple[str, Callable[[], bytes], int, str]] = {
 # --------------------------------------------------------------------------- helpers
 
 
-def _upload(
-    client: FlaskClient,
-    headers: dict[str, str],
-    data: bytes,
-    name: str = "song.wav",
-    content_type: str = "audio/wav",
-    endpoint: str = "/api/v1/separations",
-    **form: Any,
-) -> Any:
-    if endpoint == "/api/v1/separations":
-        form.setdefault("model", "hpss")
-    payload = {
-        "file": (io.BytesIO(data), name, content_type),
-        **{k: str(v) for k, v in form.items()},
-    }
-    return client.post(endpoint, data=payload, headers=headers, content_type="multipart/form-data")
-
-
-def _files_under(folder: Path) -> list[str]:
-    if not folder.exists():
-        return []
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
-def assert_nothing_kept(app: Flask) -> None:
-    """No job row, nothing in DATA_DIR/tmp or DATA_DIR/jobs."""
-    data_dir = Path(app.config["DATA_DIR"])
-    assert _files_under(data_dir / "tmp") == []
-    assert _files_under(data_dir / "jobs") == []
-    with app.app_context():
-        assert db.session.execute(sql_select(func.count()).select_from(Job)).scalar_one() == 0
-
-
-def assert_refused(response: Any, status: int, code: str) -> None:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert (body["status"], body["code"]) == (status, code)
-    assert body["message"]
-
-
 def assert_failed_cleanly(app: Flask, client: FlaskClient, headers: dict, job: dict, code: str):
     """The job failed with ``code``; its folder holds the input and nothing else."""
     job = client.get(f"/api/v1/jobs/{job['id']}", headers=headers).get_json()
@@ -261,19 +218,17 @@ def assert_failed_cleanly(app: Flask, client: FlaskClient, headers: dict, job: d
     assert job["error"]["code"] == code, job["error"]
     assert job["result"] is None
     folder = Path(app.config["DATA_DIR"]) / "jobs" / job["id"]
-    kept = [p for p in _files_under(folder) if p != "work"]
+    kept = [p for p in files_under(folder) if p != "work"]
     assert len(kept) == 1 and kept[0].startswith("input."), kept
     assert client.delete(f"/api/v1/jobs/{job['id']}", headers=headers).status_code == 204
-    assert _files_under(Path(app.config["DATA_DIR"]) / "jobs") == []
-    assert _files_under(Path(app.config["DATA_DIR"]) / "tmp") == []
+    assert files_under(Path(app.config["DATA_DIR"]) / "jobs") == []
+    assert files_under(Path(app.config["DATA_DIR"]) / "tmp") == []
 
 
 @pytest.fixture
-def small_app(tmp_path: Path) -> Iterator[Flask]:
+def small_app(eager_app: Callable[..., Flask]) -> Flask:
     """Jobs run inline; limits small enough to reach with generated files."""
-    app = make_app(tmp_path / "data", MAX_UPLOAD_MB=1, MAX_AUDIO_SECONDS=20.0)
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app(MAX_UPLOAD_MB=1, MAX_AUDIO_SECONDS=20.0)
 
 
 @pytest.fixture
@@ -296,7 +251,7 @@ def test_upload_over_the_limit_with_content_length(
     # Just over MAX_UPLOAD_MB (caught while copying), and far over it (caught
     # from Content-Length before the body is read).
     for size in (limit + 1, 3 * limit):
-        response = _upload(small_client, headers, _song_wav()[:44] + bytes(size))
+        response = upload(small_client, headers, _song_wav()[:44] + bytes(size))
         assert_refused(response, 413, "file_too_large")
         assert "1 MB" in response.get_json()["message"]
         assert_nothing_kept(small_app)
@@ -453,12 +408,12 @@ def test_client_that_disconnects_mid_upload_leaves_nothing(tmp_path: Path) -> No
 def test_form_limits(small_app: Flask, small_client: FlaskClient, headers: dict) -> None:
     # 1,001 parts (Werkzeug's default limit is 1,000; ours is far lower).
     form = {f"field{i}": "x" for i in range(1000)}
-    response = _upload(small_client, headers, _song_wav(), **form)
+    response = upload(small_client, headers, _song_wav(), **form)
     assert_refused(response, 413, "form_too_large")
     assert str(small_app.config["MAX_FORM_PARTS"]) in response.get_json()["message"]
     assert_nothing_kept(small_app)
     # A text field larger than MAX_FORM_MEMORY_SIZE.
-    response = _upload(small_client, headers, _song_wav(), model="x" * (200 * 1024))
+    response = upload(small_client, headers, _song_wav(), model="x" * (200 * 1024))
     assert_refused(response, 413, "form_too_large")
     assert_nothing_kept(small_app)
     # Non-upload bodies are read into memory whole: they get far less room.
@@ -467,7 +422,7 @@ def test_form_limits(small_app: Flask, small_client: FlaskClient, headers: dict)
     )
     assert_refused(response, 413, "body_too_large")
     # Within the limits, the same form works.
-    assert _upload(small_client, headers, _song_wav()).status_code == 202
+    assert upload(small_client, headers, _song_wav()).status_code == 202
 
 
 # --------------------------------------------------------------------------- type
@@ -479,7 +434,7 @@ def test_disguised_and_broken_files_are_refused(
 ) -> None:
     name, make, status, code = DISGUISES[case]
     content_type = "audio/mpeg" if name.endswith(".mp3") else "audio/wav"
-    response = _upload(small_client, headers, make(), name=name, content_type=content_type)
+    response = upload(small_client, headers, make(), name=name, content_type=content_type)
     assert_refused(response, status, code)
     assert_nothing_kept(small_app)
 
@@ -548,7 +503,7 @@ def test_audio_with_trailing_data_is_audio(
 ) -> None:
     """A WAV with a zip appended (a GIFAR-style polyglot) is a WAV: only its
     decoded samples are used, and the stored input is never served back."""
-    response = _upload(small_client, headers, _song_wav() + _zip({"x.txt": b"hi"}))
+    response = upload(small_client, headers, _song_wav() + _zip({"x.txt": b"hi"}))
     assert response.status_code == 202, response.get_json()
     job = small_client.get(response.headers["Location"], headers=headers).get_json()
     assert job["status"] == "succeeded"
@@ -562,7 +517,7 @@ def test_audio_with_trailing_data_is_audio(
 def test_only_the_first_audio_track_is_used(
     small_app: Flask, small_client: FlaskClient, headers: dict, tmp_path: Path
 ) -> None:
-    response = _upload(small_client, headers, two_track_mkv(tmp_path / "two.mkv"), name="two.mkv")
+    response = upload(small_client, headers, two_track_mkv(tmp_path / "two.mkv"), name="two.mkv")
     assert response.status_code == 202, response.get_json()
     meta = response.get_json()["input"]
     assert (meta["format"], meta["sample_rate"], meta["channels"]) == ("matroska", 8000, 1)
@@ -611,7 +566,7 @@ def test_ten_hours_of_silence_is_refused_without_decoding(
         monkeypatch.setattr(audio, name, spying(getattr(audio, name)))
     monkeypatch.setattr(probing, "packet_duration", lambda *a: pytest.fail("demuxed it all"))
     start = time.perf_counter()
-    response = _upload(small_client, headers, ten_hours_of_silence, name="long.flac")
+    response = upload(small_client, headers, ten_hours_of_silence, name="long.flac")
     elapsed = time.perf_counter() - start
     assert_refused(response, 422, "audio_too_long")
     assert response.get_json()["errors"] == {"duration": 36000.0, "max_seconds": 20.0}
@@ -628,14 +583,14 @@ def test_decoded_size_budget(tmp_path: Path) -> None:
     samples = np.zeros((48000 * 3, 8), dtype=np.int16)
     buffer = io.BytesIO()
     sf.write(buffer, samples, 48000, format="FLAC", subtype="PCM_16")
-    response = _upload(client, headers, buffer.getvalue(), name="big.flac")
+    response = upload(client, headers, buffer.getvalue(), name="big.flac")
     assert_refused(response, 422, "audio_too_large")
     assert response.get_json()["errors"]["max_decoded_mb"] == 4
     assert_nothing_kept(app)
     # Two seconds fit.
     buffer = io.BytesIO()
     sf.write(buffer, samples[: 48000 * 2], 48000, format="FLAC", subtype="PCM_16")
-    assert _upload(client, headers, buffer.getvalue(), name="ok.flac").status_code == 202
+    assert upload(client, headers, buffer.getvalue(), name="ok.flac").status_code == 202
 
 
 def test_eight_channels_are_accepted_and_downmixed(
@@ -644,7 +599,7 @@ def test_eight_channels_are_accepted_and_downmixed(
     samples = np.stack([sine(1.0, 8000, 220.0 * (i + 1)) for i in range(8)], axis=1)
     buffer = io.BytesIO()
     sf.write(buffer, samples, 8000, format="WAV", subtype="PCM_16")
-    response = _upload(small_client, headers, buffer.getvalue())
+    response = upload(small_client, headers, buffer.getvalue())
     assert response.status_code == 202, response.get_json()
     assert response.get_json()["input"]["channels"] == 8
     job = small_client.get(response.headers["Location"], headers=headers).get_json()
@@ -717,7 +672,7 @@ def test_headers_that_lie_fail_the_job_not_the_worker(
     small_app: Flask, small_client: FlaskClient, headers: dict, case: str
 ) -> None:
     name, make = LIES[case]
-    response = _upload(small_client, headers, make(), name=name)
+    response = upload(small_client, headers, make(), name=name)
     assert response.status_code == 202, response.get_json()  # the headers look fine
     assert response.get_json()["input"]["duration"] < 20.0
     assert_failed_cleanly(small_app, small_client, headers, response.get_json(), "audio_too_long")
@@ -727,7 +682,7 @@ def test_lying_headers_stop_whole_file_decoding_too(
     small_app: Flask, small_client: FlaskClient, headers: dict
 ) -> None:
     """Analysis decodes the whole file into memory: the count stops it as well."""
-    response = _upload(
+    response = upload(
         small_client, headers, _flac_short_total(), name="lie.flac", endpoint="/api/v1/analyses"
     )
     assert response.status_code == 202, response.get_json()
@@ -761,7 +716,7 @@ def _poisoned(seconds: float = 2.0, sr: int = 8000) -> np.ndarray:
 
 def test_nan_and_inf_samples_become_finite_output(small_client: FlaskClient, headers: dict) -> None:
     """Documented: NaN decodes as silence, infinities and absurd values are clamped."""
-    response = _upload(small_client, headers, float_wav(_poisoned(), 8000), output_format="wav")
+    response = upload(small_client, headers, float_wav(_poisoned(), 8000), output_format="wav")
     assert response.status_code == 202, response.get_json()
     job = small_client.get(response.headers["Location"], headers=headers).get_json()
     assert job["status"] == "succeeded", job
@@ -773,7 +728,7 @@ def test_nan_and_inf_samples_become_finite_output(small_client: FlaskClient, hea
 
 
 def test_nan_samples_give_a_finite_analysis(small_client: FlaskClient, headers: dict) -> None:
-    response = _upload(
+    response = upload(
         small_client, headers, float_wav(_poisoned(4.0), 8000), endpoint="/api/v1/analyses"
     )
     assert response.status_code == 202, response.get_json()

@@ -21,8 +21,8 @@ from flask import Flask
 
 from app.errors import ServiceError
 from app.services import webhooks
-from tests.conftest import make_app, register_and_login
-from tests.procs import wait_for
+from tests.support.apps import make_app, register_and_login
+from tests.support.procs import wait_for
 
 
 class Receiver:
@@ -69,19 +69,15 @@ class Receiver:
 
 
 @pytest.fixture
-def hook_app(tmp_path: Path) -> Iterator[Flask]:
+def hook_app(eager_app: Callable[..., Flask]) -> Flask:
     """Jobs and deliveries run inline (eager), private receivers allowed."""
-    app = make_app(tmp_path / "data", WEBHOOK_ALLOW_PRIVATE=True)
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app(WEBHOOK_ALLOW_PRIVATE=True)
 
 
 @pytest.fixture
-def strict_app(tmp_path: Path) -> Iterator[Flask]:
+def strict_app(eager_app: Callable[..., Flask]) -> Flask:
     """The default: the SSRF guard is on."""
-    app = make_app(tmp_path / "data")
-    app.extensions["celery"].conf.task_always_eager = True
-    yield app
+    return eager_app()
 
 
 def _separate(client: Any, headers: dict[str, str], song_wav: bytes, **fields: Any) -> Any:
@@ -265,7 +261,7 @@ def test_a_failed_job_is_sent_with_its_error(hook_app: Flask) -> None:
 
 
 def _song() -> bytes:
-    from tests.conftest import sine_and_clicks, wav_bytes
+    from tests.support.audio import sine_and_clicks, wav_bytes
 
     return wav_bytes(sine_and_clicks(1.0))
 
@@ -569,7 +565,7 @@ def test_a_trickling_receiver_delays_no_job_under_make_run(live: Callable[..., A
     own), and the delivery is cut at the deadline and retried later."""
     import requests
 
-    from tests.conftest import sine_and_clicks, wav_bytes
+    from tests.support.audio import sine_and_clicks, wav_bytes
     from tests.support.trickle import Trickler
 
     deadline = 3.0

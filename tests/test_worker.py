@@ -13,14 +13,15 @@ from pathlib import Path
 import soundfile as sf
 from flask import Flask
 
-from tests.conftest import SR, make_app, register_and_login
-from tests.procs import CeleryProcess, job_env, wait_for
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import SR
+from tests.support.procs import CeleryProcess, job_env, wait_for
 
 
 def drive_a_job(app: Flask, log_path: Path) -> None:
     """Upload, wait for the end (``GET ?wait=``), download both stems and the zip,
     as a client would."""
-    from tests.conftest import sine_and_clicks, wav_bytes
+    from tests.support.audio import sine_and_clicks, wav_bytes
 
     client = app.test_client()
     headers = register_and_login(client)

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
-from werkzeug.serving import make_server
 
-from tests.conftest import make_app
+from tests.support.browser import LiveServer
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -35,12 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -61,29 +49,9 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
-class LiveServer:
-    def __init__(self, app: Flask) -> None:
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
-def live_app(tmp_path: Path) -> Flask:
-    app = make_app(tmp_path / "data")
-    app.extensions["celery"].conf.task_always_eager = True
-    return app
+def live_app(eager_app: Callable[..., Flask]) -> Flask:
+    return eager_app()
 
 
 @pytest.fixture
@@ -119,10 +87,3 @@ def page(chromium: Any, server: LiveServer, request: pytest.FixtureRequest) -> I
         yield page
     finally:
         context.close()
-
-
-def screenshot(page: Any, name: str, *, full_page: bool = True) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    return path

@@ -13,6 +13,7 @@ import io
 import re
 import secrets
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ import pytest
 import soundfile as sf
 from flask import Flask
 
-from tests.browser.conftest import LiveServer, screenshot
-from tests.conftest import SR, sine_and_clicks, wav_bytes
+from tests.support.audio import SR, sine_and_clicks, wav_bytes
+from tests.support.browser import LiveServer, screenshot
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a long enough password"
@@ -175,7 +176,7 @@ def test_live_status_from_a_queued_job(chromium: Any, tmp_path: Path, transport:
     events stream when the server has one, by polling when it has not (the
     "polling" run hides the route from the page), and a queued job can be
     canceled from the page."""
-    from tests.conftest import make_app
+    from tests.support.apps import make_app
 
     app = make_app(tmp_path / "data")  # publishes to the SQLite broker; no worker runs
     with LiveServer(app) as live:
@@ -353,7 +354,7 @@ def test_transcript_follows_the_audio(page: Any) -> None:
 
 @pytest.fixture(scope="module")
 def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.musicgen_models import build_tiny_musicgen
+    from tests.support.musicgen_models import build_tiny_musicgen
 
     root = tmp_path_factory.mktemp("musicgen-models")
     build_tiny_musicgen(root / "musicgen" / "musicgen-small")
@@ -361,14 +362,11 @@ def musicgen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_generate_again_with_the_same_seed(
-    chromium: Any, tmp_path: Path, musicgen_dir: Path
+    chromium: Any, eager_app: Callable[..., Flask], musicgen_dir: Path
 ) -> None:
     """Generate from a prompt (tiny random MusicGen), then "Generate again with
     this seed": a second job with the drawn seed and the very same audio."""
-    from tests.conftest import make_app
-
-    app = make_app(tmp_path / "data", MODELS_DIR=str(musicgen_dir), ALLOW_MODEL_DOWNLOAD=False)
-    app.extensions["celery"].conf.task_always_eager = True
+    app = eager_app(MODELS_DIR=str(musicgen_dir), ALLOW_MODEL_DOWNLOAD=False)
     with LiveServer(app) as live:
         context = chromium.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
         page = context.new_page()
@@ -462,7 +460,7 @@ def karaoke_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random Demucs repo, plus ``mdx_extra``: a model that hears the
     whole input as vocals (a trained Demucs does that with a speech clip; the
     random ones do not, and their "vocals" are too quiet to transcribe)."""
-    from tests.demucs_repo import add_vocals_passthrough, build_repo
+    from tests.support.demucs_repo import add_vocals_passthrough, build_repo
 
     root = tmp_path_factory.mktemp("karaoke-models")
     add_vocals_passthrough(build_repo(root / "demucs"), "mdx_extra")
@@ -471,18 +469,17 @@ def karaoke_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("model", ["mdx_extra", "mdx"], ids=["lyrics", "no-lyrics"])
 def test_karaoke_results(
-    chromium: Any, tmp_path: Path, karaoke_models_dir: Path, model: str
+    chromium: Any,
+    tmp_path: Path,
+    eager_app: Callable[..., Flask],
+    karaoke_models_dir: Path,
+    model: str,
 ) -> None:
     """A karaoke package from a speech clip: instrumental and vocals players,
     the lyrics following the instrumental as it plays (or, when the vocals
     stem is silent, a plain "no lyrics" message), and every lyrics file
     downloadable with the same content the API serves."""
-    from tests.conftest import make_app
-
-    app = make_app(
-        tmp_path / "data", MODELS_DIR=str(karaoke_models_dir), ALLOW_MODEL_DOWNLOAD=False
-    )
-    app.extensions["celery"].conf.task_always_eager = True
+    app = eager_app(MODELS_DIR=str(karaoke_models_dir), ALLOW_MODEL_DOWNLOAD=False)
     with LiveServer(app) as live:
         context = chromium.new_context(
             base_url=live.url, viewport={"width": 1280, "height": 900}, accept_downloads=True

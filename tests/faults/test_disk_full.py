@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_app
-from tests.faults.conftest import SETTINGS, Faults
-from tests.procs import RedisProcess
+from tests.support.apps import make_app
+from tests.support.faults import SETTINGS, Faults
+from tests.support.procs import RedisProcess
 
 pytestmark = pytest.mark.faults
 

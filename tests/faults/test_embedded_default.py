@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_app
-from tests.faults.conftest import SETTINGS, Faults
+from tests.support.apps import make_app
+from tests.support.faults import SETTINGS, Faults
 
 pytestmark = pytest.mark.faults
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import Faults
-from tests.procs import RedisProcess
+from tests.support.faults import Faults
+from tests.support.procs import RedisProcess
 
 pytestmark = pytest.mark.faults
 

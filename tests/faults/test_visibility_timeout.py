@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tests.faults.conftest import Faults
+from tests.support.faults import Faults
 
 pytestmark = pytest.mark.faults
 

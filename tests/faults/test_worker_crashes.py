@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import Faults
-from tests.procs import wait_for
+from tests.support.faults import Faults
+from tests.support.procs import wait_for
 
 pytestmark = pytest.mark.faults
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from tests.procs import ROOT, child_pids, free_port, wait_for
+from tests.support.procs import ROOT, child_pids, free_port, wait_for
 
 PASSWORD = "a long enough password"
 

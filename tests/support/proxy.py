@@ -28,8 +28,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.procs import free_port, wait_for
 from tests.support.compose import ROOT, compose, interpolate
+from tests.support.procs import free_port, wait_for
 
 DEPLOY = ROOT / "deploy" / "nginx"
 TEMPLATE = DEPLOY / "templates" / "default.conf.template"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
@@ -132,7 +132,7 @@ class CeleryProcess:
     """``celery -A celery_worker worker`` (or ``beat``) as a deployment runs it.
 
     ``env`` goes on top of the test's environment; ``entry`` replaces
-    ``celery`` with a module that starts it (tests/faults/slow_celery.py
+    ``celery`` with a module that starts it (tests/support/slow_celery.py
     slows the hpss engine down so a test can act while a job runs).
     """
 

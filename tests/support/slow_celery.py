@@ -14,7 +14,7 @@ show what that check prevents: a job redelivered to another worker while it
 still runs. kombu scans for expired messages only every 10 x 10 s by default,
 so the override also makes it scan every second.
 
-    python -m tests.faults.slow_celery -A celery_worker worker ...
+    python -m tests.support.slow_celery -A celery_worker worker ...
 """
 
 from __future__ import annotations
