@@ -23,7 +23,7 @@ from flask_smorest import Blueprint
 from werkzeug.local import LocalProxy
 
 from app.errors import ServiceError
-from app.records import ApiKey, User
+from app.records import User
 from app.services import api_keys
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -86,10 +86,9 @@ def authenticate_request(
     on a route that needs a login).
     """
     token = _bearer_token()
-    key: ApiKey | None = None
     if token is not None and api_keys.looks_like_key(token):
         # A bad key is a 401 everywhere; a good one on an account route is a 403.
-        user, key = api_keys.authenticate(token, record_use=api_keys_allowed)
+        user, _key = api_keys.authenticate(token, record_use=api_keys_allowed)
         if not api_keys_allowed:
             raise ServiceError(
                 "This route needs a login (access token), not an API key.",
@@ -104,7 +103,6 @@ def authenticate_request(
         verify_jwt_in_request(refresh=refresh, verify_type=verify_type, locations=locations)
         user = get_current_user()
     g.auth_user = user
-    g.auth_api_key = key
     return user
 
 
@@ -150,11 +148,6 @@ def _current_user() -> User:
     if user is None:
         raise RuntimeError("current_user used on a route without @auth_required()")
     return cast(User, user)
-
-
-def current_api_key() -> ApiKey | None:
-    """The API key the request authenticated with, or None for a JWT."""
-    return cast("ApiKey | None", g.get("auth_api_key"))
 
 
 # The authenticated user of this request (a proxy, like flask_login's).

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
 from flask_smorest.fields import Upload
-from marshmallow import ValidationError, fields
+from marshmallow import ValidationError
 from werkzeug.datastructures import FileStorage
 
+from app.services.job_document import UTCDateTime
 
-class UTCDateTime(fields.DateTime):
-    """Timestamps are stored as naive UTC; clients get them with the offset
-    spelled out (``2026-11-24T22:16:12+00:00``), so no one reads them as local time."""
-
-    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return super()._serialize(value, attr, obj, **kwargs)
+__all__ = ["FileUpload", "UTCDateTime", "check_output_format", "known_model"]
 
 
 class FileUpload(Upload):

@@ -12,7 +12,6 @@ from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload, check_output_format, known_model
 from app.blueprints.jobs import (
-    BEARER,
     PREFER_PARAMETER,
     CallbackSchema,
     JobSchema,
@@ -87,7 +86,6 @@ class GenerationFormSchema(GenerationSchema):
 @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
 @blp.alt_response(422, description="Invalid fields.")
 @blp.doc(
-    security=BEARER,
     parameters=[PREFER_PARAMETER],
     requestBody={
         "required": True,

@@ -30,7 +30,6 @@ from app.services import transcription
 blp = Blueprint(
     "openai", __name__, description="OpenAI-compatible transcription (for OpenAI SDKs and tools)."
 )
-BEARER = [{"bearerAuth": []}]
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 OPENAI_MODEL_ALIASES = {"whisper-1"}
 
@@ -166,7 +165,6 @@ def _handle(form: dict[str, Any], task: str) -> Any:
 @blp.arguments(OpenAITranscriptionSchema, location="multipart")
 @blp.response(200, description="The transcript in `response_format`.")
 @blp.alt_response(202, description="Still running after OPENAI_WAIT_SECONDS: poll `url`.")
-@blp.doc(security=BEARER)
 def openai_transcriptions(form: dict[str, Any]) -> Any:
     """OpenAI-compatible transcription: waits for the job and answers like OpenAI."""
     return _handle(form, "transcribe")
@@ -182,7 +180,6 @@ class OpenAITranslationSchema(OpenAITranscriptionSchema):
 @blp.arguments(OpenAITranslationSchema, location="multipart")
 @blp.response(200, description="English text in `response_format`.")
 @blp.alt_response(202, description="Still running after OPENAI_WAIT_SECONDS: poll `url`.")
-@blp.doc(security=BEARER)
 def openai_translations(form: dict[str, Any]) -> Any:
     """OpenAI-compatible translation to English (needs a multilingual model)."""
     return _handle(form, "translate")

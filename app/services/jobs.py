@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from flask import current_app
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import select, update
 
 from app import audio, job_kinds, metrics, storage
 from app.errors import ServiceError
@@ -174,28 +174,6 @@ def get(owner: User, job_id: str) -> Job:
     if job is None:
         raise _not_found()
     return job
-
-
-def queue_position(job: Job) -> int | None:
-    """Where a queued job stands in its Celery queue: 1 is the next to start when
-    a worker of that queue is free. Counts every user's jobs ahead of it (a
-    number only), in the order they were accepted; None once it has started."""
-    if job.status != "queued":
-        return None
-    kinds = job_kinds.kinds_in_queue(job_kinds.queue_for(job.kind))
-    ahead = db.session.execute(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.status == "queued",
-            Job.kind.in_(kinds),
-            or_(
-                Job.created_at < job.created_at,
-                and_(Job.created_at == job.created_at, Job.id < job.id),
-            ),
-        )
-    ).scalar_one()
-    return int(ahead) + 1
 
 
 def wait_for(

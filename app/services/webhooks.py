@@ -36,12 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import current_app, has_request_context
+from flask import current_app
 from sqlalchemy import select, update
 
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import Job, utcnow
+from app.services.job_document import JobSchema
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +201,7 @@ def _record(job_id: str, **values: Any) -> None:
 
 def _job_json(job: Job) -> dict[str, Any]:
     """The job as ``GET /api/v1/jobs/<id>`` shows it (URLs are relative, as there)."""
-    from app.blueprints.jobs import JobSchema  # the one serialisation of a job
-
-    if has_request_context():
-        return JobSchema().dump(job)
-    with current_app.test_request_context("/"):
-        return JobSchema().dump(job)
+    return JobSchema().dump(job)
 
 
 def schedule_delivery(job_id: str) -> None:

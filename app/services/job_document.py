@@ -1,0 +1,185 @@
+"""A job as clients see it: the JSON of ``GET /api/v1/jobs/{id}``, also what
+event streams send and webhooks deliver.
+
+It lives below the routes so that a service (a webhook scheduled by a worker)
+serialises a job the same way without a request: URLs are built from the
+app's URL map (``path_for``), relative as they are in answers.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app, has_request_context, url_for
+from marshmallow import Schema, fields
+from sqlalchemy import and_, func, or_, select
+
+from app import job_kinds
+from app.extensions import db
+from app.records import JOB_STATUSES, Job
+
+
+def path_for(endpoint: str, **values: Any) -> str:
+    """``url_for``'s path, inside a request or not (a worker has none)."""
+    if has_request_context():
+        return url_for(endpoint, **values)
+    return current_app.url_map.bind("localhost").build(endpoint, values)
+
+
+class UTCDateTime(fields.DateTime):
+    """Timestamps are stored as naive UTC; clients get them with the offset
+    spelled out (``2026-11-24T22:16:12+00:00``), so no one reads them as local time."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return super()._serialize(value, attr, obj, **kwargs)
+
+
+def queue_position(job: Job) -> int | None:
+    """Where a queued job stands in its Celery queue: 1 is the next to start when
+    a worker of that queue is free. Counts every user's jobs ahead of it (a
+    number only), in the order they were accepted; None once it has started."""
+    if job.status != "queued":
+        return None
+    kinds = job_kinds.kinds_in_queue(job_kinds.queue_for(job.kind))
+    ahead = db.session.execute(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.status == "queued",
+            Job.kind.in_(kinds),
+            or_(
+                Job.created_at < job.created_at,
+                and_(Job.created_at == job.created_at, Job.id < job.id),
+            ),
+        )
+    ).scalar_one()
+    return int(ahead) + 1
+
+
+class JobErrorSchema(Schema):
+    code = fields.String(metadata={"example": "audio_decode_failed"})
+    message = fields.String()
+
+
+class InputSchema(Schema):
+    filename = fields.String(metadata={"example": "song.mp3"})
+    format = fields.String(metadata={"example": "mp3"})
+    codec = fields.String(metadata={"example": "mp3"})
+    duration = fields.Float(metadata={"description": "Seconds.", "example": 214.3})
+    sample_rate = fields.Integer(metadata={"example": 44100})
+    channels = fields.Integer(metadata={"example": 2})
+    size = fields.Integer(metadata={"description": "Bytes."})
+
+
+class ResultFileSchema(Schema):
+    name = fields.String(metadata={"example": "harmonic.wav"})
+    stem = fields.String(metadata={"example": "harmonic"})
+    size = fields.Integer(metadata={"description": "Bytes."})
+    content_type = fields.String(metadata={"example": "audio/wav"})
+    duration = fields.Float(metadata={"description": "Seconds."})
+    sample_rate = fields.Integer()
+    channels = fields.Integer()
+    url = fields.String(metadata={"description": "Download URL (send the Bearer token)."})
+
+
+class ResultSchema(Schema):
+    """What every kind's result holds; each kind adds its own fields in the
+    schema the job-kind table names (``result_schema``), and the OpenAPI
+    document's ``Result`` has them all (app/blueprints/jobs/schemas.py)."""
+
+    files = fields.List(fields.Nested(ResultFileSchema))
+    archive_url = fields.String(metadata={"description": "All files as one zip."})
+
+
+class MetricsSchema(Schema):
+    queue_seconds = fields.Float(metadata={"description": "Time spent waiting for a worker."})
+    run_seconds = fields.Float(metadata={"description": "Time the worker spent on the job."})
+    audio_seconds = fields.Float(metadata={"description": "Duration of the input audio."})
+    real_time_factor = fields.Float(
+        allow_none=True, metadata={"description": "run_seconds / audio_seconds."}
+    )
+    device = fields.String(metadata={"example": "cpu"})
+    attempt = fields.Integer()
+
+
+class WebhookSchema(Schema):
+    event_id = fields.String(
+        metadata={"description": "Sent as X-AMS-Event-Id, for de-duplication."}
+    )
+    state = fields.String(
+        metadata={"enum": ["pending", "retrying", "delivered", "failed"], "example": "delivered"}
+    )
+    attempts = fields.Integer(metadata={"description": "Tries so far (at most 5)."})
+    last_status = fields.Integer(
+        allow_none=True, metadata={"description": "The receiver's HTTP status at the last try."}
+    )
+    last_error = fields.String(allow_none=True)
+    delivered_at = fields.String(allow_none=True, metadata={"example": "2026-01-01T12:00:00Z"})
+
+
+class JobSchema(Schema):
+    id = fields.String(metadata={"example": "0b6f7c1e-5d0e-4a52-9a8e-2f3d6c1b9a10"})
+    kind = fields.String(metadata={"example": "separation"})
+    model = fields.String(attribute="engine", metadata={"example": "hpss"})
+    status = fields.String(
+        metadata={"enum": list(JOB_STATUSES), "example": "running"},
+    )
+    progress = fields.Float(metadata={"description": "0..1", "example": 0.42})
+    stage = fields.String(allow_none=True, metadata={"example": "separating"})
+    queue_position = fields.Method(
+        "_queue_position",
+        allow_none=True,
+        metadata={
+            "type": "integer",
+            "nullable": True,
+            "description": "While queued: 1 is the next job to start in this job's queue when "
+            "a worker is free (every user's jobs count, as a number only); null otherwise.",
+            "example": 2,
+        },
+    )
+    params = fields.Dict()
+    input = fields.Nested(InputSchema, allow_none=True)
+    result = fields.Method(
+        "_result",
+        allow_none=True,
+        metadata={"allOf": [{"$ref": "#/components/schemas/Result"}], "nullable": True},
+    )
+    error = fields.Nested(JobErrorSchema, allow_none=True)
+    metrics = fields.Nested(MetricsSchema, allow_none=True)
+    attempts = fields.Integer()
+    created_at = UTCDateTime()
+    started_at = UTCDateTime(allow_none=True)
+    finished_at = UTCDateTime(allow_none=True)
+    expires_at = UTCDateTime(allow_none=True)
+    callback_url = fields.String(allow_none=True)
+    webhook = fields.Nested(
+        WebhookSchema, allow_none=True, metadata={"description": "The webhook's delivery."}
+    )
+    url = fields.Method("_url")
+    events_url = fields.Method("_events_url")
+
+    def _queue_position(self, job: Job) -> int | None:
+        return queue_position(job)
+
+    def _events_url(self, job: Job) -> str:
+        return path_for("jobs.job_events", job_id=job.id)
+
+    def _url(self, job: Job) -> str:
+        return path_for("jobs.get_job", job_id=job.id)
+
+    def _result(self, job: Job) -> dict[str, Any] | None:
+        if job.status != "succeeded" or not job.result:
+            return None
+        result = dict(job.result)
+        result["files"] = [
+            {**f, "url": path_for("jobs.get_file", job_id=job.id, name=f["name"])}
+            for f in result.get("files", [])
+        ]
+        if result["files"]:
+            result["archive_url"] = path_for("jobs.get_archive", job_id=job.id)
+        if job.kind == "transcription":
+            result["transcript_url"] = path_for("jobs.get_transcript", job_id=job.id)
+        return result
