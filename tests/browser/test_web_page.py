@@ -104,8 +104,9 @@ def test_separate_play_and_download(page: Any, server: LiveServer, tmp_path: Pat
     page.locator("#sep-model").select_option("hpss")
     page.locator("#sep-format").select_option("wav")
     page.locator("fieldset[data-kind=separation] input[name=analyze]").check()
-    page.locator("[data-demucs-only] summary").click()  # the Demucs options say hpss has none
-    assert page.locator("#sep-shifts").is_disabled()
+    page.locator("#sep-advanced summary").click()  # hpss's own options, none of Demucs's
+    assert page.locator("#sep-opt-kernel-size").get_attribute("placeholder") == "31"
+    assert page.locator("#sep-opt-shifts").count() == 0
 
     drop_file(page, "#dropzone", "song.wav", wav_bytes(sine_and_clicks(2.0)), "audio/wav")
     page.locator("#file-chosen").filter(has_text="song.wav").wait_for()
@@ -565,3 +566,4 @@ def test_karaoke_results(
             assert errors == []
         finally:
             context.close()
+
