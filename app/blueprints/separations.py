@@ -62,6 +62,7 @@ EngineOptionsSchema = Schema.from_dict(
     },
     name="EngineOptionsSchema",
 )
+OPTION_FIELDS = tuple(EngineOptionsSchema._declared_fields)
 
 
 class SeparationFormSchema(CallbackSchema, EngineOptionsSchema):  # type: ignore[misc,valid-type]
@@ -167,7 +168,8 @@ def given_options(data: dict[str, Any], original: Any) -> dict[str, Any]:
     """The engine options a request gives: loaded by their fields, or raw for
     options that have no field (see ``_set_aside_late_options``)."""
     given = {}
-    for name in registry.all_options(KIND):
+    # Fields of a family unregistered since (tests) are options no model takes.
+    for name in dict.fromkeys([*registry.all_options(KIND), *OPTION_FIELDS]):
         if data.get(name) is not None:
             given[name] = data[name]
         elif name not in data and _raw(original, name) is not None:
