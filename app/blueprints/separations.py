@@ -153,7 +153,10 @@ class SeparationFormSchema(CallbackSchema, EngineOptionsSchema):  # type: ignore
         for name, (option, _families) in registry.all_options(KIND).items():
             raw = _raw(original_data, name)
             if name not in self.fields and raw is not None:
-                data[name] = option.convert(raw)
+                try:
+                    data[name] = option.convert(raw)
+                except OptionError as exc:  # only when the model was not found to check it
+                    raise ValidationError(str(exc), name) from None
         return data
 
 
