@@ -187,7 +187,44 @@ def slug(text: str, limit: int = 40) -> str:
     return words[:limit].rstrip("-") or "generated"
 
 
+CLICK_TYPES: dict[str, Any] = {
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "string": str,
+}
+
+
+def engine_options(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A command-line option per engine option of ``kind`` (``--shifts``,
+    ``--kernel-size``, ...), from the families registered when the app is made.
+    Which model takes which is checked by the API's schema, like a request."""
+    from app.models import registry
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for name, (option, families) in reversed(registry.all_options(kind).items()):
+            flag = "--" + name.replace("_", "-")
+            text = f"{', '.join(f.label for f in families)}: {option.description}"
+            if option.default is not None:
+                text += f" Default {option.default}."
+            if option.type == "boolean":
+                decl = [f"{flag}/--no-{name.replace('_', '-')}", name]
+                command = click.option(*decl, default=None, help=text)(command)
+            elif option.choices is not None:
+                choice = click.Choice(option.choices)
+                command = click.option(flag, name, type=choice, help=text)(command)
+            else:
+                command = click.option(flag, name, type=CLICK_TYPES[option.type], help=text)(
+                    command
+                )
+        return command
+
+    return decorate
+
+
 def register_batch_cli(app: Flask) -> None:
+    from app.models import registry
+
     quiet_option = click.option(
         "--quiet", "-q", is_flag=True, help="No progress bars (paths written still print)."
     )
@@ -207,7 +244,11 @@ def register_batch_cli(app: Flask) -> None:
 
     @app.cli.command("separate")
     @files_argument
-    @click.option("--model", "-m", help="A model from `flask models list` (default htdemucs).")
+    @click.option(
+        "--model",
+        "-m",
+        help=f"A model from `flask models list` (default {registry.DEFAULTS['separation']}).",
+    )
     @click.option("--two-stems", help="Karaoke mode: this source and no_<source>, e.g. vocals.")
     @click.option("--stems", help="Only these sources, comma-separated.")
     @click.option(
@@ -217,9 +258,7 @@ def register_batch_cli(app: Flask) -> None:
     @click.option(
         "--mp3-bitrate", type=click.Choice([str(b) for b in audio.MP3_BITRATES]), default="320"
     )
-    @click.option("--shifts", type=int, help="Demucs: random shifts averaged (default 1).")
-    @click.option("--overlap", type=float, help="Demucs: overlap between chunks (default 0.25).")
-    @click.option("--segment", type=float, help="Demucs: chunk length in seconds.")
+    @engine_options("separation")
     @click.option("--clip-mode", type=click.Choice(["rescale", "clamp", "none"]), default="rescale")
     @out_option
     @quiet_option
@@ -258,7 +297,10 @@ def register_batch_cli(app: Flask) -> None:
     @click.option(
         "--isolate-vocals", is_flag=True, default=None, help="Separate vocals first (lyrics)."
     )
-    @click.option("--separation-model", help="With --isolate-vocals (default htdemucs).")
+    @click.option(
+        "--separation-model",
+        help=f"With --isolate-vocals (default {registry.DEFAULTS['separation']}).",
+    )
     @out_option
     @quiet_option
     def transcribe_command(

@@ -143,24 +143,19 @@ def register_cli(app: Flask) -> None:
     @models_group.command("download")
     @click.argument("names", nargs=-1, required=True)
     def download_command(names: tuple[str, ...]) -> None:
-        """Fetch Demucs, Whisper or MusicGen weights into MODELS_DIR (for air-gapped hosts)."""
+        """Fetch models' weights into MODELS_DIR (for air-gapped hosts)."""
         from tqdm import tqdm
 
-        from app.models import demucs_engine, musicgen_engine, whisper_engine
+        from app.models import registry
 
         failed = []
         for name in tqdm(names, desc="models", unit="model", disable=len(names) < 2):
             try:
-                if name in whisper_engine.KNOWN:
-                    path = whisper_engine.download(name, app.config) / "model.bin"
-                elif name in musicgen_engine.PRETRAINED:
-                    path = musicgen_engine.download(name, app.config) / "config.json"
-                else:
-                    path = demucs_engine.download(name, app.config)
+                folder = registry.download(name, app.config)
             except Exception as exc:
                 failed.append(name)
                 click.echo(f"{name}: failed: {exc}", err=True)
             else:
-                click.echo(f"{name}: saved to {path.parent}")
+                click.echo(f"{name}: saved to {folder}")
         if failed:
             raise SystemExit(1)

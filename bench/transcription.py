@@ -83,7 +83,7 @@ MODEL = "tiny.en"
 COMPUTE_TYPE = "int8"
 BEAM_SIZE = 5
 GOAL = 1.1  # ours, second pass / direct (model resident on both sides)
-# The keyword arguments app.services.transcription.whisper_options builds for
+# The keyword arguments app.models.whisper_engine.decoding_options builds for
 # these request fields (word_timestamps=true, beam_size=5, everything else default).
 OPTIONS: dict[str, Any] = {
     "language": None,

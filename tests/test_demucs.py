@@ -268,4 +268,4 @@ def test_models_download_writes_a_local_repo(
 def test_models_download_refuses_unknown_names(runner) -> None:  # type: ignore[no-untyped-def]
     result = runner.invoke(args=["models", "download", "not_a_model"])
     assert result.exit_code == 1
-    assert "not a pretrained Demucs model" in result.output
+    assert "not a model any engine here can download" in result.output

@@ -37,14 +37,8 @@ def known_model(kind: str, label: str = "model") -> Callable[[str], None]:
     and an unknown one is refused before anything is stored."""
     from app.models import registry
 
-    names = {
-        "separation": registry.separation_models,
-        "transcription": registry.transcription_models,
-        "generation": registry.generation_models,
-    }[kind]
-
     def validate(name: str) -> None:
-        if name not in names(current_app.config):
+        if name not in registry.names(kind, current_app.config):
             raise ValidationError(f"Unknown {label}; GET /api/v1/models lists them.")
 
     return validate

@@ -24,7 +24,10 @@ class KaraokeFormSchema(CallbackSchema):
     separation_model = fields.String(
         load_default=None,
         validate=known_separator,
-        metadata={"description": "Model that removes the vocals (default htdemucs)."},
+        metadata={
+            "description": "Model that removes the vocals, one with a vocals stem "
+            f"(default {registry.DEFAULTS['separation']})."
+        },
     )
     whisper_model = fields.String(
         load_default=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from app.blueprints import Blueprint
 from app.models import registry
@@ -13,6 +13,26 @@ from app.models.cache import get_cache
 
 PREFIX = "/models"
 blp = Blueprint("models", __name__, description="Engines and models available to jobs.")
+
+
+class ModelOptionSchema(Schema):
+    """One option a model takes (a form field of its kind's job request)."""
+
+    name = fields.String(metadata={"example": "shifts"})
+    type = fields.String(
+        validate=validate.OneOf(["integer", "number", "boolean", "string"]),
+        metadata={"example": "integer"},
+    )
+    description = fields.String()
+    default = fields.Raw(
+        allow_none=True,
+        metadata={"description": "The value used when the request leaves it out; null: "
+                  "the engine decides (e.g. the model's own).", "example": 1},
+    )  # fmt: skip
+    minimum = fields.Float(allow_none=True, metadata={"example": 0})
+    maximum = fields.Float(allow_none=True, metadata={"example": 10})
+    choices = fields.List(fields.String(), allow_none=True)
+    unit = fields.String(allow_none=True, metadata={"example": "s"})
 
 
 class ModelSchema(Schema):
@@ -40,6 +60,10 @@ class ModelSchema(Schema):
         allow_none=True, metadata={"description": "A Python package missing for this model."}
     )
     default = fields.Boolean(metadata={"description": "The default of its kind."})
+    options = fields.List(
+        fields.Nested(ModelOptionSchema),
+        metadata={"description": "Options a job with this model may set; any other is refused."},
+    )
 
 
 class LoadedModelSchema(Schema):

@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
+from marshmallow.utils import missing
 from webargs.fields import DelimitedList
 
 from app import audio
@@ -13,8 +22,10 @@ from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload, check_output_format, known_model
 from app.blueprints.jobs import CallbackSchema, upload_route
 from app.models import registry
+from app.models.engines import Engine, Option, OptionError
 from app.services import separation
 
+KIND = "separation"
 PREFIX = "/separations"
 blp = Blueprint("separations", __name__, description="Split a song into stems (asynchronous jobs).")
 
@@ -26,7 +37,42 @@ class SeparationResultSchema(Schema):
     sample_rate = fields.Integer(metadata={"description": "Separation."})
 
 
-class SeparationFormSchema(CallbackSchema):
+def option_field(option: Option, families: list[Engine]) -> fields.Field:
+    """The request field of an engine option: its type and the widest bounds any
+    family allows (a model's own bounds are checked per request)."""
+    description = f"{', '.join(f.label for f in families)}: {option.description}"
+    metadata: dict[str, Any] = {"description": description}
+    if option.default is not None:
+        metadata["description"] += f" Default {option.default}."
+        metadata["default"] = option.default
+        metadata["example"] = option.default
+    validators: list[Any] = []
+    if option.minimum is not None or option.maximum is not None:
+        validators.append(validate.Range(min=option.minimum, max=option.maximum))
+    if option.choices is not None:
+        validators.append(validate.OneOf(option.choices))
+    kinds: dict[str, type[fields.Field]] = {
+        "integer": fields.Integer,
+        "number": fields.Float,
+        "boolean": fields.Boolean,
+        "string": fields.String,
+    }
+    return kinds[option.type](validate=validators, metadata=metadata)
+
+
+# One field per option of the separation families registered at import time:
+# they are what the OpenAPI document lists.
+EngineOptionsSchema = Schema.from_dict(
+    {
+        name: option_field(option, families)
+        for name, (option, families) in registry.all_options(KIND).items()
+    },
+    name="EngineOptionsSchema",
+)
+OPTION_FIELDS = tuple(EngineOptionsSchema._declared_fields)
+
+
+class SeparationFormSchema(CallbackSchema, EngineOptionsSchema):  # type: ignore[misc,valid-type]
     file = FileUpload(
         required=True,
         metadata={"description": "Audio file (mp3, wav, flac, ogg, opus, m4a, ...)."},
@@ -35,7 +81,10 @@ class SeparationFormSchema(CallbackSchema):
         load_default=None,
         validate=known_model("separation"),
         metadata={
-            "description": "Model name from GET /api/v1/models (default htdemucs).",
+            "description": (
+                f"Model name from GET /api/v1/models (default {registry.DEFAULTS[KIND]}); "
+                "its entry lists the options it takes."
+            ),
             "example": "htdemucs",
         },
     )
@@ -49,27 +98,6 @@ class SeparationFormSchema(CallbackSchema):
     stems = DelimitedList(
         fields.String(),
         metadata={"description": "Only these sources (comma-separated); default all."},
-    )
-    shifts = fields.Integer(
-        load_default=None,
-        validate=validate.Range(min=0, max=10),
-        metadata={
-            "description": "Demucs: random shifts averaged (better quality, N times slower). Default 1.",
-            "example": 1,
-        },
-    )
-    overlap = fields.Float(
-        load_default=None,
-        validate=validate.Range(min=0.0, max=0.99),
-        metadata={"description": "Demucs: overlap between chunks. Default 0.25.", "example": 0.25},
-    )
-    segment = fields.Float(
-        load_default=None,
-        validate=validate.Range(min=1.0, max=100.0, min_inclusive=True),
-        metadata={
-            "description": "Demucs: chunk length in seconds (at most 7.8 for htdemucs models).",
-            "example": 7.8,
-        },
     )
     clip_mode = fields.String(
         load_default="rescale",
@@ -99,17 +127,24 @@ class SeparationFormSchema(CallbackSchema):
         metadata={"description": "MP3 bitrate in kbit/s.", "example": 320},
     )
 
-    @validates_schema
-    def _check_combinations(self, data: dict[str, Any], **_: Any) -> None:
+    @pre_load
+    def _set_aside_late_options(self, data: Any, **_: Any) -> Any:
+        """Options of families registered after this schema was built (a plugin,
+        a test's engine) have no field of their own: they are taken out of the
+        unknown-field check here, and validated against the model below."""
+        late = set(registry.all_options(KIND)) - set(self.fields)
+        if not any(name in data for name in late):
+            return data
+        return {key: data[key] for key in data if key not in late}
+
+    @validates_schema(pass_original=True)
+    def _check_combinations(self, data: dict[str, Any], original_data: Any, **_: Any) -> None:
         check_output_format(data)
-        name = data.get("model") or registry.DEFAULTS["separation"]
-        entry = registry.describe("separation", name, current_app.config)
+        name = data.get("model") or registry.DEFAULTS[KIND]
+        entry = registry.describe(KIND, name, current_app.config)
         if entry is None:
             return
-        if entry["engine"] == "hpss":
-            for field in ("shifts", "overlap", "segment"):
-                if data.get(field) is not None:
-                    raise ValidationError("Only Demucs models take this option.", field)
+        check_model_options(name, entry["options"], given_options(data, original_data))
         stems = entry.get("stems")
         if stems:
             if data.get("two_stems") and data["two_stems"] not in stems:
@@ -119,9 +154,56 @@ class SeparationFormSchema(CallbackSchema):
                 raise ValidationError(f"Must be among: {', '.join(stems)}.", "stems")
         if data.get("two_stems") and data.get("stems"):
             raise ValidationError("Give either stems or two_stems.", "stems")
-        bound = entry.get("max_segment")
-        if data.get("segment") is not None and bound is not None and data["segment"] > bound:
-            raise ValidationError(f"At most {bound:g} s for {name}.", "segment")
+
+    @post_load(pass_original=True)
+    def _add_late_options(self, data: dict[str, Any], original_data: Any, **_: Any) -> Any:
+        for name, (option, _families) in registry.all_options(KIND).items():
+            raw = _raw(original_data, name)
+            if name not in self.fields and raw is not None:
+                try:
+                    data[name] = option.convert(raw)
+                except OptionError as exc:  # only when the model was not found to check it
+                    raise ValidationError(str(exc), name) from None
+        return data
+
+
+def _raw(original: Any, name: str) -> Any:
+    """A field as the request sent it; ``None`` when absent (webargs' proxy
+    answers ``missing``)."""
+    value = original.get(name) if hasattr(original, "get") else None
+    return None if value is missing else value
+
+
+def given_options(data: dict[str, Any], original: Any) -> dict[str, Any]:
+    """The engine options a request gives: loaded by their fields, or raw for
+    options that have no field (see ``_set_aside_late_options``)."""
+    given = {}
+    # Fields of a family unregistered since (tests) are options no model takes.
+    for name in dict.fromkeys([*registry.all_options(KIND), *OPTION_FIELDS]):
+        if data.get(name) is not None:
+            given[name] = data[name]
+        elif name not in data and _raw(original, name) is not None:
+            given[name] = _raw(original, name)
+    return given
+
+
+def check_model_options(name: str, accepted: list[Option], given: dict[str, Any]) -> None:
+    """Refuse (422, naming the field) an option model ``name`` does not take or
+    a value outside its own bounds."""
+    by_name = {option.name: option for option in accepted}
+    errors: dict[str, list[str]] = {}
+    for field, value in given.items():
+        option = by_name.get(field)
+        if option is None:
+            takes = ", ".join(by_name) or "none"
+            errors[field] = [f"Model '{name}' does not take this option (it takes: {takes})."]
+            continue
+        try:
+            option.convert(value)
+        except OptionError as exc:
+            errors[field] = [f"Model '{name}': {exc}"]
+    if errors:
+        raise ValidationError(errors)
 
 
 create_separation = upload_route(

@@ -142,13 +142,17 @@ class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
     isolate_vocals = fields.Boolean(
         load_default=False,
         metadata={
-            "description": "Separate the vocals first (Demucs) and transcribe those: lyrics."
+            "description": "Separate the vocals first (separation_model) and transcribe "
+            "those: lyrics."
         },
     )
     separation_model = fields.String(
         load_default=None,
         validate=known_separator,
-        metadata={"description": "Model for isolate_vocals (default htdemucs)."},
+        metadata={
+            "description": "Model for isolate_vocals, one with a vocals stem "
+            f"(default {registry.DEFAULTS['separation']})."
+        },
     )
 
     @validates_schema

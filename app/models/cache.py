@@ -176,6 +176,13 @@ class ModelCache:
                 self._drop(key, f"idle for {self.idle_seconds:g} s")
         return idle
 
+    def discard(self, key: Key) -> bool:
+        """Unload one model now (an engine's ``unload``); whether it was loaded."""
+        with self._lock:
+            present = key in self._entries
+            self._drop(key, "unloaded")
+        return present
+
     def clear(self) -> None:
         with self._lock:
             for key in list(self._entries):

@@ -9,23 +9,35 @@ says how to provide the weights.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from app.errors import ServiceError
+from app.models.engines import (
+    Option,
+    SeparationEngine,
+    SeparationInput,
+    Separator,
+    model_entry,
+)
+
+if TYPE_CHECKING:
+    from app.services.runner import Progress
 
 log = logging.getLogger(__name__)
 
 FOUR = ("drums", "bass", "other", "vocals")
 SIX = ("drums", "bass", "other", "vocals", "guitar", "piano")
 HT_SEGMENT = 7.8  # seconds: the longest segment the hybrid transformer models accept
+STATS_BLOCK = 1 << 18  # frames per block when measuring the track's level
 
 
 @dataclass(frozen=True)
@@ -131,52 +143,6 @@ def _in_hub_cache(name: str) -> bool:
         return isinstance(found, str)
     except Exception:
         return False
-
-
-def catalogue(config: dict[str, Any]) -> list[dict[str, Any]]:
-    local = local_names(config)
-    entries = []
-    for spec in PRETRAINED.values():
-        # Weights saved by `flask models download` are plain float tensors, so
-        # a quantized model needs diffq only when demucs fetches it itself.
-        missing_package = (
-            spec.name not in local
-            and spec.needs is not None
-            and importlib.util.find_spec(spec.needs) is None
-        )
-        present = spec.name in local or _in_hub_cache(spec.name)
-        entries.append(
-            {
-                "kind": "separation",
-                "name": spec.name,
-                "engine": "demucs",
-                "description": spec.description,
-                "stems": list(spec.stems),
-                "available": bool(present and not missing_package),
-                "downloadable": bool(config.get("ALLOW_MODEL_DOWNLOAD")),
-                "needs_weights": True,
-                "sample_rate": 44100,
-                "max_segment": spec.max_segment,
-                "requires": spec.needs if missing_package else None,
-            }
-        )
-    for name in sorted(set(local) - set(PRETRAINED)):
-        entries.append(
-            {
-                "kind": "separation",
-                "name": name,
-                "engine": "demucs",
-                "description": f"Local Demucs model from {repo_dir(config).name}/.",
-                "stems": None,
-                "available": True,
-                "downloadable": False,
-                "needs_weights": True,
-                "sample_rate": None,
-                "max_segment": None,
-                "requires": None,
-            }
-        )
-    return entries
 
 
 def known_names(config: dict[str, Any]) -> set[str]:
@@ -411,3 +377,148 @@ def download(name: str, config: dict[str, Any]) -> Path:
     tmp.write_text(yaml.safe_dump(bag))
     tmp.replace(target)
     return target
+
+
+def reference_level(source: SeparationInput, rate: int, channels: int) -> tuple[float, float]:
+    """Mean and standard deviation of the mono mix over the whole track.
+
+    Demucs normalises its input with these (as its CLI does); computing them in
+    a streaming pass keeps every window on the same scale.
+    """
+    count, total, squares = 0, 0.0, 0.0
+    with contextlib.closing(source.blocks(rate, channels, STATS_BLOCK)) as blocks:
+        for block in blocks:
+            mono = block.mean(axis=0, dtype=np.float64)
+            count += mono.size
+            total += float(mono.sum())
+            squares += float(np.square(mono).sum())
+    mean = total / max(count, 1)
+    variance = max(squares / max(count, 1) - mean * mean, 0.0)
+    return mean, float(np.sqrt(variance * count / max(count - 1, 1)))
+
+
+class DemucsEngine(SeparationEngine):
+    """Every Demucs model: the pretrained names and the local repo's."""
+
+    name = "demucs"
+    label = "Demucs"
+    OPTIONS = (
+        Option(
+            "shifts",
+            "integer",
+            "Random shifts averaged (better quality, N times slower).",
+            default=1,
+            minimum=0,
+            maximum=10,
+        ),
+        Option(
+            "overlap",
+            "number",
+            "Overlap between chunks.",
+            default=0.25,
+            minimum=0.0,
+            maximum=0.99,
+        ),
+        Option(
+            "segment",
+            "number",
+            f"Chunk length in seconds (at most {HT_SEGMENT:g} for htdemucs models); "
+            "default: the model's own.",
+            default=None,
+            minimum=1.0,
+            maximum=100.0,
+            unit="s",
+        ),
+    )
+
+    def options(self, name: str, config: dict[str, Any]) -> tuple[Option, ...]:
+        spec = PRETRAINED.get(name)
+        bound = spec.max_segment if spec is not None else None
+        return tuple(o.bounded(bound) if o.name == "segment" else o for o in self.OPTIONS)
+
+    def catalogue(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        local = local_names(config)
+        entries = []
+        for spec in PRETRAINED.values():
+            # Weights saved by `flask models download` are plain float tensors, so
+            # a quantized model needs diffq only when demucs fetches it itself.
+            missing_package = (
+                spec.name not in local
+                and spec.needs is not None
+                and importlib.util.find_spec(spec.needs) is None
+            )
+            present = spec.name in local or _in_hub_cache(spec.name)
+            entries.append(
+                model_entry(
+                    self,
+                    spec.name,
+                    description=spec.description,
+                    stems=list(spec.stems),
+                    available=bool(present and not missing_package),
+                    downloadable=bool(config.get("ALLOW_MODEL_DOWNLOAD")),
+                    sample_rate=44100,
+                    max_segment=spec.max_segment,
+                    requires=spec.needs if missing_package else None,
+                    options=self.options(spec.name, config),
+                )
+            )
+        for name in sorted(set(local) - set(PRETRAINED)):
+            entries.append(
+                model_entry(
+                    self,
+                    name,
+                    description=f"Local Demucs model from {repo_dir(config).name}/.",
+                    available=True,
+                    downloadable=False,
+                    options=self.options(name, config),
+                )
+            )
+        return entries
+
+    def names(self, config: dict[str, Any]) -> set[str]:
+        return known_names(config)
+
+    def load(self, name: str, config: dict[str, Any], device: str) -> Any:
+        return load(name, config, device)
+
+    def can_download(self, name: str) -> bool:
+        return name in PRETRAINED
+
+    def download(self, name: str, config: dict[str, Any]) -> Path:
+        return download(name, config).parent
+
+    def prepare(
+        self,
+        name: str,
+        options: dict[str, Any],
+        source: SeparationInput,
+        config: dict[str, Any],
+        report: Progress,
+    ) -> Separator:
+        report.stage("loading_model", 0.0)
+        model, device = self.model(name, config)
+        segment = options.get("segment")
+        bound = max_segment(model)
+        if segment is not None and bound is not None and segment > bound:
+            # Only a local model's bound is unknown until it is loaded; the
+            # request schema refuses the pretrained ones' already.
+            raise ServiceError(
+                f"segment must be at most {bound:g} s for model '{name}'.",
+                code="invalid_parameter",
+                status=422,
+            )
+        report.stage("analysing", 0.02)
+        rate, channels = int(model.samplerate), int(model.audio_channels)
+        mean, std = reference_level(source, rate, channels)
+        separator = WindowSeparator(
+            model,
+            device,
+            shifts=int(options["shifts"]),
+            overlap=float(options["overlap"]),
+            segment=segment,
+            ref_mean=mean,
+            ref_std=std,
+        )
+        return Separator(
+            separator, separator.sample_rate, separator.channels, separator.sources, device
+        )

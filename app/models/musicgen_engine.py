@@ -41,7 +41,7 @@ import math
 import re
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import ServiceError
+from app.models.engines import GenerationEngine, Option, model_entry
 
 log = logging.getLogger(__name__)
 
@@ -221,39 +222,7 @@ def _local_config(folder: Path) -> dict[str, Any]:
 
 
 def catalogue(config: dict[str, Any]) -> list[dict[str, Any]]:
-    local = set(local_names(config))
-    allow = bool(config.get("ALLOW_MODEL_DOWNLOAD"))
-    entries = []
-    for name in sorted(set(PRETRAINED) | local, key=lambda n: (n not in PRETRAINED, n)):
-        spec = PRETRAINED.get(name)
-        if spec is not None:
-            melody, channels, sample_rate = spec.melody, spec.channels, SAMPLE_RATE
-            description = spec.description
-        else:
-            folder = local_dir(name, config)
-            cfg = _local_config(folder) if folder else {}
-            melody = cfg.get("model_type") == "musicgen_melody"
-            channels = (cfg.get("decoder") or {}).get("audio_channels")
-            sample_rate = (cfg.get("audio_encoder") or {}).get("sampling_rate")
-            description = f"Local MusicGen model ({name}/)."
-        entries.append(
-            {
-                "kind": "generation",
-                "name": name,
-                "engine": "musicgen",
-                "description": description,
-                "stems": None,
-                "available": name in local or (spec is not None and _in_hub_cache(name)),
-                "downloadable": allow and spec is not None,
-                "needs_weights": True,
-                "sample_rate": sample_rate,
-                "channels": channels,
-                "melody": melody,
-                "max_segment": None,
-                "requires": None,
-            }
-        )
-    return entries
+    return MusicGenEngine().catalogue(config)
 
 
 def how_to_provide(name: str, config: dict[str, Any]) -> str:
@@ -848,3 +817,123 @@ def generate(
         "continuation_seconds": None if continuation is None else prompt_samples / rate,
     }
     return out, rate, used
+
+
+# Request parameters handed to ``generate`` as they are, when given.
+SAMPLING = ("guidance_scale", "temperature", "top_k", "top_p", "extend_stride")
+
+
+class MusicGenGenerator:
+    """A loaded MusicGen model ready for one generation."""
+
+    def __init__(self, loaded: Loaded) -> None:
+        self.loaded = loaded
+        self.device = loaded.device
+
+    def __call__(
+        self,
+        params: Mapping[str, Any],
+        conditioning: Mapping[str, tuple[np.ndarray, int]],
+        progress: Callable[[float], None],
+    ) -> tuple[np.ndarray, int, dict[str, Any]]:
+        return generate(
+            self.loaded,
+            prompt=params["prompt"],
+            duration=float(params["duration"]),
+            seed=params.get("seed"),
+            progress=progress,
+            **{k: params[k] for k in SAMPLING if k in params},
+            **{
+                role: conditioning[role]
+                for role in ("melody", "continuation")
+                if role in conditioning
+            },
+        )
+
+
+class MusicGenEngine(GenerationEngine):
+    """MusicGen models through transformers: the released names and local folders."""
+
+    name = "musicgen"
+    label = "MusicGen"
+    OPTIONS = (
+        Option(
+            "guidance_scale",
+            "number",
+            "Classifier-free guidance: higher follows the prompt more closely.",
+            default=3.0,
+            minimum=0.0,
+            maximum=20.0,
+        ),
+        Option(
+            "temperature",
+            "number",
+            "Sampling temperature; 0 is greedy.",
+            default=1.0,
+            minimum=0.0,
+            maximum=5.0,
+        ),
+        Option(
+            "top_k",
+            "integer",
+            "Sample among this many likeliest tokens.",
+            default=250,
+            minimum=0,
+            maximum=2048,
+        ),
+        Option(
+            "top_p",
+            "number",
+            "Above 0, sample from the likeliest tokens covering this probability instead of top_k.",
+            default=0.0,
+            minimum=0.0,
+            maximum=1.0,
+        ),
+    )
+
+    def catalogue(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        local = set(local_names(config))
+        allow = bool(config.get("ALLOW_MODEL_DOWNLOAD"))
+        entries = []
+        for name in sorted(set(PRETRAINED) | local, key=lambda n: (n not in PRETRAINED, n)):
+            spec = PRETRAINED.get(name)
+            if spec is not None:
+                melody, channels, sample_rate = spec.melody, spec.channels, SAMPLE_RATE
+                description = spec.description
+            else:
+                folder = local_dir(name, config)
+                cfg = _local_config(folder) if folder else {}
+                melody = cfg.get("model_type") == "musicgen_melody"
+                channels = (cfg.get("decoder") or {}).get("audio_channels")
+                sample_rate = (cfg.get("audio_encoder") or {}).get("sampling_rate")
+                description = f"Local MusicGen model ({name}/)."
+            entries.append(
+                model_entry(
+                    self,
+                    name,
+                    description=description,
+                    available=name in local or (spec is not None and _in_hub_cache(name)),
+                    downloadable=allow and spec is not None,
+                    sample_rate=sample_rate,
+                    options=self.OPTIONS,
+                    channels=channels,
+                    melody=melody,
+                )
+            )
+        return entries
+
+    def names(self, config: dict[str, Any]) -> set[str]:
+        return known_names(config)
+
+    def load(self, name: str, config: dict[str, Any], device: str) -> Loaded:
+        return load(name, config, device)
+
+    def can_download(self, name: str) -> bool:
+        return _canonical(name) in PRETRAINED
+
+    def download(self, name: str, config: dict[str, Any]) -> Path:
+        return download(name, config)
+
+    def prepare(self, name: str, config: dict[str, Any]) -> MusicGenGenerator:
+        loaded, _device = self.model(name, config)
+        return MusicGenGenerator(loaded)

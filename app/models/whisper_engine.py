@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from app.errors import ServiceError
+from app.models.engines import Option, TranscriptionEngine, model_entry
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,24 @@ KNOWN = {
     "distil-small.en": "Distil-Whisper small, English only.",
 }
 COMPUTE_TYPES = ("int8", "float16", "float32")
+# Request fields for faster-whisper's VAD, and the names it knows them by.
+VAD_FIELDS = {
+    "vad_threshold": "threshold",
+    "vad_min_speech_duration_ms": "min_speech_duration_ms",
+    "vad_max_speech_duration_s": "max_speech_duration_s",
+    "vad_min_silence_duration_ms": "min_silence_duration_ms",
+    "vad_speech_pad_ms": "speech_pad_ms",
+}
+# Decoding options passed to faster-whisper as they are, when given.
+DECODING_FIELDS = (
+    "hotwords",
+    "no_speech_threshold",
+    "log_prob_threshold",
+    "compression_ratio_threshold",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "hallucination_silence_threshold",
+)
 
 
 def english_only(name: str) -> bool:
@@ -92,34 +111,6 @@ def _in_hub_cache(name: str) -> bool:
 
 def known_names(config: dict[str, Any]) -> set[str]:
     return set(KNOWN) | set(local_names(config))
-
-
-def catalogue(config: dict[str, Any]) -> list[dict[str, Any]]:
-    local = set(local_names(config))
-    entries = []
-    for name in sorted(set(KNOWN) | local, key=lambda n: (n not in KNOWN, n)):
-        present = (
-            name in local
-            or (name == DEFAULT_MODEL and bundled_dir() is not None)
-            or _in_hub_cache(name)
-        )
-        entries.append(
-            {
-                "kind": "transcription",
-                "name": name,
-                "engine": "faster-whisper",
-                "description": KNOWN.get(name, f"Local CTranslate2 Whisper model ({name}/)."),
-                "stems": None,
-                "available": present,
-                "downloadable": bool(config.get("ALLOW_MODEL_DOWNLOAD")) and name in KNOWN,
-                "needs_weights": True,
-                "sample_rate": SAMPLE_RATE,
-                "max_segment": None,
-                "requires": None,
-                "english_only": english_only(name) if name in KNOWN else None,
-            }
-        )
-    return entries
 
 
 def gpu_count() -> int:
@@ -274,3 +265,217 @@ def _transcribe(
     if options.get("word_timestamps"):
         result["words"] = words
     return result
+
+
+def decoding_options(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Map request parameters onto ``WhisperModel.transcribe`` keyword arguments."""
+    options: dict[str, Any] = {
+        "language": params.get("language"),
+        "task": params.get("task", "transcribe"),
+        "word_timestamps": bool(params.get("word_timestamps", False)),
+        "vad_filter": bool(params.get("vad_filter", False)),
+        "beam_size": int(params.get("beam_size", 5)),
+        "condition_on_previous_text": bool(params.get("condition_on_previous_text", True)),
+    }
+    if params.get("initial_prompt"):
+        options["initial_prompt"] = params["initial_prompt"]
+    if params.get("temperature") is not None:
+        options["temperature"] = float(params["temperature"])
+    options.update({field: params[field] for field in DECODING_FIELDS if field in params})
+    vad = {target: params[field] for field, target in VAD_FIELDS.items() if field in params}
+    if vad:
+        options["vad_parameters"] = vad
+    return options
+
+
+def check_fits(model: Any, name: str, options: Mapping[str, Any]) -> None:
+    """An English-only model can neither translate nor hear another language;
+    a local model only says which it is once loaded."""
+    if model.model.is_multilingual:
+        return
+    if options["task"] == "translate":
+        raise ServiceError(
+            f"Model '{name}' is English-only and cannot translate; use a multilingual "
+            "model such as 'small' or 'large-v3'.",
+            code="invalid_parameter",
+            status=422,
+        )
+    if options["language"] not in (None, "en"):
+        raise ServiceError(
+            f"Model '{name}' is English-only; language must be 'en' or left out.",
+            code="invalid_parameter",
+            status=422,
+        )
+
+
+class WhisperTranscriber:
+    """A loaded Whisper model and the decoding options of one request."""
+
+    def __init__(self, model: Any, options: dict[str, Any], device: str) -> None:
+        self.model = model
+        self.options = options
+        self.device = device
+
+    def __call__(self, samples: np.ndarray, progress: Callable[[float], None]) -> dict[str, Any]:
+        return transcribe(self.model, samples, self.options, progress)
+
+
+class WhisperEngine(TranscriptionEngine):
+    """Whisper models through faster-whisper: the known names and local conversions."""
+
+    name = "faster-whisper"
+    label = "Whisper"
+    sample_rate = SAMPLE_RATE
+    OPTIONS = (
+        Option(
+            "beam_size",
+            "integer",
+            "Beam search width: wider is slower and sometimes more accurate.",
+            default=5,
+            minimum=1,
+            maximum=10,
+        ),
+        Option(
+            "temperature",
+            "number",
+            "Sampling temperature; by default decoding falls back from 0.0 to 1.0 as needed.",
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option(
+            "compute_type",
+            "string",
+            "Weights' precision; default int8 on CPU, float16 on GPU.",
+            choices=COMPUTE_TYPES,
+        ),
+        Option(
+            "no_speech_threshold",
+            "number",
+            "A window more likely silence than this (and whose text is unlikely) is skipped.",
+            default=0.6,
+            minimum=0.0,
+            maximum=1.0,
+        ),
+        Option(
+            "log_prob_threshold",
+            "number",
+            "Decode again at a higher temperature when the average log probability is below this.",
+            default=-1.0,
+            minimum=-20.0,
+            maximum=0.0,
+        ),
+        Option(
+            "compression_ratio_threshold",
+            "number",
+            "Decode again when the text compresses better than this (repeated lines).",
+            default=2.4,
+            minimum=1.0,
+            maximum=10.0,
+        ),
+        Option(
+            "repetition_penalty",
+            "number",
+            "Above 1 penalises tokens already produced.",
+            default=1.0,
+            minimum=1.0,
+            maximum=2.0,
+        ),
+        Option(
+            "no_repeat_ngram_size",
+            "integer",
+            "Never repeat a sequence of this many tokens (0: off).",
+            default=0,
+            minimum=0,
+            maximum=10,
+        ),
+        Option(
+            "hallucination_silence_threshold",
+            "number",
+            "Skip silences longer than this where the text looks hallucinated "
+            "(needs word timestamps).",
+            minimum=0.1,
+            maximum=30.0,
+            unit="s",
+        ),
+    )
+
+    def catalogue(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        local = set(local_names(config))
+        entries = []
+        for name in sorted(set(KNOWN) | local, key=lambda n: (n not in KNOWN, n)):
+            present = (
+                name in local
+                or (name == DEFAULT_MODEL and bundled_dir() is not None)
+                or _in_hub_cache(name)
+            )
+            entries.append(
+                model_entry(
+                    self,
+                    name,
+                    description=KNOWN.get(name, f"Local CTranslate2 Whisper model ({name}/)."),
+                    available=present,
+                    downloadable=bool(config.get("ALLOW_MODEL_DOWNLOAD")) and name in KNOWN,
+                    sample_rate=SAMPLE_RATE,
+                    options=self.OPTIONS,
+                    english_only=english_only(name) if name in KNOWN else None,
+                )
+            )
+        return entries
+
+    def names(self, config: dict[str, Any]) -> set[str]:
+        return known_names(config)
+
+    def device(self, config: dict[str, Any]) -> str:
+        from app.models.cache import resolve_device
+
+        # CTranslate2's own probe: a transcription worker never imports torch.
+        return resolve_device(str(config.get("MODEL_DEVICE", "auto")), gpu_count)
+
+    def cache_key(
+        self, name: str, device: str, compute_type: str | None = None
+    ) -> tuple[str, str, str]:
+        compute_type = compute_type or default_compute_type(device)
+        return (self.kind, f"{name}@{compute_type}", device)
+
+    def model(
+        self, name: str, config: dict[str, Any], compute_type: str | None = None
+    ) -> tuple[Any, str]:
+        """The model at ``compute_type`` (the device's default when None): each
+        precision is its own cache entry."""
+        from app.models.cache import get_cache
+
+        device = self.device(config)
+        compute_type = compute_type or default_compute_type(device)
+        if compute_type == "float16" and not device.startswith("cuda"):
+            raise ServiceError(
+                "compute_type float16 needs a GPU worker; use int8 or float32 on CPU.",
+                code="invalid_parameter",
+                status=422,
+            )
+        model = get_cache(config).get(
+            self.cache_key(name, device, compute_type),
+            lambda: load(name, config, device, compute_type),
+        )
+        return model, device
+
+    def unload(self, name: str, config: dict[str, Any]) -> bool:
+        from app.models.cache import get_cache
+
+        device = self.device(config)
+        cache = get_cache(config)
+        dropped = [cache.discard(self.cache_key(name, device, ct)) for ct in COMPUTE_TYPES]
+        return any(dropped)
+
+    def can_download(self, name: str) -> bool:
+        return name in KNOWN
+
+    def download(self, name: str, config: dict[str, Any]) -> Path:
+        return download(name, config)
+
+    def prepare(
+        self, name: str, params: Mapping[str, Any], config: dict[str, Any]
+    ) -> WhisperTranscriber:
+        options = decoding_options(params)
+        model, device = self.model(name, config, params.get("compute_type"))
+        check_fits(model, name, options)
+        return WhisperTranscriber(model, options, device)

@@ -1,4 +1,5 @@
-"""Generation jobs: MusicGen from a text prompt, optionally a melody or an audio prompt."""
+"""Generation jobs: music from a text prompt (a generation engine from
+``app.models.registry``), optionally with a melody or an audio prompt."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ import numpy as np
 from flask import current_app
 
 from app import audio, storage
-from app.models import musicgen_engine, registry
+from app.models import registry
 from app.records import Job, User
 from app.services import jobs
 from app.services.runner import Attempt, Progress, ProgressReporter, execute
 
 KIND = "generation"
-SAMPLING = ("guidance_scale", "temperature", "top_k", "top_p", "extend_stride")
 
 
 def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -52,8 +52,9 @@ def generate_file(
     """Generate into ``folder/<filename>.<format>``; ``source`` is the melody or
     continuation audio when ``params["input_role"]`` names one. Returns the result."""
     config = current_app.config
+    engine = registry.engine(KIND, name, config)
     report.stage("loading_model", 0.0)
-    loaded = registry.generation_model(name, config)
+    generator = engine.prepare(name, config)
     conditioning: dict[str, Any] = {}
     role = params.get("input_role")
     if role and source is not None:
@@ -64,15 +65,7 @@ def generate_file(
         )
         conditioning[role] = (samples, rate)
     report.stage("generating", 0.02)
-    out, rate, used = musicgen_engine.generate(
-        loaded,
-        prompt=params["prompt"],
-        duration=float(params["duration"]),
-        seed=params.get("seed"),
-        progress=lambda f: report(0.02 + 0.88 * f),
-        **{k: params[k] for k in SAMPLING if k in params},
-        **conditioning,
-    )
+    out, rate, used = generator(params, conditioning, lambda f: report(0.02 + 0.88 * f))
     report.stage("encoding", 0.9)
     peak = float(np.max(np.abs(out), initial=0.0))
     if peak > 1.0:  # never clip: scale down like the demucs "rescale" clip mode
@@ -103,7 +96,7 @@ def generate_file(
         "parameters": used,
         "sample_rate": rate,
         "duration": round(out.shape[-1] / rate, 3),
-        "device": loaded.device,
+        "device": generator.device,
         "audio_seconds": out.shape[-1] / rate,
     }
 

@@ -1,10 +1,11 @@
 """Separation jobs: stream the input through an engine window by window, write stems.
 
-Every engine (Demucs models, the weight-free ``hpss``) goes through the same
-pipeline: decode in blocks at the engine's rate, separate windows with a
-cross-fade at the joins (``app.models.windowing``), write each stem
-incrementally, then apply the clip mode. Peak memory depends on the window
-size, not on the song's length.
+Every separation engine registered in ``app.models.registry`` goes through the
+same pipeline: the engine prepares a ``Separator`` (loading its model, reading
+what it needs of the input), then the input is decoded in blocks at the
+engine's rate, separated in windows with a cross-fade at the joins
+(``app.models.windowing``), each stem written incrementally, and the clip mode
+applied. Peak memory depends on the window size, not on the song's length.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from flask import current_app
 
 from app import audio, storage
 from app.errors import ServiceError
-from app.models import demucs_engine, registry
+from app.models import registry
+from app.models.engines import OptionError, Separator, resolve_options
 from app.models.windowing import separate_in_windows
 from app.records import Job, User
 from app.services import jobs
@@ -31,17 +33,17 @@ from app.services.runner import Attempt, Progress, ProgressReporter, SubProgress
 log = logging.getLogger(__name__)
 
 KIND = "separation"
-DEMUCS_DEFAULTS = {"shifts": 1, "overlap": 0.25, "segment": None}
-STATS_BLOCK = 1 << 18
 
 
 def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The model name and the parameters a separation runs with (defaults filled
-    in), from validated request fields; jobs and ``flask separate`` share it."""
+    """The model name and the parameters a separation runs with (the model's
+    option defaults filled in), from validated request fields; jobs and
+    ``flask separate`` share it."""
     name = params.get("model") or registry.DEFAULTS[KIND]
     params = {**params, "model": name}
-    if name != "hpss":
-        params = {k: (DEMUCS_DEFAULTS.get(k) if v is None else v) for k, v in params.items()}
+    for option in registry.options(KIND, name, current_app.config):
+        if params.get(option.name) is None:
+            params[option.name] = option.default
     return name, params
 
 
@@ -52,85 +54,32 @@ def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str
 
 
 @dataclass
-class Plan:
-    """What one job will run: the window function, its rate, channels and stems."""
+class SourceAudio:
+    """The file being separated, as engines read it (``SeparationInput``):
+    decoded with the server's length and size limits."""
 
-    separate: Callable[[np.ndarray, Callable[[float], None]], np.ndarray]
-    sample_rate: int
-    channels: int
-    sources: list[str]
-    device: str
+    path: Path
+    info: dict[str, Any]
+    max_seconds: float
+    max_bytes: float
 
-
-def _hpss_plan(info: dict[str, Any]) -> Plan:
-    from app.models.hpss import hpss
-
-    rate = int(info.get("sample_rate") or 44100)
-
-    def separate(window: np.ndarray, progress: Callable[[float], None]) -> np.ndarray:
-        stems = hpss(window, rate, progress=progress)
-        return np.stack([stems["harmonic"], stems["percussive"]])
-
-    channels = 2 if int(info.get("channels") or 2) >= 2 else 1
-    return Plan(separate, rate, channels, ["harmonic", "percussive"], "cpu")
-
-
-def _demucs_plan(
-    name: str, params: dict[str, Any], report: Progress, source: Path, max_seconds: float
-) -> Plan:
-    config = current_app.config
-    report.stage("loading_model", 0.0)
-    model, device = registry.separation_model(name, config)
-    segment = params.get("segment")
-    bound = demucs_engine.max_segment(model)
-    if segment is not None and bound is not None and segment > bound:
-        raise ServiceError(
-            f"segment must be at most {bound:g} s for model '{name}'.",
-            code="invalid_parameter",
-            status=422,
-        )
-    report.stage("analysing", 0.02)
-    rate, channels = int(model.samplerate), int(model.audio_channels)
-    mean, std = _reference_level(source, rate, channels, max_seconds)
-    separator = demucs_engine.WindowSeparator(
-        model,
-        device,
-        shifts=int(params.get("shifts", 1)),
-        overlap=float(params.get("overlap", 0.25)),
-        segment=segment,
-        ref_mean=mean,
-        ref_std=std,
-    )
-    return Plan(separator, separator.sample_rate, separator.channels, separator.sources, device)
-
-
-def _reference_level(
-    path: Path, rate: int, channels: int, max_seconds: float
-) -> tuple[float, float]:
-    """Mean and standard deviation of the mono mix over the whole track.
-
-    Demucs normalises its input with these (as its CLI does); computing them in
-    a streaming pass keeps every window on the same scale.
-    """
-    count, total, squares = 0, 0.0, 0.0
-    with contextlib.closing(
-        audio.iter_decode(
-            path,
-            sample_rate=rate,
+    def blocks(self, sample_rate: int, channels: int, block_frames: int) -> Iterator[np.ndarray]:
+        return audio.iter_decode(
+            self.path,
+            sample_rate=sample_rate,
             channels=channels,
-            block_frames=STATS_BLOCK,
-            max_seconds=max_seconds,
-            max_bytes=current_app.config["MAX_DECODED_BYTES"],
+            block_frames=block_frames,
+            max_seconds=self.max_seconds,
+            max_bytes=self.max_bytes,
         )
-    ) as blocks:
-        for block in blocks:
-            mono = block.mean(axis=0, dtype=np.float64)
-            count += mono.size
-            total += float(mono.sum())
-            squares += float(np.square(mono).sum())
-    mean = total / max(count, 1)
-    variance = max(squares / max(count, 1) - mean * mean, 0.0)
-    return mean, float(np.sqrt(variance * count / max(count - 1, 1)))
+
+
+def _options(engine: Any, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Every option of model ``name``, from ``params`` or its default."""
+    try:
+        return resolve_options(engine.options(name, current_app.config), params)
+    except OptionError as exc:
+        raise ServiceError(str(exc), code="invalid_parameter", status=422) from None
 
 
 def select_outputs(
@@ -259,11 +208,13 @@ def separate_file(
     lyrics, karaoke).
     """
     config = current_app.config
-    max_seconds = float(config["MAX_AUDIO_SECONDS"])
-    if model == "hpss":
-        plan = _hpss_plan(info)
-    else:
-        plan = _demucs_plan(model, params, report, source, max_seconds)
+    engine = registry.engine(KIND, model, config)
+    source_input = SourceAudio(
+        source, info, float(config["MAX_AUDIO_SECONDS"]), config["MAX_DECODED_BYTES"]
+    )
+    plan: Separator = engine.prepare(
+        model, _options(engine, model, params), source_input, config, report
+    )
     names, pick = select_outputs(plan.sources, params)
 
     window = int(float(config["SEPARATION_WINDOW_SECONDS"]) * plan.sample_rate)
@@ -281,14 +232,7 @@ def separate_file(
     report.stage("separating", 0.05)
     writers = StemWriters(folder, names, plan.sample_rate, plan.channels, params)
     try:
-        blocks = audio.iter_decode(
-            source,
-            sample_rate=plan.sample_rate,
-            channels=plan.channels,
-            block_frames=window - overlap,
-            max_seconds=max_seconds,
-            max_bytes=config["MAX_DECODED_BYTES"],
-        )
+        blocks = source_input.blocks(plan.sample_rate, plan.channels, window - overlap)
         with contextlib.closing(blocks):
             pieces: Iterator[np.ndarray] = separate_in_windows(
                 blocks,

@@ -105,8 +105,9 @@ def test_separate_play_and_download(page: Any, server: LiveServer, tmp_path: Pat
     page.locator("#sep-model").select_option("hpss")
     page.locator("#sep-format").select_option("wav")
     page.locator("fieldset[data-kind=separation] input[name=analyze]").check()
-    page.locator("[data-demucs-only] summary").click()  # the Demucs options say hpss has none
-    assert page.locator("#sep-shifts").is_disabled()
+    page.locator("#sep-advanced summary").click()  # hpss's own options, none of Demucs's
+    assert page.locator("#sep-opt-kernel-size").get_attribute("placeholder") == "31"
+    assert page.locator("#sep-opt-shifts").count() == 0
 
     drop_file(page, "#dropzone", "song.wav", wav_bytes(sine_and_clicks(2.0)), "audio/wav")
     page.locator("#file-chosen").filter(has_text="song.wav").wait_for()
@@ -562,3 +563,71 @@ def test_karaoke_results(
             assert errors == []
         finally:
             context.close()
+
+
+def test_a_registered_engine_is_offered_with_its_options(
+    chromium: Any, tmp_path: Path, models_dir: Path
+) -> None:
+    """A model family registered on the server (the mid/side engine of
+    tests/support/midside.py) is in the model picker with the inputs of its
+    own options, and a job started from the page runs it with what was typed.
+    The options shown are each model's: switching models swaps them."""
+    from app.models import registry
+    from tests.conftest import make_app
+    from tests.support.midside import MidSideEngine
+
+    engine = registry.register(MidSideEngine())
+    app = make_app(tmp_path / "data", MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=False)
+    app.extensions["celery"].conf.task_always_eager = True
+    try:
+        with LiveServer(app) as live:
+            context = chromium.new_context(
+                base_url=live.url, viewport={"width": 1280, "height": 900}
+            )
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            try:
+                sign_up(page)
+                page.locator("#sep-model option[value=midside]").wait_for(state="attached")
+                page.locator("#sep-model").select_option("midside")
+                page.locator("#sep-advanced summary").click()
+                gain = page.get_by_label("Side gain")
+                assert gain.get_attribute("min") == "0" and gain.get_attribute("max") == "4"
+                assert gain.get_attribute("placeholder") == "1"
+                hint = page.locator(f"#{gain.get_attribute('aria-describedby')}")
+                assert "side stem" in hint.inner_text()
+                assert page.locator("#sep-options input").count() == 1
+                assert page.locator("#sep-advanced summary").inner_text() == (
+                    "Quality (midside options)"
+                )
+                page.locator("#sep-model").select_option("htdemucs")
+                assert page.get_by_label("Segment (s)").get_attribute("max") == "7.8"
+                assert page.get_by_label("Shifts").get_attribute("placeholder") == "1"
+                assert page.get_by_label("Side gain").count() == 0
+                screenshot(page, "engine-options-demucs")
+                page.locator("#sep-model").select_option("midside")
+                page.get_by_label("Side gain").fill("0.5")
+                screenshot(page, "engine-options", full_page=False)
+
+                song = wav_bytes(sine_and_clicks(1.0))
+                drop_file(page, "#dropzone", "song.wav", song, "audio/wav")
+                page.get_by_role("button", name="Separate", exact=True).click()
+                job = page.locator(".job").first
+                job.locator(".badge", has_text="Done").wait_for()
+                stems = job.locator(".stem")
+                stems.nth(1).wait_for()
+                assert [s.get_attribute("data-stem") for s in stems.all()] == ["mid", "side"]
+                token = page.evaluate("JSON.parse(sessionStorage.getItem('ams.session')).access")
+                answer = app.test_client().get(
+                    f"/api/v1/jobs/{job.get_attribute('data-job-id')}",
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert answer.json["model"] == "midside"
+                assert answer.json["params"]["side_gain"] == 0.5
+                assert errors == []
+            finally:
+                context.close()
+    finally:
+        registry.unregister(engine)

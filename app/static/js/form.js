@@ -162,14 +162,66 @@ function updateSeparationModel() {
     select.append(h("option", { value: stem }, `${stem} + everything else`));
   }
   select.value = Array.from(select.options).some((o) => o.value === previous) ? previous : "";
-  const demucs = !entry || entry.engine !== "hpss";
-  const advanced = $("[data-demucs-only]");
-  for (const input of $$("input", advanced)) input.disabled = !demucs;
-  $("#sep-clip").disabled = false;
-  $("summary", advanced).textContent = demucs ? "Quality (Demucs models)" : "Quality (Demucs only; this model has no options)";
-  const segment = $("#sep-segment");
-  if (entry && entry.max_segment) segment.max = String(entry.max_segment);
-  else segment.max = "100";
+  showModelOptions(entry);
+}
+
+/**
+ * Builds the "Quality" inputs from the options the chosen model takes (its
+ * entry in GET /api/v1/models): the page knows no engine by name, so a model
+ * family added on the server shows its own options here. Values typed for an
+ * option the next model also takes are kept.
+ */
+function showModelOptions(entry) {
+  const box = $("#sep-options");
+  const kept = {};
+  for (const input of $$("input, select", box)) kept[input.name] = input.value;
+  box.replaceChildren();
+  const options = (entry && entry.options) || [];
+  for (const option of options) box.append(optionField(option, kept[option.name]));
+  $("#sep-no-options").hidden = options.length > 0 || !entry;
+  $("summary", $("#sep-advanced")).textContent = entry && options.length ? `Quality (${entry.name} options)` : "Quality";
+}
+
+function optionLabel(option) {
+  const words = option.name.replace(/_/g, " ");
+  const label = words.charAt(0).toUpperCase() + words.slice(1);
+  return option.unit ? `${label} (${option.unit})` : label;
+}
+
+function optionField(option, kept) {
+  const id = `sep-opt-${option.name.replace(/_/g, "-")}`;
+  const hint = h("small", { id: `${id}-hint`, class: "hint", text: option.description || "" });
+  const described = option.description ? hint.id : null;
+  const fallback = option.default === null || option.default === undefined ? "auto" : option.default;
+  let control;
+  if (option.type === "boolean" || option.choices) {
+    // A select, not a checkbox: an unticked box is not sent at all, so an
+    // option that defaults to true could never be turned off.
+    const choices = option.type === "boolean" ? [["true", "Yes"], ["false", "No"]] : option.choices.map((c) => [c, c]);
+    const shown = option.type === "boolean" && typeof option.default === "boolean" ? (option.default ? "Yes" : "No") : fallback;
+    control = h(
+      "select",
+      { id, name: option.name, "aria-describedby": described },
+      h("option", { value: "" }, `Default (${shown})`),
+      choices.map(([value, label]) => h("option", { value }, label)),
+    );
+  } else if (option.type === "integer" || option.type === "number") {
+    control = h("input", {
+      id,
+      name: option.name,
+      type: "number",
+      step: option.type === "integer" ? "1" : "any",
+      inputmode: option.type === "integer" ? "numeric" : "decimal",
+      placeholder: String(fallback),
+      "aria-describedby": described,
+    });
+    if (option.minimum !== null && option.minimum !== undefined) control.min = String(option.minimum);
+    if (option.maximum !== null && option.maximum !== undefined) control.max = String(option.maximum);
+  } else {
+    control = h("input", { id, name: option.name, type: "text", "aria-describedby": described });
+  }
+  if (kept !== undefined) control.value = kept;
+  return h("div", { class: "field", "data-option": option.name }, h("label", { for: id }, optionLabel(option)), control, hint);
 }
 
 function updateFormat() {
