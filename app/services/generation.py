@@ -38,7 +38,7 @@ def submit(
 
 def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     source = storage.input_path(job.id) if (job.params or {}).get("input_role") else None
-    return generate_file(job.engine, job.params or {}, attempt.workdir, report, source)
+    return generate_file(job.model, job.params or {}, attempt.workdir, report, source)
 
 
 def generate_file(

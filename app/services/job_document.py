@@ -123,7 +123,7 @@ class WebhookSchema(Schema):
 class JobSchema(Schema):
     id = fields.String(metadata={"example": "0b6f7c1e-5d0e-4a52-9a8e-2f3d6c1b9a10"})
     kind = fields.String(metadata={"example": "separation"})
-    model = fields.String(attribute="engine", metadata={"example": "hpss"})
+    model = fields.String(metadata={"example": "hpss"})
     status = fields.String(
         metadata={"enum": list(JOB_STATUSES), "example": "running"},
     )

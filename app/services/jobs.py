@@ -77,7 +77,7 @@ def store_upload(stream: IO[bytes], filename: str | None) -> tuple[Path, dict[st
 def submit(
     owner: User,
     kind: str,
-    engine: str,
+    model: str,
     params: dict[str, Any],
     upload: IO[bytes] | None,
     filename: str | None,
@@ -111,7 +111,7 @@ def submit(
         id=job_id,
         owner_id=owner.id,
         kind=kind,
-        engine=engine,
+        model=model,
         status="queued",
         stage="queued",
         progress=0.0,

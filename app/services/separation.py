@@ -279,7 +279,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     names, paths, rate, device = separate_file(
         source,
         job.input or {},
-        job.engine,
+        job.model,
         params,
         attempt.workdir,
         SubProgress(report, 0.0, 0.9) if analyze else report,

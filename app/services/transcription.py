@@ -96,7 +96,7 @@ def transcribe_path(
 def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     params = job.params or {}
     result, device = transcribe_path(
-        storage.input_path(job.id), job.input or {}, job.engine, params, attempt.workdir, report
+        storage.input_path(job.id), job.input or {}, job.model, params, attempt.workdir, report
     )
     return {**result, "files": [], "device": device}
 
