@@ -140,16 +140,17 @@ def engine_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 @pytest.fixture
 def endings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every move of the job to a final status (``jobs.ended``: events, webhook)."""
+    """Every move of the job to a final status (``jobs.job_ended``: events,
+    webhook, metrics)."""
     seen: list[str] = []
-    original = jobs.ended
+    original = jobs.job_ended
 
     def counting(job_id: str) -> None:
         seen.append(threading.current_thread().name)
         original(job_id)
 
-    monkeypatch.setattr(jobs, "ended", counting)
-    monkeypatch.setattr(runner, "ended", counting)
+    monkeypatch.setattr(jobs, "job_ended", counting)
+    monkeypatch.setattr(runner, "job_ended", counting)
     return seen
 
 
