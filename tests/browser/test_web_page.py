@@ -631,3 +631,26 @@ def test_a_registered_engine_is_offered_with_its_options(
                 context.close()
     finally:
         registry.unregister(engine)
+
+
+def test_the_page_offers_the_kinds_the_server_runs(
+    chromium: Any, eager_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job kinds the page offers come from the server's job-kind table
+    (through its OpenAPI document): a server without generation shows no
+    Generate choice, and labels come from the kind's name."""
+    from app import job_kinds
+
+    table = tuple(kind for kind in job_kinds.JOB_KINDS if kind.name != "generation")
+    monkeypatch.setattr(job_kinds, "JOB_KINDS", table)
+    with LiveServer(eager_app()) as live:
+        context = chromium.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            sign_up(page)
+            kind = page.locator('input[name="kind"][value="generation"]')
+            kind.wait_for(state="hidden")
+            assert page.locator('input[name="kind"][value="separation"]').is_visible()
+            assert page.locator('input[name="kind"][value="karaoke"]').is_visible()
+        finally:
+            context.close()

@@ -3,7 +3,7 @@
 
 import { api, ApiError, upload } from "./api.js";
 import { addJob, openWhenDone, rememberFile } from "./jobs.js";
-import { $, $$, announce, formatBytes, h, KIND_LABELS } from "./util.js";
+import { $, $$, announce, formatBytes, h, kindLabel, serverKinds } from "./util.js";
 
 const ENDPOINTS = {
   separation: "separations",
@@ -37,9 +37,26 @@ export function currentKind() {
   return form().elements.kind.value;
 }
 
+/** Offers only the kinds this server runs (a form for a kind it lacks stays hidden). */
+async function offerServerKinds() {
+  const offered = await serverKinds();
+  if (!offered) return;
+  const radios = Array.from(form().elements.kind);
+  for (const radio of radios) radio.closest("label").hidden = !offered.includes(radio.value);
+  const current = radios.find((radio) => radio.checked);
+  if (current && current.closest("label").hidden) {
+    const first = radios.find((radio) => !radio.closest("label").hidden);
+    if (first) {
+      first.checked = true;
+      showKind(first.value);
+    }
+  }
+}
+
 export function initForm() {
   const f = form();
   for (const radio of f.elements.kind) radio.addEventListener("change", () => showKind(currentKind()));
+  offerServerKinds();
   $("#gen-audio-role").addEventListener("change", () => showKind(currentKind()));
   $("#sep-model").addEventListener("change", updateSeparationModel);
   $("#sep-format").addEventListener("change", updateFormat);
@@ -366,7 +383,7 @@ async function start(kind, send, sentFile) {
     rememberFile(job.id, sentFile);
     addJob(job);
     openWhenDone(job.id);
-    announce(`${KIND_LABELS[kind]} started.`);
+    announce(`${kindLabel(kind)} started.`);
   } catch (error) {
     if (error instanceof ApiError && error.code === "aborted") announce("Upload stopped.");
     else showError(error.message, error.errors);

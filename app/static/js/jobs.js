@@ -10,7 +10,7 @@ import {
   formatDate,
   formatSeconds,
   FINISHED,
-  KIND_LABELS,
+  kindLabel,
   STATUS_LABELS,
 } from "./util.js";
 
@@ -129,7 +129,7 @@ function upsert(job, { append }) {
 function render(card, before) {
   const { job, el } = card;
   el.dataset.status = job.status;
-  el.querySelector(".job-title").textContent = `${KIND_LABELS[job.kind] || job.kind}: ${describe(job)}`;
+  el.querySelector(".job-title").textContent = `${kindLabel(job.kind)}: ${describe(job)}`;
   const meta = [job.model, formatDate(job.created_at)];
   if (job.input && job.input.duration) meta.push(formatSeconds(job.input.duration));
   if (job.status === "succeeded" && job.metrics && job.metrics.run_seconds !== undefined) {
@@ -159,7 +159,7 @@ function render(card, before) {
   resultsButton.hidden = job.status !== "succeeded";
 
   if (before && before.status !== job.status) {
-    announce(`${KIND_LABELS[job.kind] || job.kind} of ${describe(job)}: ${STATUS_LABELS[job.status] || job.status}.`);
+    announce(`${kindLabel(job.kind)} of ${describe(job)}: ${STATUS_LABELS[job.status] || job.status}.`);
   }
   if (job.status === "succeeded" && job.result && card.autoOpen && !card.resultsShown) {
     card.autoOpen = false;

@@ -56,13 +56,31 @@ export function formatDate(iso) {
   return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
 }
 
-export const KIND_LABELS = {
-  separation: "Separation",
-  transcription: "Transcription",
-  karaoke: "Karaoke",
-  analysis: "Analysis",
-  generation: "Generation",
-};
+/** A job kind's label: its name, capitalised (no list of kinds here to keep up to date). */
+export function kindLabel(kind) {
+  return kind ? kind.charAt(0).toUpperCase() + kind.slice(1) : "";
+}
+
+let kinds = null;
+
+/**
+ * The job kinds this server runs: the ``kind`` filter of ``GET /api/v1/jobs``
+ * in its OpenAPI document, which the server derives from its job-kind table.
+ * Null when the document cannot be read (then every form the page has is offered).
+ */
+export function serverKinds() {
+  kinds =
+    kinds ||
+    fetch("/openapi.json", { headers: { Accept: "application/json" } })
+      .then((response) => (response.ok ? response.json() : null))
+      .then((spec) => {
+        const parameters = spec?.paths?.["/api/v1/jobs"]?.get?.parameters || [];
+        const filter = parameters.find((parameter) => parameter.name === "kind");
+        return Array.isArray(filter?.schema?.enum) ? filter.schema.enum : null;
+      })
+      .catch(() => null);
+  return kinds;
+}
 
 export const STATUS_LABELS = {
   queued: "Queued",
