@@ -247,8 +247,9 @@ class Engine(ABC):
 
     def load(self, name: str, config: dict[str, Any], device: str) -> Any:
         """Build model ``name`` on ``device``; ``ServiceError`` (``model_unavailable``)
-        with how to provide the weights when they cannot be had."""
-        raise NotImplementedError(f"{self.label} models have no weights to load")
+        with how to provide the weights when they cannot be had. Families
+        without weights keep this default: nothing calls it for them."""
+        raise RuntimeError(f"{self.label} models have no weights to load")
 
     def cache_key(self, name: str, device: str) -> tuple[str, str, str]:
         return (self.kind, name, device)
