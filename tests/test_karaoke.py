@@ -17,6 +17,17 @@ from tests.support.apps import register_and_login
 from tests.support.audio import sine_and_clicks, wav_bytes
 from tests.support.speech import REFERENCES, SPEECH, words_of
 
+
+class NullProgress:
+    """Progress that goes nowhere: a service function called outside a job."""
+
+    def __call__(self, progress: float, stage: str | None = None, *, force: bool = False) -> None:
+        pass
+
+    def stage(self, stage: str, progress: float | None = None) -> None:
+        pass
+
+
 LRC_LINE = re.compile(r"^\[(\d\d):(\d\d)\.(\d\d)\](.*)$")
 SRT_TIME = re.compile(r"^\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}$")
 VTT_TIME = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}$")
@@ -92,7 +103,6 @@ def test_lyric_files_from_a_real_transcription(app: Flask, tmp_path: Path) -> No
     from app import audio
     from app.lyrics import embed_in_mp3
     from app.services import karaoke, transcription
-    from app.services.runner import NullProgress
     from tests.support.audio import SR
 
     name = "clip2.flac"

@@ -40,8 +40,6 @@ REDIS_RETRY_SECONDS = 30.0
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 _redis_down_until = 0.0
-_open_streams = 0
-_open_lock = threading.Lock()
 
 
 def channel(job_id: str) -> str:
@@ -112,11 +110,6 @@ class Change:
     @property
     def final(self) -> bool:
         return self.job.is_final
-
-
-def open_streams() -> int:
-    """Streams open in this process (each holds one server thread)."""
-    return _open_streams
 
 
 def _load(owner_id: str, job_id: str) -> Job | None:
@@ -316,9 +309,6 @@ def watch(
     With notices (Redis or local), the row is read on each notice and at every
     heartbeat; without, every ``poll_seconds``. Closing the generator releases everything.
     """
-    global _open_streams
-    with _open_lock:
-        _open_streams += 1
     # Subscribed before the first read: no notice is lost in between.
     subscription = _Subscription(redis_url, job_id, notify_dir)
     try:
@@ -356,5 +346,3 @@ def watch(
                         break
     finally:
         subscription.close()
-        with _open_lock:
-            _open_streams -= 1

@@ -127,16 +127,6 @@ class SubProgress:
             self(progress, stage)
 
 
-class NullProgress:
-    """Progress that goes nowhere: for service functions called outside a job."""
-
-    def __call__(self, progress: float, stage: str | None = None, *, force: bool = False) -> None:
-        pass
-
-    def stage(self, stage: str, progress: float | None = None) -> None:
-        pass
-
-
 Work = Callable[[Job, Attempt, ProgressReporter], dict[str, Any]]
 
 
