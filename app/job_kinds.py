@@ -41,6 +41,10 @@ class JobKind:
     # The schema documenting this kind's ``result`` fields, ``<module>.<class>``
     # (merged into the OpenAPI document's ``Result``); None: only the files.
     result_schema: str | None = None
+    # Names the task had before: messages a previous version queued under
+    # them still run, routed and time-limited as the task is (each such name
+    # is a ``shared_task`` beside the task, which nothing publishes any more).
+    former_tasks: tuple[str, ...] = ()
 
     @property
     def task_module(self) -> str:
@@ -78,10 +82,11 @@ JOB_KINDS: tuple[JobKind, ...] = (
     JobKind(
         name="analysis",
         route="app.blueprints.analyses",
-        task="app.tasks.pipelines.analyze",
+        task="app.tasks.analysis.analyze",
         queue="transcription",
         time_limits=("TRANSCRIPTION_TIME_LIMIT",),
         runner="app.services.analysis.run_job",
+        former_tasks=("app.tasks.pipelines.analyze",),
     ),
     JobKind(
         name="generation",
@@ -124,13 +129,19 @@ def kinds_in_queue(queue: str) -> tuple[str, ...]:
 
 
 def task_routes() -> dict[str, dict[str, str]]:
-    """Celery ``task_routes`` for the job tasks."""
-    return {kind.task: {"queue": kind.queue} for kind in JOB_KINDS}
+    """Celery ``task_routes`` for the job tasks (under their former names too)."""
+    return {
+        name: {"queue": kind.queue}
+        for kind in JOB_KINDS
+        for name in (kind.task, *kind.former_tasks)
+    }
 
 
 def time_limit_keys() -> dict[str, tuple[str, ...]]:
-    """Task name -> the settings whose sum is its hard time limit."""
-    return {kind.task: kind.time_limits for kind in JOB_KINDS}
+    """Task name (former names too) -> the settings whose sum is its hard time limit."""
+    return {
+        name: kind.time_limits for kind in JOB_KINDS for name in (kind.task, *kind.former_tasks)
+    }
 
 
 def task_modules() -> tuple[str, ...]:

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from app import analysis
-from app.analysis import analyze, analyze_file
+from app import music_features as analysis
+from app.music_features import analyze, analyze_file
 
 SR = 44100
 PITCHES = {name: index for index, name in enumerate(analysis.PITCH_CLASSES)}

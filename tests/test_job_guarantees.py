@@ -66,7 +66,8 @@ def test_time_limits_per_kind_with_a_soft_limit_before_each(tmp_path: Path) -> N
         "app.tasks.transcription.transcribe": (90, 100),
         "app.tasks.generation.generate": (45, 50),
         "app.tasks.pipelines.karaoke": (640, 700),  # both steps
-        "app.tasks.pipelines.analyze": (90, 100),
+        "app.tasks.analysis.analyze": (90, 100),
+        "app.tasks.pipelines.analyze": (90, 100),  # its former name, for queued messages
     }
     for name, (soft, hard) in expected.items():
         assert (tasks[name].soft_time_limit, tasks[name].time_limit) == (soft, hard), name

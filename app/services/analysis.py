@@ -22,11 +22,12 @@ def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str
 def analyze_path(path: Path, report: Progress) -> dict[str, Any]:
     """The analysis block for one file; also added to separation and karaoke
     results when they ask for ``analyze=true``."""
-    from app import analysis  # scipy.signal and pyloudnorm: only in processes that analyse
+    # scipy.signal and pyloudnorm: only in processes that analyse.
+    from app import music_features
 
     report.stage("analysing")
     config = current_app.config
-    return analysis.analyze_file(
+    return music_features.analyze_file(
         path,
         max_seconds=float(config["MAX_AUDIO_SECONDS"]),
         max_bytes=config["MAX_DECODED_BYTES"],
