@@ -24,6 +24,7 @@ from app.bodies import BoundedBody, CloseAfterUnreadBody
 from app.extensions import cors, db, jwt, migrate
 from app.json_bodies import JSONProvider
 from app.openapi import ErrorResponses, ServiceApi
+from app.security_headers import API_CSP, HTML_CSP, SECURITY_HEADERS
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 
@@ -96,25 +97,6 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     from app import logs
 
     logs.configure(level, log_format)
-
-
-HTML_CSP = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-    # Swagger UI's page starts itself with an inline script.
-    "script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; "
-    "base-uri 'none'; form-action 'self'"
-)
-
-
-# Headers every response carries: no MIME sniffing, no framing, no referrer
-# leaks. Gunicorn's own error answers carry them too (app/serving.py).
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 def _security_headers(response: Response) -> Response:

@@ -26,7 +26,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from app.bodies import StartResponse, WsgiApp, asks_to_close
 from app.errors_http import error_body
-from app.factory import API_CSP, SECURITY_HEADERS
+from app.security_headers import API_CSP, SECURITY_HEADERS
 
 
 def _honouring_close(app: WsgiApp) -> WsgiApp:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import yaml
@@ -23,14 +23,12 @@ import yaml
 from app.errors import ServiceError
 from app.models.engines import (
     Option,
+    Progress,
     SeparationEngine,
     SeparationInput,
     Separator,
     model_entry,
 )
-
-if TYPE_CHECKING:
-    from app.services.runner import Progress
 
 log = logging.getLogger(__name__)
 

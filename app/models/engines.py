@@ -32,12 +32,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from app.services.runner import Progress
 
 OptionType = Literal["integer", "number", "boolean", "string"]
 
@@ -307,6 +304,17 @@ class Separator:
     channels: int
     sources: list[str]
     device: str
+
+
+class Progress(Protocol):
+    """What work reports progress to: a job's reporter or a slice of one
+    (``app/services/runner.py``), a tqdm bar (``app/batch.py``)."""
+
+    def __call__(
+        self, progress: float, stage: str | None = None, *, force: bool = False
+    ) -> None: ...
+
+    def stage(self, stage: str, progress: float | None = None) -> None: ...
 
 
 class SeparationInput(Protocol):

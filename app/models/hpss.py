@@ -17,7 +17,7 @@ result identical to processing the whole spectrogram at once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.fft
@@ -26,14 +26,12 @@ from scipy import ndimage
 
 from app.models.engines import (
     Option,
+    Progress,
     SeparationEngine,
     SeparationInput,
     Separator,
     model_entry,
 )
-
-if TYPE_CHECKING:
-    from app.services.runner import Progress
 
 __all__ = ["HpssEngine", "hpss"]
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
@@ -33,6 +33,7 @@ from sqlalchemy import select, update
 from app import storage
 from app.errors import ServiceError
 from app.extensions import db
+from app.models.engines import Progress
 from app.records import ACTIVE_STATUSES, Job, utcnow
 from app.services.events import publish
 from app.services.jobs import finish, job_ended
@@ -96,16 +97,6 @@ class ProgressReporter:
 
     def stage(self, stage: str, progress: float | None = None) -> None:
         self(self.progress if progress is None else progress, stage)
-
-
-class Progress(Protocol):
-    """What work functions report progress to: a reporter or a slice of one."""
-
-    def __call__(
-        self, progress: float, stage: str | None = None, *, force: bool = False
-    ) -> None: ...
-
-    def stage(self, stage: str, progress: float | None = None) -> None: ...
 
 
 class SubProgress:

@@ -56,6 +56,9 @@ READ_TIMEOUT = 10.0
 # A whole try (connect, send, read) ends here whatever the receiver does.
 DEFAULT_DEADLINE_SECONDS = 15.0
 USER_AGENT = "AiMusicSeparator-Webhook/1"
+# The Celery task that delivers (app/tasks/webhooks.py), published by name
+# through the Celery app's registry: services never import app.tasks.
+DELIVER_TASK = "app.tasks.webhooks.deliver"
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -228,8 +231,7 @@ def schedule_delivery(job_id: str) -> None:
         db.session.commit()
         db.session.refresh(job)
         body = json.dumps(_job_json(job), separators=(",", ":"), sort_keys=True)
-        from app.tasks.webhooks import deliver
-
+        deliver = current_app.extensions["celery"].tasks[DELIVER_TASK]
         deliver.apply_async(
             args=[job_id, job.owner_id, job.callback_url, f"job.{job.status}", event, body]
         )

@@ -10,7 +10,7 @@ from app.services import webhooks
 
 
 @shared_task(
-    name="app.tasks.webhooks.deliver",
+    name=webhooks.DELIVER_TASK,
     bind=True,
     ignore_result=True,
     max_retries=len(webhooks.RETRY_DELAYS),
