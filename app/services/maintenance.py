@@ -117,7 +117,7 @@ def reap_lost_jobs(now: datetime | None = None) -> int:
         ran = (now - (job.started_at or now)).total_seconds()
         # A live process gets a grace period past its limit: its worker kills it first.
         grace = 0.0 if attempt_alive is False else 2 * window + 60.0
-        over = bool(limit) and ran >= float(limit) + grace  # type: ignore[arg-type]
+        over = bool(limit) and ran >= float(limit) + grace  # type: ignore[arg-type]  # bool(limit) rules out None
         action = verdict(attempt_alive, worker_alive, over)
         if action == "keep":
             continue
@@ -127,7 +127,7 @@ def reap_lost_jobs(now: datetime | None = None) -> int:
                 "failed",
                 error=(
                     "time_limit_exceeded",
-                    f"The job ran past its time limit of {float(limit):g} seconds.",  # type: ignore[arg-type]
+                    f"The job ran past its time limit of {float(limit):g} seconds.",  # type: ignore[arg-type]  # "time_limit" needs over, so a limit
                 ),
                 only_from=("running",),
                 attempt=attempt,

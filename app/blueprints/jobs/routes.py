@@ -275,7 +275,7 @@ def get_archive(job_id: str) -> Response:
 
     def generate() -> Iterator[bytes]:
         sink = ZipSink()
-        with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:  # type: ignore[arg-type]
+        with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]  # ZipSink has the write/tell/flush a written archive uses, not close
             for arcname, path in paths:
                 with (
                     archive.open(arcname, mode="w", force_zip64=True) as entry,
