@@ -256,7 +256,7 @@ class _DecodedChunks:
                 options={"rematrix_maxval": "1.0"},
             )
         self._count(frame)
-        yield from self._convert(self._resampler.resample(frame))
+        yield from self._convert(self._resampler.resample(frame))  # type: ignore[union-attr]  # set above on the first frame
 
     def _count(self, frame: av.AudioFrame) -> None:
         """Enforce the limits on what the file really holds, whatever its headers said."""
