@@ -56,11 +56,10 @@ class _TrackedInput:
         return data
 
     def read(self, size: int | None = None) -> bytes:
-        # None is passed on as given: wsgi.input streams (io's, gunicorn's Body) read all for it.
-        return self._note(self._stream.read(size), size)  # type: ignore[arg-type]
+        return self._note(self._stream.read(size), size)  # type: ignore[arg-type]  # wsgi.input streams take None: read all
 
     def readline(self, size: int | None = None) -> bytes:
-        return self._note(self._stream.readline(size), size, line=True)  # type: ignore[arg-type]
+        return self._note(self._stream.readline(size), size, line=True)  # type: ignore[arg-type]  # wsgi.input streams take None: no limit
 
     def readlines(self, hint: int | None = None) -> list[bytes]:
         return list(self)

@@ -767,8 +767,7 @@ def generate(
         for first, context, new in plan:
             kwargs: dict[str, Any] = dict(text)
             if context:
-                # A context comes only after prompt frames were encoded into tokens.
-                kwargs["decoder_input_ids"] = tokens[  # type: ignore[index]
+                kwargs["decoder_input_ids"] = tokens[  # type: ignore[index]  # a context means the prompt was encoded
                     :, first - tokens_from : first + context - tokens_from
                 ]
             if melody_wave is not None:

@@ -155,7 +155,7 @@ def reap_lost_jobs(now: datetime | None = None) -> int:
 
 
 def _requeue(job: Job, attempt: int, now: datetime) -> bool:
-    won = db.session.execute(
+    won = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
         update(Job)
         .where(Job.id == job.id, Job.status == "running", Job.attempts == attempt)
         .values(status="queued", stage="queued", progress=0.0, worker=None, updated_at=now)
@@ -216,7 +216,7 @@ def republish_lost_messages(now: datetime | None = None) -> int:
             missing = len(by_queue[queue]) - waiting_messages(channel, queue)
             for job in stale[: max(0, missing)]:
                 # Claim the re-publish: one maintenance pass per job and interval.
-                won = db.session.execute(
+                won = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
                     update(Job)
                     .where(
                         Job.id == job.id, Job.status == "queued", Job.updated_at == job.updated_at

@@ -169,7 +169,7 @@ def job_events(job_id: str) -> Response:
         return Response(status=204)
     owner_id = current_user.id
     config = current_app.config
-    options = {
+    options: dict[str, Any] = {
         "last_event_id": last,
         "poll_seconds": float(config["SSE_POLL_SECONDS"]),
         "heartbeat_seconds": float(config["SSE_HEARTBEAT_SECONDS"]),
