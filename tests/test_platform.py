@@ -196,7 +196,7 @@ def test_migrations_match_the_records(app: Flask) -> None:
         assert compare_metadata(context, db.metadata) == []
 
 
-def test_purge_command(runner) -> None:  # type: ignore[no-untyped-def]
+def test_purge_command(runner) -> None:
     result = runner.invoke(args=["jobs", "purge-expired"])
     assert result.exit_code == 0
     assert "purged 0 expired job(s)" in result.output
