@@ -51,8 +51,8 @@ SECURITY_SCHEMES = {
         "description": "The operator's METRICS_TOKEN.",
     },
 }
-JWT_OR_API_KEY = [{JWT_SCHEME: []}, {API_KEY_SCHEME: []}]
-JWT_ONLY = [{JWT_SCHEME: []}]
+JWT_OR_API_KEY: list[dict[str, list[str]]] = [{JWT_SCHEME: []}, {API_KEY_SCHEME: []}]
+JWT_ONLY: list[dict[str, list[str]]] = [{JWT_SCHEME: []}]
 
 
 def unenforced_schemes(config: Any) -> set[str]:

@@ -56,10 +56,10 @@ class _TrackedInput:
         return data
 
     def read(self, size: int | None = None) -> bytes:
-        return self._note(self._stream.read(size), size)
+        return self._note(self._stream.read(size), size)  # type: ignore[arg-type]  # wsgi.input streams take None: read all
 
     def readline(self, size: int | None = None) -> bytes:
-        return self._note(self._stream.readline(size), size, line=True)
+        return self._note(self._stream.readline(size), size, line=True)  # type: ignore[arg-type]  # wsgi.input streams take None: no limit
 
     def readlines(self, hint: int | None = None) -> list[bytes]:
         return list(self)

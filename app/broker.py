@@ -57,7 +57,7 @@ class Channel(kombu_sqla.Channel):
         options = {k: v for k, v in conninfo.transport_options.items() if k not in _KOMBU_OPTIONS}
         return create_engine(conninfo.hostname, **options)
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # the signature of kombu_sqla.Channel._put, which this extends
         super()._put(queue, payload, **kwargs)
         # After the commit: a worker woken now finds the message.
         bus = _bus(self.connection.client.transport_options)
@@ -75,7 +75,7 @@ class Transport(kombu_sqla.Transport):
         self.backstop_seconds = float(options.get(BACKSTOP_SECONDS_OPTION) or 1.0)
         self._wake: localbus.Subscription | None = None
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]  # the signature of kombu.transport.virtual.Transport.drain_events
         """kombu's loop, with the sleep between empty polls replaced by waiting
         for a notice (``polling_interval`` still applies when this process
         cannot listen)."""
@@ -86,7 +86,7 @@ class Transport(kombu_sqla.Transport):
         started = monotonic()
         while True:
             try:
-                self.cycle.get(self._deliver, timeout=timeout)
+                self.cycle.get(self._deliver, timeout=timeout)  # type: ignore[union-attr]  # virtual.Transport.__init__ sets it
                 return None
             except kombu_sqla.Empty:
                 elapsed = monotonic() - started

@@ -191,9 +191,9 @@ def _heartbeat_loop(app: Flask, hostname: str, queues: str) -> None:
         if _heartbeat_stop.wait(interval):
             with _worker_db(app):
                 try:
-                    row = db.session.get(WorkerHeartbeat, hostname)
-                    if row is not None:
-                        db.session.delete(row)
+                    last = db.session.get(WorkerHeartbeat, hostname)
+                    if last is not None:
+                        db.session.delete(last)
                         db.session.commit()
                 except Exception:
                     db.session.rollback()

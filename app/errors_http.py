@@ -6,7 +6,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
@@ -56,7 +56,7 @@ def error_body(
 
 def error_response(
     status: int, message: str, code: str | None = None, errors: Any = None
-) -> ResponseReturnValue:
+) -> tuple[Response, int]:
     return jsonify(error_body(status, message, code, errors)), status
 
 
@@ -85,12 +85,12 @@ def _handle_http_exception(exc: HTTPException) -> ResponseReturnValue:
     response = error_response(status, message, code=code, errors=errors)
     # Headers the exception carries matter to clients: Allow (405),
     # Content-Range (416), Retry-After (429, 503).
-    resp, code = response  # type: ignore[misc]
+    resp, resp_status = response
     for name in ("Allow", "Content-Range", "Retry-After"):
         value = exc.get_response().headers.get(name)
         if value:
             resp.headers[name] = value
-    return resp, code
+    return resp, resp_status
 
 
 def _too_large() -> tuple[str, str]:
@@ -126,7 +126,7 @@ def _too_large() -> tuple[str, str]:
 
 
 def _handle_service_error(exc: ServiceError) -> ResponseReturnValue:
-    response, status = error_response(exc.status, exc.message, code=exc.code, errors=exc.errors)  # type: ignore[misc]
+    response, status = error_response(exc.status, exc.message, code=exc.code, errors=exc.errors)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
     return response, status
@@ -137,7 +137,7 @@ def _handle_redis_down(exc: Exception) -> ResponseReturnValue:
     # without it those checks cannot be made, so the request is refused (never
     # waved through) with a 503 the client can retry.
     log.warning("Redis unavailable: %s", exc)
-    resp, code = error_response(  # type: ignore[misc]
+    resp, code = error_response(
         503, "A backing service is unavailable; try again shortly.", code="service_unavailable"
     )
     resp.headers["Retry-After"] = "5"

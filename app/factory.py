@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from flask import Flask, Request, Response
 from sqlalchemy import event
@@ -51,13 +51,13 @@ class UploadRequest(Request):
         return tempfile.TemporaryFile(dir=tmp_dir, prefix="upload-")
 
     @property
-    def max_content_length(self) -> int | None:  # type: ignore[override]
+    def max_content_length(self) -> int | None:
         """``MAX_CONTENT_LENGTH`` for multipart uploads, ``MAX_BODY_BYTES`` for
         any other body: JSON and urlencoded bodies are read into memory whole,
         so they must not get the upload limit of hundreds of megabytes."""
         from flask import current_app
 
-        limit = Request.max_content_length.fget(self)  # type: ignore[attr-defined]
+        limit = Request.max_content_length.fget(self)  # type: ignore[attr-defined]  # the class attribute is the property
         if self._max_content_length is not None or self.mimetype == "multipart/form-data":
             return limit
         body_limit = current_app.config.get("MAX_BODY_BYTES") if current_app else None
@@ -67,16 +67,19 @@ class UploadRequest(Request):
 
     @max_content_length.setter
     def max_content_length(self, value: int | None) -> None:
-        Request.max_content_length.fset(self, value)  # type: ignore[attr-defined]
+        Request.max_content_length.fset(self, value)  # type: ignore[attr-defined]  # the class attribute is the property
 
     @cached_property
     def stream(self) -> IO[bytes]:
         """A chunked body over the limit is refused, not cut off at it
         (app/bodies.py): Werkzeug limits a body without Content-Length to
         ``max_content_length`` and reads it whole only up to there."""
-        stream = Request.stream.fget(self)  # type: ignore[attr-defined]
+        stream = Request.stream.fget(self)  # type: ignore[attr-defined]  # the class attribute is the cached_property
         if self.content_length is None and isinstance(stream, LimitedStream):
-            return BoundedBody(self.environ["wsgi.input"], stream.limit, is_max=True)
+            # A LimitedStream is a binary io.IOBase, only not declared as IO[bytes].
+            return cast(
+                IO[bytes], BoundedBody(self.environ["wsgi.input"], stream.limit, is_max=True)
+            )
         return stream
 
 
@@ -129,7 +132,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # Behind a proxy every request comes from the proxy's address: rate
         # limits per address and the access log need the client's. Only the
         # last `hops` entries are believed, the ones our own proxies appended.
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]  # Flask documents wrapping wsgi_app for middleware
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
         )
 
@@ -185,5 +188,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     register_cli(app)
     app.after_request(_security_headers)
-    app.wsgi_app = CloseAfterUnreadBody(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = CloseAfterUnreadBody(app.wsgi_app)  # type: ignore[method-assign]  # Flask documents wrapping wsgi_app for middleware
     return app

@@ -110,9 +110,9 @@ def make_formatter(log_format: str) -> logging.Formatter:
 
 
 def make_handler(log_format: str, stream: IO[str] | None = None) -> logging.Handler:
-    handler = logging.StreamHandler(stream)
+    handler: logging.Handler = logging.StreamHandler(stream)
     handler.setFormatter(make_formatter(log_format))
-    handler._aimusic = True  # type: ignore[attr-defined]
+    handler._aimusic = True  # type: ignore[attr-defined]  # our marker: configure() finds its handler by it
     return handler
 
 

@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -198,7 +198,7 @@ class _Forward:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         return self.registry.collect()
 
 
@@ -285,8 +285,8 @@ class JobCollector:
             labels=["queue"],
         )
         per_queue: dict[str, int] = {}
-        for (queues,) in workers:
-            for queue in filter(None, (queues or "").split(",")):
+        for (consumed,) in workers:
+            for queue in filter(None, (consumed or "").split(",")):
                 per_queue[queue] = per_queue.get(queue, 0) + 1
         from app.config import queues
 

@@ -494,8 +494,8 @@ def _refine_lag(ac: np.ndarray, lag: float) -> float:
             continue
         positions.append(centre - 2 + i + _parabolic(window[i - 1], window[i], window[i + 1]))
         multiples.append(float(k))
-    p, k = np.array(positions), np.array(multiples)
-    return float(np.dot(p, k) / np.dot(k, k))
+    p, m = np.array(positions), np.array(multiples)
+    return float(np.dot(p, m) / np.dot(m, m))
 
 
 def _beats(envelope: np.ndarray, frame_rate: float, bpm: float) -> list[float]:

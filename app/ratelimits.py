@@ -125,7 +125,7 @@ def _rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
     if current is not None:
         reset_at = current.window[0]  # when the breached window ends (epoch seconds)
         retry_after = max(1, math.ceil(reset_at - time.time()))
-    response, status = error_response(  # type: ignore[misc]
+    response, status = error_response(
         429,
         f"Too many requests (at most {exc.limit.limit}); retry in {retry_after} s.",
         code="rate_limited",

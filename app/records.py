@@ -30,7 +30,7 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-class User(db.Model):
+class User(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db.Model at run time
     __tablename__ = "users"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -47,7 +47,7 @@ class User(db.Model):
     )
 
 
-class Job(db.Model):
+class Job(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db.Model at run time
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -91,7 +91,7 @@ class Job(db.Model):
         return self.status in FINAL_STATUSES
 
 
-class ApiKey(db.Model):
+class ApiKey(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db.Model at run time
     """A personal API key for scripts: only its SHA-256 is stored, so a leaked
     database does not leak usable keys; ``prefix`` lets users tell keys apart."""
 
@@ -110,7 +110,7 @@ class ApiKey(db.Model):
     owner: Mapped[User] = relationship(back_populates="api_keys")
 
 
-class RevokedToken(db.Model):
+class RevokedToken(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db.Model at run time
     """A JWT that logged out before it expired (rows past ``expires_at`` are purged)."""
 
     __tablename__ = "revoked_tokens"
@@ -119,7 +119,7 @@ class RevokedToken(db.Model):
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
-class WorkerHeartbeat(db.Model):
+class WorkerHeartbeat(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db.Model at run time
     """Each worker process writes here periodically.
 
     ``/readyz`` reads it to know a worker is alive. Celery's broadcast ``ping``

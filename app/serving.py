@@ -115,7 +115,7 @@ class ApiWorker(ThreadWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi = _honouring_close(self.wsgi)
+        self.wsgi = _honouring_close(self.wsgi)  # type: ignore[assignment]  # a WSGI app either way; WsgiApp spells environ as a dict
 
     def handle_quit(self, sig: int, frame: FrameType | None) -> None:
         """Once. Ctrl-C on ``make run`` reaches the worker twice, as SIGINT from
@@ -131,7 +131,7 @@ class ApiWorker(ThreadWorker):
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         """Gunicorn's own error handling, its HTML page replaced by JSON."""
         page = _ErrorPage(client)
-        super().handle_error(req, page, addr, exc)
+        super().handle_error(req, page, addr, exc)  # type: ignore[arg-type]  # _ErrorPage has the socket methods gunicorn uses here
         status = page.status()
         if status is None:
             answer = bytes(page.written)  # not a page we know: as gunicorn wrote it

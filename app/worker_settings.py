@@ -142,12 +142,12 @@ def check_celery_settings(celery: dict[str, Any]) -> None:
         ).get("visibility_timeout"),
         "visibility_timeout": celery.get("visibility_timeout"),
     }
-    if None in places.values() or len({float(v) for v in places.values()}) != 1:  # type: ignore[arg-type]
+    if None in places.values() or len({float(v) for v in places.values()}) != 1:  # type: ignore[arg-type]  # None is ruled out by the test before it
         raise RuntimeError(
             "The Redis visibility timeout must be set to one value in each of "
             f"{', '.join(places)}; got {places}"
         )
-    visibility = float(places["visibility_timeout"])  # type: ignore[arg-type]
+    visibility = float(places["visibility_timeout"])  # type: ignore[arg-type]  # not None: checked above
     hard_limits = {
         task: float(options["time_limit"])
         for task, options in (celery.get("task_annotations") or {}).items()

@@ -136,7 +136,7 @@ def progress_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, str | Non
     seen: list[tuple[float, str | None]] = []
     original = runner.ProgressReporter.__call__
 
-    def spy(self, progress, stage=None, *, force=False):  # type: ignore[no-untyped-def]
+    def spy(self, progress, stage=None, *, force=False):
         original(self, progress, stage, force=True)
         seen.append((self.progress, stage))
 

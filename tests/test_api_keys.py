@@ -172,7 +172,7 @@ def test_last_used_is_recorded_at_most_once_a_minute(app: Flask, client: FlaskCl
         db.session.commit()
     client.get("/api/v1/jobs", headers=key)
     later = last_used()
-    assert later is not None and later > first  # type: ignore[operator]
+    assert later is not None and later > first  # type: ignore[operator]  # both datetimes: last_used() is typed object
     listed = client.get("/api/v1/auth/api-keys", headers=login).json[0]
     assert listed["last_used_at"] is not None
 

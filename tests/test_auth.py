@@ -69,7 +69,7 @@ def test_password_policy(client: FlaskClient) -> None:
     assert ok.status_code == 201
 
 
-def test_the_policy_holds_outside_http_too(app) -> None:  # type: ignore[no-untyped-def]
+def test_the_policy_holds_outside_http_too(app) -> None:
     import pytest
 
     from app.errors import ServiceError
@@ -80,7 +80,7 @@ def test_the_policy_holds_outside_http_too(app) -> None:  # type: ignore[no-unty
     assert raised.value.status == 422 and "too common" in raised.value.errors["password"][0]
 
 
-def test_unknown_accounts_cost_a_hash_check_too(client: FlaskClient, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_accounts_cost_a_hash_check_too(client: FlaskClient, monkeypatch) -> None:
     """Login verifies an argon2 hash whether or not the account exists, so the
     answer takes as long for an unknown e-mail as for a wrong password."""
     from app.services import auth

@@ -265,7 +265,7 @@ def test_models_download_writes_a_local_repo(
     assert job["result"]["stems"] == ["drums", "bass", "other", "vocals"]
 
 
-def test_models_download_refuses_unknown_names(runner) -> None:  # type: ignore[no-untyped-def]
+def test_models_download_refuses_unknown_names(runner) -> None:
     result = runner.invoke(args=["models", "download", "not_a_model"])
     assert result.exit_code == 1
     assert "not a model any engine here can download" in result.output

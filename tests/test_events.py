@@ -73,7 +73,7 @@ class Stream:
         finally:
             self.closed.set()
 
-    def wait_for(self, predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    def wait_for(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
@@ -90,7 +90,7 @@ def _drive(
 ) -> threading.Thread:
     """Run the job's attempt in a thread the way a worker does, reporting ``steps``."""
 
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         for progress, stage in steps:
             time.sleep(pause)
             report(progress, stage, force=True)

@@ -137,7 +137,7 @@ def test_progress_stages_and_cancel(
     # Cancel while generating: the next step's progress report stops it.
     steps_after_cancel: list[float] = []
 
-    def cancelling(self, progress, stage=None, *, force=False):  # type: ignore[no-untyped-def]
+    def cancelling(self, progress, stage=None, *, force=False):
         if 0.3 < progress < 0.9 and not steps_after_cancel:
             jobs.finish(self.attempt.job_id, "canceled")
         if steps_after_cancel or (0.3 < progress < 0.9):

@@ -238,7 +238,7 @@ def test_a_delivery_beside_a_live_attempt_does_nothing(queued_app: Flask, queued
         assert runner.execute(queued_job, lambda job, a, r: calls.append(1) or {}) is None
         assert calls == [] and fresh_job(queued_job).attempts == 1
         assert fresh_job(queued_job).status == "running"
-        live.lock.release()  # type: ignore[union-attr]
+        live.lock.release()  # type: ignore[union-attr]  # a started attempt holds its lock
 
 
 def test_a_redelivery_after_the_attempt_died_runs_the_job_again(
@@ -255,7 +255,7 @@ def test_a_redelivery_after_the_attempt_died_runs_the_job_again(
         (orphan / "x.wav").write_bytes(b"never served")
         dead.lock.release()  # type: ignore[union-attr]  # what the kernel does when a process dies
 
-        def work(job, attempt, report):  # type: ignore[no-untyped-def]
+        def work(job, attempt, report):
             (attempt.workdir / "x.wav").write_bytes(b"RIFF")
             return {"files": []}
 
@@ -275,7 +275,7 @@ def test_an_attempt_dying_too_often_fails_the_job_with_worker_lost(
         for number in (1, 2, 3):
             attempt = runner.start(queued_job)
             assert attempt is not None and attempt.number == number
-            attempt.lock.release()  # type: ignore[union-attr]
+            attempt.lock.release()  # type: ignore[union-attr]  # a started attempt holds its lock
         assert runner.start(queued_job) is None
         job = fresh_job(queued_job)
         assert job.status == "failed" and job.error["code"] == "worker_lost"
@@ -287,7 +287,7 @@ def test_an_attempt_dying_too_often_fails_the_job_with_worker_lost(
 def test_the_soft_time_limit_fails_the_job_cleanly(queued_app: Flask, queued_job: str) -> None:
     seen: list[Path] = []
 
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         (attempt.workdir / "partial.wav").write_bytes(b"x" * 1000)
         seen.append(attempt.workdir)
         raise SoftTimeLimitExceeded()
@@ -316,7 +316,7 @@ def test_the_soft_time_limit_fails_the_job_cleanly(queued_app: Flask, queued_job
 def test_a_full_or_unwritable_disk_fails_the_job_with_storage_error(
     queued_app: Flask, queued_job: str, error: OSError
 ) -> None:
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         (attempt.workdir / "partial.wav").write_bytes(b"x" * 1000)
         try:
             raise error
@@ -336,7 +336,7 @@ def test_libsndfile_write_errors_count_as_storage_errors(
 ) -> None:
     import soundfile
 
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         raise soundfile.LibsndfileError(2, "Error writing: ")  # SFE_SYSTEM: write(2) failed
 
     with queued_app.app_context():
@@ -345,7 +345,7 @@ def test_libsndfile_write_errors_count_as_storage_errors(
 
 
 def test_other_errors_stay_internal_errors(queued_app: Flask, queued_job: str) -> None:
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         raise OSError(errno.ECONNRESET, "Connection reset by peer")
 
     with queued_app.app_context():
@@ -361,7 +361,7 @@ def test_an_upload_on_a_full_disk_gets_507_and_leaves_nothing(
     client = queued_app.test_client()
     headers = register_and_login(client)
 
-    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(storage.os, "fsync", full)
@@ -407,7 +407,7 @@ def _claim_and_die(app: Flask, job_id: str, worker: str = "celery@gone") -> None
     assert attempt is not None
     db.session.execute(db.update(Job).where(Job.id == job_id).values(worker=worker))
     db.session.commit()
-    attempt.lock.release()  # type: ignore[union-attr]
+    attempt.lock.release()  # type: ignore[union-attr]  # a started attempt holds its lock
 
 
 def test_the_reaper_requeues_a_job_whose_attempt_died(queued_app: Flask, queued_job: str) -> None:
@@ -432,7 +432,7 @@ def test_the_reaper_leaves_live_attempts_alone(queued_app: Flask, queued_job: st
         # Even with its worker's heartbeat gone: the process still holds the lock.
         assert maintenance.reap_lost_jobs() == 0
         assert fresh_job(queued_job).status == "running"
-        attempt.lock.release()  # type: ignore[union-attr]
+        attempt.lock.release()  # type: ignore[union-attr]  # a started attempt holds its lock
 
 
 def test_the_reaper_fails_jobs_past_their_attempts_or_time_limit(
@@ -484,7 +484,7 @@ def test_workers_heartbeats_count_only_when_recent(queued_app: Flask, queued_job
         db.session.commit()
         # The lock is held (a live process), so a stale heartbeat alone moves nothing...
         assert maintenance.reap_lost_jobs() == 0
-        attempt.lock.release()  # type: ignore[union-attr]
+        attempt.lock.release()  # type: ignore[union-attr]  # a started attempt holds its lock
         # ...and once the process is gone the job goes back to the queue.
         assert maintenance.reap_lost_jobs() == 1
 

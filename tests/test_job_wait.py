@@ -26,7 +26,7 @@ from tests.support.apps import make_app, register_and_login, submit_separation
 def finish_later(app: Flask, job_id: str, delay: float) -> threading.Thread:
     """Run the job's attempt in a thread after ``delay``, the way a worker does."""
 
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         report(0.5, "working", force=True)
         return {"files": []}
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def bus(tmp_path: Path):  # type: ignore[no-untyped-def]
+def bus(tmp_path: Path):
     bus = localbus.Bus(localbus.folder_for(tmp_path))
     yield bus
     bus.close()
@@ -161,7 +161,7 @@ def test_the_sqlite_broker_wakes_a_waiting_consumer_at_once(tmp_path: Path) -> N
     with _connection(url, **options) as consumer, _connection(url, **options) as producer:
         assert isinstance(consumer.transport, broker.Transport)
 
-        def on_message(body: object, message) -> None:  # type: ignore[no-untyped-def]
+        def on_message(body: object, message) -> None:
             received.append(body)
             message.ack()
 

@@ -85,7 +85,7 @@ def test_cache_size_setting() -> None:
         parse_size("lots")
 
 
-def _blocks(signal: np.ndarray, size: int):  # type: ignore[no-untyped-def]
+def _blocks(signal: np.ndarray, size: int):
     for start in range(0, signal.shape[-1], size):
         yield signal[:, start : start + size]
 
@@ -96,7 +96,7 @@ def test_windows_reassemble_a_linear_separator_exactly(length: int) -> None:
     signal = rng.standard_normal((2, length)).astype(np.float32)
     seen = []
 
-    def separate(window, progress):  # type: ignore[no-untyped-def]
+    def separate(window, progress):
         seen.append(window.shape[-1])
         progress(1.0)
         return np.stack([0.25 * window, 0.75 * window])
@@ -121,7 +121,7 @@ def test_window_joins_are_cross_faded() -> None:
     signal = np.zeros((1, 2000), dtype=np.float32)
     offsets = iter(range(100))
 
-    def separate(window, progress):  # type: ignore[no-untyped-def]
+    def separate(window, progress):
         return np.full((1, *window.shape), float(next(offsets)), dtype=np.float32)
 
     out = np.concatenate(

@@ -49,7 +49,7 @@ def test_a_window_that_runs_out_of_gpu_memory_is_retried_smaller_then_on_cpu(
     model = Model()
     tried: list[tuple[str, float | None]] = []
 
-    def apply(self, mix, device, segment, progress):  # type: ignore[no-untyped-def]
+    def apply(self, mix, device, segment, progress):
         import torch
 
         tried.append((device, segment))

@@ -229,7 +229,7 @@ def test_upgrading_keeps_existing_jobs(tmp_path: Path) -> None:
     assert "model" in columns and "engine" not in columns
 
 
-def test_purge_command(runner) -> None:  # type: ignore[no-untyped-def]
+def test_purge_command(runner) -> None:
     result = runner.invoke(args=["jobs", "purge-expired"])
     assert result.exit_code == 0
     assert "purged 0 expired job(s)" in result.output

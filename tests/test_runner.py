@@ -19,7 +19,7 @@ def test_cancel_stops_a_running_job_at_its_next_progress_report(
 ) -> None:
     seen: list[float] = []
 
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         report(0.1, "working", force=True)
         seen.append(0.1)
         jobs.finish(job.id, "canceled")  # what POST /cancel does meanwhile
@@ -39,11 +39,11 @@ def test_cancel_stops_a_running_job_at_its_next_progress_report(
 def test_progress_writes_are_throttled(queued_app: Flask, queued_job: str) -> None:
     writes: list[float] = []
 
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         from sqlalchemy import event
 
         @event.listens_for(db.engine, "before_cursor_execute")
-        def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        def count(conn, cursor, statement, *args):
             if statement.startswith("UPDATE jobs SET progress"):
                 writes.append(1)
 
@@ -61,7 +61,7 @@ def test_progress_writes_are_throttled(queued_app: Flask, queued_job: str) -> No
 
 
 def test_failures_end_failed_with_a_code(queued_app: Flask, queued_job: str) -> None:
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         raise ServiceError("The model is not here.", code="model_unavailable")
 
     with queued_app.app_context():
@@ -75,7 +75,7 @@ def test_failures_end_failed_with_a_code(queued_app: Flask, queued_job: str) -> 
 def test_unexpected_errors_are_logged_not_shown(
     queued_app: Flask, queued_job: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         raise KeyError("internal detail")
 
     with queued_app.app_context():
@@ -90,7 +90,7 @@ def test_unexpected_errors_are_logged_not_shown(
 def test_a_finished_job_is_not_run_again(queued_app: Flask, queued_job: str) -> None:
     calls: list[int] = []
 
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         calls.append(attempt.number)
         return {"files": []}
 
@@ -102,7 +102,7 @@ def test_a_finished_job_is_not_run_again(queued_app: Flask, queued_job: str) -> 
 
 
 def test_a_superseded_attempt_cannot_commit(queued_app: Flask, queued_job: str) -> None:
-    def work(job, attempt, report):  # type: ignore[no-untyped-def]
+    def work(job, attempt, report):
         # Another attempt took the job over meanwhile (a redelivery after a lost worker).
         db.session.execute(
             db.update(Job).where(Job.id == job.id).values(attempts=attempt.number + 1)

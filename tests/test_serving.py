@@ -26,7 +26,7 @@ def test_a_second_quit_signal_during_the_first_does_not_hang_the_worker() -> Non
     pool = ThreadPoolExecutor(max_workers=1)
     worker.tpool = pool
 
-    class SecondSignal(queue.SimpleQueue):  # type: ignore[type-arg]
+    class SecondSignal(queue.SimpleQueue):
         def put(self, item: object, *args: object, **kwargs: object) -> None:
             if item is None and not arrived.is_set():
                 arrived.set()
@@ -34,7 +34,7 @@ def test_a_second_quit_signal_during_the_first_does_not_hang_the_worker() -> Non
             super().put(item)
 
     arrived, exited = threading.Event(), threading.Event()
-    pool._work_queue = SecondSignal()  # type: ignore[assignment]
+    pool._work_queue = SecondSignal()
 
     def quit_once() -> None:
         try:

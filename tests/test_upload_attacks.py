@@ -287,7 +287,7 @@ def serve(app: Flask) -> Iterator[tuple[int, list[int]]]:
         environ["wsgi.input"] = CountingInput(environ["wsgi.input"], counter)
         return inner(environ, start_response)
 
-    app.wsgi_app = counting  # type: ignore[method-assign]
+    app.wsgi_app = counting  # type: ignore[method-assign]  # wrapped as a middleware would, restored below
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -297,7 +297,7 @@ def serve(app: Flask) -> Iterator[tuple[int, list[int]]]:
         server.shutdown()
         thread.join(10)
         server.server_close()
-        app.wsgi_app = inner  # type: ignore[method-assign]
+        app.wsgi_app = inner  # type: ignore[method-assign]  # the app as it was
 
 
 def post_chunked(port: int, path: str, headers: dict, parts: Iterator[bytes]) -> tuple[int, dict]:

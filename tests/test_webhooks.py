@@ -113,11 +113,11 @@ def fake_dns(answers: dict[str, Callable[[], list[str]]]) -> Iterator[None]:
             return out
         return real(host, port, *args, **kwargs)
 
-    socket.getaddrinfo = lookup  # type: ignore[assignment]
+    socket.getaddrinfo = lookup
     try:
         yield
     finally:
-        socket.getaddrinfo = real  # type: ignore[assignment]
+        socket.getaddrinfo = real
 
 
 def test_a_finished_job_is_posted_signed_and_retried_after_a_500(

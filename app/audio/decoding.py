@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import av
 import av.error
@@ -117,7 +117,7 @@ def iter_decode(
     block_frames: int,
     max_seconds: float | None = None,
     max_bytes: float | None = None,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     """Decode like ``decode``, as float32 ``(channels, block_frames)`` blocks.
 
     Concatenated, the blocks are exactly what ``decode`` returns for the same
@@ -153,7 +153,7 @@ def _iter_blocks(
     block_frames: int,
     max_seconds: float | None,
     max_bytes: float | None,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, None]:
     try:
         with open_container(path) as container:
             chunks = _DecodedChunks(container, sample_rate, channels, max_seconds, max_bytes)
@@ -256,7 +256,7 @@ class _DecodedChunks:
                 options={"rematrix_maxval": "1.0"},
             )
         self._count(frame)
-        yield from self._convert(self._resampler.resample(frame))
+        yield from self._convert(self._resampler.resample(frame))  # type: ignore[union-attr]  # set above on the first frame
 
     def _count(self, frame: av.AudioFrame) -> None:
         """Enforce the limits on what the file really holds, whatever its headers said."""

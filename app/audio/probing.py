@@ -188,10 +188,13 @@ def packet_duration(
             end = pts + duration if end is None else max(end, pts + duration)
         if (
             ticks_limit is not None
-            and max(total, end - start if end is not None else 0) > ticks_limit
+            and max(total, end - start if end is not None and start is not None else 0)
+            > ticks_limit
         ):
             break
-    return float(max(total, end - start if end is not None else 0) * time_base)
+    return float(
+        max(total, end - start if end is not None and start is not None else 0) * time_base
+    )
 
 
 def probe(

@@ -12,6 +12,7 @@ from marshmallow import Schema
 from webargs import missing
 from webargs.flaskparser import FlaskParser, is_json_request
 from webargs.multidictproxy import MultiDictProxy
+from werkzeug.datastructures import MultiDict
 
 from app import json_bodies
 
@@ -30,7 +31,7 @@ class Parser(FlaskParser):
         return json_bodies.loads(req.get_data(cache=True))
 
     def load_multipart(self, req: Request, schema: Schema) -> Any:
-        data = req.form.copy()
+        data: MultiDict[str, Any] = req.form.copy()  # text fields, then the files
         data.update(req.files)
         return MultiDictProxy(data, schema)
 

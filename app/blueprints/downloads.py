@@ -26,13 +26,14 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from flask import Response, current_app, request
 from werkzeug.exceptions import PreconditionFailed
 from werkzeug.http import is_resource_modified, parse_date, parse_etags, unquote_etag
 from werkzeug.utils import send_file as werkzeug_send_file
 from werkzeug.wrappers import Request
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -59,7 +60,7 @@ class FileResponse(Response):
         request_or_environ: WSGIEnvironment | Request,
         accept_ranges: bool | str = False,
         complete_length: int | None = None,
-    ) -> Response:
+    ) -> WerkzeugResponse:
         environ = dict(
             request_or_environ.environ
             if isinstance(request_or_environ, Request)
@@ -152,14 +153,18 @@ def send_file(
 ) -> Response:
     """Flask's ``send_file`` always builds the app's response class; files go
     out as ``FileResponse`` instead, so only downloads change."""
-    return werkzeug_send_file(
-        path,
-        request.environ,
-        mimetype=mimetype,
-        as_attachment=as_attachment,
-        download_name=download_name,
-        conditional=True,
-        max_age=max_age,
-        use_x_sendfile=current_app.config["USE_X_SENDFILE"],
-        response_class=FileResponse,
+    # response_class=FileResponse: Werkzeug builds the response from it.
+    return cast(
+        FileResponse,
+        werkzeug_send_file(
+            path,
+            request.environ,
+            mimetype=mimetype,
+            as_attachment=as_attachment,
+            download_name=download_name,
+            conditional=True,
+            max_age=max_age,
+            use_x_sendfile=current_app.config["USE_X_SENDFILE"],
+            response_class=FileResponse,
+        ),
     )

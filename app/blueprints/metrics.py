@@ -39,7 +39,7 @@ def scrape() -> ResponseReturnValue:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             presented.strip().encode(), token.encode()
         ):
-            body, status = error_response(401, "A valid metrics token is required.")  # type: ignore[misc]
+            body, status = error_response(401, "A valid metrics token is required.")
             body.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return body, status
     return Response(metrics.render(current_app), mimetype=None, content_type=metrics.CONTENT_TYPE)

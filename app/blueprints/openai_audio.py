@@ -112,7 +112,7 @@ def _ended_without_result(job: Job) -> Any:
     else:
         status, kind = 422, "server_error"
     location = url_for("jobs.get_job", job_id=job.id)
-    response, status = error_response(status, error["message"], code=code)  # type: ignore[misc]
+    response, status = error_response(status, error["message"], code=code)
     body = response.get_json()
     body["url"] = location
     body["error"] = {"message": error["message"], "type": kind, "code": code}

@@ -72,7 +72,7 @@ EngineOptionsSchema = Schema.from_dict(
 OPTION_FIELDS = tuple(EngineOptionsSchema._declared_fields)
 
 
-class SeparationFormSchema(CallbackSchema, EngineOptionsSchema):  # type: ignore[misc,valid-type]
+class SeparationFormSchema(CallbackSchema, EngineOptionsSchema):  # type: ignore[misc,valid-type]  # a class Schema.from_dict builds at run time
     file = FileUpload(
         required=True,
         metadata={"description": "Audio file (mp3, wav, flac, ogg, opus, m4a, ...)."},

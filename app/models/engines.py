@@ -27,9 +27,10 @@ process imports every engine to list and validate models and never runs one.
 
 from __future__ import annotations
 
+import collections.abc
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -324,7 +325,9 @@ class SeparationInput(Protocol):
     path: Path
     info: Mapping[str, Any]  # audio.probe's: sample_rate, channels, duration
 
-    def blocks(self, sample_rate: int, channels: int, block_frames: int) -> Iterator[np.ndarray]:
+    def blocks(
+        self, sample_rate: int, channels: int, block_frames: int
+    ) -> collections.abc.Generator[np.ndarray, None, None]:  # not the Generator engine class below
         """The whole input decoded at ``sample_rate`` and ``channels`` in blocks
         (with the server's length and size limits); close it when stopping early."""
         ...

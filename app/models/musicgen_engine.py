@@ -294,6 +294,7 @@ def _from_pretrained(source: str, local_files_only: bool) -> tuple[Any, Any, dic
     from transformers.feature_extraction_utils import FeatureExtractionMixin
 
     config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+    model: MusicgenForConditionalGeneration | MusicgenMelodyForConditionalGeneration
     if config.model_type == "musicgen_melody":
         model = MusicgenMelodyForConditionalGeneration.from_pretrained(
             source, local_files_only=local_files_only
@@ -766,7 +767,7 @@ def generate(
         for first, context, new in plan:
             kwargs: dict[str, Any] = dict(text)
             if context:
-                kwargs["decoder_input_ids"] = tokens[
+                kwargs["decoder_input_ids"] = tokens[  # type: ignore[index]  # a context means the prompt was encoded
                     :, first - tokens_from : first + context - tokens_from
                 ]
             if melody_wave is not None:
@@ -843,7 +844,7 @@ class MusicGenGenerator:
             seed=params.get("seed"),
             progress=progress,
             **{k: params[k] for k in SAMPLING if k in params},
-            **{
+            **{  # type: ignore[arg-type]  # only melody= and continuation=, which take these pairs
                 role: conditioning[role]
                 for role in ("melody", "continuation")
                 if role in conditioning
@@ -897,6 +898,8 @@ class MusicGenEngine(GenerationEngine):
         entries = []
         for name in sorted(set(PRETRAINED) | local, key=lambda n: (n not in PRETRAINED, n)):
             spec = PRETRAINED.get(name)
+            channels: int | None
+            sample_rate: int | None
             if spec is not None:
                 melody, channels, sample_rate = spec.melody, spec.channels, SAMPLE_RATE
                 description = spec.description

@@ -285,7 +285,7 @@ def finish(
         stmt = stmt.where(Job.attempts == attempt)
     result = db.session.execute(stmt.values(**values))
     db.session.commit()
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
         return False
     job_ended(job_id)
     return True
@@ -357,7 +357,7 @@ def purge_expired(now: Any = None) -> int:
     )
     expired = 0
     for job_id in candidates:
-        moved = db.session.execute(
+        moved = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
             update(Job)
             .where(Job.id == job_id, Job.status.in_(("succeeded", "failed", "canceled")))
             .values(status="expired", stage="expired", result=None, stored_bytes=0, updated_at=now)

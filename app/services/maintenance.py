@@ -117,7 +117,7 @@ def reap_lost_jobs(now: datetime | None = None) -> int:
         ran = (now - (job.started_at or now)).total_seconds()
         # A live process gets a grace period past its limit: its worker kills it first.
         grace = 0.0 if attempt_alive is False else 2 * window + 60.0
-        over = bool(limit) and ran >= float(limit) + grace  # type: ignore[arg-type]
+        over = bool(limit) and ran >= float(limit) + grace  # type: ignore[arg-type]  # bool(limit) rules out None
         action = verdict(attempt_alive, worker_alive, over)
         if action == "keep":
             continue
@@ -127,7 +127,7 @@ def reap_lost_jobs(now: datetime | None = None) -> int:
                 "failed",
                 error=(
                     "time_limit_exceeded",
-                    f"The job ran past its time limit of {float(limit):g} seconds.",  # type: ignore[arg-type]
+                    f"The job ran past its time limit of {float(limit):g} seconds.",  # type: ignore[arg-type]  # "time_limit" needs over, so a limit
                 ),
                 only_from=("running",),
                 attempt=attempt,
@@ -155,7 +155,7 @@ def reap_lost_jobs(now: datetime | None = None) -> int:
 
 
 def _requeue(job: Job, attempt: int, now: datetime) -> bool:
-    won = db.session.execute(
+    won = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
         update(Job)
         .where(Job.id == job.id, Job.status == "running", Job.attempts == attempt)
         .values(status="queued", stage="queued", progress=0.0, worker=None, updated_at=now)
@@ -216,7 +216,7 @@ def republish_lost_messages(now: datetime | None = None) -> int:
             missing = len(by_queue[queue]) - waiting_messages(channel, queue)
             for job in stale[: max(0, missing)]:
                 # Claim the re-publish: one maintenance pass per job and interval.
-                won = db.session.execute(
+                won = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
                     update(Job)
                     .where(
                         Job.id == job.id, Job.status == "queued", Job.updated_at == job.updated_at

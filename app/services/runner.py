@@ -92,7 +92,7 @@ class ProgressReporter:
         db.session.commit()
         publish(self.attempt.job_id)
         self._last_write = now
-        if result.rowcount != 1:
+        if result.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
             raise JobCanceled(self.attempt.job_id)
 
     def stage(self, stage: str, progress: float | None = None) -> None:
@@ -168,7 +168,7 @@ def start(job_id: str) -> Attempt | None:
     if lock is None:
         return None  # another delivery is claiming this very attempt
     now = utcnow()
-    claimed = db.session.execute(
+    claimed = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
         update(Job)
         .where(Job.id == job_id, Job.status == status, Job.attempts == previous)
         .values(
@@ -282,7 +282,7 @@ def _lost(job_id: str, attempt: Attempt) -> str | None:
 
 def _commit(
     job: Job, attempt: Attempt, outcome: dict[str, Any], run_seconds: float, device: str
-) -> str:
+) -> str | None:
     started = job.started_at or utcnow()
     # Audio processed: the input's length, or what a generator says it made.
     audio_seconds = float(
@@ -298,7 +298,7 @@ def _commit(
     }
     folder = storage.publish_results(job.id, attempt.number)
     now = utcnow()
-    won = db.session.execute(
+    won = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
         update(Job)
         .where(Job.id == job.id, Job.status == "running", Job.attempts == attempt.number)
         .values(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -63,7 +63,9 @@ class SourceAudio:
     max_seconds: float
     max_bytes: float
 
-    def blocks(self, sample_rate: int, channels: int, block_frames: int) -> Iterator[np.ndarray]:
+    def blocks(
+        self, sample_rate: int, channels: int, block_frames: int
+    ) -> Generator[np.ndarray, None, None]:
         return audio.iter_decode(
             self.path,
             sample_rate=sample_rate,
@@ -135,7 +137,7 @@ class StemWriters:
         self.rate = rate
         self.channels = channels
         self.format = params.get("output_format", "wav")
-        self.options = {
+        self.options: dict[str, Any] = {
             "format": self.format,
             "bit_depth": str(params.get("bit_depth", "16")),
             "mp3_bitrate": int(params.get("mp3_bitrate", 320)),
@@ -145,7 +147,7 @@ class StemWriters:
         self._stack = contextlib.ExitStack()
         if self.clip_mode == "rescale":
             targets = [folder / f".{name}.f32.wav" for name in names]
-            options = {"format": "wav", "bit_depth": "32f"}
+            options: dict[str, Any] = {"format": "wav", "bit_depth": "32f"}
         else:
             targets = [self.final_path(name) for name in names]
             options = self.options

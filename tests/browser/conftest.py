@@ -81,7 +81,7 @@ def page(chromium: Any, server: LiveServer, request: pytest.FixtureRequest) -> I
         problems.append(f"console {message.type}: {message.text} ({url})")
 
     page.on("console", on_console)
-    page.problems = problems  # type: ignore[attr-defined]
+    page.problems = problems
     page.set_default_timeout(30_000)
     try:
         yield page

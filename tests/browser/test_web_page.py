@@ -168,7 +168,7 @@ def test_separate_play_and_download(page: Any, server: LiveServer, tmp_path: Pat
     job.get_by_role("button", name="Delete").click()
     page.locator("#jobs-empty").wait_for(state="visible")
     assert page.locator(".job").count() == 0
-    assert page.problems == []  # type: ignore[attr-defined]
+    assert page.problems == []
 
 
 @pytest.mark.parametrize("transport", ["server", "polling"])
@@ -327,7 +327,7 @@ def test_expired_access_token_is_refreshed(page: Any, live_app: Flask) -> None:
     page.get_by_role("button", name="Log in").click()
     page.locator("#auth-error").wait_for(state="visible")
     assert page.locator("#app-view").is_hidden()
-    assert page.problems == []  # type: ignore[attr-defined]
+    assert page.problems == []
 
 
 def test_transcript_follows_the_audio(page: Any) -> None:
@@ -350,7 +350,7 @@ def test_transcript_follows_the_audio(page: Any) -> None:
     assert current.inner_text().strip()
     audio.evaluate("(a) => a.pause()")
     screenshot(page, "transcript")
-    assert page.problems == []  # type: ignore[attr-defined]
+    assert page.problems == []
 
 
 @pytest.fixture(scope="module")
@@ -453,7 +453,7 @@ def test_errors_are_shown_where_they_belong(page: Any) -> None:
     assert language.get_attribute("aria-invalid") is None
     assert alert.is_hidden()
     screenshot(page, "form-errors", full_page=False)
-    assert page.problems == []  # type: ignore[attr-defined]
+    assert page.problems == []
 
 
 @pytest.fixture(scope="module")

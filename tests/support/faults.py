@@ -118,7 +118,7 @@ class Faults:
             db.session.expunge(job)
             return job
 
-    def wait_job(self, job_id: str, predicate: Callable[[Job], bool], what: str, timeout: float):  # type: ignore[no-untyped-def]
+    def wait_job(self, job_id: str, predicate: Callable[[Job], bool], what: str, timeout: float):
         def check() -> Job | None:
             job = self.job(job_id)
             return job if predicate(job) else None

@@ -31,11 +31,11 @@ def main() -> None:
 
         original = engine.hpss
 
-        def slow_hpss(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def slow_hpss(*args, **kwargs):
             time.sleep(delay)
             return original(*args, **kwargs)
 
-        engine.hpss = slow_hpss  # type: ignore[assignment]
+        engine.hpss = slow_hpss
 
     visibility = float(os.environ.get("FAULT_VISIBILITY_TIMEOUT") or 0.0)
     if visibility:

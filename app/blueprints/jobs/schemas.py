@@ -20,7 +20,7 @@ class OneOfKinds(validate.OneOf):
     def __init__(self) -> None:
         super().__init__(job_kinds.names())
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[override]  # OneOf stores choices as an attribute; read live here
     def choices(self) -> tuple[str, ...]:
         return job_kinds.names()
 
@@ -28,7 +28,7 @@ class OneOfKinds(validate.OneOf):
     def choices(self, _value: Any) -> None:
         pass
 
-    @property  # type: ignore[override]
+    @property
     def choices_text(self) -> str:
         return ", ".join(str(choice) for choice in self.choices)
 
