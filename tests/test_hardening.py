@@ -35,6 +35,19 @@ def _random_method(rng: random.Random) -> str:
     return "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 14)))
 
 
+def _separate(
+    service: LiveService, headers: dict[str, str], song: bytes, model: str = "hpss"
+) -> requests.Response:
+    """Upload ``song`` for a separation, as a client would."""
+    return requests.post(
+        f"{service.url}/api/v1/separations",
+        headers=headers,
+        files={"file": ("song.wav", song)},
+        data={"model": model},
+        timeout=120,
+    )
+
+
 # ------------------------------------------------------------- 1. metrics labels
 
 
@@ -112,13 +125,7 @@ def test_only_created_jobs_spend_the_job_rate_limit(live) -> None:
     song = wav_bytes(sine_and_clicks(seconds=1.0))
 
     def separate(model: str) -> requests.Response:
-        return requests.post(
-            f"{service.url}/api/v1/separations",
-            headers=headers,
-            files={"file": ("song.wav", song)},
-            data={"model": model},
-            timeout=60,
-        )
+        return _separate(service, headers, song, model)
 
     for _ in range(10):
         refused = separate("no-such-model")
@@ -143,13 +150,7 @@ def test_parallel_submissions_cannot_pass_max_active_jobs(live) -> None:
     song = wav_bytes(sine_and_clicks(seconds=1.0))
 
     def separate() -> requests.Response:
-        return requests.post(
-            f"{service.url}/api/v1/separations",
-            headers=headers,
-            files={"file": ("song.wav", song)},
-            data={"model": "hpss"},
-            timeout=120,
-        )
+        return _separate(service, headers, song)
 
     with service.paused_workers():  # every job stays queued meanwhile
         answers = _parallel(20, separate)
@@ -169,13 +170,7 @@ def test_parallel_uploads_cannot_pass_the_storage_quota(live) -> None:
     assert 1.2e6 < len(song) < 1.35e6
 
     def separate() -> requests.Response:
-        return requests.post(
-            f"{service.url}/api/v1/separations",
-            headers=headers,
-            files={"file": ("song.wav", song)},
-            data={"model": "hpss"},
-            timeout=120,
-        )
+        return _separate(service, headers, song)
 
     answers = _parallel(10, separate)  # jobs that end keep their bytes: no need to pause
     codes = sorted(answer.status_code for answer in answers)
@@ -218,13 +213,7 @@ def test_one_users_streams_and_waits_leave_the_server_to_others(live, tmp_path) 
     greedy, other, openai_user = service.register(), service.register(), service.register()
     song = wav_bytes(sine_and_clicks(seconds=1.0))
     with service.paused_workers():  # jobs stay queued: every stream and wait stays open
-        job = requests.post(
-            f"{service.url}/api/v1/separations",
-            headers=greedy,
-            files={"file": ("song.wav", song)},
-            data={"model": "hpss"},
-            timeout=60,
-        ).json()
+        job = _separate(service, greedy, song).json()
         host = f"Host: 127.0.0.1:{service.port}\r\nAuthorization: {greedy['Authorization']}\r\n"
         requests_ = [
             f"GET /api/v1/jobs/{job['id']}/events HTTP/1.1\r\n{host}\r\n",
