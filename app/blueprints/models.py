@@ -35,6 +35,41 @@ class ModelOptionSchema(Schema):
     unit = fields.String(allow_none=True, metadata={"example": "s"})
 
 
+class ModelQualitySchema(Schema):
+    """One published separation figure for these weights."""
+
+    stem = fields.String(
+        metadata={"description": "A stem, or `average`: the mean over the model's four stems "
+                  "as the source reports it.", "example": "vocals"}
+    )  # fmt: skip
+    sdr_db = fields.Float(
+        metadata={"description": "Signal-to-distortion ratio in dB; higher is cleaner. Only "
+                  "comparable with figures on the same benchmark.", "example": 8.24}
+    )  # fmt: skip
+    benchmark = fields.String(metadata={"example": "Multisong (MVSep)"})
+    source = fields.String(
+        metadata={
+            "description": "Where the figure is published.",
+            "example": "https://github.com/ZFTurbo/Music-Source-Separation-Training/blob/main/"
+            "docs/pretrained_models.md",
+        }
+    )
+
+
+class ModelSpeedSchema(Schema):
+    """A speed measured on this project's machine, not a published figure."""
+
+    real_time_factor = fields.Float(
+        metadata={"description": "Processing seconds per second of audio (below 1: faster "
+                  "than real time).", "example": 0.914}
+    )  # fmt: skip
+    measured = fields.String(
+        metadata={"description": "How, when and on what it was measured.",
+                  "example": "bench/model_speed.py, 2026-12-04, 2-core CPU, 30 s stereo "
+                  "44.1 kHz, shifts 1"}
+    )  # fmt: skip
+
+
 class ModelSchema(Schema):
     kind = fields.String(metadata={"example": "separation"})
     name = fields.String(metadata={"example": "htdemucs"})
@@ -52,13 +87,43 @@ class ModelSchema(Schema):
         metadata={"description": "Missing weights will be downloaded on first use."}
     )
     needs_weights = fields.Boolean()
-    sample_rate = fields.Integer(allow_none=True, metadata={"example": 44100})
+    sample_rate = fields.Integer(
+        allow_none=True,
+        metadata={"description": "The rate the model runs at and its stems come out at; null: "
+                  "see `sample_rate_note`.", "example": 44100},
+    )  # fmt: skip
+    sample_rate_note = fields.String(
+        allow_none=True,
+        metadata={"description": "What the rate is when `sample_rate` is null.",
+                  "example": "The input's own rate: hpss does not resample."},
+    )  # fmt: skip
     max_segment = fields.Float(
         allow_none=True, metadata={"description": "Largest `segment` this model accepts."}
     )
     requires = fields.String(
         allow_none=True, metadata={"description": "A Python package missing for this model."}
     )
+    quality = fields.List(
+        fields.Nested(ModelQualitySchema),
+        allow_none=True,
+        metadata={"description": "Published SDR per stem (separation models), each with its "
+                  "benchmark and source; null: none published for these weights."},
+    )  # fmt: skip
+    license = fields.String(
+        allow_none=True,
+        metadata={"description": "The licence of the model's weights as their publisher states "
+                  "it; `not stated` when it states none, `none (no weights)` for a model "
+                  "without weights, null: not checked.", "example": "MIT"},
+    )  # fmt: skip
+    license_source = fields.String(
+        allow_none=True, metadata={"description": "Where the licence is stated."}
+    )
+    speed = fields.Nested(
+        ModelSpeedSchema,
+        allow_none=True,
+        metadata={"description": "Speed measured here (bench/model_speed.py); null: not "
+                  "measured."},
+    )  # fmt: skip
     default = fields.Boolean(metadata={"description": "The default of its kind."})
     options = fields.List(
         fields.Nested(ModelOptionSchema),

@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from app.errors import ServiceError
+from app.models import catalogue_facts
 from app.models.engines import (
     Option,
     Progress,
@@ -458,6 +459,7 @@ class DemucsEngine(SeparationEngine):
                     max_segment=spec.max_segment,
                     requires=spec.needs if missing_package else None,
                     options=self.options(spec.name, config),
+                    **catalogue_facts.DEMUCS.get(spec.name, catalogue_facts.Facts()).fields(),
                 )
             )
         for name in sorted(set(local) - set(PRETRAINED)):
@@ -469,6 +471,8 @@ class DemucsEngine(SeparationEngine):
                     available=True,
                     downloadable=False,
                     options=self.options(name, config),
+                    sample_rate_note="The model's own, known once it is loaded.",
+                    **catalogue_facts.DEMUCS_LOCAL.fields(),
                 )
             )
         return entries

@@ -189,6 +189,11 @@ def model_entry(
     max_segment: float | None = None,
     requires: str | None = None,
     options: Iterable[Option] = (),
+    sample_rate_note: str | None = None,
+    quality: list[dict[str, Any]] | None = None,
+    license: str | None = None,
+    license_source: str | None = None,
+    speed: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """One catalogue entry, with the keys every entry has (``GET /api/v1/models``).
@@ -197,6 +202,13 @@ def model_entry(
     offline; ``downloadable``: missing weights will be fetched on first use;
     ``requires``: a Python package the model needs and this machine lacks.
     ``extra`` keys are the kind's own (``english_only``, ``melody``, ...).
+
+    What helps a person choose (``app/models/catalogue_facts.py``):
+    ``sample_rate_note`` says what a ``None`` rate means (hpss runs at the
+    input's); ``quality`` the published SDR per stem, each with benchmark and
+    source (``None``: none published); ``license`` the weights' licence and
+    ``license_source`` where it is stated; ``speed`` the real-time factor
+    measured here and how (``None``: not measured).
     """
     return {
         "kind": engine.kind,
@@ -211,6 +223,11 @@ def model_entry(
         "max_segment": max_segment,
         "requires": requires,
         "options": list(options),
+        "sample_rate_note": sample_rate_note,
+        "quality": quality,
+        "license": license,
+        "license_source": license_source,
+        "speed": speed,
         **extra,
     }
 

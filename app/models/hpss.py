@@ -24,6 +24,7 @@ import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
+from app.models import catalogue_facts
 from app.models.engines import (
     Option,
     Progress,
@@ -240,6 +241,8 @@ class HpssEngine(SeparationEngine):
                 downloadable=False,
                 needs_weights=False,
                 options=self.OPTIONS,
+                sample_rate_note="The input's own rate: hpss does not resample.",
+                **catalogue_facts.HPSS.fields(),
             )
         ]
 

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import ServiceError
+from app.models import catalogue_facts
 from app.models.engines import GenerationEngine, Option, model_entry
 
 log = logging.getLogger(__name__)
@@ -921,6 +922,11 @@ class MusicGenEngine(GenerationEngine):
                     options=self.OPTIONS,
                     channels=channels,
                     melody=melody,
+                    **(
+                        catalogue_facts.MUSICGEN
+                        if spec is not None
+                        else catalogue_facts.MUSICGEN_LOCAL
+                    ).fields(),
                 )
             )
         return entries

@@ -20,6 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from app.errors import ServiceError
+from app.models import catalogue_facts
 from app.models.engines import Option, TranscriptionEngine, model_entry
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,14 @@ class WhisperTranscriber:
         return transcribe(self.model, samples, self.options, progress)
 
 
+def _facts(name: str) -> catalogue_facts.Facts:
+    if name not in KNOWN:
+        return catalogue_facts.WHISPER_LOCAL
+    if name.startswith("distil-"):
+        return catalogue_facts.WHISPER_DISTIL
+    return catalogue_facts.WHISPER
+
+
 class WhisperEngine(TranscriptionEngine):
     """Whisper models through faster-whisper: the known names and local conversions."""
 
@@ -418,6 +427,7 @@ class WhisperEngine(TranscriptionEngine):
                     sample_rate=SAMPLE_RATE,
                     options=self.OPTIONS,
                     english_only=english_only(name) if name in KNOWN else None,
+                    **_facts(name).fields(),
                 )
             )
         return entries

@@ -565,6 +565,39 @@ def test_karaoke_results(
             context.close()
 
 
+def test_the_model_description_helps_choose(page: Any, server: LiveServer) -> None:
+    """Under the model select: the description, then stems and rate, the
+    published SDR per benchmark with a link to its source, the weights'
+    licence and the speed measured here (GET /api/v1/models)."""
+    sign_up(page)
+    page.locator("input[name=kind][value=separation]").check()
+    page.locator("#sep-model option[value=htdemucs]").wait_for(state="attached")
+    page.locator("#sep-model").select_option("htdemucs")
+    hint = page.locator('[data-describes="sep-model"]')
+
+    def fact(name: str) -> Any:
+        return hint.locator(f'[data-fact="{name}"]')
+
+    assert "Hybrid Transformer" in fact("description").inner_text()
+    assert fact("stems").inner_text() == "Stems: drums, bass, other, vocals · 44.1 kHz"
+    quality = fact("quality").inner_text()
+    assert "Multisong (MVSep)" in quality and "vocals 8.24 dB" in quality
+    source = fact("quality").locator("a")
+    assert "ZFTurbo/Music-Source-Separation-Training" in source.get_attribute("href")
+    assert fact("license").inner_text().startswith("Weights licence: MIT")
+    assert "bench/model_speed.py" in fact("speed").inner_text()
+    screenshot(page, "model-facts-htdemucs", full_page=False)
+
+    page.locator("#sep-model").select_option("hpss")
+    assert "input's own rate" in fact("stems").inner_text()
+    assert fact("quality").inner_text() == "Published SDR: none for these weights"
+    assert fact("license").inner_text() == "Weights licence: none (no weights)"
+    assert "s per second of audio" in fact("speed").inner_text()
+
+    page.locator("#sep-model").select_option("mdx")
+    assert fact("speed").inner_text() == "Speed here: not measured"
+
+
 def test_a_registered_engine_is_offered_with_its_options(
     chromium: Any, tmp_path: Path, models_dir: Path
 ) -> None:

@@ -167,7 +167,61 @@ function describeModel(select) {
   const hint = $(`[data-describes="${select.id}"]`);
   if (!hint) return;
   const entry = modelEntry(select.dataset.models, select.value);
-  hint.textContent = entry ? entry.description || "" : "";
+  hint.replaceChildren();
+  if (!entry) return;
+  hint.append(h("span", { class: "model-fact", "data-fact": "description" }, entry.description || ""));
+  for (const [fact, ...content] of modelFacts(entry)) {
+    hint.append(h("span", { class: "model-fact", "data-fact": fact }, ...content));
+  }
+}
+
+/** A link to where a figure or licence is stated (shown as its host). */
+function sourceLink(url) {
+  let label = url;
+  try {
+    const parsed = new URL(url);
+    label = parsed.host + parsed.pathname.split("/").slice(0, 3).join("/");
+  } catch {
+    return url;
+  }
+  return h("a", { href: url, target: "_blank", rel: "noopener noreferrer" }, label);
+}
+
+/**
+ * What helps choose a model, from its catalogue entry: stems and rate, the
+ * published SDR per benchmark with its source, the weights' licence and the
+ * speed measured on the project's machine. ``[fact, ...content]`` per line.
+ */
+function modelFacts(entry) {
+  const facts = [];
+  if (entry.kind === "separation") {
+    const rate = entry.sample_rate ? `${entry.sample_rate / 1000} kHz` : entry.sample_rate_note || "rate unknown";
+    facts.push(["stems", `Stems: ${(entry.stems || []).join(", ") || "known once loaded"} · ${rate}`]);
+    if (entry.quality && entry.quality.length) {
+      const byBenchmark = new Map();
+      for (const q of entry.quality) {
+        const key = `${q.benchmark}\u0000${q.source}`;
+        if (!byBenchmark.has(key)) byBenchmark.set(key, { benchmark: q.benchmark, source: q.source, figures: [] });
+        byBenchmark.get(key).figures.push(`${q.stem} ${q.sdr_db.toFixed(2)} dB`);
+      }
+      for (const { benchmark, source, figures } of byBenchmark.values()) {
+        facts.push(["quality", `Published SDR on ${benchmark}: ${figures.join(", ")} (`, sourceLink(source), ")"]);
+      }
+    } else {
+      facts.push(["quality", "Published SDR: none for these weights"]);
+    }
+  }
+  if (entry.license) {
+    const licence = ["license", `Weights licence: ${entry.license}`];
+    if (entry.license_source) licence.push(" (", sourceLink(entry.license_source), ")");
+    facts.push(licence);
+  }
+  if (entry.speed) {
+    facts.push(["speed", `Speed here: ${entry.speed.real_time_factor} s per second of audio (${entry.speed.measured})`]);
+  } else if (entry.kind === "separation") {
+    facts.push(["speed", "Speed here: not measured"]);
+  }
+  return facts;
 }
 
 function updateSeparationModel() {

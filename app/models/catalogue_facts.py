@@ -1,0 +1,147 @@
+"""What helps a person choose a model: published quality, weight licence, speed measured here.
+
+One table per family, read by that family's ``catalogue`` and passed to
+``model_entry`` (``quality``, ``license``, ``license_source``, ``speed``), so
+``GET /api/v1/models`` and the page's model description show them.
+
+Rules for the figures:
+
+* ``quality``: only SDR (dB, higher is cleaner) that a public source states
+  for exactly these weights, each with its benchmark and source. Figures from
+  different benchmarks are not comparable with each other. A model with no
+  published figure has ``None`` (``null``), never an estimate.
+* ``license``: the licence the weights are published under, as their
+  publisher states it; ``"not stated"`` when they state none; ``"none (no
+  weights)"`` for a model without weights; ``None`` where it was not checked.
+* ``speed``: only what ``bench/model_speed.py`` measured on this project's
+  2-core CPU machine (random weights of the same architecture cost the same
+  compute); ``None`` for what was not measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MULTISONG = "Multisong (MVSep)"
+MUSDB18_HQ = "MUSDB18-HQ test set"
+ZFTURBO = "https://github.com/ZFTurbo/Music-Source-Separation-Training/blob/main/docs/pretrained_models.md"
+DEMUCS_README = "https://github.com/facebookresearch/demucs/blob/main/README.md"
+WHISPER_README = "https://github.com/openai/whisper/blob/main/README.md"
+AUDIOCRAFT_README = "https://github.com/facebookresearch/audiocraft/blob/main/README.md"
+
+NO_WEIGHTS = "none (no weights)"
+NOT_STATED = "not stated"
+
+# What bench/model_speed.py ran: one in-process separation of a 30 s stereo
+# 44.1 kHz signal, shifts=1, overlap=0.25, no model load, no HTTP.
+SPEED_RUN = "bench/model_speed.py, 2026-12-04, 2-core CPU, 30 s stereo 44.1 kHz, shifts 1"
+
+
+@dataclass(frozen=True)
+class Sdr:
+    """One published figure: ``stem`` is a stem name, or ``"average"`` for the
+    mean over the model's four stems as the source reports it."""
+
+    stem: str
+    sdr_db: float
+    benchmark: str
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stem": self.stem,
+            "sdr_db": self.sdr_db,
+            "benchmark": self.benchmark,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class Facts:
+    quality: tuple[Sdr, ...] | None = None
+    license: str | None = None
+    license_source: str | None = None
+    real_time_factor: float | None = None  # processing seconds per audio second, measured here
+
+    def fields(self) -> dict[str, Any]:
+        """The ``model_entry`` keywords."""
+        return {
+            "quality": [q.to_dict() for q in self.quality] if self.quality is not None else None,
+            "license": self.license,
+            "license_source": self.license_source,
+            "speed": (
+                {"real_time_factor": self.real_time_factor, "measured": SPEED_RUN}
+                if self.real_time_factor is not None
+                else None
+            ),
+        }
+
+
+def _multisong(**stems: float) -> tuple[Sdr, ...]:
+    return tuple(Sdr(stem, sdr, MULTISONG, ZFTURBO) for stem, sdr in stems.items())
+
+
+# ------------------------------------------------------------------------ separation
+
+HPSS = Facts(quality=None, license=NO_WEIGHTS, license_source=None, real_time_factor=0.021)
+
+
+# Demucs's README: "Demucs is released under the MIT license"; the pretrained
+# weights are published by the same repository with no licence of their own.
+def _demucs(quality: tuple[Sdr, ...] | None = None, real_time_factor: float | None = None) -> Facts:
+    return Facts(quality, "MIT", DEMUCS_README + "#license", real_time_factor)
+
+
+DEMUCS: dict[str, Facts] = {
+    # ZFTurbo's "HTDemucs4" row, weights 955717e8 (the htdemucs bag's one model).
+    "htdemucs": _demucs(
+        quality=(
+            *_multisong(vocals=8.24, drums=10.88, bass=11.76, other=5.74),
+            Sdr("average", 9.16, MULTISONG, ZFTURBO),
+        ),
+        real_time_factor=0.914,
+    ),
+    # ZFTurbo's "HTDemucs4 FT <stem>" rows: the four models of the htdemucs_ft
+    # bag (04573f0d vocals, f7e0c4bc drums, d12395a8 bass, 92cfc3b6 other), each
+    # used for its own stem. The demucs README's comparison table gives
+    # "HT Demucs f.t. (v4)" an overall SDR of 9.0 on MUSDB HQ (its 9.20 is the
+    # sparse-attention model, which was not released).
+    "htdemucs_ft": _demucs(
+        quality=(
+            *_multisong(vocals=8.38, drums=11.13, bass=11.96, other=5.85),
+            Sdr("average", 9.0, MUSDB18_HQ, DEMUCS_README),
+        ),
+        real_time_factor=3.615,
+    ),
+    # ZFTurbo's "HTDemucs4 (6 stems)" row, weights 5c90dfd2: no figure for
+    # other, piano or guitar.
+    "htdemucs_6s": _demucs(quality=_multisong(vocals=8.05, drums=10.22, bass=11.22)),
+    # ZFTurbo's "Demucs3 mmi" row, weights 75fc33f5 (the hdemucs_mmi bag's one model).
+    "hdemucs_mmi": _demucs(
+        quality=(
+            *_multisong(vocals=8.22, drums=10.70, bass=11.17, other=5.42),
+            Sdr("average", 8.88, MULTISONG, ZFTURBO),
+        ),
+    ),
+    "mdx": _demucs(),
+    "mdx_extra": _demucs(),
+    "mdx_q": _demucs(),
+    "mdx_extra_q": _demucs(),
+}
+# A model in the local repo: nothing is known about where its weights came from.
+DEMUCS_LOCAL = Facts(license=NOT_STATED)
+
+# --------------------------------------------------------------------- other kinds
+
+# openai/whisper's README: "Whisper's code and model weights are released under
+# the MIT License". faster-whisper runs CTranslate2 conversions of them; the
+# Distil-Whisper models are distilled from them and published by Hugging Face.
+WHISPER = Facts(license="MIT", license_source=WHISPER_README + "#license")
+WHISPER_DISTIL = Facts()  # not checked: licence null
+WHISPER_LOCAL = Facts(license=NOT_STATED)
+
+# facebookresearch/audiocraft's README: "The weights in this repository are
+# released under the CC-BY-NC 4.0 license" (non-commercial use only).
+MUSICGEN = Facts(license="CC-BY-NC-4.0", license_source=AUDIOCRAFT_README + "#license")
+MUSICGEN_LOCAL = Facts(license=NOT_STATED)
