@@ -158,3 +158,30 @@ def test_mel_bands_match_librosa_filter_support() -> None:
     assert support.any(axis=0).all()
     sizes = support.sum(axis=1)
     assert sizes.min() >= 1 and sizes[-1] > sizes[0]  # wider bands at high frequencies
+
+
+def test_state_dict_keys_are_the_published_checkpoints() -> None:
+    """Key names and shapes of ZFTurbo's networks (checked against lucidrains'
+    BS-RoFormer 0.3.10, the code ZFTurbo copied): the mask MLPs count depth
+    differently in the two architectures, the Mel-Band transformers end in a norm,
+    the BS-RoFormer in ``final_norm``."""
+    from app.models.roformer_net import BSRoformer, MelBandRoformer
+
+    small = {
+        "dim": 8, "depth": 1, "stereo": True, "time_transformer_depth": 1,
+        "freq_transformer_depth": 1, "dim_head": 4, "heads": 2, "stft_n_fft": 64,
+        "stft_hop_length": 16, "stft_win_length": 64, "mask_estimator_depth": 2,
+    }  # fmt: skip
+    bs = BSRoformer(freqs_per_bands=(8, 8, 17), **small).state_dict()
+    mel = MelBandRoformer(num_bands=4, **small).state_dict()
+    for keys in (bs, mel):
+        assert keys["layers.0.0.layers.0.0.rotary_embed.freqs"].shape == (2,)
+        assert keys["layers.0.1.layers.0.0.to_qkv.weight"].shape == (24, 8)
+        assert keys["layers.0.1.layers.0.1.net.4.weight"].shape == (8, 32)
+        assert keys["band_split.to_features.0.1.weight"].shape[0] == 8
+    assert bs["band_split.to_features.0.0.gamma"].shape == (2 * 8 * 2,)
+    assert bs["mask_estimators.0.to_freqs.0.0.2.weight"].shape == (2 * 32, 32)
+    assert "mask_estimators.0.to_freqs.0.0.4.weight" not in bs
+    assert "final_norm.gamma" in bs and "layers.0.0.norm.gamma" not in bs
+    assert mel["mask_estimators.0.to_freqs.0.0.4.weight"].shape[1] == 32
+    assert "final_norm.gamma" not in mel and "layers.0.0.norm.gamma" in mel

@@ -176,8 +176,8 @@ class BandSplit(nn.Module):
         return torch.stack([f(band) for band, f in zip(bands, self.to_features, strict=True)], -2)
 
 
-def _mlp(dim_in: int, dim_out: int, dim_hidden: int, depth: int) -> nn.Sequential:
-    dims = (dim_in, *((dim_hidden,) * (depth - 1)), dim_out)
+def _mlp(dim_in: int, dim_out: int, dim_hidden: int, hidden_layers: int) -> nn.Sequential:
+    dims = (dim_in, *((dim_hidden,) * hidden_layers), dim_out)
     layers: list[nn.Module] = []
     for index, (a, b) in enumerate(itertools.pairwise(dims)):
         layers.append(nn.Linear(a, b))
@@ -187,10 +187,16 @@ def _mlp(dim_in: int, dim_out: int, dim_hidden: int, depth: int) -> nn.Sequentia
 
 
 class MaskEstimator(nn.Module):
-    def __init__(self, dim: int, dim_inputs: Sequence[int], depth: int, expansion: int = 4) -> None:
+    """One MLP per band. ``hidden_layers`` is ``mask_estimator_depth - 1`` in the
+    BS-RoFormer and ``mask_estimator_depth`` in the Mel-Band RoFormer: the two
+    reference files count differently, and the checkpoints follow them."""
+
+    def __init__(
+        self, dim: int, dim_inputs: Sequence[int], hidden_layers: int, expansion: int = 4
+    ) -> None:
         super().__init__()
         self.to_freqs = nn.ModuleList(
-            nn.Sequential(_mlp(dim, size * 2, dim * expansion, depth), nn.GLU(dim=-1))
+            nn.Sequential(_mlp(dim, size * 2, dim * expansion, hidden_layers), nn.GLU(dim=-1))
             for size in dim_inputs
         )
 
@@ -367,7 +373,7 @@ class BSRoformer(_RoFormer):
         sizes = tuple(2 * f * self.audio_channels for f in freqs_per_bands)
         self.band_split = BandSplit(dim, sizes)
         self.mask_estimators = nn.ModuleList(
-            MaskEstimator(dim, sizes, mask_estimator_depth, mlp_expansion_factor)
+            MaskEstimator(dim, sizes, mask_estimator_depth - 1, mlp_expansion_factor)
             for _ in range(num_stems)
         )
 
