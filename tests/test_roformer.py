@@ -188,3 +188,65 @@ def test_state_dict_keys_are_the_published_checkpoints() -> None:
     assert "final_norm.gamma" in bs and "layers.0.0.norm.gamma" not in bs
     assert mel["mask_estimators.0.to_freqs.0.0.4.weight"].shape[1] == 32
     assert "final_norm.gamma" not in mel and "layers.0.0.norm.gamma" in mel
+
+
+@pytest.fixture
+def published_as_files(monkeypatch: pytest.MonkeyPatch, roformer_dir: Path) -> None:
+    """The published models' URLs pointed at the tiny models' files (file:// URLs:
+    the same urllib download, no network)."""
+    from dataclasses import replace
+
+    from app.models import roformer_engine
+
+    published = {
+        name: replace(
+            spec,
+            config_url=(roformer_dir / "roformer" / name / "config.yaml").as_uri(),
+            weights_url=(roformer_dir / "roformer" / name / "model.ckpt").as_uri(),
+        )
+        for name, spec in roformer_engine.PUBLISHED.items()
+    }
+    monkeypatch.setattr(roformer_engine, "PUBLISHED", published)
+
+
+@pytest.mark.usefixtures("published_as_files")
+def test_flask_models_download_stores_the_published_layout(
+    tmp_path: Path, eager_app: Callable[..., Flask], roformer_dir: Path
+) -> None:
+    models = tmp_path / "models"
+    app = eager_app(tmp_path / "d", MODELS_DIR=str(models), ALLOW_MODEL_DOWNLOAD=False)
+    result = app.test_cli_runner().invoke(args=["models", "download", BS])
+    assert result.exit_code == 0, result.output
+    folder = models / "roformer" / BS
+    assert f"{BS}: saved to {folder}" in result.output
+    for file in ("config.yaml", "model.ckpt"):
+        assert (folder / file).read_bytes() == (roformer_dir / "roformer" / BS / file).read_bytes()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary files left
+    client = app.test_client()
+    listed = {m["name"]: m for m in client.get("/api/v1/models").json["models"]}
+    assert listed[BS]["available"] is True and listed[MEL]["available"] is False
+
+
+@pytest.mark.usefixtures("published_as_files")
+def test_a_first_job_downloads_when_allowed(
+    tmp_path: Path, eager_app: Callable[..., Flask]
+) -> None:
+    models = tmp_path / "models"
+    app = eager_app(tmp_path / "d", MODELS_DIR=str(models), ALLOW_MODEL_DOWNLOAD=True)
+    client = app.test_client()
+    headers = register_and_login(client)
+    assert {m["name"]: m for m in client.get("/api/v1/models").json["models"]}[MEL]["downloadable"]
+    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=0.5)), model=MEL)
+    assert job["status"] == "succeeded", job
+    assert (models / "roformer" / MEL / "model.ckpt").is_file()
+
+
+def test_progress_steps_through_the_chunks(
+    client: FlaskClient, headers: dict, progress_log: list
+) -> None:
+    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=2.0)), model=BS)
+    assert job["status"] == "succeeded", job
+    values = [p for p, _ in progress_log]
+    assert values == sorted(values) and values[-1] == 1.0
+    separating = [p for p, s in progress_log if 0.05 < p < 0.9]
+    assert len(separating) >= 3, progress_log
