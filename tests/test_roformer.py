@@ -250,3 +250,14 @@ def test_progress_steps_through_the_chunks(
     assert values == sorted(values) and values[-1] == 1.0
     separating = [p for p, s in progress_log if 0.05 < p < 0.9]
     assert len(separating) >= 3, progress_log
+
+
+def test_the_loaded_model_counts_its_weights_in_the_cache_budget(roformer_dir: Path) -> None:
+    from app.models.cache import model_bytes
+    from app.models.roformer_engine import load
+
+    config = {"MODELS_DIR": str(roformer_dir), "ALLOW_MODEL_DOWNLOAD": False}
+    loaded = load(BS, config, "cpu")
+    assert model_bytes(loaded) == model_bytes(loaded.net) > 0
+    assert (loaded.sample_rate, loaded.channels, loaded.num_overlap) == (SR, 2, 2)
+    assert loaded.sources == ["vocals", "instrumental"] and loaded.instrumental

@@ -215,6 +215,7 @@ class LoadedModel:
     channels: int
     chunk_size: int
     num_overlap: int
+    resident_bytes: int  # what the model cache's byte budget counts (cache.model_bytes)
 
 
 def _state_dict(path: Path) -> dict[str, Any]:
@@ -240,6 +241,7 @@ def load(name: str, config: dict[str, Any], device: str) -> LoadedModel:
                 raise _unavailable(name, config, f"could not be downloaded ({exc})") from None
         else:
             raise _unavailable(name, config)
+    from app.models.cache import model_bytes
     from app.models.roformer_net import ARCHITECTURES
 
     folder = model_dir(name, config)
@@ -278,6 +280,7 @@ def load(name: str, config: dict[str, Any], device: str) -> LoadedModel:
         channels=net.audio_channels,
         chunk_size=int(audio.get("chunk_size", 352800)),
         num_overlap=max(1, int(inference.get("num_overlap", DEFAULT_NUM_OVERLAP))),
+        resident_bytes=model_bytes(net),
     )
 
 
