@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ServiceError
-from app.models import demucs_engine, hpss, musicgen_engine, whisper_engine
+from app.models import demucs_engine, hpss, musicgen_engine, roformer_engine, whisper_engine
 from app.models.engines import RESERVED_OPTION_NAMES, Engine, Option
 
 KINDS = ("separation", "transcription", "generation")
@@ -178,5 +178,6 @@ def download(name: str, config: dict[str, Any]) -> Path:
 # A new family is one module under app/models/ and one line here.
 register(hpss.HpssEngine())
 register(demucs_engine.DemucsEngine())
+register(roformer_engine.RoformerEngine())
 register(whisper_engine.WhisperEngine())
 register(musicgen_engine.MusicGenEngine())
