@@ -132,6 +132,16 @@ DEMUCS: dict[str, Facts] = {
 # A model in the local repo: nothing is known about where its weights came from.
 DEMUCS_LOCAL = Facts(license=NOT_STATED)
 
+# ZFTurbo's vocals rows for the community RoFormer checkpoints (viperx's
+# model_bs_roformer_ep_317_sdr_12.9755, Kim's Mel-Band RoFormer); the 12.97 in
+# viperx's name is the author's own validation, not a benchmark. Their
+# publishers state no licence for the weights.
+ROFORMER: dict[str, Facts] = {
+    "bs_roformer_viperx_1297": Facts(quality=_multisong(vocals=10.87), license=NOT_STATED),
+    "mel_band_roformer_kim": Facts(quality=_multisong(vocals=10.98), license=NOT_STATED),
+}
+ROFORMER_LOCAL = Facts(license=NOT_STATED)
+
 # --------------------------------------------------------------------- other kinds
 
 # openai/whisper's README: "Whisper's code and model weights are released under

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from app.errors import ServiceError
+from app.models import catalogue_facts
 from app.models.engines import (
     Option,
     Progress,
@@ -370,6 +371,7 @@ class RoformerEngine(SeparationEngine):
                 downloadable=allow,
                 sample_rate=44100,
                 options=self.OPTIONS,
+                **catalogue_facts.ROFORMER[spec.name].fields(),
             )
             for spec in PUBLISHED.values()
         ]
@@ -391,6 +393,7 @@ class RoformerEngine(SeparationEngine):
                     available=True,
                     downloadable=False,
                     options=self.OPTIONS,
+                    **catalogue_facts.ROFORMER_LOCAL.fields(),
                 )
             )
         return entries
