@@ -54,7 +54,7 @@ class Job(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     # The model (or, for analysis jobs, the analyser) the job runs with.
-    model: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str | None] = mapped_column(String(32), default="queued")

@@ -38,7 +38,7 @@ def known_model(kind: str, label: str = "model") -> Callable[[str], None]:
     from app.models import registry
 
     def validate(name: str) -> None:
-        if name not in registry.names(kind, current_app.config):
+        if registry.find(kind, name, current_app.config) is None:
             raise ValidationError(f"Unknown {label}; GET /api/v1/models lists them.")
 
     return validate

@@ -124,6 +124,15 @@ class ModelSchema(Schema):
         metadata={"description": "Speed measured here (bench/model_speed.py); null: not "
                   "measured."},
     )  # fmt: skip
+    members = fields.List(
+        fields.String(),
+        metadata={"description": "Ensembles: the models run on every window, in order.",
+                  "example": ["mel_band_roformer_kim", "bs_roformer_viperx_1297"]},
+    )  # fmt: skip
+    algorithm = fields.String(
+        metadata={"description": "Ensembles: how their stems are combined unless a request "
+                  "gives `ensemble_algorithm`.", "example": "avg_wave"},
+    )  # fmt: skip
     default = fields.Boolean(metadata={"description": "The default of its kind."})
     options = fields.List(
         fields.Nested(ModelOptionSchema),

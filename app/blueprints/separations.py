@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import current_app
@@ -19,9 +20,9 @@ from webargs.fields import DelimitedList
 
 from app import audio
 from app.blueprints import Blueprint
-from app.blueprints.fields import FileUpload, check_output_format, known_model
+from app.blueprints.fields import FileUpload, check_output_format
 from app.blueprints.jobs import CallbackSchema, upload_route
-from app.models import registry
+from app.models import ensemble_engine, registry
 from app.models.engines import Engine, Option, OptionError
 from app.services import separation
 
@@ -35,6 +36,34 @@ class SeparationResultSchema(Schema):
 
     stems = fields.List(fields.String(), metadata={"description": "Separation."})
     sample_rate = fields.Integer(metadata={"description": "Separation."})
+
+
+class ModelNames(fields.String):
+    """One model name, or several for an ensemble: the field repeated, or names
+    separated by commas or ``+``. Loads as the names joined with ``+``, the
+    name an ensemble's job stores."""
+
+    is_multiple = True  # webargs: every value of a repeated multipart field
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        values = value if isinstance(value, list) else [value]
+        names: list[str] = []
+        for item in values:
+            text = super()._deserialize(item, attr, data, **kwargs)
+            names += [part.strip() for part in re.split(r"[,+]", text) if part.strip()]
+        return ensemble_engine.joined(names)
+
+
+def check_model(name: str) -> None:
+    """A model or ensemble requests may name; an ensemble that is not one says why."""
+    if registry.find(KIND, name, current_app.config) is not None:
+        return
+    ensembles = [e for e in registry.engines(KIND) if isinstance(e, ensemble_engine.EnsembleEngine)]
+    if ensemble_engine.JOIN in name and ensembles:
+        why = ensembles[0].problem(name, current_app.config)
+        if why:
+            raise ValidationError(why)
+    raise ValidationError("Unknown model; GET /api/v1/models lists them.")
 
 
 def option_field(option: Option, families: list[Engine]) -> fields.Field:
@@ -77,13 +106,16 @@ class SeparationFormSchema(CallbackSchema, EngineOptionsSchema):  # type: ignore
         required=True,
         metadata={"description": "Audio file (mp3, wav, flac, ogg, opus, m4a, ...)."},
     )
-    model = fields.String(
+    model = ModelNames(
         load_default=None,
-        validate=known_model("separation"),
+        validate=check_model,
         metadata={
             "description": (
                 f"Model name from GET /api/v1/models (default {registry.DEFAULTS[KIND]}); "
-                "its entry lists the options it takes."
+                "its entry lists the options it takes. An ensemble is a preset's name, or "
+                f"{ensemble_engine.MIN_MEMBERS} to {ensemble_engine.MAX_MEMBERS} model names "
+                "(repeat the field, or separate them with commas or '+'); its stems are "
+                "combined by `ensemble_algorithm`."
             ),
             "example": "htdemucs",
         },
@@ -146,6 +178,8 @@ class SeparationFormSchema(CallbackSchema, EngineOptionsSchema):  # type: ignore
             return
         check_model_options(name, entry["options"], given_options(data, original_data))
         stems = entry.get("stems")
+        if stems == []:
+            raise ValidationError("These models have no stem in common.", "model")
         if stems:
             if data.get("two_stems") and data["two_stems"] not in stems:
                 raise ValidationError(f"Must be one of: {', '.join(stems)}.", "two_stems")

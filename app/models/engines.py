@@ -250,6 +250,15 @@ class Engine(ABC):
         model, so families whose catalogue is slow to build override it."""
         return {entry["name"] for entry in self.catalogue(config)}
 
+    def offers(self, name: str, config: dict[str, Any]) -> bool:
+        """Whether a request may name ``name``: one of ``names``, or a name the
+        family composes (an ensemble's ``a+b``)."""
+        return name in self.names(config)
+
+    def describe(self, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """Model ``name``'s catalogue entry, ``None`` if the family has no such model."""
+        return next((e for e in self.catalogue(config) if e["name"] == name), None)
+
     def options(self, name: str, config: dict[str, Any]) -> tuple[Option, ...]:
         """The options model ``name`` takes (its own bounds where they are tighter)."""
         return self.OPTIONS

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ServiceError
-from app.models import demucs_engine, hpss, musicgen_engine, roformer_engine, whisper_engine
+from app.models import (
+    demucs_engine,
+    ensemble_engine,
+    hpss,
+    musicgen_engine,
+    roformer_engine,
+    whisper_engine,
+)
 from app.models.engines import RESERVED_OPTION_NAMES, Engine, Option
 
 KINDS = ("separation", "transcription", "generation")
@@ -85,7 +92,7 @@ def names(kind: str, config: dict[str, Any]) -> set[str]:
 
 def find(kind: str, name: str, config: dict[str, Any]) -> Engine | None:
     """The family that offers model ``name`` of ``kind``, if any does."""
-    return next((e for e in engines(kind) if name in e.names(config)), None)
+    return next((e for e in engines(kind) if e.offers(name, config)), None)
 
 
 def engine(kind: str, name: str, config: dict[str, Any]) -> Any:
@@ -106,7 +113,7 @@ def describe(kind: str, name: str, config: dict[str, Any]) -> dict[str, Any] | N
     found = find(kind, name, config)
     if found is None:
         return None
-    entry = next((e for e in found.catalogue(config) if e["name"] == name), None)
+    entry = found.describe(name, config)
     if entry is not None:
         entry["default"] = DEFAULTS.get(kind) == name
     return entry
@@ -179,5 +186,7 @@ def download(name: str, config: dict[str, Any]) -> Path:
 register(hpss.HpssEngine())
 register(demucs_engine.DemucsEngine())
 register(roformer_engine.RoformerEngine())
+# After the single-model families: its members are found among them.
+register(ensemble_engine.EnsembleEngine(lambda name, config: find("separation", name, config)))
 register(whisper_engine.WhisperEngine())
 register(musicgen_engine.MusicGenEngine())
