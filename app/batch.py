@@ -299,7 +299,8 @@ def register_batch_cli(app: Flask) -> None:
     )
     @click.option(
         "--separation-model",
-        help=f"With --isolate-vocals (default {registry.DEFAULTS['separation']}).",
+        help="With --isolate-vocals (default: the best vocals model that can run here, "
+        f"else {registry.DEFAULTS['separation']}).",
     )
     @out_option
     @quiet_option

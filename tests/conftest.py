@@ -118,6 +118,19 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def vocal_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MODELS_DIR with the tiny Demucs repo and the tiny RoFormer vocal models
+    ``bs_roformer_viperx_1297`` and ``mel_band_roformer_kim``
+    (tests/support/roformer_models.py) under their published names."""
+    from tests.support.demucs_repo import build_repo
+    from tests.support.roformer_models import build_roformer_models
+
+    root = tmp_path_factory.mktemp("vocal-models")
+    build_repo(root / "demucs")
+    return build_roformer_models(root)
+
+
 @pytest.fixture
 def demucs_app(eager_app: Callable[..., Flask], models_dir: Path) -> Flask:
     """Like ``app``, with the tiny Demucs repo as MODELS_DIR and downloads off."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,190 @@ def test_title_and_artist_are_carried_over(demucs_app: Flask, tmp_path: Path) ->
     mp3.write_bytes(client.get(entry["url"], headers=headers).data)
     tags = ID3(mp3)
     assert str(tags["TIT2"]) == "Rain Song" and str(tags["TPE1"]) == "The Testers"
+
+
+# ------------------------------------------------ the default separation model
+
+MEL = "mel_band_roformer_kim"
+BS = "bs_roformer_viperx_1297"
+
+
+@pytest.fixture
+def no_hub_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Demucs weights in this machine's Hugging Face cache would count as
+    available: the tests see only their MODELS_DIR."""
+    from app.models import demucs_engine
+
+    monkeypatch.setattr(demucs_engine, "_in_hub_cache", lambda name: False)
+
+
+def _vocals_default(client: FlaskClient) -> dict:
+    return client.get("/api/v1/models").json["vocals_default"]
+
+
+def _stem(client: FlaskClient, headers: dict, job: dict, name: str) -> np.ndarray:
+    import soundfile as sf
+
+    entry = next(f for f in job["result"]["files"] if f["name"] == name)
+    data, _ = sf.read(io.BytesIO(client.get(entry["url"], headers=headers).data), always_2d=True)
+    return data.T
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+def test_karaoke_defaults_to_the_best_vocals_model(
+    eager_app: Callable[..., Flask], vocal_models_dir: Path
+) -> None:
+    """With both tiny RoFormers and the Demucs repo here, a karaoke job that
+    names no model runs mel_band_roformer_kim (the highest Multisong vocals
+    SDR), and its instrumental is the mix minus its vocals."""
+    app = eager_app(MODELS_DIR=str(vocal_models_dir), ALLOW_MODEL_DOWNLOAD=False)
+    client = app.test_client()
+    headers = register_and_login(client)
+    listed = _vocals_default(client)
+    assert (listed["model"], listed["how"]) == (MEL, "best")
+    assert listed["benchmark"] == "Multisong (MVSep)"
+    ranking = [(r["model"], r["sdr_db"], r["ready"]) for r in listed["ranking"]]
+    assert ranking[:4] == [
+        (MEL, 10.98, True), (BS, 10.87, True), ("htdemucs_ft", 8.38, False),
+        ("htdemucs", 8.24, True),
+    ]  # fmt: skip
+    assert [r["sdr_db"] for r in listed["ranking"]] == sorted(
+        (r["sdr_db"] for r in listed["ranking"]), reverse=True
+    )
+    assert {"hpss", "mdx", "mybag"}.isdisjoint(r["model"] for r in listed["ranking"])
+
+    mix = 0.5 * sine_and_clicks(seconds=1.3)
+    job = _karaoke(
+        client, headers, wav_bytes(mix, subtype="FLOAT"), "song.wav",
+        output_format="wav", bit_depth="32f",
+    )  # fmt: skip
+    assert job["status"] == "succeeded", job
+    assert job["model"] == MEL and job["params"]["separation_model"] == MEL
+    choice = job["params"]["separation_model_choice"]
+    assert choice["how"] == "best" and choice["reason"].startswith("default: ")
+    assert "10.98 dB" in choice["reason"]
+    names = [f["name"] for f in job["result"]["files"]]
+    assert names[:3] == ["instrumental.wav", "vocals.wav", "instrumental.mp3"]
+    vocals = _stem(client, headers, job, "vocals.wav")
+    instrumental = _stem(client, headers, job, "instrumental.wav")
+    assert vocals.shape == instrumental.shape == mix.shape
+    assert np.max(np.abs(vocals)) > 0
+    assert np.max(np.abs(vocals + instrumental - mix)) < 1e-4
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+def test_karaoke_falls_back_to_htdemucs_without_roformer_weights(demucs_app: Flask) -> None:
+    """No RoFormer weights, downloads off: the best ready model is htdemucs (the
+    tiny repo has it, not htdemucs_ft), and the job says why."""
+    client = demucs_app.test_client()
+    headers = register_and_login(client)
+    listed = _vocals_default(client)
+    assert (listed["model"], listed["how"]) == ("htdemucs", "fallback")
+    reason = listed["reason"]
+    assert reason.startswith("fallback: ") and "not on this server" in reason
+    assert MEL in reason and BS in reason and "htdemucs_ft" in reason
+    assert f"flask models download {MEL}" in reason
+    job = _karaoke(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), "song.wav")
+    assert job["status"] == "succeeded", job
+    assert job["model"] == "htdemucs" and job["params"]["separation_model"] == "htdemucs"
+    assert job["params"]["separation_model_choice"] == {"how": "fallback", "reason": reason}
+    assert [f["name"] for f in job["result"]["files"]][:2] == ["instrumental.mp3", "vocals.mp3"]
+
+
+def test_a_missing_best_model_falls_back_to_the_next(
+    tmp_path: Path, eager_app: Callable[..., Flask], vocal_models_dir: Path
+) -> None:
+    """Only BS-RoFormer's folder: it is picked, and the reason names Kim's
+    missing weights. A request that names Kim's model keeps it and fails."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(vocal_models_dir / "roformer" / BS, models / "roformer" / BS)
+    app = eager_app(tmp_path / "d", MODELS_DIR=str(models), ALLOW_MODEL_DOWNLOAD=False)
+    client = app.test_client()
+    headers = register_and_login(client)
+    listed = _vocals_default(client)
+    assert (listed["model"], listed["how"]) == (BS, "fallback")
+    assert listed["reason"].startswith(f"fallback: {MEL}'s weights are not on this server")
+    assert f"{BS} is the best vocals model that can run here" in listed["reason"]
+
+    job = _karaoke(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), "s.wav",
+                   separation_model=MEL)  # fmt: skip
+    assert job["status"] == "failed" and job["error"]["code"] == "model_unavailable"
+    assert job["params"]["separation_model"] == MEL
+    assert job["params"]["separation_model_choice"]["how"] == "requested"
+    assert f"flask models download {MEL}" in job["error"]["message"]
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+def test_no_ranked_model_can_run_uses_the_separation_default(
+    tmp_path: Path, eager_app: Callable[..., Flask]
+) -> None:
+    app = eager_app(MODELS_DIR=str(tmp_path / "empty"), ALLOW_MODEL_DOWNLOAD=False)
+    client = app.test_client()
+    headers = register_and_login(client)
+    listed = _vocals_default(client)
+    assert (listed["model"], listed["how"]) == ("htdemucs", "fallback")
+    assert not any(r["ready"] for r in listed["ranking"])
+    assert listed["reason"].endswith("using the separation default htdemucs")
+    job = _karaoke(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), "s.wav")
+    assert job["params"]["separation_model"] == "htdemucs"
+    assert job["status"] == "failed" and job["error"]["code"] == "model_unavailable"
+
+
+def test_downloadable_weights_count_as_ready(
+    tmp_path: Path, eager_app: Callable[..., Flask]
+) -> None:
+    """With ALLOW_MODEL_DOWNLOAD the best model is chosen even before its weights
+    are here (the first job fetches them); the job is only queued here."""
+    from app.services import vocals_model
+
+    app = eager_app(MODELS_DIR=str(tmp_path / "empty"), ALLOW_MODEL_DOWNLOAD=True)
+    listed = _vocals_default(app.test_client())
+    assert (listed["model"], listed["how"]) == (MEL, "best")
+    assert listed["reason"].endswith("its weights are downloaded on first use")
+    with app.app_context():
+        assert vocals_model.choose(app.config).model == MEL
+
+
+def test_the_ranking_compares_one_benchmark_and_skips_models_without_a_figure(
+    tmp_path: Path,
+) -> None:
+    """An ensemble (no published figure), a figure on another benchmark, a
+    model without a vocals stem: none is ranked; equal figures keep catalogue order."""
+    from app.models.catalogue_facts import MULTISONG, MUSDB18_HQ
+    from app.services import vocals_model
+
+    def entry(name: str, quality: list | None, stems: list | None = None, **flags: object) -> dict:
+        return {
+            "kind": "separation", "name": name, "stems": stems or ["vocals", "instrumental"],
+            "quality": quality, "available": True, "downloadable": False, "requires": None,
+            **flags,
+        }  # fmt: skip
+
+    def figure(sdr: float, benchmark: str = MULTISONG, stem: str = "vocals") -> dict:
+        return {"stem": stem, "sdr_db": sdr, "benchmark": benchmark, "source": "https://x"}
+
+    entries = [
+        entry("a+b", None),  # an ensemble
+        entry("musdb_only", [figure(12.0, MUSDB18_HQ)]),
+        entry("drums_only", [figure(13.0)], stems=["drums", "no_drums"]),
+        entry("no_vocals_figure", [figure(14.0, stem="drums")], stems=["vocals", "drums"]),
+        entry("first", [figure(9.0)]),
+        entry("second", [figure(9.0)]),
+        entry("missing", [figure(11.0)], available=False),
+        entry("needs_package", [figure(10.0)], downloadable=True, requires="diffq"),
+    ]
+    ranked = vocals_model.ranking(entries)
+    assert [r.name for r in ranked] == ["missing", "needs_package", "first", "second"]
+    config = {"MODELS_DIR": str(tmp_path), "ALLOW_MODEL_DOWNLOAD": False}
+    choice = vocals_model.choose(config, entries)
+    assert (choice.model, choice.how) == ("first", "fallback")
+    assert "missing's weights are not on this server" in choice.reason
+    assert "needs_package needs the Python package diffq" in choice.reason
+    only_ensembles = vocals_model.choose(config, [entry("a+b", None)])
+    assert (only_ensembles.model, only_ensembles.how) == ("htdemucs", "fallback")
+    assert "no separation model here has a published vocals SDR" in only_ensembles.reason
+    assert vocals_model.resolve("mdx", config) == vocals_model.Choice(
+        "mdx", "requested", "named in the request"
+    )

@@ -250,6 +250,39 @@ def test_isolate_vocals_needs_a_vocals_stem(demucs_app: Flask) -> None:
     assert "separation_model" in response.json["errors"]
 
 
+@pytest.mark.parametrize(
+    ("form", "model", "how"),
+    [
+        ({"separation_model": "bs_roformer_viperx_1297"}, "bs_roformer_viperx_1297", "requested"),
+        ({}, "mel_band_roformer_kim", "best"),  # the best vocals model here
+    ],
+    ids=["named", "default"],
+)
+def test_isolate_vocals_with_a_roformer(
+    eager_app: Callable[..., Flask], vocal_models_dir: Path, progress_log: list,
+    form: dict, model: str, how: str,
+) -> None:  # fmt: skip
+    """A RoFormer vocal model (vocals + instrumental) isolates the vocals, named
+    or as the default when the request names none; the job says which ran."""
+    app = eager_app(MODELS_DIR=str(vocal_models_dir), ALLOW_MODEL_DOWNLOAD=False)
+    client = app.test_client()
+    headers = register_and_login(client)
+    job = _submit(
+        client, headers, (SPEECH / "clip5.wav").read_bytes(), "clip5.wav",
+        isolate_vocals=True, **form,
+    )  # fmt: skip
+    job = client.get(job["url"], headers=headers).json
+    assert job["status"] == "succeeded", job
+    assert job["model"] == "tiny.en"
+    assert job["params"]["separation_model"] == model
+    assert job["params"]["separation_model_choice"]["how"] == how
+    stages = [stage for _, stage in progress_log if stage]
+    assert stages.index("separating") < stages.index("transcribing")
+    assert isinstance(job["result"]["text"], str) and job["result"]["files"] == []
+    plain = _submit(client, headers, (SPEECH / "clip5.wav").read_bytes(), "clip5.wav")
+    assert "separation_model_choice" not in plain["params"]  # no vocals isolated
+
+
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[str]:
     """The app on a real loopback port (the OpenAI SDK speaks HTTP)."""

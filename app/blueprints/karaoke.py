@@ -25,8 +25,11 @@ class KaraokeFormSchema(CallbackSchema):
         load_default=None,
         validate=known_separator,
         metadata={
-            "description": "Model that removes the vocals, one with a vocals stem "
-            f"(default {registry.DEFAULTS['separation']})."
+            "description": "Model that removes the vocals, one with a vocals stem. Default: "
+            "the best vocals model this server can run (`vocals_default` in GET "
+            "/api/v1/models): the highest published vocals SDR on Multisong whose weights "
+            f"are here or downloadable, else {registry.DEFAULTS['separation']}. The job's "
+            "`params.separation_model` says which ran, `params.separation_model_choice` why."
         },
     )
     whisper_model = fields.String(
@@ -59,8 +62,8 @@ class KaraokeFormSchema(CallbackSchema):
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         check_output_format(data)
-        name = data.get("separation_model") or registry.DEFAULTS["separation"]
-        entry = registry.describe("separation", name, current_app.config)
+        name = data.get("separation_model")
+        entry = registry.describe("separation", name, current_app.config) if name else None
         if entry and entry.get("stems") and "vocals" not in entry["stems"]:
             raise ValidationError("This model has no vocals stem.", "separation_model")
         whisper = data.get("whisper_model") or registry.DEFAULTS["transcription"]
@@ -78,6 +81,14 @@ create_karaoke = upload_route(
         "Result files: `instrumental.<fmt>`, `vocals.<fmt>`, `instrumental.mp3` with the "
         "lyrics embedded as ID3 SYLT (synced) and USLT (plain), `lyrics.lrc`, "
         "`lyrics.words.lrc` (a time tag per word), `lyrics.srt`, `lyrics.vtt`, `sync.json`. "
-        "A song without vocals succeeds with `result.has_vocals = false` and empty lyrics."
+        "A song without vocals succeeds with `result.has_vocals = false` and empty lyrics.\n\n"
+        "Without `separation_model` the server picks the best vocals model it can run when "
+        "the job is submitted: separation models with a `vocals` stem ranked by their "
+        "published vocals SDR on Multisong (MVSep), the first whose weights are here or "
+        "will be downloaded on first use (`ALLOW_MODEL_DOWNLOAD`), else "
+        f"{registry.DEFAULTS['separation']}. `GET /api/v1/models` names it "
+        "(`vocals_default`); the job keeps it in `params.separation_model` and how it was "
+        "chosen in `params.separation_model_choice` (`how`: `best`, `fallback` or "
+        "`requested`; `reason`)."
     ),
 )

@@ -10,6 +10,7 @@ from marshmallow import Schema, fields, validate
 from app.blueprints import Blueprint
 from app.models import registry
 from app.models.cache import get_cache
+from app.services import vocals_model
 
 PREFIX = "/models"
 blp = Blueprint("models", __name__, description="Engines and models available to jobs.")
@@ -150,6 +151,49 @@ class LoadedModelSchema(Schema):
     uses = fields.Integer()
 
 
+class VocalsRankSchema(Schema):
+    """One model of the vocals ranking."""
+
+    model = fields.String(metadata={"example": "mel_band_roformer_kim"})
+    sdr_db = fields.Float(
+        metadata={"description": "Its published vocals SDR on `benchmark`.", "example": 10.98}
+    )
+    available = fields.Boolean(metadata={"description": "Its weights are here."})
+    downloadable = fields.Boolean(
+        metadata={"description": "Missing weights will be downloaded on first use."}
+    )
+    ready = fields.Boolean(
+        metadata={"description": "It can run here: available, or downloadable (and no "
+                  "Python package missing)."}
+    )  # fmt: skip
+
+
+class VocalsDefaultSchema(Schema):
+    """The separation model karaoke and isolate_vocals use when the request names none."""
+
+    model = fields.String(metadata={"example": "mel_band_roformer_kim"})
+    how = fields.String(
+        validate=validate.OneOf([vocals_model.BEST, vocals_model.FALLBACK]),
+        metadata={"description": "`best`: the first of `ranking`; `fallback`: a better "
+                  "ranked model cannot run here (its weights are missing), so a lower one "
+                  "or the separation default runs.", "example": "best"},
+    )  # fmt: skip
+    reason = fields.String(
+        metadata={"example": "default: the best vocals model in the catalogue (vocals "
+                  "10.98 dB SDR on Multisong (MVSep))"}
+    )  # fmt: skip
+    benchmark = fields.String(
+        metadata={"description": "The one benchmark the ranking compares.",
+                  "example": "Multisong (MVSep)"}
+    )  # fmt: skip
+    ranking = fields.List(
+        fields.Nested(VocalsRankSchema),
+        metadata={"description": "Separation models with a `vocals` stem and a published "
+                  "vocals SDR on `benchmark`, best first; models without one (local models, "
+                  "ensembles, hpss) are never the automatic choice."},
+    )  # fmt: skip
+
+
 class ModelListSchema(Schema):
     models = fields.List(fields.Nested(ModelSchema))
     loaded = fields.List(
@@ -161,14 +205,30 @@ class ModelListSchema(Schema):
         values=fields.String(),
         metadata={"example": {"separation": "htdemucs"}},
     )
+    vocals_default = fields.Nested(
+        VocalsDefaultSchema,
+        metadata={"description": "What karaoke and transcription with `isolate_vocals` use "
+                  "when the request names no `separation_model`, chosen when a job is "
+                  "submitted."},
+    )  # fmt: skip
 
 
 @blp.route("", methods=["GET"])
 @blp.response(200, ModelListSchema)
 def list_models() -> dict[str, Any]:
-    """Every engine with its kind, description, availability and the default per kind."""
+    """Every engine with its kind, description, availability and the default per kind,
+    and the separation model karaoke and isolate_vocals use by default."""
+    config = current_app.config
+    models = registry.catalogue(config)
+    choice = vocals_model.choose(config, models)
     return {
-        "models": registry.catalogue(current_app.config),
+        "models": models,
         "defaults": registry.DEFAULTS,
-        "loaded": get_cache(current_app.config).loaded(),
+        "vocals_default": {
+            "model": choice.model,
+            **choice.to_dict(),
+            "benchmark": vocals_model.BENCHMARK,
+            "ranking": [r.to_dict() for r in vocals_model.ranking(models)],
+        },
+        "loaded": get_cache(config).loaded(),
     }

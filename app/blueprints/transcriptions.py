@@ -150,8 +150,9 @@ class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
         load_default=None,
         validate=known_separator,
         metadata={
-            "description": "Model for isolate_vocals, one with a vocals stem "
-            f"(default {registry.DEFAULTS['separation']})."
+            "description": "Model for isolate_vocals, one with a vocals stem. Default: the "
+            "best vocals model this server can run, as for karaoke (`vocals_default` in GET "
+            "/api/v1/models)."
         },
     )
 
@@ -164,9 +165,8 @@ class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
             )
         if data.get("separation_model") and not data.get("isolate_vocals"):
             raise ValidationError("Only with isolate_vocals=true.", "separation_model")
-        if data.get("isolate_vocals"):
-            name = data.get("separation_model") or registry.DEFAULTS["separation"]
-            entry = registry.describe("separation", name, current_app.config)
+        if data.get("isolate_vocals") and data.get("separation_model"):
+            entry = registry.describe("separation", data["separation_model"], current_app.config)
             if entry and entry.get("stems") and "vocals" not in entry["stems"]:
                 raise ValidationError("This model has no vocals stem.", "separation_model")
 

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from flask import current_app
 
 from app import audio, lyrics, storage, transcripts
 from app.models import registry
 from app.records import Job, User
-from app.services import jobs, separation, transcription
+from app.services import jobs, separation, transcription, vocals_model
 from app.services.runner import Attempt, ProgressReporter, SubProgress, execute
 
 KIND = "karaoke"
@@ -28,9 +29,14 @@ SILENT_VOCALS_DB = -35.0
 
 
 def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str | None) -> Job:
+    """Queue a karaoke job. Without a ``separation_model`` the best vocals model
+    this server can run is chosen now (``vocals_model``) and kept in the params
+    with how and why (``separation_model_choice``)."""
+    choice = vocals_model.resolve(params.get("separation_model"), current_app.config)
     params = {
         **params,
-        "separation_model": params.get("separation_model") or registry.DEFAULTS["separation"],
+        "separation_model": choice.model,
+        "separation_model_choice": choice.to_dict(),
         "whisper_model": params.get("whisper_model") or registry.DEFAULTS["transcription"],
     }
     params = {k: v for k, v in params.items() if v is not None}

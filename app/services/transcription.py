@@ -12,7 +12,7 @@ from flask import current_app
 from app import audio, storage
 from app.models import registry
 from app.records import Job, User
-from app.services import jobs, separation
+from app.services import jobs, separation, vocals_model
 from app.services.runner import Attempt, Progress, ProgressReporter, SubProgress, execute
 
 KIND = "transcription"
@@ -27,11 +27,17 @@ VOCALS_PARAMS = {
 
 def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The model name and the parameters a transcription runs with, from
-    validated request fields; jobs and ``flask transcribe`` share it."""
+    validated request fields; jobs and ``flask transcribe`` share it.
+
+    With ``isolate_vocals`` and no ``separation_model``, the best vocals model
+    this server can run is chosen (``vocals_model``); how and why is kept in
+    ``separation_model_choice``."""
     name = params.get("model") or registry.DEFAULTS[KIND]
     params = {k: v for k, v in {**params, "model": name}.items() if v is not None}
     if params.get("isolate_vocals"):
-        params.setdefault("separation_model", registry.DEFAULTS["separation"])
+        choice = vocals_model.resolve(params.get("separation_model"), current_app.config)
+        params["separation_model"] = choice.model
+        params["separation_model_choice"] = choice.to_dict()
     return name, params
 
 

@@ -565,6 +565,56 @@ def test_karaoke_results(
             context.close()
 
 
+def test_karaoke_leaves_the_separation_model_to_the_server(
+    chromium: Any, tmp_path: Path, eager_app: Callable[..., Flask], vocal_models_dir: Path
+) -> None:
+    """The karaoke picker starts on "Server's choice" (GET /api/v1/models'
+    ``vocals_default``) with the reason under it; left there, the request names
+    no model and the job runs the server's pick, which its card shows."""
+    app = eager_app(MODELS_DIR=str(vocal_models_dir), ALLOW_MODEL_DOWNLOAD=False)
+    song = tmp_path / "song.wav"
+    song.write_bytes(wav_bytes(0.5 * sine_and_clicks(seconds=1.0)))
+    with LiveServer(app) as live:
+        context = chromium.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            sign_up(page)
+            page.locator("input[name=kind][value=karaoke]").check()
+            select = page.locator("#ka-sep-model")
+            page.locator("#ka-sep-model option[value='']").wait_for(state="attached")
+            assert select.input_value() == ""
+            assert select.locator("option:checked").inner_text() == (
+                "Server's choice (mel_band_roformer_kim)"
+            )
+            hint = page.locator('[data-describes="ka-sep-model"]')
+            choice = hint.locator('[data-fact="choice"]').inner_text()
+            assert choice.startswith("Server's choice: mel_band_roformer_kim. Default: the best")
+            assert "10.98 dB" in choice
+            assert "Mel-Band RoFormer" in hint.locator('[data-fact="description"]').inner_text()
+            select.select_option("htdemucs")
+            assert hint.locator('[data-fact="choice"]').count() == 0
+            select.select_option("")
+
+            page.locator("#file-input").set_input_files(str(song))
+            page.get_by_role("button", name="Make karaoke", exact=True).click()
+            job = page.locator(".job").first
+            job.locator(".badge", has_text="Done").wait_for(timeout=120_000)
+            meta = job.locator(".job-meta")
+            assert meta.inner_text().startswith("mel_band_roformer_kim · ")
+            assert meta.get_attribute("title").startswith("default: the best vocals model")
+
+            page.locator("input[name=kind][value=transcription]").check()
+            assert page.locator("#tr-isolate-hint").inner_text() == (
+                "Vocals separated by mel_band_roformer_kim, the server's choice."
+            )
+            assert errors == []
+        finally:
+            context.close()
+
+
 def test_the_model_description_helps_choose(page: Any, server: LiveServer) -> None:
     """Under the model select: the description, then stems and rate, the
     published SDR per benchmark with a link to its source, the weights'

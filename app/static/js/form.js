@@ -28,6 +28,8 @@ const GENERATION_FIELDS = [
 const NUMBERS = new Set(["duration", "guidance_scale", "temperature", "top_k", "top_p", "seed"]);
 
 let models = [];
+// What the server picks when a request names no model: {vocals_default: {model, how, reason, …}}.
+let serverChoices = {};
 let file = null;
 let running = null; // the upload in flight: {abort}
 
@@ -131,6 +133,7 @@ export async function loadModels() {
   try {
     const body = await api("/api/v1/models");
     models = body.models || [];
+    serverChoices = { vocals_default: body.vocals_default || null };
   } catch (error) {
     announce(`Could not load the model list: ${error.message}`);
     return;
@@ -142,6 +145,10 @@ export async function loadModels() {
     select.replaceChildren();
     let chosen = null;
     const fits = models.filter((m) => m.kind === kind && (!needs || (m.stems || []).includes(needs)));
+    // A select whose field the server fills in when it is left out (karaoke's
+    // separation model) starts on "Server's choice": the empty value is not sent.
+    const pick = select.dataset.serverChoice ? serverChoices[select.dataset.serverChoice] : null;
+    if (pick) select.append(h("option", { value: "" }, `Server's choice (${pick.model})`));
     for (const model of fits) {
       const usable = model.available || model.downloadable;
       const notes = [];
@@ -151,10 +158,15 @@ export async function loadModels() {
       select.append(option);
       if (model.name === previous && usable) chosen = model.name;
     }
-    // Default: the kind's default when it can run here, else the first ready model.
+    // Default: the server's choice where it makes one, else the kind's default
+    // when it can run here, else the first ready model.
     const ready = fits.find((m) => m.default && m.available) || fits.find((m) => m.available) || fits.find((m) => m.default);
-    select.value = chosen || (ready ? ready.name : select.value);
+    select.value = chosen || (pick ? "" : ready ? ready.name : select.value);
     describeModel(select);
+  }
+  for (const hint of $$("[data-server-choice-of]")) {
+    const pick = serverChoices[hint.dataset.serverChoiceOf];
+    hint.textContent = pick ? `Vocals separated by ${pick.model}, the server's choice.` : "";
   }
   updateSeparationModel();
 }
@@ -166,13 +178,22 @@ function modelEntry(kind, name) {
 function describeModel(select) {
   const hint = $(`[data-describes="${select.id}"]`);
   if (!hint) return;
-  const entry = modelEntry(select.dataset.models, select.value);
+  const pick = select.value === "" && select.dataset.serverChoice ? serverChoices[select.dataset.serverChoice] : null;
+  const entry = modelEntry(select.dataset.models, pick ? pick.model : select.value);
   hint.replaceChildren();
+  if (pick) {
+    // Why the server picks this model: the best vocals model it can run, or a fallback.
+    hint.append(h("span", { class: "model-fact", "data-fact": "choice" }, `Server's choice: ${pick.model}. ${capitalise(pick.reason)}.`));
+  }
   if (!entry) return;
   hint.append(h("span", { class: "model-fact", "data-fact": "description" }, entry.description || ""));
   for (const [fact, ...content] of modelFacts(entry)) {
     hint.append(h("span", { class: "model-fact", "data-fact": fact }, ...content));
   }
+}
+
+function capitalise(text) {
+  return text ? text.charAt(0).toUpperCase() + text.slice(1) : text;
 }
 
 /** A link to where a figure or licence is stated (shown as its host). */

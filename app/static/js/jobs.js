@@ -130,12 +130,20 @@ function render(card, before) {
   const { job, el } = card;
   el.dataset.status = job.status;
   el.querySelector(".job-title").textContent = `${kindLabel(job.kind)}: ${describe(job)}`;
-  const meta = [job.model, formatDate(job.created_at)];
+  const params = job.params || {};
+  const meta = [job.model];
+  if (job.kind === "transcription" && params.isolate_vocals) meta.push(`vocals by ${params.separation_model}`);
+  meta.push(formatDate(job.created_at));
   if (job.input && job.input.duration) meta.push(formatSeconds(job.input.duration));
   if (job.status === "succeeded" && job.metrics && job.metrics.run_seconds !== undefined) {
     meta.push(`took ${job.metrics.run_seconds.toFixed(1)} s`);
   }
-  el.querySelector(".job-meta").textContent = meta.filter(Boolean).join(" · ");
+  const metaEl = el.querySelector(".job-meta");
+  metaEl.textContent = meta.filter(Boolean).join(" · ");
+  // Why the server chose the separation model (karaoke, isolate_vocals) when the request named none.
+  const choice = params.separation_model_choice;
+  if (choice && choice.how !== "requested") metaEl.title = choice.reason;
+  else metaEl.removeAttribute("title");
   const badge = el.querySelector(".badge");
   badge.textContent = STATUS_LABELS[job.status] || job.status;
   badge.dataset.status = job.status;

@@ -1,0 +1,175 @@
+"""Which separation model isolates the vocals when a request names none.
+
+Karaoke jobs and transcriptions with ``isolate_vocals`` need a model with a
+``vocals`` stem. When the request leaves ``separation_model`` out, the server
+picks the best one it can run:
+
+1. Rank the separation models of the catalogue that give a ``vocals`` stem by
+   their published vocals SDR on one benchmark, ``BENCHMARK`` (Multisong), best
+   first. Figures on different benchmarks are not comparable, so only that
+   one counts; a model with no such figure (hpss, ``mdx``, a local model, an
+   ensemble) is never the automatic choice.
+2. Take the first whose weights are here (``available``) or will be fetched on
+   first use (``downloadable``: ``ALLOW_MODEL_DOWNLOAD``).
+3. If none of them can run, use the separation default
+   (``registry.DEFAULTS["separation"]``).
+
+The choice is made when the job is submitted and kept in its parameters
+(``separation_model``, and ``separation_model_choice``: how and why), so the job
+document says which model ran. A model the request names is never replaced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from app.models import catalogue_facts, registry
+
+BENCHMARK = catalogue_facts.MULTISONG
+STEM = "vocals"
+
+# ``Choice.how``: the request named the model; the best ranked model runs here;
+# a better ranked model cannot, so a lower one (or the separation default) runs.
+REQUESTED = "requested"
+BEST = "best"
+FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One model of the ranking, and whether it can run on this server."""
+
+    name: str
+    sdr_db: float
+    available: bool  # the weights are here
+    downloadable: bool  # missing weights are fetched on first use
+    requires: str | None  # a Python package it needs and this machine lacks
+
+    @property
+    def ready(self) -> bool:
+        return not self.requires and (self.available or self.downloadable)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "sdr_db": self.sdr_db,
+            "available": self.available,
+            "downloadable": self.downloadable,
+            "ready": self.ready,
+        }
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model that isolates the vocals, how it was chosen and why."""
+
+    model: str
+    how: str  # REQUESTED, BEST or FALLBACK
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a job keeps in ``params["separation_model_choice"]``."""
+        return {"how": self.how, "reason": self.reason}
+
+
+def vocals_sdr(entry: dict[str, Any]) -> float | None:
+    """A catalogue entry's published vocals SDR on ``BENCHMARK``, if it has one."""
+    for figure in entry.get("quality") or ():
+        if figure.get("stem") == STEM and figure.get("benchmark") == BENCHMARK:
+            return float(figure["sdr_db"])
+    return None
+
+
+def separation_entries(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The separation models of the catalogue."""
+    return [e for engine in registry.engines("separation") for e in engine.catalogue(config)]
+
+
+def ranking(entries: Iterable[dict[str, Any]]) -> list[Ranked]:
+    """The separation models with a ``vocals`` stem and a vocals figure on
+    ``BENCHMARK``, best first (catalogue order between equal figures)."""
+    ranked = []
+    for entry in entries:
+        if entry.get("kind") != "separation" or STEM not in (entry.get("stems") or ()):
+            continue
+        sdr = vocals_sdr(entry)
+        if sdr is None:
+            continue
+        ranked.append(
+            Ranked(
+                name=entry["name"],
+                sdr_db=sdr,
+                available=bool(entry.get("available")),
+                downloadable=bool(entry.get("downloadable")),
+                requires=entry.get("requires"),
+            )
+        )
+    return sorted(ranked, key=lambda r: -r.sdr_db)
+
+
+def _figure(model: Ranked) -> str:
+    return f"vocals {model.sdr_db:g} dB SDR on {BENCHMARK}"
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _why_not(skipped: list[Ranked]) -> str:
+    """Why better ranked models cannot run: "X's weights are not on this server"."""
+    parts = []
+    missing = [m.name for m in skipped if not m.requires]
+    if len(missing) == 1:
+        parts.append(f"{missing[0]}'s weights are not on this server")
+    elif missing:
+        parts.append(f"the weights of {_names(missing)} are not on this server")
+    parts += [f"{m.name} needs the Python package {m.requires}" for m in skipped if m.requires]
+    return "; ".join(parts)
+
+
+def choose(config: dict[str, Any], entries: Iterable[dict[str, Any]] | None = None) -> Choice:
+    """The best vocals model that can run here (see the module's docstring).
+
+    ``entries``: the catalogue if the caller has it already (``GET /models``).
+    """
+    ranked = ranking(separation_entries(config) if entries is None else entries)
+    default = registry.DEFAULTS["separation"]
+    chosen = next((m for m in ranked if m.ready), None)
+    if chosen is None:
+        if not ranked:
+            why = f"no separation model here has a published vocals SDR on {BENCHMARK}"
+        else:
+            why = _why_not(ranked)
+        return Choice(default, FALLBACK, f"fallback: {why}; using the separation default {default}")
+    fetched = "" if chosen.available else "; its weights are downloaded on first use"
+    skipped = ranked[: ranked.index(chosen)]
+    if not skipped:
+        return Choice(
+            chosen.name,
+            BEST,
+            f"default: the best vocals model in the catalogue ({_figure(chosen)}){fetched}",
+        )
+    hint = ""
+    fetchable = [m.name for m in skipped if not m.requires and _can_download(m.name, config)]
+    if fetchable:
+        hint = f" (`flask models download {fetchable[0]}` fetches them)"
+    return Choice(
+        chosen.name,
+        FALLBACK,
+        f"fallback: {_why_not(skipped)}{hint}; {chosen.name} is the best vocals model "
+        f"that can run here ({_figure(chosen)}){fetched}",
+    )
+
+
+def _can_download(name: str, config: dict[str, Any]) -> bool:
+    found = registry.find("separation", name, config)
+    return found is not None and found.can_download(name)
+
+
+def resolve(requested: str | None, config: dict[str, Any]) -> Choice:
+    """The model a job runs: the one the request names, else ``choose``'s."""
+    if requested:
+        return Choice(requested, REQUESTED, "named in the request")
+    return choose(config)
