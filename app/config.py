@@ -54,6 +54,10 @@ def from_environment() -> dict[str, Any]:
         "MODEL_DEVICE": (os.environ.get("MODEL_DEVICE") or "auto").lower(),
         "MODELS_DIR": os.environ.get("MODELS_DIR") or str(data_dir / "models"),
         "ALLOW_MODEL_DOWNLOAD": env_bool("ALLOW_MODEL_DOWNLOAD", True),
+        # The model that isolates vocals for karaoke and isolate_vocals when a
+        # request names none; empty: the best vocals model that can run here
+        # (app/services/vocals_model.py). A CPU-only server may prefer htdemucs.
+        "VOCALS_MODEL": (os.environ.get("VOCALS_MODEL") or "").strip() or None,
         "LOG_LEVEL": (os.environ.get("LOG_LEVEL") or "INFO").upper(),
         "LOG_FORMAT": (os.environ.get("LOG_FORMAT") or "text").strip().lower(),
         "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,

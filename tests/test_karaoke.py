@@ -446,3 +446,43 @@ def test_the_ranking_compares_one_benchmark_and_skips_models_without_a_figure(
     assert vocals_model.resolve("mdx", config) == vocals_model.Choice(
         "mdx", "requested", "named in the request"
     )
+
+
+@pytest.mark.usefixtures("no_hub_cache")
+def test_a_download_that_fails_at_run_time_falls_back_to_weights_that_are_here(
+    eager_app: Callable[..., Flask], models_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Downloads allowed but no internet: Kim's model is chosen at submission,
+    its download fails in the job, and htdemucs (here) runs instead; the
+    result says so."""
+    from app.models import roformer_engine
+
+    def offline(name: str, config: dict) -> None:
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(roformer_engine, "download", offline)
+    app = eager_app(MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=True)
+    client = app.test_client()
+    headers = register_and_login(client)
+    job = _karaoke(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), "song.wav")
+    assert job["status"] == "succeeded", job
+    assert job["params"]["separation_model"] == MEL  # what was chosen
+    used = job["result"]["separation_model"]  # what ran
+    assert used["model"] == "htdemucs" and used["how"] == "fallback"
+    assert MEL in used["reason"] and "could not be downloaded" in used["reason"]
+    assert used["reason"].endswith("htdemucs ran instead.")
+
+
+def test_the_server_may_set_the_vocals_model(
+    eager_app: Callable[..., Flask], vocal_models_dir: Path
+) -> None:
+    app = eager_app(
+        MODELS_DIR=str(vocal_models_dir), ALLOW_MODEL_DOWNLOAD=False, VOCALS_MODEL="htdemucs"
+    )
+    client = app.test_client()
+    headers = register_and_login(client)
+    job = _karaoke(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), "song.wav")
+    assert job["status"] == "succeeded", job
+    assert job["params"]["separation_model"] == "htdemucs"
+    assert job["params"]["separation_model_choice"]["how"] == "configured"
+    assert job["result"]["separation_model"]["model"] == "htdemucs"

@@ -42,6 +42,12 @@ class TranscriptionResultSchema(Schema):
     transcript_url = fields.String(
         metadata={"description": "Transcription: rendered as json, txt, srt, vtt, tsv or lrc."}
     )
+    separation_model = fields.Dict(
+        metadata={
+            "description": "Transcription with isolate_vocals, and karaoke: the model that "
+            "isolated the vocals (`model`), and `how` and why (`reason`) it was chosen."
+        }
+    )
 
 
 known_whisper = known_model("transcription")

@@ -106,8 +106,8 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     }
 
     report.stage("separating", 0.0)
-    names, paths, rate, device = separation.separate_file(
-        source, info, params["separation_model"], stem_params, folder, SubProgress(report, 0.0, 0.6)
+    names, paths, rate, device, vocals_by = vocals_model.separate_vocals(
+        source, info, params, stem_params, folder, SubProgress(report, 0.0, 0.6)
     )
     vocals = paths[names.index("vocals")]
     instrumental = folder / f"instrumental.{fmt}"
@@ -181,6 +181,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         "lines": [line.to_dict(with_words=False) for line in lines],
         "tags": tags,
         "device": device,
+        "separation_model": vocals_by,
         **({"analysis": song_analysis} if song_analysis is not None else {}),
     }
 

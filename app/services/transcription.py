@@ -12,7 +12,7 @@ from flask import current_app
 from app import audio, storage
 from app.models import registry
 from app.records import Job, User
-from app.services import jobs, separation, vocals_model
+from app.services import jobs, vocals_model
 from app.services.runner import Attempt, Progress, ProgressReporter, SubProgress, execute
 
 KIND = "transcription"
@@ -82,18 +82,16 @@ def transcribe_path(
     if params.get("isolate_vocals"):
         folder = workdir / "vocals"
         folder.mkdir()
-        names, paths, _rate, _device = separation.separate_file(
-            source,
-            info,
-            params["separation_model"],
-            VOCALS_PARAMS,
-            folder,
-            SubProgress(report, 0.0, 0.6),
+        names, paths, _rate, _device, vocals_by = vocals_model.separate_vocals(
+            source, info, params, VOCALS_PARAMS, folder, SubProgress(report, 0.0, 0.6)
         )
         source = paths[names.index("vocals")]
         step = SubProgress(report, 0.6, 1.0)
     try:
-        return transcribe_file(source, name, params, step)
+        result, device = transcribe_file(source, name, params, step)
+        if params.get("isolate_vocals"):
+            result["separation_model"] = vocals_by
+        return result, device
     finally:
         if params.get("isolate_vocals"):
             shutil.rmtree(workdir / "vocals", ignore_errors=True)

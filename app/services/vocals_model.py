@@ -21,11 +21,20 @@ document says which model ran. A model the request names is never replaced.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from flask import current_app
+
+from app.errors import ServiceError
 from app.models import catalogue_facts, registry
+from app.models.engines import Progress
+from app.services import separation
+
+log = logging.getLogger(__name__)
 
 BENCHMARK = catalogue_facts.MULTISONG
 STEM = "vocals"
@@ -33,6 +42,7 @@ STEM = "vocals"
 # ``Choice.how``: the request named the model; the best ranked model runs here;
 # a better ranked model cannot, so a lower one (or the separation default) runs.
 REQUESTED = "requested"
+CONFIGURED = "configured"  # the server's VOCALS_MODEL
 BEST = "best"
 FALLBACK = "fallback"
 
@@ -169,7 +179,73 @@ def _can_download(name: str, config: dict[str, Any]) -> bool:
 
 
 def resolve(requested: str | None, config: dict[str, Any]) -> Choice:
-    """The model a job runs: the one the request names, else ``choose``'s."""
+    """The model a job runs: the one the request names, else the server's
+    ``VOCALS_MODEL``, else ``choose``'s."""
     if requested:
         return Choice(requested, REQUESTED, "named in the request")
+    configured = config.get("VOCALS_MODEL")
+    if configured:
+        if registry.find("separation", configured, config) is not None:
+            return Choice(configured, CONFIGURED, "set by the server (VOCALS_MODEL)")
+        log.warning("VOCALS_MODEL=%s is no separation model here; choosing one", configured)
     return choose(config)
+
+
+def fallbacks(params: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The models to try, in order, when an automatically chosen model's
+    weights cannot be had at run time (a download that fails on a server
+    without internet access): the ranked models below it whose weights are
+    here, then the separation default. None for a model the request or the
+    server named."""
+    choice = params.get("separation_model_choice") or {}
+    if choice.get("how") not in (BEST, FALLBACK):
+        return []
+    chosen = params["separation_model"]
+    ranked = ranking(separation_entries(config))
+    names = [m.name for m in ranked]
+    below = ranked[names.index(chosen) + 1 :] if chosen in names else ranked
+    candidates = [m.name for m in below if m.available and not m.requires]
+    default = registry.DEFAULTS["separation"]
+    return [n for n in dict.fromkeys([*candidates, default]) if n != chosen]
+
+
+def separate_vocals(
+    source: Path,
+    info: dict[str, Any],
+    params: dict[str, Any],
+    stem_params: dict[str, Any],
+    folder: Path,
+    report: Progress,
+) -> tuple[list[str], list[Path], int, str, dict[str, Any]]:
+    """Separate ``vocals`` with the job's model, falling back (``fallbacks``)
+    when an automatically chosen model turns out unavailable.
+
+    Returns what ``separate_file`` does, plus what ran: ``{"model", "how",
+    "reason"}``, the reason saying why the chosen model did not run if it
+    did not."""
+    config = current_app.config
+    chosen = params["separation_model"]
+    choice = params.get("separation_model_choice") or {}
+    used = {"model": chosen, **choice}
+    first_error: ServiceError | None = None
+    for model in [chosen, *fallbacks(params, config)]:
+        try:
+            names, paths, rate, device = separation.separate_file(
+                source, info, model, stem_params, folder, report
+            )
+        except ServiceError as exc:
+            if exc.code != "model_unavailable":
+                raise
+            log.warning("vocals model %s is unavailable: %s", model, exc.message)
+            first_error = first_error or exc
+            continue
+        if model != chosen:
+            assert first_error is not None
+            used = {
+                "model": model,
+                "how": FALLBACK,
+                "reason": f"fallback at run time: {first_error.message} {model} ran instead.",
+            }
+        return names, paths, rate, device, used
+    assert first_error is not None
+    raise first_error
