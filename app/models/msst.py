@@ -106,6 +106,8 @@ def stems_of(settings: dict[str, Any], outputs: int) -> tuple[list[str], bool]:
     training = settings.get("training") or {}
     instruments = [str(s).lower() for s in training.get("instruments") or []]
     target = training.get("target_instrument")
+    if outputs < 1:
+        raise ValueError(f"the model has no outputs (training.instruments is {instruments})")
     if target:
         if outputs != 1:
             raise ValueError(

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import ServiceError
-from app.models import demucs_engine, hpss, musicgen_engine, roformer_engine, whisper_engine
+from app.models import (
+    demucs_engine,
+    hpss,
+    mdx23c_engine,
+    musicgen_engine,
+    roformer_engine,
+    whisper_engine,
+)
 from app.models.engines import RESERVED_OPTION_NAMES, Engine, Option
 
 KINDS = ("separation", "transcription", "generation")
@@ -179,5 +186,6 @@ def download(name: str, config: dict[str, Any]) -> Path:
 register(hpss.HpssEngine())
 register(demucs_engine.DemucsEngine())
 register(roformer_engine.RoformerEngine())
+register(mdx23c_engine.Mdx23cEngine())
 register(whisper_engine.WhisperEngine())
 register(musicgen_engine.MusicGenEngine())
