@@ -235,12 +235,12 @@ def test_a_member_without_weights_fails_the_job_naming_it(
 def test_a_member_that_breaks_fails_the_job_naming_it(
     client: FlaskClient, headers: dict, song: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.models import roformer_engine
+    from app.models import msst
 
     def broken(self, window, progress):
         raise RuntimeError("shapes do not match")
 
-    monkeypatch.setattr(roformer_engine.WindowSeparator, "__call__", broken)
+    monkeypatch.setattr(msst.WindowSeparator, "__call__", broken)
     job = _separate(client, headers, song, ("model", f"htdemucs+{BS}"))
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_failed"
@@ -344,7 +344,11 @@ def test_downloading_a_preset_downloads_its_members(
     from app.models import roformer_engine
 
     fetched: list[str] = []
-    monkeypatch.setattr(roformer_engine, "download", lambda name, config: fetched.append(name))
+    monkeypatch.setattr(
+        roformer_engine.RoformerEngine,
+        "download",
+        lambda self, name, config: fetched.append(name),
+    )
     result = app.test_cli_runner().invoke(args=["models", "download", PRESET])
     assert result.exit_code == 0, result.output
     assert fetched == [MEL, BS]

@@ -455,12 +455,12 @@ def test_a_download_that_fails_at_run_time_falls_back_to_weights_that_are_here(
     """Downloads allowed but no internet: Kim's model is chosen at submission,
     its download fails in the job, and htdemucs (here) runs instead; the
     result says so."""
-    from app.models import roformer_engine
+    from app.models import msst
 
-    def offline(name: str, config: dict) -> None:
+    def offline(url: str, target: Path) -> None:
         raise OSError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(roformer_engine, "download", offline)
+    monkeypatch.setattr(msst, "fetch", offline)
     app = eager_app(MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=True)
     client = app.test_client()
     headers = register_and_login(client)

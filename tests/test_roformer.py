@@ -139,7 +139,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_model_unavailable(
 
 
 def test_chunks_cover_the_window_and_the_weights_fade_only_inside() -> None:
-    from app.models.roformer_engine import chunk_starts, chunk_weights
+    from app.models.msst import chunk_starts, chunk_weights
 
     assert chunk_starts(100, 200, 50) == [0]
     assert chunk_starts(250, 100, 50) == [0, 50, 100, 150]
@@ -206,7 +206,7 @@ def published_as_files(monkeypatch: pytest.MonkeyPatch, roformer_dir: Path) -> N
         )
         for name, spec in roformer_engine.PUBLISHED.items()
     }
-    monkeypatch.setattr(roformer_engine, "PUBLISHED", published)
+    monkeypatch.setattr(roformer_engine.RoformerEngine, "PUBLISHED", published)
 
 
 @pytest.mark.usefixtures("published_as_files")
@@ -254,10 +254,10 @@ def test_progress_steps_through_the_chunks(
 
 def test_the_loaded_model_counts_its_weights_in_the_cache_budget(roformer_dir: Path) -> None:
     from app.models.cache import model_bytes
-    from app.models.roformer_engine import load
+    from app.models.roformer_engine import RoformerEngine
 
     config = {"MODELS_DIR": str(roformer_dir), "ALLOW_MODEL_DOWNLOAD": False}
-    loaded = load(BS, config, "cpu")
+    loaded = RoformerEngine().load(BS, config, "cpu")
     assert model_bytes(loaded) == model_bytes(loaded.net) > 0
     assert (loaded.sample_rate, loaded.channels, loaded.num_overlap) == (SR, 2, 2)
     assert loaded.sources == ["vocals", "instrumental"] and loaded.instrumental

@@ -142,6 +142,15 @@ ROFORMER: dict[str, Facts] = {
 }
 ROFORMER_LOCAL = Facts(license=NOT_STATED)
 
+# ZFTurbo's "MDX23C" vocals row (model_vocals_mdx23c_sdr_10.17.ckpt). No source
+# states a figure for UVR's MDX23C-8KFFT-InstVoc_HQ weights. Neither publisher
+# states a licence for the weights (ZFTurbo's repository licenses its code, MIT).
+MDX23C: dict[str, Facts] = {
+    "mdx23c_vocals_zfturbo": Facts(quality=_multisong(vocals=10.17), license=NOT_STATED),
+    "mdx23c_instvoc_hq": Facts(quality=None, license=NOT_STATED),
+}
+MDX23C_LOCAL = Facts(license=NOT_STATED)
+
 # --------------------------------------------------------------------- other kinds
 
 # openai/whisper's README: "Whisper's code and model weights are released under

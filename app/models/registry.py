@@ -20,6 +20,7 @@ from app.models import (
     demucs_engine,
     ensemble_engine,
     hpss,
+    mdx23c_engine,
     musicgen_engine,
     roformer_engine,
     whisper_engine,
@@ -186,6 +187,7 @@ def download(name: str, config: dict[str, Any]) -> Path:
 register(hpss.HpssEngine())
 register(demucs_engine.DemucsEngine())
 register(roformer_engine.RoformerEngine())
+register(mdx23c_engine.Mdx23cEngine())
 # After the single-model families: its members are found among them.
 register(ensemble_engine.EnsembleEngine(lambda name, config: find("separation", name, config)))
 register(whisper_engine.WhisperEngine())

@@ -131,7 +131,8 @@ inference:
 
 def write_model(models_dir: Path, name: str, config_text: str, *, wrap: bool, seed: int) -> Path:
     """Build the network the config describes with random weights and save both files."""
-    from app.models.roformer_engine import architecture, read_config
+    from app.models.msst import read_config
+    from app.models.roformer_engine import RoformerEngine
     from app.models.roformer_net import ARCHITECTURES
 
     folder = models_dir / "roformer" / name
@@ -139,7 +140,7 @@ def write_model(models_dir: Path, name: str, config_text: str, *, wrap: bool, se
     (folder / "config.yaml").write_text(config_text)
     settings = read_config(folder / "config.yaml")
     torch.manual_seed(seed)
-    net = ARCHITECTURES[architecture(name, settings)](**settings["model"])
+    net = ARCHITECTURES[RoformerEngine().architecture(name, settings)](**settings["model"])
     state: Any = net.state_dict()
     torch.save({"state_dict": state} if wrap else state, folder / "model.ckpt")
     return folder
