@@ -74,3 +74,74 @@ def test_a_window_that_runs_out_of_gpu_memory_is_retried_smaller_then_on_cpu(
         separator(np.zeros((2, 44100), np.float32), lambda f: None)
     assert getattr(caught.value, "code", None) == "out_of_memory"
     assert [device for device, _ in tried] == ["cuda", "cuda", "cuda"]
+
+
+def test_roformer_and_mdx23c_chunks_retry_then_go_on_on_the_cpu(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint families' chunks: once more on the GPU, then the rest of
+    the window on the CPU (MODEL_DEVICE=auto), the model back on its GPU after;
+    half precision on the GPU when the config trains so (use_amp)."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from app.models import msst
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    calls: list[str] = []
+    autocast: list[str] = []
+
+    class Net:
+        num_stems = 1
+
+        def __init__(self) -> None:
+            self.on = "cuda"
+            self.moved: list[str] = []
+
+        def to(self, device: str) -> Net:
+            self.on = device
+            self.moved.append(device)
+            return self
+
+        def __call__(self, piece: torch.Tensor) -> torch.Tensor:
+            calls.append(self.on)
+            if self.on == "cuda":
+                raise OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+            return piece[:, None] * 0.5
+
+    @contextlib.contextmanager
+    def fake_autocast(device_type: str, dtype: object = None):
+        autocast.append(device_type)
+        yield
+
+    monkeypatch.setattr(torch, "autocast", fake_autocast)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # no CUDA here
+    monkeypatch.setattr("torch.cuda.empty_cache", lambda: None)
+    net = Net()
+    model = msst.LoadedModel(
+        net=net, sources=["vocals", "instrumental"], instrumental=True, sample_rate=44100,
+        channels=2, chunk_size=1000, num_overlap=2, resident_bytes=0,
+    )  # fmt: skip
+    separator = msst.WindowSeparator(model, "cuda", 0.5)
+    window = np.ones((2, 2500), np.float32)
+    with app.app_context():  # MODEL_DEVICE=auto: the CPU is allowed
+        out = separator(window, lambda f: None)
+    assert out.shape == (2, 2, 2500)
+    np.testing.assert_allclose(out[0], 0.5)  # vocals, and the mix minus them
+    np.testing.assert_allclose(out[1], 0.5)
+    # the first chunk twice on the GPU, then every chunk on the CPU
+    assert calls[:3] == ["cuda", "cuda", "cpu"] and set(calls[3:]) == {"cpu"}
+    assert autocast == ["cuda", "cuda"]  # half precision on the GPU only
+    assert net.moved == ["cpu", "cuda"]  # back on its GPU for the next job
+
+    calls.clear()
+    net.on = "cuda"
+    app.config["MODEL_DEVICE"] = "cuda"
+    with app.app_context(), pytest.raises(Exception) as caught:
+        separator(window, lambda f: None)
+    assert getattr(caught.value, "code", None) == "out_of_memory"
+    assert calls == ["cuda", "cuda"]

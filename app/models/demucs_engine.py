@@ -249,7 +249,7 @@ class WindowSeparator:
         """
         import torch
 
-        from app.models.oom import after_out_of_memory, is_cuda_out_of_memory
+        from app.models.oom import after_out_of_memory, cpu_fallback_allowed, is_cuda_out_of_memory
 
         mix = torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
         mix = (mix - self.ref_mean) / self.ref_std
@@ -268,7 +268,7 @@ class WindowSeparator:
                         device,
                         segment or default,
                         default_segment=self.segment,
-                        allow_cpu=_cpu_fallback_allowed(),
+                        allow_cpu=cpu_fallback_allowed(),
                     )
                     if retry is None:
                         raise ServiceError(
@@ -319,13 +319,6 @@ class WindowSeparator:
                 progress=False,
                 num_workers=0,
             )[0]
-
-
-def _cpu_fallback_allowed() -> bool:
-    """Only ``MODEL_DEVICE=auto`` lets a job move to the CPU on its own."""
-    from flask import current_app, has_app_context
-
-    return has_app_context() and current_app.config.get("MODEL_DEVICE", "auto") == "auto"
 
 
 def save_package(model: Any, path: Path) -> None:

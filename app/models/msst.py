@@ -173,6 +173,8 @@ class LoadedModel:
     chunk_size: int
     num_overlap: int
     resident_bytes: int  # what the model cache's byte budget counts (cache.model_bytes)
+    # Half precision on a GPU (training.use_amp, as ZFTurbo's inference runs it).
+    use_amp: bool = True
 
     @property
     def outputs(self) -> int:
@@ -204,12 +206,71 @@ def chunk_weights(chunk: int, first: bool, last: bool) -> np.ndarray:
 
 
 class WindowSeparator:
-    """Runs a network over one window in overlapping chunks of the config's size."""
+    """Runs a network over one window in overlapping chunks of the config's size.
 
-    def __init__(self, model: LoadedModel, device: str, overlap: float) -> None:
+    On a GPU the network runs in half precision where its config trains so
+    (``use_amp``), as ZFTurbo's inference does: half the activation memory. A
+    CUDA out-of-memory error empties the allocator's cache and runs the chunk
+    again once (memory is shared with other processes and fragments); then,
+    where ``MODEL_DEVICE`` is ``auto``, the rest of the window runs on the CPU
+    and the cached model goes back to its GPU afterwards; else the job fails
+    with ``out_of_memory``. The chunk size is the model's own (its network
+    was trained on it, and MDX23C needs it), so unlike Demucs's segment it is
+    not shortened.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        device: str,
+        overlap: float,
+        allow_cpu: Callable[[], bool] | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.step = max(1, round(model.chunk_size * (1.0 - overlap)))
+        if allow_cpu is None:
+            from app.models.oom import cpu_fallback_allowed
+
+            allow_cpu = cpu_fallback_allowed
+        self.allow_cpu = allow_cpu
+
+    def _forward(self, piece: Any, device: str) -> Any:
+        import torch
+
+        if device.startswith("cuda") and self.model.use_amp:
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self.model.net(piece.to(device))
+        return self.model.net(piece.to(device))
+
+    def _chunk(self, piece: Any, device: str) -> tuple[np.ndarray, str]:
+        """One chunk's outputs, and the device the next chunk runs on."""
+        import torch
+
+        from app.models.oom import is_cuda_out_of_memory
+
+        tries = 0
+        while True:
+            try:
+                out = self._forward(piece, device)
+                return out[0].to("cpu", torch.float32).numpy(), device
+            except Exception as exc:
+                if not (device.startswith("cuda") and is_cuda_out_of_memory(exc)):
+                    raise
+                torch.cuda.empty_cache()
+                tries += 1
+                if tries == 1:
+                    log.warning("CUDA out of memory on %s; running the chunk again", device)
+                    continue
+                if not self.allow_cpu():
+                    raise ServiceError(
+                        "The GPU ran out of memory separating this track; try a CPU worker.",
+                        code="out_of_memory",
+                        status=507,
+                    ) from exc
+                log.warning("CUDA out of memory on %s again; the window goes on on the CPU", device)
+                device = "cpu"
+                self.model.net.to(device)
 
     def __call__(self, window: np.ndarray, progress: Callable[[float], None]) -> np.ndarray:
         import torch
@@ -223,14 +284,19 @@ class WindowSeparator:
         starts = chunk_starts(total, chunk, self.step)
         summed = np.zeros((model.outputs, mix.shape[0], total), dtype=np.float32)
         weight = np.zeros(total, dtype=np.float32)
-        with torch.inference_mode():
-            for index, start in enumerate(starts):
-                piece = torch.from_numpy(mix[None, :, start : start + chunk]).to(self.device)
-                out = model.net(piece)[0].to("cpu", torch.float32).numpy()
-                w = chunk_weights(chunk, index == 0, index == len(starts) - 1)
-                summed[..., start : start + chunk] += out * w
-                weight[start : start + chunk] += w
-                progress((index + 1) / len(starts))
+        device = self.device
+        try:
+            with torch.inference_mode():
+                for index, start in enumerate(starts):
+                    piece = torch.from_numpy(mix[None, :, start : start + chunk])
+                    out, device = self._chunk(piece, device)
+                    w = chunk_weights(chunk, index == 0, index == len(starts) - 1)
+                    summed[..., start : start + chunk] += out * w
+                    weight[start : start + chunk] += w
+                    progress((index + 1) / len(starts))
+        finally:
+            if device != self.device:
+                model.net.to(self.device)  # the cached model goes back to its GPU
         stems = summed[..., :frames] / np.maximum(weight[:frames], 1e-8)
         if model.instrumental:
             stems = np.concatenate([stems, window[None].astype(np.float32) - stems], axis=0)
@@ -397,6 +463,7 @@ class MsstEngine(SeparationEngine):
             chunk_size=int(audio.get("chunk_size", DEFAULT_CHUNK_SIZE)),
             num_overlap=max(1, int(inference.get("num_overlap", DEFAULT_NUM_OVERLAP))),
             resident_bytes=model_bytes(net),
+            use_amp=bool((settings.get("training") or {}).get("use_amp", True)),
         )
 
     def _load_weights(self, net: Any, state: dict[str, Any]) -> None:

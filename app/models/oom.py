@@ -45,3 +45,11 @@ def is_cuda_out_of_memory(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or (
         isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)
     )
+
+
+def cpu_fallback_allowed() -> bool:
+    """Only ``MODEL_DEVICE=auto`` lets a job move to the CPU on its own (an
+    operator who pinned ``cuda`` said not to)."""
+    from flask import current_app, has_app_context
+
+    return has_app_context() and current_app.config.get("MODEL_DEVICE", "auto") == "auto"
