@@ -50,6 +50,8 @@ import soxr
 from pyloudnorm.iirfilter import IIRfilter
 from scipy import signal
 
+from app import harmony
+
 __all__ = ["PITCH_CLASSES", "analyze", "analyze_file"]
 
 Progress = Callable[[float], None]
@@ -71,6 +73,15 @@ KEY_FMAX = 2000.0
 KEY_CENTER = 261.63  # C4: centre of the octave weighting
 KEY_OCTAVE_WIDTH = 1.5  # standard deviation of the octave weighting, in octaves
 KEY_SEMITONE_WIDTH = 0.35  # standard deviation of a bin's pitch-class kernel, semitones
+# Chords need the chroma over time: 93 ms frames, a few per beat.
+CHROMA_HOP = 2048
+# The bass chroma: where chord roots usually sound (G1-E3), weighted around A2.
+BASS_FMIN, BASS_FMAX = 48.0, 170.0
+BASS_CENTER, BASS_OCTAVE_WIDTH = 100.0, 0.6
+# Tuning is read from spectral peaks where partials are resolved to well under
+# a cent of a semitone by the 2.7 Hz bins, and within 30 dB of the frame's loudest.
+TUNING_FMIN, TUNING_FMAX = 150.0, 2000.0
+TUNING_FLOOR_DB = 30.0
 # Krumhansl-Kessler probe-tone ratings (Krumhansl 1990), index 0 = the tonic.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
@@ -86,6 +97,7 @@ ONSET_N_FFT = 1024  # 46 ms window
 ONSET_HOP = 256  # 11.6 ms: the beat grid's resolution
 ONSET_BANDS = 40
 ONSET_FMIN, ONSET_FMAX = 30.0, 11000.0
+LOW_ONSET_HZ = 200.0  # the bass bands' upper limit
 ONSET_TOP_DB = 80.0  # log-spectrum floor below its maximum
 TEMPO_MIN, TEMPO_MAX = 40.0, 220.0
 TEMPO_PRIOR_BPM = 120.0  # log-normal prior against octave errors (Ellis 2007)
@@ -140,13 +152,28 @@ def analyze(
 
     mono = _analysis_mono(audio, sample_rate)
     report(0.05)
-    key = _key(mono)
+    tuning = _tuning(mono)
+    chroma, bass = _chroma_frames(mono, tuning)
+    key = _key(chroma.sum(axis=0, dtype=np.float64))
     report(0.1)
-    envelope = _onset_envelope(mono)
-    del mono
+    envelope, low_envelope = _onset_envelope(mono)
     frame_rate = ANALYSIS_RATE / ONSET_HOP
     bpm, tempo_confidence = _tempo(envelope, frame_rate)
     beats = _beats(envelope, frame_rate, bpm) if bpm is not None else []
+    if beats and bpm is not None:
+        beats = _extend_to_start(beats, 60.0 / bpm, _first_sound(mono))
+    duration = frames / sample_rate
+    structure = harmony.describe(
+        chroma=chroma,
+        bass=bass,
+        chroma_rate=ANALYSIS_RATE / CHROMA_HOP,
+        envelope=envelope,
+        low_envelope=low_envelope,
+        onset_rate=frame_rate,
+        beats=beats,
+        duration=duration,
+    )
+    del chroma, bass, envelope, low_envelope, mono
     report(0.3)
     integrated, loudness_range = _loudness(audio, sample_rate)
     report(0.58)
@@ -162,6 +189,11 @@ def analyze(
         "tempo": {"bpm": bpm_out, "confidence": round(tempo_confidence, 3)},
         "tempo_bpm": bpm_out,
         "beats": [round(float(t), 3) for t in beats],
+        "tuning": {
+            "cents": round(tuning, 1),
+            "reference_hz": round(440.0 * 2 ** (tuning / 1200.0), 2),
+        },
+        **structure,
         "loudness": {
             "integrated_lufs": _rounded(integrated, 2),
             "loudness_range_lu": _rounded(loudness_range, 2),
@@ -283,42 +315,117 @@ def _stft_magnitudes(x: np.ndarray, n_fft: int, hop: int) -> Iterator[np.ndarray
 # ---------------------------------------------------------------------------- key
 
 
-def _chroma_weights(n_fft: int, rate: int) -> tuple[slice, np.ndarray]:
+def _chroma_weights(
+    n_fft: int,
+    rate: int,
+    tuning: float = 0.0,
+    *,
+    fmin: float = KEY_FMIN,
+    fmax: float = KEY_FMAX,
+    centre: float = KEY_CENTER,
+    width: float = KEY_OCTAVE_WIDTH,
+) -> tuple[slice, np.ndarray]:
     """FFT bins -> 12 pitch classes, as (bin slice, (bins, 12) weights).
 
-    Each bin between ``KEY_FMIN`` and ``KEY_FMAX`` goes to the pitch classes
-    near its pitch (MIDI number from A4 = 440 Hz) with a narrow Gaussian kernel
-    on the circular semitone distance, so energy between two semitones (window
-    leakage, detuning) is split rather than assigned by rounding. The weights
-    of each bin sum to 1 times an octave weighting: a Gaussian on log-frequency
-    centred on C4 (1.5 octaves wide), which keeps bass notes and the middle
-    register (where harmony lives) and fades the region near 2 kHz, where the
-    3rd and 5th partials of lower notes would add pitch classes not played.
+    Each bin between ``fmin`` and ``fmax`` goes to the pitch classes near its
+    pitch (MIDI number from A4 = 440 Hz shifted by ``tuning`` cents, so a
+    band tuned to A4 = 446 Hz still lands on its notes) with a narrow
+    Gaussian kernel on the circular semitone distance, so energy between two
+    semitones (window leakage, vibrato) is split rather than assigned by
+    rounding. The weights of each bin sum to 1 times an octave weighting: a
+    Gaussian on log-frequency around ``centre``. For harmony it is centred on
+    C4 and 1.5 octaves wide, which keeps bass notes and the middle register
+    and fades the region near 2 kHz, where the 3rd and 5th partials of lower
+    notes would add pitch classes not played; the bass chroma uses a narrow
+    weighting around the bass register instead.
     """
     freqs = np.arange(n_fft // 2 + 1) * rate / n_fft
-    lo = int(np.searchsorted(freqs, KEY_FMIN * 2 ** (-1 / 24)))
-    hi = int(np.searchsorted(freqs, KEY_FMAX, side="right"))
+    lo = int(np.searchsorted(freqs, fmin * 2 ** (-1 / 24)))
+    hi = int(np.searchsorted(freqs, fmax, side="right"))
     f = freqs[lo:hi]
-    pitch = 69.0 + 12.0 * np.log2(f / 440.0)
+    reference = 440.0 * 2 ** (tuning / 1200.0)
+    pitch = 69.0 + 12.0 * np.log2(f / reference)
     distance = (pitch[:, None] - np.arange(12)[None, :] + 6.0) % 12.0 - 6.0
     kernel = np.exp(-0.5 * (distance / KEY_SEMITONE_WIDTH) ** 2)
     kernel /= kernel.sum(axis=1, keepdims=True)
-    octave = np.exp(-0.5 * (np.log2(f / KEY_CENTER) / KEY_OCTAVE_WIDTH) ** 2)
+    octave = np.exp(-0.5 * (np.log2(f / centre) / width) ** 2)
     return slice(lo, hi), (kernel * octave[:, None]).astype(np.float32)
 
 
-def _chroma(mono: np.ndarray) -> np.ndarray:
-    """Time-averaged chroma (12,) of the whole signal, float64.
+def _tuning(mono: np.ndarray) -> float:
+    """Deviation of the song's tuning from A4 = 440 Hz, in cents (-50..50).
 
-    Magnitudes, not power, are summed: every frame counts by its level, so
-    loud passages weigh more than quiet ones (an energy weighting), without
-    one very loud chord drowning the rest as squared magnitudes would.
+    Every spectral peak between ``TUNING_FMIN`` and ``TUNING_FMAX`` (a local
+    maximum within ``TUNING_FLOOR_DB`` of its frame's loudest bin) gives a
+    frequency, refined by a parabola through the log magnitudes of its bin and
+    its neighbours; its distance to the nearest equal-tempered semitone is a
+    phase on the semitone circle. The magnitude-weighted circular mean of
+    those phases is the tuning: circular because a note 49 cents sharp and
+    one 49 cents flat of a semitone are nearly in the same place. Vibrato and
+    a few out-of-tune notes average out; harmonic partials (2, 4, 8 times the
+    fundamental) share their note's deviation, so they count with it.
+    Returns 0.0 when there are no peaks (no pitched content).
     """
-    bins, weights = _chroma_weights(KEY_N_FFT, ANALYSIS_RATE)
-    total = np.zeros(12)
-    for spectra in _stft_magnitudes(mono, KEY_N_FFT, KEY_HOP):
-        total += (spectra[:, bins].sum(axis=0, dtype=np.float64)) @ weights
-    return total
+    n_fft = KEY_N_FFT
+    freqs_per_bin = ANALYSIS_RATE / n_fft
+    lo = int(TUNING_FMIN / freqs_per_bin)
+    hi = int(TUNING_FMAX / freqs_per_bin) + 2
+    sin_sum = cos_sum = 0.0
+    for spectra in _stft_magnitudes(mono, n_fft, KEY_HOP):
+        band = spectra[:, lo - 1 : hi + 1].astype(np.float64)
+        centre = band[:, 1:-1]
+        loudest = centre.max(axis=1, keepdims=True)
+        peak = (
+            (centre > band[:, :-2])
+            & (centre >= band[:, 2:])
+            & (centre > loudest * 10 ** (-TUNING_FLOOR_DB / 20.0))
+            & (loudest > 0)
+        )
+        rows, cols = np.nonzero(peak)
+        if len(rows) == 0:
+            continue
+        a = np.log(band[rows, cols] + 1e-12)
+        b = np.log(band[rows, cols + 1] + 1e-12)
+        c = np.log(band[rows, cols + 2] + 1e-12)
+        denominator = a - 2 * b + c
+        offset = np.where(
+            denominator < 0, 0.5 * (a - c) / np.where(denominator < 0, denominator, -1), 0
+        )
+        frequency = (lo + cols + np.clip(offset, -0.5, 0.5)) * freqs_per_bin
+        semitones = 12.0 * np.log2(frequency / 440.0)
+        phase = 2 * np.pi * (semitones - np.round(semitones))
+        weight = band[rows, cols + 1]
+        sin_sum += float(np.dot(weight, np.sin(phase)))
+        cos_sum += float(np.dot(weight, np.cos(phase)))
+    if sin_sum == 0.0 and cos_sum == 0.0:
+        return 0.0
+    return float(100.0 * math.atan2(sin_sum, cos_sum) / (2 * np.pi))
+
+
+def _chroma_frames(mono: np.ndarray, tuning: float) -> tuple[np.ndarray, np.ndarray]:
+    """Chroma and bass chroma per ``CHROMA_HOP`` frame, float32 (frames, 12) each.
+
+    Magnitudes, not power, are summed into pitch classes: a frame counts by
+    its level, so loud passages weigh more than quiet ones when frames are
+    added up (the key is found on their sum), without one very loud chord
+    drowning the rest as squared magnitudes would. The bass chroma only sees
+    ``BASS_FMIN``-``BASS_FMAX``, where the root of a chord usually is.
+    """
+    bins, weights = _chroma_weights(KEY_N_FFT, ANALYSIS_RATE, tuning)
+    bass_bins, bass_weights = _chroma_weights(
+        KEY_N_FFT,
+        ANALYSIS_RATE,
+        tuning,
+        fmin=BASS_FMIN,
+        fmax=BASS_FMAX,
+        centre=BASS_CENTER,
+        width=BASS_OCTAVE_WIDTH,
+    )
+    treble, bass = [], []
+    for spectra in _stft_magnitudes(mono, KEY_N_FFT, CHROMA_HOP):
+        treble.append(spectra[:, bins] @ weights)
+        bass.append(spectra[:, bass_bins] @ bass_weights)
+    return np.concatenate(treble), np.concatenate(bass)
 
 
 def _key_templates() -> tuple[list[tuple[str, str]], np.ndarray]:
@@ -338,8 +445,8 @@ def _key_templates() -> tuple[list[tuple[str, str]], np.ndarray]:
 _KEYS, _TEMPLATES = _key_templates()
 
 
-def _key(mono: np.ndarray) -> dict[str, Any]:
-    """Krumhansl-Schmuckler key finding on the song's average chroma.
+def _key(chroma: np.ndarray) -> dict[str, Any]:
+    """Krumhansl-Schmuckler key finding on the song's summed chroma (12,).
 
     The average chroma is correlated (Pearson) with the Krumhansl-Kessler
     major and minor profiles rotated to all 12 tonics; the best correlation is
@@ -358,7 +465,6 @@ def _key(mono: np.ndarray) -> dict[str, Any]:
     happily match its random ripples to some profile. Then the name, tonic
     and mode are ``None``, the confidence 0 and there is no runner-up.
     """
-    chroma = _chroma(mono)
     spread = chroma.std()
     if not chroma.mean() > 0 or not spread >= KEY_MIN_CONTRAST * chroma.mean():
         return {"name": None, "tonic": None, "mode": None, "confidence": 0.0, "runner_up": None}
@@ -387,6 +493,17 @@ def _key(mono: np.ndarray) -> dict[str, Any]:
 # -------------------------------------------------------------------------- tempo
 
 
+def _band_centres(rate: int, bands: int) -> np.ndarray:
+    """Centre frequencies (Hz) of the ``_band_weights`` bands."""
+
+    def mel(f: float) -> float:
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    fmax = min(ONSET_FMAX, rate / 2)
+    edges = 700.0 * (10 ** (np.linspace(mel(ONSET_FMIN), mel(fmax), bands + 2) / 2595.0) - 1.0)
+    return edges[1:-1]
+
+
 def _band_weights(n_fft: int, rate: int, bands: int) -> np.ndarray:
     """(bins, bands) triangular filters evenly spaced on the mel scale."""
 
@@ -405,7 +522,7 @@ def _band_weights(n_fft: int, rate: int, bands: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def _onset_envelope(mono: np.ndarray) -> np.ndarray:
+def _onset_envelope(mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Onset strength per frame at ``ANALYSIS_RATE / ONSET_HOP`` (86 Hz).
 
     Spectral flux: the power spectrum is reduced to 40 mel bands (the whole
@@ -414,6 +531,8 @@ def _onset_envelope(mono: np.ndarray) -> np.ndarray:
     differenced over time and half-wave rectified (only increases in energy
     are onsets), then averaged over bands. A log scale makes a note's onset
     count by its relative rise, so soft instruments are heard next to drums.
+    The second envelope is the same flux over the bands below ``LOW_ONSET_HZ``
+    only: bass notes and kick drums, which mark downbeats more than the rest.
     """
     weights = _band_weights(ONSET_N_FFT, ANALYSIS_RATE, ONSET_BANDS)
     bands = np.concatenate(
@@ -421,8 +540,13 @@ def _onset_envelope(mono: np.ndarray) -> np.ndarray:
     )
     level = 10.0 * np.log10(np.maximum(bands, 1e-10))
     level = np.maximum(level, level.max() - ONSET_TOP_DB)
-    flux = np.maximum(0.0, np.diff(level, axis=0)).mean(axis=1)
-    return np.concatenate([[0.0], flux]).astype(np.float64)
+    rises = np.maximum(0.0, np.diff(level, axis=0))
+    flux = np.concatenate([[0.0], rises.mean(axis=1)]).astype(np.float64)
+    low_bands = max(
+        1, int(np.searchsorted(_band_centres(ANALYSIS_RATE, ONSET_BANDS), LOW_ONSET_HZ))
+    )
+    low = np.concatenate([[0.0], rises[:, :low_bands].mean(axis=1)]).astype(np.float64)
+    return flux, low
 
 
 def _tempo(envelope: np.ndarray, frame_rate: float) -> tuple[float | None, float]:
@@ -568,6 +692,30 @@ def _beats(envelope: np.ndarray, frame_rate: float, bpm: float) -> list[float]:
     beats = beats[keep[0] : keep[-1] + 1]
     duration = (len(envelope) - 1) / frame_rate
     return [t for t in beats / frame_rate + ONSET_LATENCY if t <= duration]
+
+
+def _first_sound(mono: np.ndarray) -> float:
+    """Seconds to the first sample within 40 dB of the peak (0.0 for silence)."""
+    peak = float(np.abs(mono).max(initial=0.0))
+    if peak == 0.0:
+        return 0.0
+    loud = np.flatnonzero(np.abs(mono) >= 0.01 * peak)
+    return float(loud[0]) / ANALYSIS_RATE
+
+
+def _extend_to_start(beats: list[float], period: float, first_sound: float) -> list[float]:
+    """Beats continued backwards, a period at a time, to where the music starts.
+
+    Music that starts on its first sample has no onset the flux can see (the
+    first frame has nothing before it), so the tracker's first beat is a
+    beat late and the first bar would be lost to chords and bars.
+    """
+    earlier = []
+    t = beats[0] - period
+    while t >= first_sound - 0.1 * period:
+        earlier.append(max(t, 0.0))
+        t -= period
+    return earlier[::-1] + beats
 
 
 # ----------------------------------------------------------------------- loudness
