@@ -50,7 +50,7 @@ _QUALITY_BIAS = {
     "maj": 0.0,
     "min": 0.0,
     "7": -0.02,
-    "maj7": -0.03,
+    "maj7": -0.06,
     "min7": -0.03,
     "dim": -0.05,
     "aug": -0.08,
@@ -59,9 +59,13 @@ _QUALITY_BIAS = {
 }
 # Weight of the bass chroma at the chord's root: a C:maj7 and an E:min share
 # three notes; the bass tells them apart.
-BASS_WEIGHT = 0.25
+BASS_WEIGHT = 0.1
 # Viterbi cost of changing chord between two beats, in cosine-score units.
-CHORD_CHANGE_COST = 0.12
+CHORD_CHANGE_COST = 0.05
+# Share of each pitch class's chroma taken off the pitch class a fifth above:
+# the 3rd harmonic of a note sounds a twelfth up, so a major triad's third
+# lights up the major seventh, and C:maj would read as C:maj7.
+THIRD_HARMONIC = 0.2
 # Beats whose chroma energy is below this share of the song's median are
 # silence or unpitched (drums alone): no chord.
 NO_CHORD_ENERGY = 0.08
@@ -75,9 +79,9 @@ KEY_CHANGE_COST = 4.0
 # A key must hold this many beats to be reported as a modulation.
 KEY_MIN_BEATS = 16
 
-# Meters: beats per bar considered, and their prior bonus (4 is the most
-# common and 2 vs 4 is often ambiguous from audio: 4 wins near-ties).
-METER_PRIOR = {2: 0.0, 3: 0.0, 4: 0.15}
+# A duple meter is read as 4 beats per bar when the cues on alternate strong
+# beats differ by this many standard errors (a Welch t statistic).
+QUADRUPLE_T = 1.5
 # Sections: bars per phrase, and the similarity above which two phrases repeat.
 PHRASE_BARS = 4
 REPEAT_SIMILARITY = 0.6
@@ -154,13 +158,15 @@ def sync(frames: np.ndarray, frame_rate: float, edges: np.ndarray) -> np.ndarray
 def chord_scores(chroma: np.ndarray, bass: np.ndarray) -> np.ndarray:
     """(cells, K + 1) fit of each chord label to each cell; last column is N.
 
-    The fit is the cosine between the cell's chroma (square-root compressed,
-    so a loud melody note does not outweigh the accompaniment) and the
+    The fit is the cosine between the cell's chroma (less ``THIRD_HARMONIC``
+    of the pitch class a fifth below, then square-root compressed, so a loud
+    melody note does not outweigh the accompaniment) and the
     chord's template, plus ``BASS_WEIGHT`` times the share of the bass chroma
     on the chord's root, plus the quality's bias. N scores high only where
     there is next to no pitched energy.
     """
-    compressed = np.sqrt(np.maximum(chroma, 0.0))
+    corrected = np.maximum(chroma - THIRD_HARMONIC * np.roll(chroma, 7, axis=1), 0.0)
+    compressed = np.sqrt(corrected)
     norm = np.linalg.norm(compressed, axis=1, keepdims=True)
     unit = compressed / np.maximum(norm, 1e-12)
     bass_share = bass / np.maximum(bass.sum(axis=1, keepdims=True), 1e-12)
@@ -236,15 +242,19 @@ def meter(
     beat_bass: np.ndarray,
     beat_onset: np.ndarray,
     beat_low_onset: np.ndarray,
+    beat_level: np.ndarray,
     subdivision: np.ndarray,
 ) -> tuple[int, int, str, float]:
     """Beats per bar, the phase of the first downbeat, the time signature, confidence.
 
     Downbeats are where harmony changes (chroma and bass novelty between a
-    beat and the one before) and where the bass and the loudest onsets fall.
-    Each meter of 2, 3 or 4 beats and each phase is scored by how much these
-    cues stand out on its downbeats against the other beats; the best wins,
-    with a small prior for 4. ``subdivision`` holds, per beat, the onset
+    beat and the one before), where the bass and the strongest onsets fall,
+    and where players lean (the beat's level). These cues, each z-scored,
+    are summed per beat; a meter and phase score by how much the sum stands
+    out on its downbeats against the other beats. Three beats against two is
+    decided on that contrast; four against two by whether alternate strong
+    beats differ clearly (``QUADRUPLE_T``), since a bar of four is two bars
+    of two whose first beats are alike. ``subdivision`` holds, per beat, the onset
     strength at thirds minus at halves of the beat: when thirds dominate the
     meter is compound (two beats of three eighths: 6/8).
     """
@@ -260,20 +270,31 @@ def meter(
 
     cues = (
         1.0 * _zscore(change(np.sqrt(np.maximum(beat_chroma, 0.0))))
-        + 1.0 * _zscore(change(beat_bass))
+        + 0.5 * _zscore(change(beat_bass))
         + 0.7 * _zscore(beat_low_onset)
-        + 0.5 * _zscore(beat_onset)
+        + 0.7 * _zscore(beat_onset)
+        + 1.0 * _zscore(beat_level)
     )
-    best: tuple[float, int, int] = (-math.inf, 4, 0)
-    for beats_per_bar in (2, 3, 4):
-        for phase in range(beats_per_bar):
-            on = cues[phase::beats_per_bar]
-            mask = np.ones(n, bool)
-            mask[phase::beats_per_bar] = False
-            contrast = float(on.mean() - cues[mask].mean()) + METER_PRIOR[beats_per_bar]
-            if contrast > best[0]:
-                best = (contrast, beats_per_bar, phase)
-    contrast, beats_per_bar, phase = best
+
+    def contrast(beats_per_bar: int, phase: int) -> float:
+        mask = np.zeros(n, bool)
+        mask[phase::beats_per_bar] = True
+        return float(cues[mask].mean() - cues[~mask].mean())
+
+    triple = max(range(3), key=lambda p: contrast(3, p))
+    duple = max(range(2), key=lambda p: contrast(2, p))
+    if contrast(3, triple) > contrast(2, duple):
+        beats_per_bar, phase = 3, triple
+    else:
+        # 2 or 4: is every other strong beat clearly stronger than the rest?
+        first, second = cues[duple::4], cues[duple + 2 :: 4]
+        spread = math.sqrt(first.var() / len(first) + second.var() / len(second)) + 1e-12
+        t = (first.mean() - second.mean()) / spread
+        if abs(t) >= QUADRUPLE_T:
+            beats_per_bar, phase = 4, duple if t > 0 else duple + 2
+        else:
+            beats_per_bar, phase = 2, duple
+    best = contrast(beats_per_bar, phase)
     compound = bool(np.median(subdivision) > 0) if len(subdivision) else False
     signature = {
         (2, False): "2/4",
@@ -283,7 +304,7 @@ def meter(
         (3, True): "9/8",
         (4, True): "12/8",
     }[(beats_per_bar, compound)]
-    confidence = float(np.clip(contrast / 2.0, 0.0, 1.0))
+    confidence = float(np.clip(best / 2.0, 0.0, 1.0))
     return beats_per_bar, phase, signature, confidence
 
 
@@ -506,6 +527,7 @@ def describe(
             cell_bass[on_beats],
             at_beats(envelope),
             at_beats(low_envelope),
+            np.log(cell_chroma[on_beats].sum(axis=1) + 1e-9),
             subdivision_cue(envelope, onset_rate, beat_times),
         )
         downbeat_index = np.arange(phase, len(beat_times), beats_per_bar)

@@ -171,8 +171,9 @@ def arrangement(
             notes.append(Note(t, 1.4, bass_root, 90, 1))
             notes.append(Note(t + 1.5, 1.4, bass_fifth, 80, 1))
             arpeggio = [*triad, triad[1] + 0, triad[0] + 12, triad[1]]
-            for i in range(6):
-                notes.append(Note(t + 0.5 * i, 0.5, arpeggio[i % len(arpeggio)], 60, 0))
+            for i in range(6):  # played as a player does: the beats (1 and 4) leaning
+                velocity = 72 if i % 3 == 0 else 54
+                notes.append(Note(t + 0.5 * i, 0.5, arpeggio[i % len(arpeggio)], velocity, 0))
         elif time_signature == "2/4":
             notes.append(Note(t, 0.9, bass_root, 92, 1))
             notes.append(Note(t + 1, 0.9, bass_fifth, 80, 1))
