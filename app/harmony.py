@@ -85,6 +85,7 @@ QUADRUPLE_T = 1.5
 # Sections: bars per phrase, and the similarity above which two phrases repeat.
 PHRASE_BARS = 4
 REPEAT_SIMILARITY = 0.6
+OFFSET_ZERO_PREFERENCE = 1.25
 
 
 def _templates() -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -124,6 +125,9 @@ _KEY_NAMES, _KEY_TEMPLATES = _key_templates()
 def segment_bounds(beats: np.ndarray, duration: float, fallback: float = 0.5) -> np.ndarray:
     """Edges of the analysis cells: the start, every beat, the end.
 
+    A beat within 50 ms of the start opens the first cell at 0, so the
+    timeline always covers the whole song.
+
     Without beats (no tempo) a regular ``fallback``-second grid is used so
     chords can still be named.
     """
@@ -131,9 +135,11 @@ def segment_bounds(beats: np.ndarray, duration: float, fallback: float = 0.5) ->
         edges = np.arange(0.0, duration, fallback)
     else:
         edges = np.asarray(beats, dtype=float)
+        edges = edges[edges < duration]
         if edges[0] > 0.05:
             edges = np.concatenate([[0.0], edges])
-    edges = edges[edges < duration]
+        else:  # the first beat's cell starts the song
+            edges = np.concatenate([[0.0], edges[1:]])
     return np.concatenate([edges, [duration]])
 
 
@@ -362,23 +368,29 @@ def sections(bar_features: np.ndarray, bar_starts: np.ndarray, end: float) -> li
         length = min(p[1] - p[0], q[1] - q[0])
         return float(np.mean(similarity[np.arange(length) + p[0], np.arange(length) + q[0]]))
 
-    def labelled(grid: list[tuple[int, int]]) -> tuple[list[int], float]:
-        labels: list[int] = []
-        matched = 0.0
-        for i, phrase in enumerate(grid):
-            scores = [phrase_similarity(phrase, grid[j]) for j in range(i)]
-            j = int(np.argmax(scores)) if scores else -1
-            if j >= 0 and scores[j] >= REPEAT_SIMILARITY:
-                labels.append(labels[j])
-                matched += scores[j]
-            else:
-                labels.append(max(labels, default=-1) + 1)
-        return labels, matched
+    def repetition(grid: list[tuple[int, int]]) -> float:
+        """How well the grid's phrases recur: each phrase's best match anywhere,
+        counted above the repeat threshold only (a phrase straddling two
+        sections half-matches many others, which says nothing), by its length."""
+        credit = 0.0
+        for p in grid:
+            best = max(phrase_similarity(p, q) for q in grid if q != p)
+            credit += (p[1] - p[0]) * max(0.0, best - REPEAT_SIMILARITY)
+        return credit
 
     grids = [phrase_grid(offset) for offset in range(PHRASE_BARS)]
-    results = [labelled(g) for g in grids]
-    best = int(np.argmax([r[1] for r in results]))
-    grid, labels = grids[best], results[best][0]
+    credits = [repetition(g) for g in grids]
+    # Sections usually start on bar 1: another grid must recur clearly better.
+    credits[0] *= OFFSET_ZERO_PREFERENCE
+    grid = grids[int(np.argmax(credits))]
+    labels: list[int] = []
+    for i, phrase in enumerate(grid):
+        scores = [phrase_similarity(phrase, grid[j]) for j in range(i)]
+        j = int(np.argmax(scores)) if scores else -1
+        if j >= 0 and scores[j] >= REPEAT_SIMILARITY:
+            labels.append(labels[j])
+        else:
+            labels.append(max(labels, default=-1) + 1)
 
     # Merge phrase pairs that always occur together, as byte-pair encoding does.
     units: list[tuple[int, ...]] = [(label,) for label in labels]
@@ -513,7 +525,8 @@ def describe(
 
     result: dict[str, Any] = {"chords": timeline}
     # Cells that start on a beat (the first cell may be a lead-in before it).
-    first_beat_cell = 1 if len(beat_times) and edges[0] < beat_times[0] - 1e-9 else 0
+    beat_times = beat_times[beat_times < duration]
+    first_beat_cell = len(edges) - 1 - len(beat_times) if len(beat_times) else 0
     beat_labels = labels[first_beat_cell:] if len(beat_times) else []
     on_beats = slice(first_beat_cell, first_beat_cell + len(beat_times))
 

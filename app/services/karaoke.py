@@ -172,6 +172,10 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         }
         for name, kind in LYRICS_FILES.items()
     ]
+    if song_analysis is not None:
+        from app.services.analysis import write_chart_files
+
+        files += write_chart_files(folder, song_analysis)
     report(1.0, "packaging")
     return {
         "files": files,

@@ -293,9 +293,10 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         "device": device,
     }
     if analyze:
-        from app.services.analysis import analyze_path
+        from app.services.analysis import analyze_path, write_chart_files
 
         result["analysis"] = analyze_path(source, SubProgress(report, 0.9, 1.0))
+        result["files"] += write_chart_files(attempt.workdir, result["analysis"])
     return result
 
 
