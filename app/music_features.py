@@ -695,12 +695,23 @@ def _beats(envelope: np.ndarray, frame_rate: float, bpm: float) -> list[float]:
 
 
 def _first_sound(mono: np.ndarray) -> float:
-    """Seconds to the first sample within 40 dB of the peak (0.0 for silence)."""
-    peak = float(np.abs(mono).max(initial=0.0))
+    """Seconds to the first sample within 40 dB of the peak (0.0 for silence).
+
+    Scanned in blocks: a full-length ``abs`` and index array would cost more
+    memory than the rest of the analysis.
+    """
+    block = 1 << 16
+    peak = max(
+        (float(np.abs(mono[i : i + block]).max()) for i in range(0, len(mono), block)),
+        default=0.0,
+    )
     if peak == 0.0:
         return 0.0
-    loud = np.flatnonzero(np.abs(mono) >= 0.01 * peak)
-    return float(loud[0]) / ANALYSIS_RATE
+    for i in range(0, len(mono), block):
+        loud = np.flatnonzero(np.abs(mono[i : i + block]) >= 0.01 * peak)
+        if len(loud):
+            return float(i + loud[0]) / ANALYSIS_RATE
+    return 0.0
 
 
 def _extend_to_start(beats: list[float], period: float, first_sound: float) -> list[float]:
