@@ -340,3 +340,25 @@ def test_analyze_file_enforces_max_seconds(tmp_path: Path) -> None:
     with pytest.raises(AudioError) as caught:
         analyze_file(path, max_seconds=1.0)
     assert caught.value.code == "audio_too_long"
+
+
+def test_a_modulation_is_found_where_it_happens() -> None:
+    from tests.support import scores
+
+    home = ["C:maj", "F:maj", "G:7", "C:maj", "A:min", "D:min", "G:7", "C:maj"] * 2
+    away = ["Eb:maj", "Ab:maj", "Bb:7", "Eb:maj", "C:min", "F:min", "Bb:7", "Eb:maj"] * 2
+    score = scores.arrangement(home + away, bpm=120)
+    result = analyze(scores.render_numpy(score, SR), SR)
+    assert [k["key"] for k in result["keys"]] == ["C major", "D# major"]
+    (change,) = result["modulations"]
+    assert change["from"] == "C major" and change["to"] == "D# major"
+    assert change["time"] == pytest.approx(32.0, abs=2.0)  # bar 17 at 120 BPM
+
+
+def test_silence_has_no_chords_bars_or_sections() -> None:
+    result = analyze(np.zeros((2, 5 * SR), np.float32), SR)
+    assert {c["label"] for c in result["chords"]} == {"N"}
+    assert result["meter"]["time_signature"] is None
+    assert result["bars"] == [] and result["sections"] == [] and result["keys"] == []
+    assert result["tuning"] == {"cents": 0.0, "reference_hz": 440.0}
+    json.dumps(result, allow_nan=False)
