@@ -135,9 +135,15 @@ def test_separate_play_and_download(page: Any, server: LiveServer, tmp_path: Pat
     assert state["error"] is None
     assert abs(state["duration"] - 2.0) < 0.05
     audio.evaluate("(a) => a.pause()")
-    # analyze=true: key, tempo and loudness of the upload.
+    # analyze=true: key, tempo and loudness of the upload, and the chord
+    # timeline whose playhead followed the stem that played.
     facts = job.locator(".analysis-box dl").inner_text()
     assert "Key" in facts and "Tempo" in facts and re.search(r"-?\d+(\.\d+)? LUFS", facts)
+    assert "Tuning" in facts and "A4 = " in facts
+    assert job.locator(".chord-timeline .chords-track .segment").count() >= 1
+    playhead = job.locator(".chord-timeline .chords-track .playhead")
+    assert playhead.evaluate("(el) => parseFloat(el.style.left)") > 10
+    assert "Chord: " in job.locator(".chord-timeline .now-chord").inner_text()
     screenshot(page, "separation-results")
 
     # The zip holds both stems, each the length of the upload.
@@ -147,8 +153,14 @@ def test_separate_play_and_download(page: Any, server: LiveServer, tmp_path: Pat
     info.value.save_as(archive)
     assert info.value.suggested_filename == "song.zip"
     with zipfile.ZipFile(archive) as bundle:
-        assert sorted(bundle.namelist()) == ["harmonic.wav", "percussive.wav"]
-        for name in bundle.namelist():
+        # analyze=true adds the chord chart beside the stems.
+        assert sorted(bundle.namelist()) == [
+            "chords.lab",
+            "chords.txt",
+            "harmonic.wav",
+            "percussive.wav",
+        ]
+        for name in ["harmonic.wav", "percussive.wav"]:
             data, rate = sf.read(io.BytesIO(bundle.read(name)), always_2d=True)
             assert rate == SR and data.shape == (2 * SR, 2)
 
@@ -350,6 +362,52 @@ def test_transcript_follows_the_audio(page: Any) -> None:
     assert current.inner_text().strip()
     audio.evaluate("(a) => a.pause()")
     screenshot(page, "transcript")
+    assert page.problems == []
+
+
+def test_chords_follow_the_audio(page: Any, tmp_path: Path) -> None:
+    """Analyse a rendered song and play it along: the chord under the playhead lights up."""
+    from tests.support import scores
+
+    parts = {
+        "A": ["C:maj", "A:min", "F:maj", "G:7"],
+        "B": ["A:min", "D:min7", "E:7", "A:min"],
+        "C": ["F:maj7", "G:7", "C:maj7", "C:maj"],
+    }
+    score = scores.arrangement([], bpm=120, form="ABABCB", parts=parts)
+    song = tmp_path / "song.wav"
+    song.write_bytes(wav_bytes(scores.render_numpy(score, SR)))
+    sign_up(page)
+    page.locator("input[name=kind][value=analysis]").check()
+    page.locator("#file-input").set_input_files(str(song))
+    page.get_by_role("button", name="Analyse", exact=True).click()
+    job = page.locator(".job").first
+    job.locator(".badge", has_text="Done").wait_for(timeout=60_000)
+    timeline = job.locator(".chord-timeline")
+    timeline.wait_for()
+    assert timeline.locator(".sections-track .segment").all_inner_texts() == [
+        "A",
+        "B (chorus)",
+        "A",
+        "B (chorus)",
+        "C",
+        "B (chorus)",
+    ]
+    assert timeline.locator(".chords-track .segment").first.inner_text() == "C"
+    audio = job.locator(".play-along audio")
+    audio.wait_for()
+    audio.evaluate("(a) => { a.currentTime = 2.5; return a.play(); }")
+    current = timeline.locator(".chords-track .segment.current")
+    page.wait_for_function(
+        "(el) => el.textContent.startsWith('Chord: Am')",
+        arg=timeline.locator(".now-chord").element_handle(),
+        timeout=15_000,
+    )
+    assert current.inner_text() == "Am"
+    audio.evaluate("(a) => a.pause()")
+    facts = job.locator(".analysis-box dl").inner_text()
+    assert "Time signature" in facts and "4/4" in facts
+    screenshot(page, "chords")
     assert page.problems == []
 
 

@@ -49,7 +49,7 @@ export function renderResults(job, region, ctx) {
     else region.append(h("p", { class: "hint", text: "No vocals found: the package has no lyrics." }));
   }
   const analysis = job.kind === "analysis" ? result : result.analysis;
-  if (analysis) region.append(analysisView(analysis));
+  if (analysis) region.append(analysisView(analysis, job, players, ctx));
   if (job.kind === "generation") region.append(generationView(job, ctx));
   if (job.metrics) region.append(metricsView(job.metrics));
 
@@ -279,7 +279,7 @@ function transcript(lines, players, ctx, title) {
 
 // ------------------------------------------------------------------ analysis
 
-function analysisView(analysis) {
+function analysisView(analysis, job, players, ctx) {
   const rows = [];
   const key = analysis.key || {};
   if (key.name) {
@@ -289,9 +289,20 @@ function analysisView(analysis) {
   } else if (analysis.key) {
     rows.push(["Key", "not found (no tonal content)"]);
   }
+  const modulations = analysis.modulations || [];
+  if (modulations.length) {
+    rows.push(["Key changes", modulations.map((m) => `${formatSeconds(m.time)} to ${m.to}`).join(", ")]);
+  }
   const tempo = analysis.tempo || {};
   if (tempo.bpm) rows.push(["Tempo", `${tempo.bpm} BPM (confidence ${Math.round((tempo.confidence || 0) * 100)}%)`]);
+  const meter = analysis.meter || {};
+  if (meter.time_signature) rows.push(["Time signature", `${meter.time_signature}, ${(analysis.bars || []).length} bars`]);
   if (analysis.beats) rows.push(["Beats", `${analysis.beats.length}`]);
+  const tuning = analysis.tuning || {};
+  if (tuning.reference_hz) {
+    const cents = tuning.cents > 0 ? `+${tuning.cents}` : `${tuning.cents}`;
+    rows.push(["Tuning", `A4 = ${tuning.reference_hz} Hz (${cents} cents)`]);
+  }
   const loudness = analysis.loudness || {};
   const db = (value, unit) => (value === null || value === undefined ? "n/a" : `${value} ${unit}`);
   if (analysis.loudness) {
@@ -303,7 +314,141 @@ function analysisView(analysis) {
   if (analysis.duration) rows.push(["Duration", formatSeconds(analysis.duration)]);
   const list = h("dl", { class: "facts analysis" });
   for (const [term, value] of rows) list.append(h("dt", { text: term }), h("dd", { text: value }));
-  return h("section", { class: "analysis-box", "aria-label": "Analysis" }, h("h4", { text: "Analysis" }), list);
+  const box = h("section", { class: "analysis-box", "aria-label": "Analysis" }, h("h4", { text: "Analysis" }), list);
+  if ((analysis.chords || []).length && analysis.duration) box.append(chordTimeline(analysis, job, players, ctx));
+  return box;
+}
+
+const CHORD_SYMBOLS = { maj: "", min: "m", 7: "7", maj7: "maj7", min7: "m7", dim: "dim", aug: "aug", sus2: "sus2", sus4: "sus4" };
+
+/** ``A:min7`` as a chart shows it: ``Am7``; ``N`` is no chord. */
+function chordSymbol(label) {
+  if (!label || label === "N" || !label.includes(":")) return "N.C.";
+  const [root, quality] = label.split(":");
+  return root + (quality in CHORD_SYMBOLS ? CHORD_SYMBOLS[quality] : quality);
+}
+
+/**
+ * The sections and the chord timeline as two strips over the song's length,
+ * with a playhead that follows whichever player plays (the stems, or for an
+ * analysis job the original file played along); the chord under the playhead
+ * is highlighted and named. Clicking a chord or a section seeks there.
+ */
+function chordTimeline(analysis, job, players, ctx) {
+  const duration = analysis.duration;
+  const box = h("div", { class: "chord-timeline" });
+  const percent = (seconds) => `${Math.min(100, Math.max(0, (seconds / duration) * 100))}%`;
+  let lastPlayed = null;
+  const seek = (time) => {
+    const audio = lastPlayed || players[0];
+    if (!audio) return;
+    audio.currentTime = time;
+    audio.play().catch(() => {});
+  };
+
+  if (job.kind === "analysis") {
+    // An analysis has no result audio: play the upload from this tab, or a file the user picks.
+    const playerBox = h("div", { class: "play-along" });
+    box.append(playerBox);
+    const attach = (file) => {
+      playerBox.replaceChildren();
+      const url = URL.createObjectURL(file);
+      ctx.onCleanup(() => URL.revokeObjectURL(url));
+      const audio = h("audio", { controls: true, src: url, "aria-label": `Play ${file.name}` });
+      playerBox.append(h("p", { class: "hint", text: `Playing along: ${file.name}` }), audio);
+      players.push(audio);
+      ctx.onCleanup(() => audio.pause());
+      follow(audio);
+    };
+    if (ctx.localFile) {
+      window.setTimeout(() => attach(ctx.localFile));
+    } else {
+      const id = `play-along-${job.id}`;
+      const input = h("input", { type: "file", id, accept: "audio/*,video/*" });
+      input.addEventListener("change", () => input.files[0] && attach(input.files[0]));
+      playerBox.append(h("label", { for: id, text: "Play the original file to follow the chords (optional)" }), input);
+    }
+  }
+
+  const now = h("p", { class: "now-chord", text: "" });
+  const strip = (items, className, label, text, title) => {
+    const track = h("div", { class: `track ${className}`, role: "group", "aria-label": label });
+    const cells = items.map((item) => {
+      const cell = h("button", { type: "button", class: "segment", title: title(item), text: text(item) });
+      cell.style.left = percent(item.start);
+      cell.style.width = percent(item.end - item.start);
+      cell.addEventListener("click", () => seek(item.start));
+      track.append(cell);
+      return cell;
+    });
+    const playhead = h("div", { class: "playhead", "aria-hidden": "true" });
+    track.append(playhead);
+    return { track, cells, playhead };
+  };
+  const sections = analysis.sections || [];
+  const sectionStrip = strip(
+    sections,
+    "sections-track",
+    "Sections",
+    (s) => (s.likely_chorus ? `${s.label} (chorus)` : s.label),
+    (s) => `Section ${s.label}${s.likely_chorus ? ", likely the chorus" : ""}, from ${formatSeconds(s.start)}`,
+  );
+  sections.forEach((s, i) => s.likely_chorus && sectionStrip.cells[i].classList.add("chorus"));
+  const chords = analysis.chords;
+  const chordStrip = strip(
+    chords,
+    "chords-track",
+    "Chords",
+    (c) => chordSymbol(c.label),
+    (c) => `${chordSymbol(c.label)} (${c.label}) at ${formatSeconds(c.start)}`,
+  );
+  if (sections.length) box.append(h("p", { class: "hint", text: "Sections" }), sectionStrip.track);
+  box.append(h("p", { class: "hint", text: "Chords" }), chordStrip.track, now);
+
+  const bars = analysis.bars || [];
+  let current = -1;
+  const show = (time) => {
+    for (const { playhead } of [sectionStrip, chordStrip]) playhead.style.left = percent(time);
+    let index = -1;
+    for (let i = 0; i < chords.length; i++) {
+      if (chords[i].start <= time) index = i;
+      else break;
+    }
+    if (index !== current) {
+      if (current !== -1) chordStrip.cells[current].classList.remove("current");
+      if (index !== -1) chordStrip.cells[index].classList.add("current");
+      current = index;
+    }
+    let bar = null;
+    for (const b of bars) {
+      if (b.start <= time + 0.02) bar = b;
+      else break;
+    }
+    const parts = [];
+    if (index !== -1) parts.push(`Chord: ${chordSymbol(chords[index].label)}`);
+    if (index !== -1 && index + 1 < chords.length) parts.push(`next ${chordSymbol(chords[index + 1].label)}`);
+    if (bar) parts.push(`bar ${bar.number}`);
+    now.textContent = parts.join(" · ");
+  };
+  function follow(audio) {
+    let frame = 0;
+    const tick = () => {
+      show(audio.currentTime);
+      frame = audio.paused ? 0 : window.requestAnimationFrame(tick);
+    };
+    audio.addEventListener("play", () => {
+      lastPlayed = audio;
+      if (!frame) frame = window.requestAnimationFrame(tick);
+    });
+    audio.addEventListener("seeked", () => show(audio.currentTime));
+    audio.addEventListener("timeupdate", () => {
+      if (audio.paused) show(audio.currentTime);
+    });
+    ctx.onCleanup(() => window.cancelAnimationFrame(frame));
+  }
+  for (const audio of players) follow(audio);
+  show(0);
+  return box;
 }
 
 // ------------------------------------------------------------------ generation
