@@ -1,4 +1,5 @@
-"""Music analysis of a decoded signal: key, tempo and beats, loudness and peaks.
+"""Music analysis of a decoded signal: tuning, key, tempo and beats, chords,
+meter and bars, sections, loudness and peaks.
 
 Serves ``POST /api/v1/analyses`` and the ``analyze=true`` option of separation
 and karaoke jobs. ``analyze`` takes float ``(channels, frames)`` samples (what
@@ -11,21 +12,32 @@ is plain JSON (no NaN or infinity: what cannot be measured is ``None``)::
               "runner_up": {"name": "C major", "confidence": 0.21}},
       "tempo": {"bpm": 128.0, "confidence": 0.71}, "tempo_bpm": 128.0,
       "beats": [0.48, 0.949, ...],
+      "tuning": {"cents": 11.1, "reference_hz": 442.83},
+      "chords": [{"start": 0.0, "end": 2.416, "label": "A:min", "confidence": 0.24}, ...],
+      "meter": {"time_signature": "4/4", "beats_per_bar": 4, "confidence": 1.0},
+      "downbeats": [...], "beat_positions": [1, 2, 3, 4, ...],
+      "bars": [{"number": 1, "start": 0.017, "chords": ["A:min", ...]}, ...],
+      "tempo_curve": [{"time": 0.017, "bpm": 99.7}, ...],
+      "sections": [{"start": 0.017, "end": 9.614, "label": "A", "likely_chorus": false}, ...],
+      "keys": [{"start": 0.0, "end": 34.2, "key": "C major"}, ...], "modulations": [...],
       "loudness": {"integrated_lufs": -9.12, "loudness_range_lu": 6.3,
                    "sample_peak_dbfs": -0.3, "true_peak_dbtp": 0.41}
     }
 
-How it stays cheap on long songs: key and tempo only need the musical content
-below a few kHz, so they work on a mono downmix resampled (soxr) to 22.05 kHz,
-and every spectrum is computed a few thousand frames at a time in float32 and
-reduced at once (to 12 chroma bins, to 40 bands), so no full-song complex
+The musical reading from beats on (chords, meter, sections, key regions) is
+``app.harmony``'s, on the small per-frame arrays computed here.
+
+How it stays cheap on long songs: the musical content lies below a few kHz,
+so tuning, chroma and onsets work on a mono downmix resampled (soxr) to
+22.05 kHz, and every spectrum is computed a few thousand frames at a time in
+float32 and reduced at once (to 12 chroma and 12 bass-chroma bins, to 40
+bands, to two running sums for the tuning), so no full-song complex
 spectrogram is ever held. Loudness and peaks are measured on the original
 samples, streamed in blocks: the BS.1770 meter reproduces pyloudnorm's
 integrated loudness without its full-length float64 copies, and the true peak
-oversamples block by block. Beyond the input itself, memory stays around
-150 MB for a 20-minute stereo 44.1 kHz song (the 22.05 kHz mono copy and the
-40-band onset spectrogram), which takes about 9 s on two cores, most of it
-the K-weighting filters and the 4x oversampling for the true peak.
+oversamples block by block. Beyond the input itself, the largest things held
+are the 22.05 kHz mono copy and the 40-band onset spectrogram
+(docs/architecture.md has the measured figures for a 20-minute song).
 
 What is undefined comes back as ``None`` rather than as a guess: the key of a
 signal without pitched content between 55 Hz and 2 kHz (a flat chroma: key
