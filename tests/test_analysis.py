@@ -362,3 +362,20 @@ def test_silence_has_no_chords_bars_or_sections() -> None:
     assert result["bars"] == [] and result["sections"] == [] and result["keys"] == []
     assert result["tuning"] == {"cents": 0.0, "reference_hz": 440.0}
     json.dumps(result, allow_nan=False)
+
+
+def test_a_tempo_change_shows_in_the_tempo_curve() -> None:
+    from tests.support import scores
+
+    score = scores.arrangement(
+        ["D:maj", "B:min", "G:maj", "A:maj"] * 8, bpm=100, tempo_changes=[(64.0, 124.0)]
+    )
+    result = analyze(scores.render_numpy(score, SR), SR)
+    change = float(score.seconds(64.0))  # bar 17
+    before = [p["bpm"] for p in result["tempo_curve"] if p["time"] < change - 4]
+    after = [p["bpm"] for p in result["tempo_curve"] if p["time"] > change + 4]
+    assert before and after
+    assert all(bpm == pytest.approx(100, abs=2) for bpm in before)
+    assert all(bpm == pytest.approx(124, abs=3) for bpm in after)
+    beats = np.array(result["beats"])
+    assert np.median(np.diff(beats[beats > change])) == pytest.approx(60 / 124, abs=0.01)
