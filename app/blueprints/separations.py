@@ -141,7 +141,11 @@ class SeparationFormSchema(CallbackSchema, EngineOptionsSchema):  # type: ignore
     )
     analyze = fields.Boolean(
         load_default=False,
-        metadata={"description": "Also analyse the song: key, tempo, beats, loudness."},
+        metadata={
+            "description": "Also analyse the song (`result.analysis`: key, tempo, beats, "
+            "chords, meter and bars, sections, tuning, loudness) and add the chord chart "
+            "files `chords.txt` and `chords.lab`."
+        },
     )
     output_format = fields.String(
         load_default="wav",
