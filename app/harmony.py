@@ -577,9 +577,9 @@ def describe(
         starts = downbeat_index[downbeat_index + beats_per_bar <= len(beat_times)]
         beat_chroma = np.sqrt(np.maximum(cell_chroma[on_beats], 0.0))
         beat_chroma /= np.maximum(np.linalg.norm(beat_chroma, axis=1, keepdims=True), 1e-12)
-        features = np.array(
-            [beat_chroma[s : s + beats_per_bar].reshape(-1) for s in starts]
-        ).reshape(len(starts), -1)
+        features = np.zeros((len(starts), beats_per_bar * 12))
+        for row, s in enumerate(starts):
+            features[row] = beat_chroma[s : s + beats_per_bar].reshape(-1)
         result["sections"] = sections(features, beat_times[starts], duration)
     else:
         result.update(

@@ -379,3 +379,15 @@ def test_a_tempo_change_shows_in_the_tempo_curve() -> None:
     assert all(bpm == pytest.approx(124, abs=3) for bpm in after)
     beats = np.array(result["beats"])
     assert np.median(np.diff(beats[beats > change])) == pytest.approx(60 / 124, abs=0.01)
+
+
+@pytest.mark.parametrize("seconds", [1.2, 2.0, 3.0])
+def test_a_clip_shorter_than_a_few_bars_still_answers(seconds: float) -> None:
+    from tests.support import scores
+
+    song = scores.render_numpy(scores.arrangement(["C:maj", "G:maj"], bpm=120), SR)
+    result = analyze(song[:, : int(seconds * SR)], SR)
+    json.dumps(result, allow_nan=False)
+    assert result["chords"][0]["start"] == 0.0
+    assert result["chords"][-1]["end"] == pytest.approx(seconds, abs=0.01)
+    assert len(result["sections"]) <= 1
