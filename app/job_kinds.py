@@ -86,6 +86,7 @@ JOB_KINDS: tuple[JobKind, ...] = (
         queue="transcription",
         time_limits=("TRANSCRIPTION_TIME_LIMIT",),
         runner="app.services.analysis.run_job",
+        result_schema="app.blueprints.analyses.AnalysisResultSchema",
         former_tasks=("app.tasks.pipelines.analyze",),
     ),
     JobKind(

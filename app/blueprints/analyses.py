@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from marshmallow import Schema, fields
+
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
 from app.blueprints.jobs import CallbackSchema, upload_route
@@ -13,6 +15,67 @@ blp = Blueprint(
     __name__,
     description="Key, tempo, beats, chords, bars, sections, tuning and loudness of a song.",
 )
+
+
+class AnalysisResultSchema(Schema):
+    """An analysis's ``result`` fields beside ``files`` (app/job_kinds.py); the same
+    block is ``analysis`` in separation and karaoke results with ``analyze=true``."""
+
+    key = fields.Dict(
+        metadata={"description": "Analysis: name, tonic, mode, confidence, runner_up."}
+    )
+    keys = fields.List(
+        fields.Dict(), metadata={"description": "Analysis: key regions (start, end, key)."}
+    )
+    modulations = fields.List(
+        fields.Dict(), metadata={"description": "Analysis: key changes (time, from, to)."}
+    )
+    tuning = fields.Dict(
+        metadata={
+            "description": "Analysis: cents from A4 = 440 Hz and reference_hz "
+            "(440 * 2^(cents/1200))."
+        }
+    )
+    tempo = fields.Dict(metadata={"description": "Analysis: bpm, confidence."})
+    tempo_bpm = fields.Float(allow_none=True, metadata={"description": "Analysis."})
+    tempo_curve = fields.List(
+        fields.Dict(), metadata={"description": "Analysis: local tempo per bar (time, bpm)."}
+    )
+    beats = fields.List(fields.Float(), metadata={"description": "Analysis: seconds."})
+    meter = fields.Dict(
+        metadata={"description": "Analysis: time_signature, beats_per_bar, confidence."}
+    )
+    downbeats = fields.List(
+        fields.Float(), metadata={"description": "Analysis: the beats that start a bar."}
+    )
+    beat_positions = fields.List(
+        fields.Integer(), metadata={"description": "Analysis: each beat's count in its bar."}
+    )
+    bars = fields.List(
+        fields.Dict(),
+        metadata={"description": "Analysis: number, start, chords (a label per beat)."},
+    )
+    chords = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "Analysis: start, end, label (Harte syntax: `C:maj`, `A:min7`, "
+            "`N` for none), confidence."
+        },
+    )
+    sections = fields.List(
+        fields.Dict(),
+        metadata={"description": "Analysis: start, end, label (A, B, ...), likely_chorus."},
+    )
+    loudness = fields.Dict(
+        metadata={
+            "description": "Analysis: integrated_lufs, loudness_range_lu, sample_peak_dbfs, "
+            "true_peak_dbtp."
+        }
+    )
+    channels = fields.Integer(metadata={"description": "Analysis: of the input."})
+    analysis = fields.Dict(
+        metadata={"description": "Separation and karaoke with analyze=true: the analysis block."}
+    )
 
 
 class AnalysisFormSchema(CallbackSchema):
