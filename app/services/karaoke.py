@@ -199,7 +199,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         "has_vocals": bool(lines),
         "language": language,
         "lyrics": "\n".join(line.text for line in lines),
-        "lines": [line.to_dict(with_words=False) for line in lines],
+        "lines": [line.to_dict() for line in lines],
         "tags": tags,
         "device": device,
         "separation_model": vocals_by,
