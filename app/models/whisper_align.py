@@ -22,6 +22,7 @@ Nothing here imports faster-whisper or CTranslate2 at import time.
 from __future__ import annotations
 
 import difflib
+import itertools
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +230,136 @@ def force_align(
     return timed
 
 
+# --------------------------------------------------------------------------- onsets
+
+HOP = 160  # 10 ms frames for the onset search
+N_FFT = 512
+VOICE_BAND = (250.0, 4000.0)  # Hz
+LAG = 0.1  # the cross-attention's word starts come this late (bench/alignment.py)
+SEARCH_BEFORE, SEARCH_AFTER = 0.6, 0.15  # where an onset is looked for around a start, s
+SPREAD = 0.3  # s: how far an onset may be from the start the model gives, at little cost
+KEEP_COST = 3.0  # choosing no onset (the model's start, less LAG)
+STRENGTH_WEIGHT = 2.0
+MIN_SEPARATION = 0.08  # s between two words' onsets
+ABSORBED = 0.8  # s: a word this long in the warping path has taken a pause with it
+
+
+def _band_energy(samples: np.ndarray) -> np.ndarray:
+    """Voice-band energy in dB per 10 ms frame, with the steady background
+    (each frequency's median over 3 s: held chords, a drone) taken out."""
+    count = len(samples) // HOP
+    if count < 2:
+        return np.zeros(count)
+    padded = np.pad(samples.astype(np.float32), (N_FFT // 2, N_FFT // 2 + HOP))
+    index = np.arange(N_FFT)[None, :] + HOP * np.arange(count)[:, None]
+    freqs = np.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE)
+    band = (freqs >= VOICE_BAND[0]) & (freqs <= VOICE_BAND[1])
+    window = np.hanning(N_FFT).astype(np.float32)
+    power = np.empty((count, int(band.sum())), np.float32)
+    for first in range(0, count, 2000):  # in blocks: bounded memory
+        frames = padded[index[first : first + 2000]] * window
+        power[first : first + 2000] = (np.abs(np.fft.rfft(frames, axis=1)) ** 2)[:, band]
+    step, half = 50, 150
+    centres = np.arange(0, count, step)
+    background = np.stack([np.median(power[max(0, c - half) : c + half], axis=0) for c in centres])
+    power = np.maximum(
+        power - background[np.minimum(np.arange(count) // step, len(centres) - 1)], 1e-3 * power
+    )
+    energy = 10 * np.log10(power.sum(axis=1) + 1e-12)
+    return np.maximum(energy, energy.max() - 60.0)
+
+
+def detect_onsets(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the voice-band energy rises from a dip: times (s from the start of
+    ``samples``) and strengths (dB of the rise), for onsets rising 3 dB or more.
+    An onset's time is the first frame 6 dB (or half the rise) above the dip."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    energy = _band_energy(samples)
+    before, after = 8, 4  # frames: the dip looked for, the level after
+    if len(energy) < before + after + 2:
+        return np.zeros(0), np.zeros(0)
+    padded = np.pad(energy, (before, after), mode="edge")
+    dip = sliding_window_view(padded[: -after - 1], before).min(axis=1)[: len(energy)]
+    level = sliding_window_view(padded[before:], after).mean(axis=1)[: len(energy)]
+    rise = np.maximum(level - dip, 0)
+    peaks = np.flatnonzero((rise[1:-1] > rise[:-2]) & (rise[1:-1] >= rise[2:])) + 1
+    peaks = peaks[rise[peaks] >= 3.0]
+    found: dict[int, float] = {}
+    for peak in peaks:
+        first = max(0, peak - before)
+        above = np.flatnonzero(energy[first : peak + after] >= dip[peak] + min(6.0, rise[peak] / 2))
+        frame = first + int(above[0]) if len(above) else int(peak)
+        found[frame] = max(found.get(frame, 0.0), float(rise[peak]))
+    frames = np.array(sorted(found), np.int64)
+    return frames * HOP / SAMPLE_RATE, np.array([found[f] for f in frames])
+
+
+def refine_onsets(samples: np.ndarray, offset: float, timed: list[_Timed]) -> list[_Timed]:
+    """Move each word's start to an energy onset near where the model puts it,
+    when there is one: all words at once (a Viterbi path over each word's
+    candidate onsets, in order, ``MIN_SEPARATION`` apart), each candidate
+    costing its distance from the model's start (less ``LAG``) over ``SPREAD``
+    less the log of its relative strength; a word without an onset near keeps
+    the model's start, less ``LAG``. A word that took a pause with it in the
+    warping path (longer than ``ABSORBED``) looks through all of it."""
+    if not timed:
+        return timed
+    times, strengths = detect_onsets(samples)
+    times = times + offset
+    scale = float(np.percentile(strengths, 90)) if len(strengths) else 1.0
+    options: list[list[tuple[float, float]]] = []
+    for word in timed:
+        prior = word.start - LAG
+        low, high = (
+            word.start - SEARCH_BEFORE,
+            max(min(word.start + SEARCH_AFTER, word.end), word.start + 0.05),
+        )
+        spread = SPREAD
+        if word.end - word.start > ABSORBED:
+            high, spread = word.end - 0.1, 1.0
+        near = np.flatnonzero((times >= low) & (times <= high))
+        options.append(
+            [(prior, KEEP_COST)]
+            + [
+                (
+                    float(times[k]),
+                    abs(float(times[k]) - prior) / spread
+                    - STRENGTH_WEIGHT * float(np.log(strengths[k] / scale)),
+                )
+                for k in near
+            ]
+        )
+    costs = np.array([cost for _t, cost in options[0]])
+    back: list[np.ndarray] = []
+    for previous, current in itertools.pairwise(options):
+        before = np.array([t for t, _c in previous])
+        total, links = [], []
+        for t, cost in current:
+            allowed = np.where(before <= t - MIN_SEPARATION, costs, np.inf)
+            k = int(np.argmin(allowed))
+            if not np.isfinite(allowed[k]):  # nothing early enough: the cheapest, penalised
+                k = int(np.argmin(costs))
+                allowed = costs + 50.0
+            total.append(float(allowed[k]) + cost)
+            links.append(k)
+        costs = np.array(total)
+        back.append(np.array(links))
+    choice = [int(np.argmin(costs))]
+    for links in reversed(back):
+        choice.append(int(links[choice[-1]]))
+    choice.reverse()
+    starts = [options[i][k][0] for i, k in enumerate(choice)]
+    refined = []
+    for i, (word, start) in enumerate(zip(timed, starts, strict=True)):
+        start = max(start, offset)
+        end = max(word.end, start + 0.02)
+        if i + 1 < len(starts):
+            end = max(min(end, starts[i + 1]), start + 0.02)
+        refined.append(_Timed(start, end, word.confidence))
+    return refined
+
+
 def _windows(
     anchored: list[tuple[int, float, float]], duration: float, pad: float, max_gap: float
 ) -> list[tuple[float, float, list[int]]]:
@@ -312,20 +443,19 @@ def align_lyrics(
                 first = lyrics.lines[k].words[0]
                 breaks.add(window_words.index(first))
         chunk = samples[int(low * SAMPLE_RATE) : int(high * SAMPLE_RATE)]
-        for word, times in zip(
+        aligned = force_align(
+            model,
+            tokenizer,
+            chunk,
+            low,
             window_words,
-            force_align(
-                model,
-                tokenizer,
-                chunk,
-                low,
-                window_words,
-                breaks,
-                tuning.get("mfw", 7),
-                tuning.get("trail", True),
-            ),
-            strict=True,
-        ):
+            breaks,
+            tuning.get("mfw", 7),
+            tuning.get("trail", True),
+        )
+        if tuning.get("refine", True):
+            aligned = refine_onsets(chunk, low, aligned)
+        for word, times in zip(window_words, aligned, strict=True):
             timed[word.index] = times
         progress(0.6 + 0.4 * (number + 1) / len(windows))
 
