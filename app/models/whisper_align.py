@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,12 @@ TOKENS_PER_SECOND = 50  # the encoder's output frames (20 ms each)
 # (a recogniser's misspelling), anything else; a gap on either side.
 EXACT, SIMILAR, OTHER, GAP = 3, 1, -2, -1
 SIMILARITY = 0.7
+WINDOW_PAD = 1.0  # s of audio kept around a window's anchored lines
+MAX_GAP = 4.0  # s: a longer pause between anchored lines starts a new window
+# A line's mean token probability in the forced alignment below which it is
+# taken as not sung: for a line the recogniser placed, and for one it missed.
+MIN_CONFIDENCE, RESCUE_CONFIDENCE = 0.1, 0.3
+MIN_GAP_AUDIO = 0.5  # s: less audio between two anchored lines cannot hold a missed one
 LEAD = " \u266a"  # ♪
 
 
@@ -181,9 +187,6 @@ def force_align(
     samples: np.ndarray,
     offset: float,
     words: Sequence[LyricWord],
-    breaks: Collection[int] = (),
-    median_filter_width: int = 7,
-    trail: bool = True,
 ) -> list[_Timed]:
     """Time ``words`` in ``samples`` (at most 30 s, starting ``offset`` seconds
     into the song) through the model's cross-attention.
@@ -191,8 +194,7 @@ def force_align(
     The path of the time warping starts at the window's first frame and ends
     at its last, so the first word would take all the audio before it and the
     last all the audio after it: a music note (which Whisper writes for
-    music) before the first word and after the last takes that instead, and
-    one before each word of ``breaks`` (positions in ``words``) takes a pause.
+    music) before the first word and after the last takes that instead.
     """
     from faster_whisper.audio import pad_or_trim
 
@@ -202,18 +204,17 @@ def force_align(
     flat: list[int] = []
     spans: list[tuple[int, int]] = []
     for position, word in enumerate(words):
-        if position == 0 or position in breaks:
+        if position == 0:
             flat += note
         tokens = tokenizer.encode(" " + word.text)
         spans.append((len(flat), len(flat) + len(tokens)))
         flat += tokens
-    if trail:
-        flat += note
+    flat += note
     features = model.feature_extractor(samples)[..., :-1]
     num_frames = min(features.shape[-1], 3000)
     encoded = model.encode(pad_or_trim(features))
     result = model.model.align(
-        encoded, tokenizer.sot_sequence, [flat], num_frames, median_filter_width=median_filter_width
+        encoded, tokenizer.sot_sequence, [flat], num_frames, median_filter_width=7
     )[0]
     probs = np.asarray(result.text_token_probs, np.float64)
     text_indices = np.array([pair[0] for pair in result.alignments])
@@ -395,6 +396,61 @@ def _windows(
     return windows
 
 
+def _between(line_ids: Sequence[int]) -> set[int]:
+    """The lines between consecutive anchored lines (lyric order) of a window."""
+    return {k for a, b in itertools.pairwise(sorted(line_ids)) for k in range(a + 1, b)}
+
+
+def _by_line(words: Sequence[LyricWord], timed: Sequence[_Timed]) -> dict[int, list[_Timed]]:
+    lines: dict[int, list[_Timed]] = {}
+    for word, times in zip(words, timed, strict=True):
+        lines.setdefault(word.line, []).append(times)
+    return lines
+
+
+def _mean_confidence(timed: Sequence[_Timed]) -> float:
+    return float(np.mean([t.confidence for t in timed])) if timed else 0.0
+
+
+def _align_lines(
+    model: Any,
+    tokenizer: Any,
+    chunk: np.ndarray,
+    offset: float,
+    lyrics: Lyrics,
+    placed: Sequence[int],
+    tried: Sequence[int],
+    refine: bool,
+) -> dict[int, _Timed]:
+    """Force-align lines ``placed`` (the recogniser heard them) and ``tried``
+    (it did not) in ``chunk``; a line the model finds unlikely (mean token
+    probability below MIN_CONFIDENCE, or RESCUE_CONFIDENCE for a tried line) is
+    dropped and the rest aligned again without it. Word index -> times."""
+    lines = sorted({*placed, *tried})
+    while lines:
+        words = [w for k in lines for w in lyrics.lines[k].words]
+        aligned = force_align(model, tokenizer, chunk, offset, words)
+        by_line = _by_line(words, aligned)
+        dropped = {
+            k
+            for k in lines
+            if _mean_confidence(by_line[k]) < (MIN_CONFIDENCE if k in placed else RESCUE_CONFIDENCE)
+        }
+        if not dropped:
+            if refine:
+                aligned = refine_onsets(chunk, offset, aligned)
+            return {w.index: t for w, t in zip(words, aligned, strict=True)}
+        lines = [k for k in lines if k not in dropped]
+    return {}
+
+
+def anchors_line(matched: int, words: int) -> bool:
+    """Whether ``matched`` recognised words place a line of ``words``: all of a
+    one-word line, else two or more and at least a quarter of them. One stray
+    match ("the", "I") must not pull in a verse that is not sung."""
+    return matched >= words or (matched >= 2 and matched * 4 >= words)
+
+
 def align_lyrics(
     model: Any,
     samples: np.ndarray,
@@ -403,7 +459,7 @@ def align_lyrics(
     language: str | None = None,
     progress: Callable[[float], None] = lambda _f: None,
     heard: list[dict[str, Any]] | None = None,
-    **tuning: Any,
+    refine: bool = True,
 ) -> dict[str, Any]:
     """Align ``lyrics`` to 16 kHz mono float32 ``samples`` with a loaded
     ``faster_whisper.WhisperModel``. ``progress`` gets 0..1; what it raises
@@ -427,37 +483,31 @@ def align_lyrics(
     anchored: list[tuple[int, float, float]] = []
     for index, line in enumerate(lyrics.lines):
         found = [heard[m] for m in (matches[w.index] for w in line.words) if m is not None]
-        if found:
+        if anchors_line(len(found), len(line.words)):
             anchored.append((index, found[0]["start"], found[-1]["end"]))
 
+    # Windows of anchored lines; each also tries the lines between two of its
+    # anchored lines. Lines between two windows, or before the first anchored
+    # line or after the last, are tried in the audio between them.
+    jobs = [
+        (low, high, line_ids, sorted(_between(line_ids)))
+        for low, high, line_ids in _windows(anchored, duration, pad=WINDOW_PAD, max_gap=MAX_GAP)
+    ]
+    covered = {k for _l, _h, ids, extra in jobs for k in [*ids, *extra]}
+    edges = [(-1, 0.0, 0.0), *anchored, (len(lyrics.lines), duration, duration)]
+    for (a, _s, end_a), (b, start_b, _e) in itertools.pairwise(edges):
+        missed = [k for k in range(a + 1, b) if k not in covered]
+        if missed and start_b - end_a >= MIN_GAP_AUDIO:
+            low, high = max(end_a, start_b - WINDOW_SECONDS), min(start_b, end_a + WINDOW_SECONDS)
+            if a >= 0 and b < len(lyrics.lines) and start_b - end_a > WINDOW_SECONDS:
+                continue  # too long a stretch to search for them
+            jobs.append((low, high, [], missed))
     timed: dict[int, _Timed] = {}
-    windows = _windows(
-        anchored, duration, pad=tuning.get("pad", 1.0), max_gap=tuning.get("max_gap", 4.0)
-    )
     tokenizer = _tokenizer(model, language)
-    for number, (low, high, line_ids) in enumerate(windows):
-        window_words = [w for k in line_ids for w in lyrics.lines[k].words]
-        breaks = set()
-        if tuning.get("breaks", "none") != "none":
-            for k in line_ids[1:]:
-                first = lyrics.lines[k].words[0]
-                breaks.add(window_words.index(first))
+    for number, (low, high, line_ids, extra) in enumerate(jobs):
         chunk = samples[int(low * SAMPLE_RATE) : int(high * SAMPLE_RATE)]
-        aligned = force_align(
-            model,
-            tokenizer,
-            chunk,
-            low,
-            window_words,
-            breaks,
-            tuning.get("mfw", 7),
-            tuning.get("trail", True),
-        )
-        if tuning.get("refine", True):
-            aligned = refine_onsets(chunk, low, aligned)
-        for word, times in zip(window_words, aligned, strict=True):
-            timed[word.index] = times
-        progress(0.6 + 0.4 * (number + 1) / len(windows))
+        timed.update(_align_lines(model, tokenizer, chunk, low, lyrics, line_ids, extra, refine))
+        progress(0.6 + 0.4 * (number + 1) / len(jobs))
 
     lines_out = []
     for line in lyrics.lines:
