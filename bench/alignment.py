@@ -228,7 +228,9 @@ class Song:
     truth: list[tuple[float, float] | None] = field(default_factory=list)
 
 
-def build_song(spec: dict[str, Any], seed: int) -> Song:
+def build_song(
+    spec: dict[str, Any], seed: int, word_gap: tuple[float, float] = (0.04, 0.14)
+) -> Song:
     """Synthesise a song word by word; returns the vocals, the lyrics and the
     true onset and end of every lyric word (None for words not sung)."""
     from app.lyrics_input import parse_lyrics
@@ -266,7 +268,7 @@ def build_song(spec: dict[str, Any], seed: int) -> Song:
                 if kind != "adlib":
                     truth.append((clock, clock + len(audio) / SR))
                 clock += len(audio) / SR + (
-                    float(rng.uniform(0.04, 0.14)) if position < len(words) - 1 else 0.0
+                    float(rng.uniform(*word_gap)) if position < len(words) - 1 else 0.0
                 )
         clock += float(rng.uniform(2.0, 4.0)) - 0.7
     clock += 3.0

@@ -22,7 +22,8 @@ Nothing here imports faster-whisper or CTranslate2 at import time.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Collection, Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,12 @@ TOKENS_PER_SECOND = 50  # the encoder's output frames (20 ms each)
 # (a recogniser's misspelling), anything else; a gap on either side.
 EXACT, SIMILAR, OTHER, GAP = 3, 1, -2, -1
 SIMILARITY = 0.7
+WINDOW_PAD = 1.0  # s of audio kept around a window's anchored lines
+MAX_GAP = 4.0  # s: a longer pause between anchored lines starts a new window
+# A line's mean token probability in the forced alignment below which it is
+# taken as not sung: for a line the recogniser placed, and for one it missed.
+MIN_CONFIDENCE, RESCUE_CONFIDENCE = 0.1, 0.3
+MIN_GAP_AUDIO = 0.5  # s: less audio between two anchored lines cannot hold a missed one
 LEAD = " \u266a"  # ♪
 
 
@@ -180,9 +187,6 @@ def force_align(
     samples: np.ndarray,
     offset: float,
     words: Sequence[LyricWord],
-    breaks: Collection[int] = (),
-    median_filter_width: int = 7,
-    trail: bool = True,
 ) -> list[_Timed]:
     """Time ``words`` in ``samples`` (at most 30 s, starting ``offset`` seconds
     into the song) through the model's cross-attention.
@@ -190,8 +194,7 @@ def force_align(
     The path of the time warping starts at the window's first frame and ends
     at its last, so the first word would take all the audio before it and the
     last all the audio after it: a music note (which Whisper writes for
-    music) before the first word and after the last takes that instead, and
-    one before each word of ``breaks`` (positions in ``words``) takes a pause.
+    music) before the first word and after the last takes that instead.
     """
     from faster_whisper.audio import pad_or_trim
 
@@ -201,18 +204,17 @@ def force_align(
     flat: list[int] = []
     spans: list[tuple[int, int]] = []
     for position, word in enumerate(words):
-        if position == 0 or position in breaks:
+        if position == 0:
             flat += note
         tokens = tokenizer.encode(" " + word.text)
         spans.append((len(flat), len(flat) + len(tokens)))
         flat += tokens
-    if trail:
-        flat += note
+    flat += note
     features = model.feature_extractor(samples)[..., :-1]
     num_frames = min(features.shape[-1], 3000)
     encoded = model.encode(pad_or_trim(features))
     result = model.model.align(
-        encoded, tokenizer.sot_sequence, [flat], num_frames, median_filter_width=median_filter_width
+        encoded, tokenizer.sot_sequence, [flat], num_frames, median_filter_width=7
     )[0]
     probs = np.asarray(result.text_token_probs, np.float64)
     text_indices = np.array([pair[0] for pair in result.alignments])
@@ -227,6 +229,136 @@ def force_align(
         confidence = float(probs[first:last].mean()) if last > first else 0.0
         timed.append(_Timed(start, max(end, start), confidence))
     return timed
+
+
+# --------------------------------------------------------------------------- onsets
+
+HOP = 160  # 10 ms frames for the onset search
+N_FFT = 512
+VOICE_BAND = (250.0, 4000.0)  # Hz
+LAG = 0.1  # the cross-attention's word starts come this late (bench/alignment.py)
+SEARCH_BEFORE, SEARCH_AFTER = 0.6, 0.15  # where an onset is looked for around a start, s
+SPREAD = 0.3  # s: how far an onset may be from the start the model gives, at little cost
+KEEP_COST = 3.0  # choosing no onset (the model's start, less LAG)
+STRENGTH_WEIGHT = 2.0
+MIN_SEPARATION = 0.08  # s between two words' onsets
+ABSORBED = 0.8  # s: a word this long in the warping path has taken a pause with it
+
+
+def _band_energy(samples: np.ndarray) -> np.ndarray:
+    """Voice-band energy in dB per 10 ms frame, with the steady background
+    (each frequency's median over 3 s: held chords, a drone) taken out."""
+    count = len(samples) // HOP
+    if count < 2:
+        return np.zeros(count)
+    padded = np.pad(samples.astype(np.float32), (N_FFT // 2, N_FFT // 2 + HOP))
+    index = np.arange(N_FFT)[None, :] + HOP * np.arange(count)[:, None]
+    freqs = np.fft.rfftfreq(N_FFT, 1 / SAMPLE_RATE)
+    band = (freqs >= VOICE_BAND[0]) & (freqs <= VOICE_BAND[1])
+    window = np.hanning(N_FFT).astype(np.float32)
+    power = np.empty((count, int(band.sum())), np.float32)
+    for first in range(0, count, 2000):  # in blocks: bounded memory
+        frames = padded[index[first : first + 2000]] * window
+        power[first : first + 2000] = (np.abs(np.fft.rfft(frames, axis=1)) ** 2)[:, band]
+    step, half = 50, 150
+    centres = np.arange(0, count, step)
+    background = np.stack([np.median(power[max(0, c - half) : c + half], axis=0) for c in centres])
+    power = np.maximum(
+        power - background[np.minimum(np.arange(count) // step, len(centres) - 1)], 1e-3 * power
+    )
+    energy = 10 * np.log10(power.sum(axis=1) + 1e-12)
+    return np.maximum(energy, energy.max() - 60.0)
+
+
+def detect_onsets(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the voice-band energy rises from a dip: times (s from the start of
+    ``samples``) and strengths (dB of the rise), for onsets rising 3 dB or more.
+    An onset's time is the first frame 6 dB (or half the rise) above the dip."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    energy = _band_energy(samples)
+    before, after = 8, 4  # frames: the dip looked for, the level after
+    if len(energy) < before + after + 2:
+        return np.zeros(0), np.zeros(0)
+    padded = np.pad(energy, (before, after), mode="edge")
+    dip = sliding_window_view(padded[: -after - 1], before).min(axis=1)[: len(energy)]
+    level = sliding_window_view(padded[before:], after).mean(axis=1)[: len(energy)]
+    rise = np.maximum(level - dip, 0)
+    peaks = np.flatnonzero((rise[1:-1] > rise[:-2]) & (rise[1:-1] >= rise[2:])) + 1
+    peaks = peaks[rise[peaks] >= 3.0]
+    found: dict[int, float] = {}
+    for peak in peaks:
+        first = max(0, peak - before)
+        above = np.flatnonzero(energy[first : peak + after] >= dip[peak] + min(6.0, rise[peak] / 2))
+        frame = first + int(above[0]) if len(above) else int(peak)
+        found[frame] = max(found.get(frame, 0.0), float(rise[peak]))
+    frames = np.array(sorted(found), np.int64)
+    return frames * HOP / SAMPLE_RATE, np.array([found[f] for f in frames])
+
+
+def refine_onsets(samples: np.ndarray, offset: float, timed: list[_Timed]) -> list[_Timed]:
+    """Move each word's start to an energy onset near where the model puts it,
+    when there is one: all words at once (a Viterbi path over each word's
+    candidate onsets, in order, ``MIN_SEPARATION`` apart), each candidate
+    costing its distance from the model's start (less ``LAG``) over ``SPREAD``
+    less the log of its relative strength; a word without an onset near keeps
+    the model's start, less ``LAG``. A word that took a pause with it in the
+    warping path (longer than ``ABSORBED``) looks through all of it."""
+    if not timed:
+        return timed
+    times, strengths = detect_onsets(samples)
+    times = times + offset
+    scale = float(np.percentile(strengths, 90)) if len(strengths) else 1.0
+    options: list[list[tuple[float, float]]] = []
+    for word in timed:
+        prior = word.start - LAG
+        low, high = (
+            word.start - SEARCH_BEFORE,
+            max(min(word.start + SEARCH_AFTER, word.end), word.start + 0.05),
+        )
+        spread = SPREAD
+        if word.end - word.start > ABSORBED:
+            high, spread = word.end - 0.1, 1.0
+        near = np.flatnonzero((times >= low) & (times <= high))
+        options.append(
+            [(prior, KEEP_COST)]
+            + [
+                (
+                    float(times[k]),
+                    abs(float(times[k]) - prior) / spread
+                    - STRENGTH_WEIGHT * float(np.log(strengths[k] / scale)),
+                )
+                for k in near
+            ]
+        )
+    costs = np.array([cost for _t, cost in options[0]])
+    back: list[np.ndarray] = []
+    for previous, current in itertools.pairwise(options):
+        before = np.array([t for t, _c in previous])
+        total, links = [], []
+        for t, cost in current:
+            allowed = np.where(before <= t - MIN_SEPARATION, costs, np.inf)
+            k = int(np.argmin(allowed))
+            if not np.isfinite(allowed[k]):  # nothing early enough: the cheapest, penalised
+                k = int(np.argmin(costs))
+                allowed = costs + 50.0
+            total.append(float(allowed[k]) + cost)
+            links.append(k)
+        costs = np.array(total)
+        back.append(np.array(links))
+    choice = [int(np.argmin(costs))]
+    for links in reversed(back):
+        choice.append(int(links[choice[-1]]))
+    choice.reverse()
+    starts = [options[i][k][0] for i, k in enumerate(choice)]
+    refined = []
+    for i, (word, start) in enumerate(zip(timed, starts, strict=True)):
+        start = max(start, offset)
+        end = max(word.end, start + 0.02)
+        if i + 1 < len(starts):
+            end = max(min(end, starts[i + 1]), start + 0.02)
+        refined.append(_Timed(start, end, word.confidence))
+    return refined
 
 
 def _windows(
@@ -264,6 +396,61 @@ def _windows(
     return windows
 
 
+def _between(line_ids: Sequence[int]) -> set[int]:
+    """The lines between consecutive anchored lines (lyric order) of a window."""
+    return {k for a, b in itertools.pairwise(sorted(line_ids)) for k in range(a + 1, b)}
+
+
+def _by_line(words: Sequence[LyricWord], timed: Sequence[_Timed]) -> dict[int, list[_Timed]]:
+    lines: dict[int, list[_Timed]] = {}
+    for word, times in zip(words, timed, strict=True):
+        lines.setdefault(word.line, []).append(times)
+    return lines
+
+
+def _mean_confidence(timed: Sequence[_Timed]) -> float:
+    return float(np.mean([t.confidence for t in timed])) if timed else 0.0
+
+
+def _align_lines(
+    model: Any,
+    tokenizer: Any,
+    chunk: np.ndarray,
+    offset: float,
+    lyrics: Lyrics,
+    placed: Sequence[int],
+    tried: Sequence[int],
+    refine: bool,
+) -> dict[int, _Timed]:
+    """Force-align lines ``placed`` (the recogniser heard them) and ``tried``
+    (it did not) in ``chunk``; a line the model finds unlikely (mean token
+    probability below MIN_CONFIDENCE, or RESCUE_CONFIDENCE for a tried line) is
+    dropped and the rest aligned again without it. Word index -> times."""
+    lines = sorted({*placed, *tried})
+    while lines:
+        words = [w for k in lines for w in lyrics.lines[k].words]
+        aligned = force_align(model, tokenizer, chunk, offset, words)
+        by_line = _by_line(words, aligned)
+        dropped = {
+            k
+            for k in lines
+            if _mean_confidence(by_line[k]) < (MIN_CONFIDENCE if k in placed else RESCUE_CONFIDENCE)
+        }
+        if not dropped:
+            if refine:
+                aligned = refine_onsets(chunk, offset, aligned)
+            return {w.index: t for w, t in zip(words, aligned, strict=True)}
+        lines = [k for k in lines if k not in dropped]
+    return {}
+
+
+def anchors_line(matched: int, words: int) -> bool:
+    """Whether ``matched`` recognised words place a line of ``words``: all of a
+    one-word line, else two or more and at least a quarter of them. One stray
+    match ("the", "I") must not pull in a verse that is not sung."""
+    return matched >= words or (matched >= 2 and matched * 4 >= words)
+
+
 def align_lyrics(
     model: Any,
     samples: np.ndarray,
@@ -272,7 +459,7 @@ def align_lyrics(
     language: str | None = None,
     progress: Callable[[float], None] = lambda _f: None,
     heard: list[dict[str, Any]] | None = None,
-    **tuning: Any,
+    refine: bool = True,
 ) -> dict[str, Any]:
     """Align ``lyrics`` to 16 kHz mono float32 ``samples`` with a loaded
     ``faster_whisper.WhisperModel``. ``progress`` gets 0..1; what it raises
@@ -296,38 +483,31 @@ def align_lyrics(
     anchored: list[tuple[int, float, float]] = []
     for index, line in enumerate(lyrics.lines):
         found = [heard[m] for m in (matches[w.index] for w in line.words) if m is not None]
-        if found:
+        if anchors_line(len(found), len(line.words)):
             anchored.append((index, found[0]["start"], found[-1]["end"]))
 
+    # Windows of anchored lines; each also tries the lines between two of its
+    # anchored lines. Lines between two windows, or before the first anchored
+    # line or after the last, are tried in the audio between them.
+    jobs = [
+        (low, high, line_ids, sorted(_between(line_ids)))
+        for low, high, line_ids in _windows(anchored, duration, pad=WINDOW_PAD, max_gap=MAX_GAP)
+    ]
+    covered = {k for _l, _h, ids, extra in jobs for k in [*ids, *extra]}
+    edges = [(-1, 0.0, 0.0), *anchored, (len(lyrics.lines), duration, duration)]
+    for (a, _s, end_a), (b, start_b, _e) in itertools.pairwise(edges):
+        missed = [k for k in range(a + 1, b) if k not in covered]
+        if missed and start_b - end_a >= MIN_GAP_AUDIO:
+            low, high = max(end_a, start_b - WINDOW_SECONDS), min(start_b, end_a + WINDOW_SECONDS)
+            if a >= 0 and b < len(lyrics.lines) and start_b - end_a > WINDOW_SECONDS:
+                continue  # too long a stretch to search for them
+            jobs.append((low, high, [], missed))
     timed: dict[int, _Timed] = {}
-    windows = _windows(
-        anchored, duration, pad=tuning.get("pad", 1.0), max_gap=tuning.get("max_gap", 4.0)
-    )
     tokenizer = _tokenizer(model, language)
-    for number, (low, high, line_ids) in enumerate(windows):
-        window_words = [w for k in line_ids for w in lyrics.lines[k].words]
-        breaks = set()
-        if tuning.get("breaks", "none") != "none":
-            for k in line_ids[1:]:
-                first = lyrics.lines[k].words[0]
-                breaks.add(window_words.index(first))
+    for number, (low, high, line_ids, extra) in enumerate(jobs):
         chunk = samples[int(low * SAMPLE_RATE) : int(high * SAMPLE_RATE)]
-        for word, times in zip(
-            window_words,
-            force_align(
-                model,
-                tokenizer,
-                chunk,
-                low,
-                window_words,
-                breaks,
-                tuning.get("mfw", 7),
-                tuning.get("trail", True),
-            ),
-            strict=True,
-        ):
-            timed[word.index] = times
-        progress(0.6 + 0.4 * (number + 1) / len(windows))
+        timed.update(_align_lines(model, tokenizer, chunk, low, lyrics, line_ids, extra, refine))
+        progress(0.6 + 0.4 * (number + 1) / len(jobs))
 
     lines_out = []
     for line in lyrics.lines:
