@@ -181,6 +181,42 @@ def transcribe_one(
     return written
 
 
+def align_one(
+    source: Path, model: str, params: dict[str, Any], out: Path | None, quiet: bool
+) -> list[Path]:
+    """``song.mp3`` + lyrics give ``song.lrc`` (enhanced: a tag per word) and
+    ``song.alignment.json`` (every line and word, unaligned ones included)."""
+    import json
+
+    from app.services.alignment import align_path
+
+    info = probe(source)
+    folder = output_folder(source, out)
+    lrc, data = folder / f"{source.stem}.lrc", folder / f"{source.stem}.alignment.json"
+    if source.resolve() in (lrc.resolve(), data.resolve()):
+        raise ServiceError("An output would overwrite the input.", code="output_exists")
+    with (
+        tempfile.TemporaryDirectory(prefix=".align-", dir=folder) as work,
+        progress_bar(source.name, quiet) as report,
+    ):
+        result, _device = align_path(source, info, model, params, Path(work), report)
+    lrc.write_text(transcripts.render_enhanced_lrc(result), encoding="utf-8")
+    keep = ("language", "duration", "words_total", "words_aligned", "words_unaligned", "lines")
+    data.write_text(
+        json.dumps({k: result[k] for k in keep}, ensure_ascii=False, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    lines = result["lines"]
+    unsung = sum(1 for line in lines if not line["aligned"])
+    click.echo(
+        f"{source.name}: {result['words_aligned']} of {result['words_total']} words timed; "
+        f"{len(lines) - unsung} of {len(lines)} lines sung"
+        + (f" ({unsung} not sung: no times)" if unsung else ""),
+        err=True,
+    )
+    return [lrc, data]
+
+
 def slug(text: str, limit: int = 40) -> str:
     """A file-name-safe short form of a prompt."""
     words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
@@ -327,6 +363,36 @@ def register_batch_cli(app: Flask) -> None:
             lambda source: transcribe_one(source, model, params, chosen, out, quiet),
             quiet,
         )
+
+    @app.cli.command("align")
+    @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.argument("lyrics", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--model", "-m", help="A Whisper model (default tiny.en, bundled).")
+    @click.option("--language", help="Language code (default: detected).")
+    @click.option("--isolate-vocals", is_flag=True, default=None, help="Separate the vocals first.")
+    @click.option(
+        "--separation-model",
+        help="With --isolate-vocals (default: the best vocals model that can run here).",
+    )
+    @out_option
+    @quiet_option
+    def align_command(
+        file: Path, lyrics: Path, out: Path | None, quiet: bool, **options: Any
+    ) -> None:
+        """Time the lyrics you have against a song: song.mp3 LYRICS.txt -> song.lrc
+        (a time tag per word) and song.alignment.json.
+
+        LYRICS is plain text, one line per sung line, or an LRC to re-time. Lines
+        that are not sung get no time. Runs here, with the same code as the
+        alignment jobs.
+        """
+        from app.blueprints.alignments import AlignmentFormSchema
+        from app.services.alignment import prepare
+
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+        params = validate(AlignmentFormSchema(), {**options, "lyrics": lyrics.read_bytes()})
+        model, params = prepare(params)
+        run_each((file,), lambda source: align_one(source, model, params, out, quiet), quiet)
 
     @app.cli.command("generate")
     @click.argument("prompt")

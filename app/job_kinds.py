@@ -70,6 +70,15 @@ JOB_KINDS: tuple[JobKind, ...] = (
         runner="app.services.transcription.run_job",
         result_schema="app.blueprints.transcriptions.TranscriptionResultSchema",
     ),
+    JobKind(
+        name="alignment",
+        route="app.blueprints.alignments",
+        task="app.tasks.alignment.align",
+        queue="transcription",
+        time_limits=("TRANSCRIPTION_TIME_LIMIT",),
+        runner="app.services.alignment.run_job",
+        result_schema="app.blueprints.alignments.AlignmentResultSchema",
+    ),
     # Pipelines go where their heaviest step runs.
     JobKind(
         name="karaoke",

@@ -58,6 +58,7 @@ CONTENT_TYPES: dict[str, str] = {
 EXTENSIONS: dict[str, str] = {fmt: fmt for fmt in FORMATS}
 
 LRC_CREATOR = "AiMusicSeparator"
+DEFAULT_LINE_CHARS = 42
 OPENAI_TASKS = ("transcribe", "translate")
 
 # Whisper's languages (openai-whisper's tokenizer.LANGUAGES): OpenAI's
@@ -288,6 +289,18 @@ def _vtt_escape(text: str) -> str:
 
 def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def line_width(result: Mapping[str, Any], requested: int | None) -> int:
+    """Characters per line to render ``result`` with: the request's, else 42,
+    or for aligned lyrics (``lines`` beside ``segments``) the widest of their
+    lines, so the author's lines are kept whole."""
+    if requested is not None:
+        return requested
+    if "lines" in result and "segments" in result:
+        longest = max((len(_collapse(s.get("text"))) for s in _segments(result)), default=0)
+        return max(DEFAULT_LINE_CHARS, longest)
+    return DEFAULT_LINE_CHARS
 
 
 def _check_limits(max_line_chars: int, max_lines: int) -> None:

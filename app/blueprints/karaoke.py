@@ -9,7 +9,12 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app import audio
 from app.blueprints import Blueprint
-from app.blueprints.fields import FileUpload, check_output_format
+from app.blueprints.fields import (
+    FileUpload,
+    LyricsText,
+    allow_lyrics_field,
+    check_output_format,
+)
 from app.blueprints.jobs import CallbackSchema, upload_route
 from app.blueprints.transcriptions import LANGUAGES, known_separator, known_whisper
 from app.models import registry
@@ -17,6 +22,7 @@ from app.services import karaoke
 
 PREFIX = "/karaoke"
 blp = Blueprint("karaoke", __name__, description="Karaoke packages: instrumental + synced lyrics.")
+blp.before_request(allow_lyrics_field)
 
 
 class KaraokeFormSchema(CallbackSchema):
@@ -57,6 +63,16 @@ class KaraokeFormSchema(CallbackSchema):
     )
     bit_depth = fields.String(load_default="16", validate=validate.OneOf(audio.BIT_DEPTHS))
     mp3_bitrate = fields.Integer(load_default=320, validate=validate.OneOf(audio.MP3_BITRATES))
+    lyrics = LyricsText(
+        load_default=None,
+        metadata={
+            "description": "The song's lyrics, if you have them: plain text, one line per sung "
+            "line, or an LRC to re-time (a text field or a file part). The package then "
+            "uses them, aligned word by word, instead of transcribed words; lines that are "
+            "not sung are left out of the timed files (`result.alignment` lists them).",
+            "type": "string",
+        },
+    )
     max_line_chars = fields.Integer(
         load_default=42,
         validate=validate.Range(min=16, max=80),

@@ -20,7 +20,7 @@ from flask import current_app
 from app import audio, lyrics, storage, transcripts
 from app.models import registry
 from app.records import Job, User
-from app.services import jobs, separation, transcription, vocals_model
+from app.services import alignment, jobs, separation, transcription, vocals_model
 from app.services.runner import Attempt, ProgressReporter, SubProgress, execute
 
 KIND = "karaoke"
@@ -70,9 +70,12 @@ def package_lyrics(
     language: str | None,
     duration: float,
     max_line_chars: int = 42,
+    lines: list[lyrics.Line] | None = None,
 ) -> list[lyrics.Line]:
-    """Write the lyrics files for timed words; returns the lines."""
-    lines = lyrics.build_lines(words, max_chars=max_line_chars)
+    """Write the lyrics files for timed words, or for ``lines`` already made
+    (aligned lyrics keep their author's lines); returns the lines."""
+    if lines is None:
+        lines = lyrics.build_lines(words, max_chars=max_line_chars)
     sheet = lyrics.as_transcript(lines, language=language, duration=duration)
     sync = {
         "language": language,
@@ -113,12 +116,29 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     instrumental = folder / f"instrumental.{fmt}"
     os.replace(paths[names.index("no_vocals")], instrumental)
 
-    report.stage("transcribing", 0.6)
     duration = float(info.get("duration") or 0.0)
     language = params.get("language")
     words: list[dict[str, Any]] = []
-    vocals_level = _rms_db(vocals) - _rms_db(source)
-    if vocals_level > SILENT_VOCALS_DB:
+    aligned_lines: list[lyrics.Line] | None = None
+    alignment_summary: dict[str, Any] | None = None
+    if params.get("lyrics"):
+        report.stage("aligning", 0.6)
+        aligned, _ = alignment.align_file(
+            vocals,
+            params["whisper_model"],
+            params["lyrics"],
+            language,
+            SubProgress(report, 0.6, 0.9),
+        )
+        language = aligned.get("language") or language
+        aligned_lines = alignment.as_karaoke_lines(aligned["lines"])
+        alignment_summary = {
+            key: aligned[key]
+            for key in ("lines", "words_total", "words_aligned", "words_unaligned")
+        }
+    else:
+        report.stage("transcribing", 0.6)
+    if aligned_lines is None and _rms_db(vocals) - _rms_db(source) > SILENT_VOCALS_DB:
         result, _ = transcription.transcribe_file(
             vocals,
             params["whisper_model"],
@@ -145,6 +165,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         language=language,
         duration=duration,
         max_line_chars=int(params.get("max_line_chars", 42)),
+        lines=aligned_lines,
     )
 
     # The instrumental as an MP3 with the lyrics inside, for karaoke players.
@@ -182,10 +203,12 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         "has_vocals": bool(lines),
         "language": language,
         "lyrics": "\n".join(line.text for line in lines),
-        "lines": [line.to_dict(with_words=False) for line in lines],
+        "lines": [line.to_dict() for line in lines],
         "tags": tags,
         "device": device,
         "separation_model": vocals_by,
+        "lyrics_source": "aligned" if alignment_summary is not None else "transcribed",
+        **({"alignment": alignment_summary} if alignment_summary is not None else {}),
         **({"analysis": song_analysis} if song_analysis is not None else {}),
     }
 

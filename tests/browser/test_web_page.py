@@ -623,6 +623,48 @@ def test_karaoke_results(
             context.close()
 
 
+def test_karaoke_with_the_lyrics_box_highlights_words(
+    chromium: Any, eager_app: Callable[..., Flask], karaoke_models_dir: Path
+) -> None:
+    """Lyrics typed in the karaoke form are timed word by word: the lyrics
+    list shows the author's lines, and while the instrumental plays the word
+    being sung is highlighted in the current line."""
+    app = eager_app(MODELS_DIR=str(karaoke_models_dir), ALLOW_MODEL_DOWNLOAD=False)
+    typed = ["She opened the heavy door", "and stepped out into the cold rain."]
+    with LiveServer(app) as live:
+        context = chromium.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            sign_up(page)
+            page.locator("input[name=kind][value=karaoke]").check()
+            page.locator("#ka-sep-model").select_option("mdx_extra")
+            page.locator("#ka-lyrics").fill("\n".join(typed))
+            page.locator("#file-input").set_input_files(str(ROOT / "tests/data/speech/clip1.mp3"))
+            page.get_by_role("button", name="Make karaoke", exact=True).click()
+            job = page.locator(".job").first
+            job.locator(".badge", has_text="Done").wait_for(timeout=120_000)
+            lines = job.locator(".transcript[aria-label=Lyrics] li")
+            lines.nth(1).wait_for()
+            assert lines.locator(".text").all_inner_texts() == typed
+            words = job.locator(".transcript .word")
+            assert words.count() == len(" ".join(typed).split())
+            instrumental = job.locator(".stem").first.locator("audio")
+            job.locator(".stem.ready").first.wait_for()
+            instrumental.evaluate("(a) => a.play()")
+            highlighted = job.locator(".transcript .word-current")
+            highlighted.wait_for(timeout=15_000)
+            assert highlighted.count() == 1
+            assert highlighted.inner_text() in " ".join(typed).split()
+            instrumental.evaluate("(a) => a.pause()")
+            screenshot(page, "karaoke-aligned-lyrics")
+            assert errors == []
+        finally:
+            context.close()
+
+
 def test_karaoke_leaves_the_separation_model_to_the_server(
     chromium: Any, tmp_path: Path, eager_app: Callable[..., Flask], vocal_models_dir: Path
 ) -> None:

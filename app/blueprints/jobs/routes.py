@@ -306,7 +306,10 @@ def get_transcript(query: dict[str, Any], job_id: str) -> Response:
     if "segments" not in (job.result or {}):
         raise ServiceError("This job has no transcript.", code="not_a_transcript", status=409)
     fmt = query["format"]
-    width, lines = query["max_line_chars"], query["max_lines"]
+    width, lines = (
+        transcripts.line_width(job.result or {}, query["max_line_chars"]),
+        query["max_lines"],
+    )
     if fmt == "lrc_words":  # enhanced LRC: a time tag before every word
         body, fmt = transcripts.render_enhanced_lrc(job.result or {}, max_line_chars=width), "lrc"
     else:

@@ -160,11 +160,13 @@ class TranscriptQuerySchema(Schema):
         load_default=False, metadata={"description": "Send as an attachment."}
     )
     max_line_chars = fields.Integer(
-        load_default=42,
+        load_default=None,
         validate=validate.Range(min=10, max=200),
         metadata={
             "description": "Characters per subtitle line (srt, vtt) and per LRC line; longer "
-            "segments are split at word boundaries, with word times when the job has them."
+            "segments are split at word boundaries, with word times when the job has them. "
+            "Default 42 for transcriptions; an alignment keeps the lyrics' own lines unless "
+            "this is given."
         },
     )
     max_lines = fields.Integer(

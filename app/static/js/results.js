@@ -42,7 +42,7 @@ export function renderResults(job, region, ctx) {
   for (const file of otherFiles) downloads.append(downloadButton(`Download ${file.name}`, file.url));
   if (downloads.childElementCount) region.append(downloads);
 
-  if (job.kind === "transcription") renderTranscription(job, region, players, ctx);
+  if (job.kind === "transcription" || job.kind === "alignment") renderTranscription(job, region, players, ctx);
   if (job.kind === "karaoke") {
     const lines = result.lines || [];
     if (lines.length) region.append(transcript(lines, players, ctx, "Lyrics"));
@@ -197,7 +197,13 @@ function renderTranscription(job, region, players, ctx) {
   region.append(list);
 
   const formats = h("div", { class: "downloads" });
-  for (const [format, label] of TRANSCRIPT_FORMATS) {
+  const formatsOffered = job.kind === "alignment" ? [...TRANSCRIPT_FORMATS, ["lrc_words", "Enhanced LRC"]] : TRANSCRIPT_FORMATS;
+  if (job.kind === "alignment") {
+    const missed = (result.lines || []).filter((line) => !line.aligned).length;
+    const note = `${result.words_aligned} of ${result.words_total} words timed` + (missed ? `; ${missed} line(s) not sung (no time)` : "");
+    region.append(h("p", { class: "hint", text: note }));
+  }
+  for (const [format, label] of formatsOffered) {
     formats.append(downloadButton(`Download ${label}`, `${result.transcript_url}?format=${format}&download=true`));
   }
   region.append(formats);
@@ -215,20 +221,38 @@ function transcript(lines, players, ctx, title) {
   const list = h("ol", { class: "lines" });
   box.append(list);
   const items = lines.map((line) => {
+    // Timed words become their own spans, highlighted in turn as the song plays.
+    const timedWords = (line.words || []).filter((w) => typeof w.start === "number");
+    const words = timedWords.map((w) => ({ start: w.start, span: h("span", { class: "word", "data-start": w.start, text: String(w.word).trim() }) }));
+    const text = h("span", { class: "text" });
+    if (words.length) {
+      words.forEach(({ span }, i) => text.append(...(i ? [" ", span] : [span])));
+    } else {
+      text.textContent = (line.text || "").trim();
+    }
     const button = h(
       "button",
       { type: "button", class: "line", "data-start": line.start, title: "Play from here" },
       h("span", { class: "time", text: formatSeconds(line.start) }),
-      h("span", { class: "text", text: (line.text || "").trim() }),
+      text,
     );
     const item = h("li", {}, button);
     list.append(item);
-    return { line, item, button };
+    return { line, item, button, words };
   });
   if (!items.length) box.append(h("p", { class: "hint", text: "No speech found." }));
 
   let current = -1;
+  let currentWord = null;
   let lastPlayed = null;
+  const highlightWord = (index, time) => {
+    let found = null;
+    if (index !== -1) for (const word of items[index].words) if (word.start <= time + 0.02) found = word.span;
+    if (found === currentWord) return;
+    currentWord?.classList.remove("word-current");
+    currentWord = found;
+    currentWord?.classList.add("word-current");
+  };
   const highlight = (time) => {
     let index = -1;
     for (let i = 0; i < items.length; i++) {
@@ -236,6 +260,7 @@ function transcript(lines, players, ctx, title) {
       else break;
     }
     if (index !== -1 && time > items[index].line.end + 1.0) index = -1; // a gap between lines
+    highlightWord(index, time);
     if (index === current) return;
     if (current !== -1) {
       items[current].item.classList.remove("current");
@@ -273,6 +298,7 @@ function transcript(lines, players, ctx, title) {
   box.follow = follow;
   ctx.onCleanup(() => {
     current = -1;
+    currentWord = null;
   });
   return box;
 }
