@@ -568,11 +568,17 @@ def align_lyrics(
     edges = [(-1, 0.0, 0.0), *anchored, (len(lyrics.lines), duration, duration)]
     for (a, _s, end_a), (b, start_b, _e) in itertools.pairwise(edges):
         missed = [k for k in range(a + 1, b) if k not in covered]
-        if missed and start_b - end_a >= MIN_GAP_AUDIO:
-            low, high = max(end_a, start_b - WINDOW_SECONDS), min(start_b, end_a + WINDOW_SECONDS)
-            if a >= 0 and b < len(lyrics.lines) and start_b - end_a > WINDOW_SECONDS:
+        if not missed or start_b - end_a < MIN_GAP_AUDIO:
+            continue
+        if a < 0 < b < len(lyrics.lines):  # before the first anchored line
+            low, high = max(end_a, start_b - WINDOW_SECONDS), start_b
+        elif a >= 0:  # between two anchored lines, or after the last
+            low, high = end_a, min(start_b, end_a + WINDOW_SECONDS)
+            if b < len(lyrics.lines) and start_b - end_a > WINDOW_SECONDS:
                 continue  # too long a stretch to search for them
-            jobs.append((low, high, [], missed))
+        else:  # nothing anchored at all: the song's first 30 s
+            low, high = 0.0, min(duration, WINDOW_SECONDS)
+        jobs.append((low, high, [], missed))
     timed: dict[int, _Timed] = {}
     tokenizer = _tokenizer(model, language)
     for number, (low, high, line_ids, extra) in enumerate(jobs):
