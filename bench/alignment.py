@@ -13,11 +13,12 @@ word by word: every word is synthesised on its own (voice, speed and pitch
 varying per line and word, like a melody; the last word of some lines slower,
 like a held note), its leading and trailing silence trimmed at -40 dB of its
 peak, and placed at a chosen time, so every word's onset and end are known.
-Words of a line follow each other after 40-140 ms (``--word-gap``); lines after 0.4-1.1 s;
-sections after 2-4 s. The songs have an instrumental intro, a chorus sung
-three times, one long (20 s) instrumental gap, an ad-lib sung but not in the
-lyrics, and a verse in the lyrics that is never sung; their lyrics carry
-punctuation, capitals, contractions and numbers ("2", "1985", "1st").
+Words of a line follow each other after 40-140 ms (``--word-gap``); lines
+after 0.4-1.1 s; sections after 2-4 s. The songs have an instrumental intro,
+a chorus sung three times, one long (20 s) instrumental gap, an ad-lib sung
+but not in the lyrics, and lyrics that are never sung (a verse, an intro
+line, an outro line); their lyrics carry punctuation, capitals, contractions
+and numbers ("2", "1985", "1st").
 
 Each song is scored twice: clean (the vocals alone) and over music at +6 dB
 (the vocals' RMS over the sung words 6 dB above the music's RMS; the music is
