@@ -174,9 +174,10 @@ class _Timed:
 
 def _recognise(
     model: Any, samples: np.ndarray, language: str | None, progress: Callable[[float], None]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The words faster-whisper hears, and the language (detected when None)."""
     duration = len(samples) / SAMPLE_RATE
-    segments, _info = model.transcribe(
+    segments, info = model.transcribe(
         samples,
         language=language,
         word_timestamps=True,
@@ -197,7 +198,7 @@ def _recognise(
             )
         if duration > 0:
             progress(min(float(segment.end) / duration, 1.0))
-    return words
+    return words, info.language or language
 
 
 def _tokenizer(model: Any, language: str | None) -> Any:
@@ -529,7 +530,8 @@ def align_lyrics(
     """Align ``lyrics`` to 16 kHz mono float32 ``samples`` with a loaded
     ``faster_whisper.WhisperModel``. ``progress`` gets 0..1 (the recognition
     pass is the first 60%); what it raises propagates (a cancel). ``language``
-    is forced to "en" for an English-only model. ``heard``: the recognised
+    is forced to "en" for an English-only model, and detected by a
+    multilingual one when None (with ``heard`` given: "en" then). ``heard``: the recognised
     words to anchor on (``{"word", "start", "end"}`` dicts, as the "words" of
     ``whisper_engine.transcribe``), when already at hand; by default the song
     is transcribed here. ``refine=False`` keeps the model's own times.
@@ -547,7 +549,7 @@ def align_lyrics(
         language = "en"
     progress(0.0)
     if heard is None:
-        heard = _recognise(model, samples, language, lambda f: progress(0.6 * f))
+        heard, language = _recognise(model, samples, language, lambda f: progress(0.6 * f))
     words = lyrics.words
     matches = match_words([w.norm for w in words], [normalise(h["word"]) for h in heard])
 
