@@ -21,8 +21,8 @@ import unicodedata
 from dataclasses import dataclass, field
 
 MAX_BYTES = 1_000_000
-MAX_LINES = 2_000
-MAX_WORDS = 10_000
+MAX_LINES = 1_000
+MAX_WORDS = 5_000
 
 
 class LyricsError(ValueError):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.lyrics_input import LyricsError, normalise, number_words, parse_lyrics
-from app.models.whisper_align import align_lyrics, match_words
+from app.models.whisper_align import align_lyrics, anchors_line, match_words
 from tests.support.speech import REFERENCES, SPEECH
 
 SR = 16000
@@ -118,6 +118,12 @@ def test_word_matching_is_ordered_and_spells_numbers() -> None:
     assert matches == [1, 2, 4, 5, 6, 7, 8, 9, 10, None, None, None]
 
 
+def test_one_stray_match_does_not_place_a_line() -> None:
+    assert anchors_line(1, 1) and anchors_line(2, 2) and anchors_line(2, 8)
+    assert not anchors_line(1, 2) and not anchors_line(1, 9) and not anchors_line(2, 9)
+    assert not anchors_line(0, 1)
+
+
 # --------------------------------------------------------------------------- aligner
 
 
@@ -202,6 +208,57 @@ def test_words_on_both_sides_of_a_long_silence(model: Any) -> None:
     assert one["end"] <= len(first) / SR + 0.3
     assert all(w["start"] >= resume for w in two["words"])
     assert abs(two["start"] - (resume + 0.3)) < 0.15, two["start"]
+
+
+def heard_words(model: Any, samples: np.ndarray) -> list[dict[str, Any]]:
+    segments, _info = model.transcribe(samples, word_timestamps=True, vad_filter=True)
+    return [
+        {"word": w.word, "start": w.start, "end": w.end} for s in segments for w in s.words or []
+    ]
+
+
+def test_a_line_the_recogniser_missed_is_found_between_its_neighbours(model: Any) -> None:
+    clips = [speech("clip1.mp3"), speech("clip2.flac"), speech("clip3.ogg")]
+    pause = np.zeros(SR, np.float32)
+    samples = np.concatenate([clips[0], pause, clips[1], pause, clips[2]])
+    bounds = np.cumsum([0, len(clips[0]) + SR, len(clips[1]) + SR]) / SR
+    text = "\n".join(REFERENCES[n] for n in ("clip1.mp3", "clip2.flac", "clip3.ogg"))
+    # what the recogniser heard, less every word of the middle sentence
+    heard = [
+        w for w in heard_words(model, samples) if not bounds[1] <= w["start"] < bounds[2] - 0.5
+    ]
+    result = align_lyrics(model, samples, parse_lyrics(text), heard=heard)
+    middle = result["lines"][1]
+    assert middle["aligned"] and all(w["aligned"] for w in middle["words"])
+    assert bounds[1] - 0.5 <= middle["start"] and middle["end"] <= bounds[2]
+    assert abs(middle["start"] - (bounds[1] + 0.3)) < 0.15, middle["start"]
+
+
+def test_a_line_not_sung_between_two_sung_lines_stays_unaligned(model: Any) -> None:
+    samples = np.concatenate([speech("clip1.mp3"), speech("clip3.ogg")])
+    text = "\n".join(
+        [
+            REFERENCES["clip1.mp3"],
+            "Purple elephants are marching to the sea.",
+            REFERENCES["clip3.ogg"],
+        ]
+    )
+    first, missing, last = align_lyrics(model, samples, parse_lyrics(text))["lines"]
+    assert first["aligned"] and last["aligned"]
+    assert not missing["aligned"] and missing["start"] is None
+    assert all(w["start"] is None for w in missing["words"])
+
+
+def test_a_long_unsung_text_before_the_sung_line_stays_unaligned(model: Any) -> None:
+    # more text than the decoder holds is tried before the first sung line
+    unsung = [f"Nobody sings verse {n} about purple elephants marching home." for n in range(60)]
+    text = "\n".join([*unsung, REFERENCES["clip4.m4a"]])
+    result = align_lyrics(model, speech("clip4.m4a"), parse_lyrics(text))
+    assert not any(line["aligned"] for line in result["lines"][:-1])
+    sung = result["lines"][-1]
+    assert sung["aligned"] and all(w["aligned"] for w in sung["words"])
+    assert abs(sung["start"] - 0.3) < 0.15
+    assert result["words_aligned"] == len(sung["words"])
 
 
 def test_a_progress_exception_propagates(model: Any) -> None:

@@ -51,7 +51,7 @@ class AlignmentFormSchema(CallbackSchema):
         metadata={
             "description": "The lyrics: plain text, one line per sung line (blank lines between "
             "verses are fine), or an LRC file whose times are replaced. A text field or a file "
-            "part; UTF-8, at most 1,000,000 bytes, 2,000 lines and 10,000 words.",
+            "part; UTF-8, at most 1,000,000 bytes, 1,000 lines and 5,000 words.",
             "type": "string",
             "example": "Twinkle twinkle little star\nHow I wonder what you are",
         },

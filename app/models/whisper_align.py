@@ -5,16 +5,28 @@
 2. Match the lyric words to the recognised words in order (a global sequence
    alignment on normalised words, ``match_words``): repeated choruses pair up
    by order, a verse that is not sung stays unmatched, and the recogniser's
-   mistakes are gaps or substitutions. Matched lyric words are anchors.
-3. Cut the song into windows of at most 30 s at the gaps between anchors and
-   give each window the lyric lines anchored in it. Each window's lyric text
-   is force-aligned to its audio through the model's cross-attention
+   mistakes are gaps or substitutions. A line with enough matched words
+   (``anchors_line``) is anchored at the times the recogniser gave them.
+3. Group the anchored lines into windows of at most 30 s, cut at the longest
+   pauses (and at any pause over ``MAX_GAP``). Each window's lyric text is
+   force-aligned to its audio through the model's cross-attention
    (CTranslate2's ``Whisper.align``, the dynamic time warping faster-whisper
-   uses for its word timestamps), which times every word of those lines, the
-   ones the recogniser missed included.
-4. A line with no anchor is never given invented times: it stays unaligned
-   (``start``/``end`` None, ``aligned`` False), as does any word the forced
-   alignment cannot place inside the window's voiced audio.
+   uses for its word timestamps), which times every word of its lines.
+4. Lines without anchors (the recogniser missed them, or they are not sung)
+   are tried where they would be: between two anchored lines of a window, in
+   the audio between two windows, or before the first or after the last
+   anchored line (at most 30 s of it). A line is kept only when the forced
+   alignment finds its text likely (mean token probability at least
+   ``RESCUE_CONFIDENCE``; ``MIN_CONFIDENCE`` for an anchored line); otherwise
+   the window is aligned again without it.
+5. Refine each word where the signal allows (``refine_onsets``): its start
+   moves to an onset of the voice-band energy near the model's start (the
+   background's steady part taken out), chosen for all words of a window at
+   once, in order; its end moves back to where the voice stops when the
+   model ran it on into a pause.
+
+A line never placed stays unaligned: ``start``/``end`` None and ``aligned``
+False for it and its words. No time is ever interpolated.
 
 Nothing here imports faster-whisper or CTranslate2 at import time.
 """
@@ -46,28 +58,47 @@ MAX_GAP = 4.0  # s: a longer pause between anchored lines starts a new window
 MIN_CONFIDENCE, RESCUE_CONFIDENCE = 0.1, 0.3
 MIN_GAP_AUDIO = 0.5  # s: less audio between two anchored lines cannot hold a missed one
 LEAD = " \u266a"  # ♪
+MAX_TEXT_TOKENS = 440  # of the decoder's 448 positions, less the start and end tokens
 
 
 # --------------------------------------------------------------------------- matching
+
+
+def _bigrams(token: str) -> set[str]:
+    padded = f"^{token}$"
+    return {padded[i : i + 2] for i in range(len(padded) - 1)}
 
 
 def _similarity_table(
     left: Sequence[str], right: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Scores between every distinct token of ``left`` and of ``right``, and
-    each sequence as indices into its vocabulary."""
+    each sequence as indices into its vocabulary. Similar: difflib's ratio at
+    least SIMILARITY, looked at only for pairs sharing enough letter pairs
+    (their Dice coefficient, one matrix product for all pairs)."""
     lvocab = {token: i for i, token in enumerate(dict.fromkeys(left))}
     rvocab = {token: i for i, token in enumerate(dict.fromkeys(right))}
+    lgrams = [_bigrams(t) for t in lvocab]
+    rgrams = [_bigrams(t) for t in rvocab]
+    ids = {g: i for i, g in enumerate({g for grams in lgrams + rgrams for g in grams})}
+
+    def matrix(grams: list[set[str]]) -> np.ndarray:
+        out = np.zeros((len(grams), len(ids)), np.float32)
+        for row, found in enumerate(grams):
+            out[row, [ids[g] for g in found]] = 1.0
+        return out
+
+    lmat, rmat = matrix(lgrams), matrix(rgrams)
+    shared = lmat @ rmat.T
+    dice = 2 * shared / (lmat.sum(axis=1)[:, None] + rmat.sum(axis=1)[None, :])
     table = np.full((len(lvocab), len(rvocab)), OTHER, np.int32)
-    for a, i in lvocab.items():
-        matcher = difflib.SequenceMatcher(None, a, autojunk=False)
-        for b, j in rvocab.items():
-            if a == b:
-                table[i, j] = EXACT
-            else:
-                matcher.set_seq2(b)
-                if matcher.quick_ratio() >= SIMILARITY and matcher.ratio() >= SIMILARITY:
-                    table[i, j] = SIMILAR
+    lnames, rnames = list(lvocab), list(rvocab)
+    for i, j in zip(*np.nonzero(dice >= 0.25), strict=True):
+        a, b = lnames[i], rnames[j]
+        if a == b:
+            table[i, j] = EXACT
+        elif difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= SIMILARITY:
+            table[i, j] = SIMILAR
     lidx = np.array([lvocab[t] for t in left], np.int64)
     ridx = np.array([rvocab[t] for t in right], np.int64)
     return table, lidx, ridx
@@ -143,9 +174,10 @@ class _Timed:
 
 def _recognise(
     model: Any, samples: np.ndarray, language: str | None, progress: Callable[[float], None]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The words faster-whisper hears, and the language (detected when None)."""
     duration = len(samples) / SAMPLE_RATE
-    segments, _info = model.transcribe(
+    segments, info = model.transcribe(
         samples,
         language=language,
         word_timestamps=True,
@@ -166,7 +198,7 @@ def _recognise(
             )
         if duration > 0:
             progress(min(float(segment.end) / duration, 1.0))
-    return words
+    return words, info.language or language
 
 
 def _tokenizer(model: Any, language: str | None) -> Any:
@@ -243,6 +275,8 @@ KEEP_COST = 3.0  # choosing no onset (the model's start, less LAG)
 STRENGTH_WEIGHT = 2.0
 MIN_SEPARATION = 0.08  # s between two words' onsets
 ABSORBED = 0.8  # s: a word this long in the warping path has taken a pause with it
+QUIET_DB, QUIET_SECONDS = 18.0, 0.2  # a pause within a word's span: that much quieter, that long
+FRAMES = SAMPLE_RATE / HOP  # onset-search frames per second
 
 
 def _band_energy(samples: np.ndarray) -> np.ndarray:
@@ -270,13 +304,13 @@ def _band_energy(samples: np.ndarray) -> np.ndarray:
     return np.maximum(energy, energy.max() - 60.0)
 
 
-def detect_onsets(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where the voice-band energy rises from a dip: times (s from the start of
-    ``samples``) and strengths (dB of the rise), for onsets rising 3 dB or more.
-    An onset's time is the first frame 6 dB (or half the rise) above the dip."""
+def detect_onsets(energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the voice-band energy (``_band_energy``) rises from a dip: times
+    (s from its first frame) and strengths (dB of the rise), for onsets rising
+    3 dB or more. An onset's time is the first frame 6 dB (or half the rise)
+    above the dip."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    energy = _band_energy(samples)
     before, after = 8, 4  # frames: the dip looked for, the level after
     if len(energy) < before + after + 2:
         return np.zeros(0), np.zeros(0)
@@ -296,6 +330,18 @@ def detect_onsets(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return frames * HOP / SAMPLE_RATE, np.array([found[f] for f in frames])
 
 
+def _first_pause(voiced: np.ndarray, length: int) -> int | None:
+    """The first frame of the first run of ``length`` unvoiced frames that
+    follows a voiced one, or None."""
+    loud = np.flatnonzero(voiced)
+    if not len(loud):
+        return None
+    quiet = ~voiced[loud[0] :]
+    runs = np.convolve(quiet.astype(np.int32), np.ones(length, np.int32), "valid")
+    full = np.flatnonzero(runs >= length)
+    return int(loud[0] + full[0]) if len(full) else None
+
+
 def refine_onsets(samples: np.ndarray, offset: float, timed: list[_Timed]) -> list[_Timed]:
     """Move each word's start to an energy onset near where the model puts it,
     when there is one: all words at once (a Viterbi path over each word's
@@ -306,7 +352,8 @@ def refine_onsets(samples: np.ndarray, offset: float, timed: list[_Timed]) -> li
     warping path (longer than ``ABSORBED``) looks through all of it."""
     if not timed:
         return timed
-    times, strengths = detect_onsets(samples)
+    energy = _band_energy(samples)
+    times, strengths = detect_onsets(energy)
     times = times + offset
     scale = float(np.percentile(strengths, 90)) if len(strengths) else 1.0
     options: list[list[tuple[float, float]]] = []
@@ -351,13 +398,21 @@ def refine_onsets(samples: np.ndarray, offset: float, timed: list[_Timed]) -> li
         choice.append(int(links[choice[-1]]))
     choice.reverse()
     starts = [options[i][k][0] for i, k in enumerate(choice)]
+    # A word ends where the voice does when the warping path ran it on into a
+    # pause: at the first stretch of QUIET_SECONDS or more, after some voice,
+    # of frames QUIET_DB below the window's loud ones.
+    voiced = energy >= (np.percentile(energy, 95) - QUIET_DB if len(energy) else 0.0)
     refined = []
     for i, (word, start) in enumerate(zip(timed, starts, strict=True)):
         start = max(start, offset)
-        end = max(word.end, start + 0.02)
+        end = word.end
         if i + 1 < len(starts):
-            end = max(min(end, starts[i + 1]), start + 0.02)
-        refined.append(_Timed(start, end, word.confidence))
+            end = min(end, starts[i + 1])
+        first, last = round((start - offset) * FRAMES), round((end - offset) * FRAMES)
+        pause = _first_pause(voiced[first:last], round(QUIET_SECONDS * FRAMES))
+        if pause is not None:
+            end = offset + (first + pause) / FRAMES
+        refined.append(_Timed(start, max(end, start + 0.02), word.confidence))
     return refined
 
 
@@ -426,7 +481,18 @@ def _align_lines(
     (it did not) in ``chunk``; a line the model finds unlikely (mean token
     probability below MIN_CONFIDENCE, or RESCUE_CONFIDENCE for a tried line) is
     dropped and the rest aligned again without it. Word index -> times."""
-    lines = sorted({*placed, *tried})
+    # The decoder holds 448 tokens: lines beyond that are left out, tried
+    # ones first (a 30 s window rarely holds a quarter of that).
+    size = {
+        k: sum(len(tokenizer.encode(" " + w.text)) for w in lyrics.lines[k].words)
+        for k in {*placed, *tried}
+    }
+    budget = MAX_TEXT_TOKENS - 2 * len(tokenizer.encode(LEAD))
+    kept: set[int] = set()
+    for k in [*sorted(placed), *sorted(tried)]:
+        if sum(size[j] for j in kept) + size[k] <= budget:
+            kept.add(k)
+    lines = sorted(kept)
     while lines:
         words = [w for k in lines for w in lyrics.lines[k].words]
         aligned = force_align(model, tokenizer, chunk, offset, words)
@@ -462,13 +528,20 @@ def align_lyrics(
     refine: bool = True,
 ) -> dict[str, Any]:
     """Align ``lyrics`` to 16 kHz mono float32 ``samples`` with a loaded
-    ``faster_whisper.WhisperModel``. ``progress`` gets 0..1; what it raises
-    propagates (a cancel).
+    ``faster_whisper.WhisperModel``. ``progress`` gets 0..1 (the recognition
+    pass is the first 60%); what it raises propagates (a cancel). ``language``
+    is forced to "en" for an English-only model, and detected by a
+    multilingual one when None (with ``heard`` given: "en" then). ``heard``: the recognised
+    words to anchor on (``{"word", "start", "end"}`` dicts, as the "words" of
+    ``whisper_engine.transcribe``), when already at hand; by default the song
+    is transcribed here. ``refine=False`` keeps the model's own times.
 
     Returns ``{"lines": [...], "words_total", "words_aligned", "duration",
     "language"}``; each line is ``{"text", "start", "end", "aligned",
-    "words"}`` and each word ``{"word", "start", "end", "confidence",
-    "aligned"}``, times in seconds, None where not aligned.
+    "words"}`` (its text as the user wrote it, tags removed) and each word
+    ``{"word", "start", "end", "confidence", "aligned"}`` (the user's spelling;
+    confidence: the mean probability of its tokens in the forced alignment),
+    times in seconds from the start of ``samples``, None where not aligned.
     """
     samples = np.asarray(samples, np.float32)
     duration = len(samples) / SAMPLE_RATE
@@ -476,7 +549,7 @@ def align_lyrics(
         language = "en"
     progress(0.0)
     if heard is None:
-        heard = _recognise(model, samples, language, lambda f: progress(0.6 * f))
+        heard, language = _recognise(model, samples, language, lambda f: progress(0.6 * f))
     words = lyrics.words
     matches = match_words([w.norm for w in words], [normalise(h["word"]) for h in heard])
 
@@ -497,11 +570,17 @@ def align_lyrics(
     edges = [(-1, 0.0, 0.0), *anchored, (len(lyrics.lines), duration, duration)]
     for (a, _s, end_a), (b, start_b, _e) in itertools.pairwise(edges):
         missed = [k for k in range(a + 1, b) if k not in covered]
-        if missed and start_b - end_a >= MIN_GAP_AUDIO:
-            low, high = max(end_a, start_b - WINDOW_SECONDS), min(start_b, end_a + WINDOW_SECONDS)
-            if a >= 0 and b < len(lyrics.lines) and start_b - end_a > WINDOW_SECONDS:
+        if not missed or start_b - end_a < MIN_GAP_AUDIO:
+            continue
+        if a < 0 < b < len(lyrics.lines):  # before the first anchored line
+            low, high = max(end_a, start_b - WINDOW_SECONDS), start_b
+        elif a >= 0:  # between two anchored lines, or after the last
+            low, high = end_a, min(start_b, end_a + WINDOW_SECONDS)
+            if b < len(lyrics.lines) and start_b - end_a > WINDOW_SECONDS:
                 continue  # too long a stretch to search for them
-            jobs.append((low, high, [], missed))
+        else:  # nothing anchored at all: the song's first 30 s
+            low, high = 0.0, min(duration, WINDOW_SECONDS)
+        jobs.append((low, high, [], missed))
     timed: dict[int, _Timed] = {}
     tokenizer = _tokenizer(model, language)
     for number, (low, high, line_ids, extra) in enumerate(jobs):
