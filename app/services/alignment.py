@@ -17,7 +17,6 @@ lyrics.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +31,6 @@ from app.services import jobs, vocals_model
 from app.services.runner import Attempt, ProgressReporter, SubProgress, execute
 
 KIND = "alignment"
-VOCALS_PARAMS = {"two_stems": "vocals", "output_format": "wav", "bit_depth": "32f"}
 
 
 def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -41,11 +39,7 @@ def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     ``separation_model``, the vocals model is chosen as for karaoke."""
     name = params.get("model") or registry.DEFAULTS["transcription"]
     params = {k: v for k, v in {**params, "model": name}.items() if v is not None}
-    if params.get("isolate_vocals"):
-        choice = vocals_model.resolve(params.get("separation_model"), current_app.config)
-        params["separation_model"] = choice.model
-        params["separation_model_choice"] = choice.to_dict()
-    return name, params
+    return name, vocals_model.with_choice(params, current_app.config)
 
 
 def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str | None) -> Job:
@@ -158,22 +152,10 @@ def align_path(
 ) -> tuple[dict[str, Any], str]:
     """Align a file's lyrics, first isolating its vocals when ``isolate_vocals``
     (into ``workdir``, removed afterwards). Returns the result and the device."""
-    step: Progress = report
-    vocals_by = None
-    if params.get("isolate_vocals"):
-        folder = workdir / "vocals"
-        folder.mkdir()
-        names, paths, _rate, _device, vocals_by = vocals_model.separate_vocals(
-            source, info, params, VOCALS_PARAMS, folder, SubProgress(report, 0.0, 0.6)
-        )
-        source = paths[names.index("vocals")]
-        step = SubProgress(report, 0.6, 1.0)
-    try:
-        result, device = align_file(source, name, params["lyrics"], params.get("language"), step)
-    finally:
-        shutil.rmtree(workdir / "vocals", ignore_errors=True)
-    if vocals_by is not None:
-        result["separation_model"] = vocals_by
+    with vocals_model.vocals_first(source, info, params, workdir, report) as (audio, step, by):
+        result, device = align_file(audio, name, params["lyrics"], params.get("language"), step)
+    if by is not None:
+        result["separation_model"] = by
     return result, device
 
 

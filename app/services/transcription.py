@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,16 +12,9 @@ from app import audio, storage
 from app.models import registry
 from app.records import Job, User
 from app.services import jobs, vocals_model
-from app.services.runner import Attempt, Progress, ProgressReporter, SubProgress, execute
+from app.services.runner import Attempt, Progress, ProgressReporter, execute
 
 KIND = "transcription"
-# Vocals for lyrics: only the source and its complement, as float so nothing clips.
-VOCALS_PARAMS = {
-    "two_stems": "vocals",
-    "output_format": "wav",
-    "bit_depth": "32f",
-    "clip_mode": "none",
-}
 
 
 def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -34,11 +26,7 @@ def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     ``separation_model_choice``."""
     name = params.get("model") or registry.DEFAULTS[KIND]
     params = {k: v for k, v in {**params, "model": name}.items() if v is not None}
-    if params.get("isolate_vocals"):
-        choice = vocals_model.resolve(params.get("separation_model"), current_app.config)
-        params["separation_model"] = choice.model
-        params["separation_model_choice"] = choice.to_dict()
-    return name, params
+    return name, vocals_model.with_choice(params, current_app.config)
 
 
 def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str | None) -> Job:
@@ -78,23 +66,11 @@ def transcribe_path(
 ) -> tuple[dict[str, Any], str]:
     """Transcribe a file, first isolating its vocals when ``isolate_vocals``
     (into ``workdir``, removed afterwards). Returns the result and the device."""
-    step: Progress = report
-    if params.get("isolate_vocals"):
-        folder = workdir / "vocals"
-        folder.mkdir()
-        names, paths, _rate, _device, vocals_by = vocals_model.separate_vocals(
-            source, info, params, VOCALS_PARAMS, folder, SubProgress(report, 0.0, 0.6)
-        )
-        source = paths[names.index("vocals")]
-        step = SubProgress(report, 0.6, 1.0)
-    try:
-        result, device = transcribe_file(source, name, params, step)
-        if params.get("isolate_vocals"):
-            result["separation_model"] = vocals_by
-        return result, device
-    finally:
-        if params.get("isolate_vocals"):
-            shutil.rmtree(workdir / "vocals", ignore_errors=True)
+    with vocals_model.vocals_first(source, info, params, workdir, report) as (audio, step, by):
+        result, device = transcribe_file(audio, name, params, step)
+    if by is not None:
+        result["separation_model"] = by
+    return result, device
 
 
 def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:

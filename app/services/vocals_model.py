@@ -21,8 +21,10 @@ document says which model ran. A model the request names is never replaced.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from app.errors import ServiceError
 from app.models import catalogue_facts, registry
 from app.models.engines import Progress
 from app.services import separation
+from app.services.runner import SubProgress
 
 log = logging.getLogger(__name__)
 
@@ -249,3 +252,46 @@ def separate_vocals(
         return names, paths, rate, device, used
     assert first_error is not None
     raise first_error
+
+
+# Vocals for lyrics: only the source and its complement, as float so nothing clips.
+VOCALS_PARAMS = {
+    "two_stems": "vocals",
+    "output_format": "wav",
+    "bit_depth": "32f",
+    "clip_mode": "none",
+}
+
+
+def with_choice(params: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of a request that may ``isolate_vocals``, with the model that
+    will (``separation_model``) and how it was chosen (``separation_model_choice``)."""
+    if not params.get("isolate_vocals"):
+        return params
+    choice = resolve(params.get("separation_model"), config)
+    return {
+        **params,
+        "separation_model": choice.model,
+        "separation_model_choice": choice.to_dict(),
+    }
+
+
+@contextlib.contextmanager
+def vocals_first(
+    source: Path, info: dict[str, Any], params: dict[str, Any], workdir: Path, report: Progress
+) -> Iterator[tuple[Path, Progress, dict[str, Any] | None]]:
+    """With ``isolate_vocals``: the vocals stem of ``source`` (in ``workdir``,
+    removed on leaving), the progress left for the step that reads it, and
+    what isolated them; without: ``source``, ``report`` and None."""
+    if not params.get("isolate_vocals"):
+        yield source, report, None
+        return
+    folder = workdir / "vocals"
+    folder.mkdir()
+    try:
+        names, paths, _rate, _device, used = separate_vocals(
+            source, info, params, VOCALS_PARAMS, folder, SubProgress(report, 0.0, 0.6)
+        )
+        yield paths[names.index("vocals")], SubProgress(report, 0.6, 1.0), used
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
