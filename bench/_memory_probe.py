@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--models-dir", required=True, type=Path)
     parser.add_argument("--input", required=True, type=Path)
-    parser.add_argument("--model", required=True, help="a model name of the local repo")
+    parser.add_argument(
+        "--model", required=True, help="a separation model name (htdemucs, a RoFormer folder, ...)"
+    )
     parser.add_argument(
         "--max-audio-seconds",
         type=float,
@@ -121,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "bit_depth": "16",
         "mp3_bitrate": 320,
         "clip_mode": "rescale",
-        "shifts": 1,
-        "overlap": 0.25,
-        "segment": None,
-    }
+    }  # each option of the model at its default (``submit`` fills them, as for a request)
     with app.app_context():
         user = auth.register(f"bench-{secrets.token_hex(4)}@example.com", "a long enough password")
         rss_before = rss_kib()

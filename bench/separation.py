@@ -1,10 +1,12 @@
-"""Separation benchmark: the demucs CLI against this service, and peak memory.
+"""Separation benchmark: the demucs CLI against this service, the models
+against each other, and peak memory.
 
 Run by hand (not part of the test suite), from the repository root:
 
-    .venv/bin/python bench/separation.py                  # speed + memory, full-size model
-    .venv/bin/python bench/separation.py --skip-memory    # speed only (a few minutes)
-    .venv/bin/python bench/separation.py --skip-speed --memory-model tiny
+    .venv/bin/python bench/separation.py                  # everything, full-size models
+    .venv/bin/python bench/separation.py --skip-memory --skip-compare   # CLI vs service
+    .venv/bin/python bench/separation.py --skip-speed --skip-memory     # the models compared
+    .venv/bin/python bench/separation.py --skip-speed --skip-compare --memory-model tiny,roformer
 
 Speed: on one synthesised 60 s stereo 44.1 kHz WAV, times the demucs CLI
 (``python -m demucs --repo ...``, model load included) and this service as a
@@ -13,8 +15,18 @@ poll, download every stem), for a first request (the worker loads the model)
 and a second one (the model is resident). The model is a full-size, randomly
 initialised htdemucs (same architecture and cost as the trained one), seeded.
 
+Models compared: on one synthesised stereo 44.1 kHz WAV (``--seconds``), each
+model in a fresh process (``bench/_model_probe.py``) runs
+``app.services.separation.separate_file`` as a worker does, model resident:
+htdemucs (the baseline), viperx's BS-RoFormer and Kim's Mel-Band RoFormer
+(random weights from their published configs, ``bench/configs/``), and their
+two-model ensemble when this build has one. Wall and CPU seconds, real-time
+factor, ratio to htdemucs, peak RSS.
+
 Memory: peak RSS of one job on a 5-minute and a 60-minute input, each in a
-fresh process without HTTP (``bench/_memory_probe.py``).
+fresh process without HTTP (``bench/_memory_probe.py``), for htdemucs (full
+size or tiny) and a RoFormer with the published chunk and STFT settings but a
+small width and depth.
 
 Everything runs in a temporary folder, deleted at the end unless ``--keep``;
 every process started is stopped on exit, Ctrl-C or error.
@@ -82,6 +94,23 @@ TINY_KWARGS: dict[str, Any] = {"channels": 8, "t_layers": 1}  # as tests/support
 FULL_SIG, TINY_SIG = "bench0f1", "bench0t1"
 TINY_NAME = "bench_tiny"
 
+# The published RoFormer configs (bench/configs/<name>.yaml, each citing its
+# source), by the service's model names.
+ROFORMER_CONFIGS = Path(__file__).with_name("configs")
+ROFORMERS = ("bs_roformer_viperx_1297", "mel_band_roformer_kim")
+ENSEMBLE = "+".join(ROFORMERS)
+ENSEMBLE_PARAMS = {"ensemble_algorithm": "avg_wave"}
+COMPARE_MODELS = ("htdemucs", *ROFORMERS, ENSEMBLE)
+BASELINE = "htdemucs"
+# The memory part's RoFormer: viperx's config (chunk_size 352800, num_overlap 2,
+# STFT 2048/441, 62 bands) with a small network, so that 60 minutes take
+# minutes rather than a day; what memory depends on is the windowing.
+SMALL_ROFORMER = "bench_roformer_small"
+SMALL_ROFORMER_SOURCE = "bs_roformer_viperx_1297"
+SMALL_ROFORMER_MODEL = {"dim": 32, "depth": 1, "heads": 2, "dim_head": 16}
+MEMORY_MODELS = {"full": "htdemucs", "tiny": TINY_NAME, "roformer": SMALL_ROFORMER}
+ROFORMER_SEEDS = {name: offset for offset, name in enumerate((*ROFORMERS, SMALL_ROFORMER))}
+
 
 # --------------------------------------------------------------------------- models
 
@@ -124,6 +153,55 @@ def build_model(folder: Path, which: str, seed: int) -> dict[str, Any]:
     (folder / f"{name}.yaml").write_text(yaml.safe_dump({"models": [sig]}))
     info["file_mb"] = (folder / f"{sig}.th").stat().st_size / 1e6
     del model
+    gc.collect()
+    return info
+
+
+def build_roformer(
+    models: Path, name: str, seed: int, source: str | None = None, shrink: dict | None = None
+) -> dict[str, Any]:
+    """A randomly initialised RoFormer in the service's layout,
+    ``MODELS_DIR/roformer/<name>/config.yaml`` + ``model.ckpt``: the config is
+    ``bench/configs/<source or name>.yaml`` as published, with ``shrink``'s
+    ``model:`` values (if any) put in place of the published ones on their lines."""
+    import torch
+
+    from app.models.roformer_engine import architecture, read_config
+    from app.models.roformer_net import ARCHITECTURES
+
+    text = (ROFORMER_CONFIGS / f"{source or name}.yaml").read_text()
+    for key, value in (shrink or {}).items():
+        text, count = re.subn(
+            rf"^(  {key}:) (\S+)$", rf"\g<1> {value}  # bench: published \2", text, flags=re.M
+        )
+        if count != 1:
+            raise RuntimeError(f"{key!r} is {count} times in {source or name}.yaml")
+    folder = models / "roformer" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(text)
+    settings = read_config(folder / "config.yaml")
+    kind = architecture(source or name, settings)
+    torch.manual_seed(seed)
+    net = ARCHITECTURES[kind](**settings["model"])
+    torch.save(net.state_dict(), folder / "model.ckpt")
+    model = settings["model"]
+    info = {
+        "name": name,
+        "architecture": kind,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "digest": state_digest(net),
+        "file_mb": (folder / "model.ckpt").stat().st_size / 1e6,
+        "summary": ", ".join(
+            f"{k} {model[k]}"
+            for k in ("dim", "depth", "heads", "dim_head", "num_bands", "mask_estimator_depth")
+            if k in model
+        )
+        + (f", {len(model['freqs_per_bands'])} bands" if "freqs_per_bands" in model else "")
+        + f", STFT {model['stft_n_fft']}/{model['stft_hop_length']}"
+        + f", chunk_size {settings['audio']['chunk_size']}"
+        + f", num_overlap {settings['inference']['num_overlap']}",
+    }
+    del net
     gc.collect()
     return info
 
@@ -301,23 +379,145 @@ def speed(
     )
 
 
+# --------------------------------------------------------------------------- models compared
+
+
+def run_probe(
+    procs: Processes, env: dict[str, str], cmd: list[str], log: Path, label: str
+) -> dict[str, Any]:
+    """Run a probe script in a fresh process; its ``RESULT {json}`` line, plus the
+    process's wall seconds (``process_seconds``)."""
+    started = time.monotonic()
+    code = procs.run(label, cmd, env, log, timeout=12 * 3600)
+    wall = time.monotonic() - started
+    match = re.search(r"^RESULT (.*)$", tail(log, 10**6), re.MULTILINE)
+    if not match:
+        raise RuntimeError(f"{label} printed no result (exit {code}):\n{tail(log)}")
+    return {**json.loads(match.group(1)), "process_seconds": wall, "exit": code}
+
+
+def compare(args: argparse.Namespace, procs: Processes, work: Path, models: Path) -> None:
+    say("\n== Models compared (separate_file as a worker runs it, one fresh process per model) ==")
+    wav = write_audio(work / "compare.wav", args.seconds, args.seed, "WAV")
+    say(
+        f"  input: {wav.name}, {args.seconds:g} s stereo 44.1 kHz 16-bit WAV"
+        f" ({wav.stat().st_size / 1e6:.1f} MB), the same file for every model"
+    )
+    say(
+        "  each process: create the app, registry.find the model, preload it (timed apart: a"
+        " worker's second job finds it resident), then separate_file with the job's parameters"
+        " (each option at its default; a RoFormer's overlap null means its config's num_overlap),"
+        " stems as 16-bit WAV, clip_mode rescale"
+    )
+    env = service_env(work / "compare-data", models)
+    rows: dict[str, dict[str, Any]] = {}
+    for name in args.compare_models:
+        params = ENSEMBLE_PARAMS if "+" in name else {}
+        data = work / f"compare-{len(rows)}"
+        data.mkdir()
+        log = work / f"compare-{len(rows)}.log"
+        cmd = [
+            PYTHON, str(Path(__file__).with_name("_model_probe.py")),
+            "--data-dir", str(data), "--models-dir", str(models),
+            "--input", str(wav), "--model", name,
+            *(f"--param={k}={v}" for k, v in params.items()),
+        ]  # fmt: skip
+        check_load(name)
+        say(f"  running {name} (log {log}) ...")
+        result = run_probe(procs, env, cmd, log, f"model probe {name}")
+        if result.get("skipped"):
+            what = "ensemble" if "+" in name else name
+            say(f"  SKIP {what}: {result['skipped']} ({name!r} is not a model registry.find knows)")
+            continue
+        if result["exit"] != 0 or "separate_seconds" not in result:
+            raise RuntimeError(f"{name} failed (exit {result['exit']}):\n{tail(log)}")
+        rows[name] = result
+        say(
+            f"  {name}: separate_file {result['separate_seconds']:.1f} s wall,"
+            f" {result['separate_cpu_seconds']:.1f} s CPU,"
+            f" RTF {result['separate_seconds'] / args.seconds:.3f};"
+            f" load {result['load_seconds']:.1f} s; peak RSS {result['ru_maxrss_mib']:.0f} MiB"
+            f" (during separate_file {result['vmhwm_mib']:.0f} MiB);"
+            f" stems {', '.join(result['stems'])}; options"
+            f" {json.dumps({k: v for k, v in result['params'].items() if k not in ('model', 'output_format', 'bit_depth', 'clip_mode')})};"
+            f" load average {loadavg()}"
+        )
+        shutil.rmtree(data, ignore_errors=True)
+
+    if not rows:
+        return
+    base = rows.get(BASELINE)
+    say(
+        f"\n  {args.seconds:g} s input; RTF = separate_file wall seconds / audio seconds"
+        f" (model resident); x {BASELINE} = RTF / {BASELINE}'s RTF in this run"
+    )
+    say(
+        f"  {'model':48}{'wall s':>9}{'CPU s':>9}{'RTF':>8}{'x ' + BASELINE:>12}"
+        f"{'CPU RTF':>9}{'CPU x':>7}{'load s':>8}{'peak RSS MiB':>14}{'in job':>8}"
+    )
+    for name, row in rows.items():
+        wall, cpu = row["separate_seconds"], row["separate_cpu_seconds"]
+        times = f"{wall / base['separate_seconds']:.2f}" if base else "-"
+        cpu_times = f"{cpu / base['separate_cpu_seconds']:.2f}" if base else "-"
+        say(
+            f"  {name:48}{wall:9.1f}{cpu:9.1f}{wall / args.seconds:8.3f}{times:>12}"
+            f"{cpu / args.seconds:9.2f}{cpu_times:>7}{row['load_seconds']:8.1f}"
+            f"{row['ru_maxrss_mib']:14.0f}{row['vmhwm_mib']:8.0f}"
+        )
+    say(
+        "  (CPU s: user+system seconds of the process during separate_file, all threads; less"
+        " sensitive than wall time to other load. peak RSS: ru_maxrss of the process, model load"
+        " included; in job: VmHWM reset after the load, i.e. the peak during separate_file)"
+    )
+
+
 # --------------------------------------------------------------------------- memory
 
 
-def memory(args: argparse.Namespace, procs: Processes, work: Path, models: Path, name: str) -> None:
-    say(f"\n== Memory (model {name!r}, one fresh process per input, no HTTP) ==")
+def memory(
+    args: argparse.Namespace, procs: Processes, work: Path, models: Path, names: list[str]
+) -> None:
     env = service_env(work, models)
-    peaks: dict[float, float] = {}
+    inputs: dict[float, Path] = {}
     for minutes in args.memory_minutes:
         flac = work / f"mem-{minutes:g}min.flac"
         started = time.monotonic()
         write_audio(flac, minutes * 60, args.seed, "FLAC")
         say(
-            f"  input: {flac.name} ({flac.stat().st_size / 1e6:.0f} MB FLAC, "
+            f"\n  input: {flac.name} ({flac.stat().st_size / 1e6:.0f} MB FLAC, "
             f"written in 10 s chunks in {time.monotonic() - started:.0f} s)"
         )
-        data = work / f"probe-{minutes:g}min"
-        log = work / f"probe-{minutes:g}min.log"
+        inputs[minutes] = flac
+    for name in names:
+        memory_of(args, procs, work, models, env, name, inputs)
+    if not args.keep:
+        for flac in inputs.values():
+            flac.unlink(missing_ok=True)
+
+
+def memory_of(
+    args: argparse.Namespace,
+    procs: Processes,
+    work: Path,
+    models: Path,
+    env: dict[str, str],
+    name: str,
+    inputs: dict[float, Path],
+) -> None:
+    say(f"\n== Memory (model {name!r}, one fresh process per input, no HTTP) ==")
+    if name == SMALL_ROFORMER:
+        say(
+            f"  {name}: {SMALL_ROFORMER_SOURCE}'s published config (chunk_size 352800,"
+            f" num_overlap 2, STFT 2048/441, 62 bands) with a small network"
+            f" ({', '.join(f'{k} {v}' for k, v in SMALL_ROFORMER_MODEL.items())}). The memory"
+            " flatness comes from the windowing (the service's windows, the model's chunks),"
+            " which does not depend on the network's size; a full-size model would take a day"
+            " of CPU on 60 minutes here (see the model comparison's RTF)."
+        )
+    peaks: dict[float, float] = {}
+    for minutes, flac in inputs.items():
+        data = work / f"probe-{name}-{minutes:g}min"
+        log = work / f"probe-{name}-{minutes:g}min.log"
         cmd = [
             PYTHON, str(Path(__file__).with_name("_memory_probe.py")),
             "--data-dir", str(data), "--models-dir", str(models),
@@ -325,13 +525,7 @@ def memory(args: argparse.Namespace, procs: Processes, work: Path, models: Path,
         ]  # fmt: skip
         check_load(f"the {minutes:g}-minute job")
         say(f"  running the {minutes:g}-minute job (log {log}) ...")
-        started = time.monotonic()
-        procs.run(f"memory probe {minutes:g} min", cmd, env, log, timeout=6 * 3600)
-        wall = time.monotonic() - started
-        match = re.search(r"^RESULT (.*)$", tail(log, 10**6), re.MULTILINE)
-        if not match:
-            raise RuntimeError(f"the memory probe printed no result:\n{tail(log)}")
-        result = json.loads(match.group(1))
+        result = run_probe(procs, env, cmd, log, f"memory probe {name} {minutes:g} min")
         metrics = result.get("metrics") or {}
         say(
             f"  {minutes:g} min: status {result['status']}"
@@ -339,52 +533,82 @@ def memory(args: argparse.Namespace, procs: Processes, work: Path, models: Path,
             + f", ru_maxrss {result['ru_maxrss_mib']:.0f} MiB"
             f" (RSS before the job {result['rss_before_job_mib']:.0f} MiB),"
             f" run_seconds {metrics.get('run_seconds')}, RTF {metrics.get('real_time_factor')},"
-            f" submit {result['submit_wall_seconds']:.0f} s, process {wall:.0f} s"
+            f" submit {result['submit_wall_seconds']:.0f} s, process {result['process_seconds']:.0f} s"
         )
         say(
             f"    RSS (MiB) at each tenth of the job: {result.get('rss_mib_each_tenth')};"
             f" sampled peak at {result.get('sampled_peak_at_fraction')} of the run;"
-            f" {len(result['stems'])} stems of {(result['stem_durations'] or [None])[0]} s"
+            f" {len(result['stems'])} stems ({', '.join(result['stems'])})"
+            f" of {(result['stem_durations'] or [None])[0]} s"
         )
         if result["status"] == "succeeded":
             peaks[minutes] = float(result["ru_maxrss_mib"])
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
-            flac.unlink(missing_ok=True)
 
-    say("\n  Peak RSS (ru_maxrss of the process that ran the job)")
-    for minutes in args.memory_minutes:
+    say(f"\n  Peak RSS of {name} (ru_maxrss of the process that ran the job)")
+    for minutes in inputs:
         value = peaks.get(minutes)
         say(f"  {f'{minutes:g}-minute input':20}{f'{value:.0f} MiB' if value else 'failed':>12}")
-    if len(args.memory_minutes) >= 2:
-        short, long = min(args.memory_minutes), max(args.memory_minutes)
+    if len(inputs) >= 2:
+        short, long = min(inputs), max(inputs)
         if short in peaks and long in peaks:
             ratio = peaks[long] / peaks[short]
             say(
-                f"  ratio {long:g} min / {short:g} min: {ratio:.2f} (goal < 2.0)  {verdict(ratio, 2.0)}"
+                f"  {name}: ratio {long:g} min / {short:g} min: {ratio:.2f} (goal < 2.0)"
+                f"  {verdict(ratio, 2.0)}"
             )
         else:
-            say("  ratio: not computed, a job failed  MISS")
+            say(f"  {name}: ratio not computed, a job failed  MISS")
 
 
 # --------------------------------------------------------------------------- main
 
 
+def names_list(choices: tuple[str, ...] | None = None) -> Any:
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if choices is not None and n not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {', '.join(choices or ('names',))}"
+            )
+        return names
+
+    return parse
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark separation: the demucs CLI against this service (speed), "
-        "and the peak memory of one job on a 5- and a 60-minute input.",
+        "the separation models against htdemucs (compare), and the peak memory of one job "
+        "on a 5- and a 60-minute input.",
         epilog="Goals: ours/CLI < 1.1 for the first request (model load included), < 0.8 for "
         "the second (model resident); peak RSS 60 min / 5 min < 2.0.",
     )
     parser.add_argument("--skip-speed", action="store_true", help="skip the CLI/service timing")
+    parser.add_argument(
+        "--skip-compare", action="store_true", help="skip the comparison of the models"
+    )
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory part")
     parser.add_argument(
+        "--compare-models",
+        type=names_list(),
+        default=list(COMPARE_MODELS),
+        metavar="NAMES",
+        help=f"models compared, comma-separated (default {','.join(COMPARE_MODELS)}); "
+        f"{BASELINE} is the baseline of the ratios; a name with '+' is an ensemble of those "
+        f"models, run with {json.dumps(ENSEMBLE_PARAMS)}",
+    )
+    parser.add_argument(
         "--memory-model",
-        choices=("full", "tiny"),
-        default="full",
-        help="model for the memory part: full-size htdemucs (60 min takes about an hour on "
-        "2 cores) or a tiny HTDemucs(channels=8, t_layers=1) saved as 'bench_tiny' (default full)",
+        type=names_list(tuple(MEMORY_MODELS)),
+        default=["full", "roformer"],
+        metavar="MODELS",
+        help="models of the memory part, comma-separated: full (full-size htdemucs; 60 min "
+        "takes about an hour on 2 cores), tiny (HTDemucs(channels=8, t_layers=1) saved as "
+        f"'{TINY_NAME}'), roformer (the published RoFormer chunk and STFT settings with a "
+        f"small network, saved as '{SMALL_ROFORMER}'); default full,roformer",
     )
     parser.add_argument(
         "--memory-minutes",
@@ -392,8 +616,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[5.0, 60.0],
         help="input lengths of the memory part, comma-separated minutes (default 5,60)",
     )
-    parser.add_argument("--seconds", type=float, default=60.0, help="speed input length (60)")
-    parser.add_argument("--seed", type=int, default=1234, help="seed of the model and the audio")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        help="input length of the speed and compare parts, seconds (60)",
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the models and the audio")
     parser.add_argument("--poll", type=float, default=0.2, help="job polling interval, s (0.2)")
     parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -413,10 +642,12 @@ def main(argv: list[str] | None = None) -> int:
             f"load average {loadavg()}"
         )
         say(f"  work folder: {work}{' (kept)' if args.keep else ' (deleted at the end)'}")
+        memory_models = [] if args.skip_memory else args.memory_model
+        compared = [] if args.skip_compare else args.compare_models
         wanted = []
-        if not args.skip_speed or (not args.skip_memory and args.memory_model == "full"):
+        if not args.skip_speed or BASELINE in compared or "full" in memory_models:
             wanted.append("full")
-        if not args.skip_memory and args.memory_model == "tiny":
+        if "tiny" in memory_models:
             wanted.append("tiny")
         for which in wanted:
             info = build_model(models / "demucs", which, args.seed)
@@ -432,12 +663,27 @@ def main(argv: list[str] | None = None) -> int:
                 "bottom_channels=512, t_dropout=0.02, segment=39/5; all else the HTDemucs "
                 "defaults (channels 48, depth 4, nfft 4096, t_layers 5, t_heads 8)"
             )
+        roformers = [r for r in ROFORMERS if any(r in name.split("+") for name in compared)]
+        builds = [(name, name, None) for name in roformers]
+        if "roformer" in memory_models:
+            builds.append((SMALL_ROFORMER, SMALL_ROFORMER_SOURCE, SMALL_ROFORMER_MODEL))
+        for name, source, shrink in builds:
+            seed = args.seed + ROFORMER_SEEDS[name]
+            info = build_roformer(models, name, seed, source, shrink)
+            say(
+                f"  model {name!r} (roformer/{name}/model.ckpt, {info['file_mb']:.0f} MB):"
+                f" {info['architecture']} from bench/configs/{source}.yaml"
+                f"{' with ' + str(shrink) if shrink else ' (the published config)'}:"
+                f" {info['summary']}; {info['parameters'] / 1e6:.2f} M parameters,"
+                f" random init seed {seed}, state sha256 {info['digest']}"
+            )
         cli_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         if not args.skip_speed:
             speed(args, procs, work, models, cli_env)
-        if not args.skip_memory:
-            name = "htdemucs" if args.memory_model == "full" else TINY_NAME
-            memory(args, procs, work, models, name)
+        if compared:
+            compare(args, procs, work, models)
+        if memory_models:
+            memory(args, procs, work, models, [MEMORY_MODELS[m] for m in memory_models])
 
     return run_benchmark("bench-separation-", args.workdir, args.keep, run)
 

@@ -62,7 +62,7 @@ class ModelSpeedSchema(Schema):
 
     real_time_factor = fields.Float(
         metadata={"description": "Processing seconds per second of audio (below 1: faster "
-                  "than real time).", "example": 0.914}
+                  "than real time).", "example": 0.021}
     )  # fmt: skip
     measured = fields.String(
         metadata={"description": "How, when and on what it was measured.",
@@ -122,8 +122,8 @@ class ModelSchema(Schema):
     speed = fields.Nested(
         ModelSpeedSchema,
         allow_none=True,
-        metadata={"description": "Speed measured here (bench/model_speed.py); null: not "
-                  "measured."},
+        metadata={"description": "Speed measured here (bench/model_speed.py or "
+                  "bench/separation.py, as measured says); null: not measured."},
     )  # fmt: skip
     members = fields.List(
         fields.String(),

@@ -13,9 +13,11 @@ Rules for the figures:
 * ``license``: the licence the weights are published under, as their
   publisher states it; ``"not stated"`` when they state none; ``"none (no
   weights)"`` for a model without weights; ``None`` where it was not checked.
-* ``speed``: only what ``bench/model_speed.py`` measured on this project's
+* ``speed``: only what a benchmark of ``bench/`` measured on this project's
   2-core CPU machine (random weights of the same architecture cost the same
-  compute); ``None`` for what was not measured.
+  compute), with which one and on what input (``measured``); figures of one
+  run are comparable with each other, figures of different runs less so.
+  ``None`` for what was not measured.
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ NOT_STATED = "not stated"
 # What bench/model_speed.py ran: one in-process separation of a 30 s stereo
 # 44.1 kHz signal, shifts=1, overlap=0.25, no model load, no HTTP.
 SPEED_RUN = "bench/model_speed.py, 2026-12-04, 2-core CPU, 30 s stereo 44.1 kHz, shifts 1"
+# What bench/separation.py's model comparison ran (--skip-speed --skip-memory,
+# its second run of 2026-12-05): one 60 s stereo 44.1 kHz file through
+# separate_file as a worker runs it (decode, windows, stems written), model
+# resident, one process per model, each with its default options; htdemucs,
+# bs_roformer_viperx_1297 and mel_band_roformer_kim in the same run, so their
+# figures compare (bench/README.md has the table and the machine's load).
+COMPARE_RUN = (
+    "bench/separation.py model comparison, 2026-12-05, 2-core CPU, 60 s stereo 44.1 kHz "
+    "through separate_file, model resident, default options (htdemucs shifts 1; "
+    "RoFormers their published chunk_size 352800 and num_overlap 2)"
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class Facts:
     license: str | None = None
     license_source: str | None = None
     real_time_factor: float | None = None  # processing seconds per audio second, measured here
+    measured: str = SPEED_RUN  # which benchmark run gave real_time_factor
 
     def fields(self) -> dict[str, Any]:
         """The ``model_entry`` keywords."""
@@ -71,7 +85,7 @@ class Facts:
             "license": self.license,
             "license_source": self.license_source,
             "speed": (
-                {"real_time_factor": self.real_time_factor, "measured": SPEED_RUN}
+                {"real_time_factor": self.real_time_factor, "measured": self.measured}
                 if self.real_time_factor is not None
                 else None
             ),
@@ -89,8 +103,12 @@ HPSS = Facts(quality=None, license=NO_WEIGHTS, license_source=None, real_time_fa
 
 # Demucs's README: "Demucs is released under the MIT license"; the pretrained
 # weights are published by the same repository with no licence of their own.
-def _demucs(quality: tuple[Sdr, ...] | None = None, real_time_factor: float | None = None) -> Facts:
-    return Facts(quality, "MIT", DEMUCS_README + "#license", real_time_factor)
+def _demucs(
+    quality: tuple[Sdr, ...] | None = None,
+    real_time_factor: float | None = None,
+    measured: str = SPEED_RUN,
+) -> Facts:
+    return Facts(quality, "MIT", DEMUCS_README + "#license", real_time_factor, measured)
 
 
 DEMUCS: dict[str, Facts] = {
@@ -100,7 +118,8 @@ DEMUCS: dict[str, Facts] = {
             *_multisong(vocals=8.24, drums=10.88, bass=11.76, other=5.74),
             Sdr("average", 9.16, MULTISONG, ZFTURBO),
         ),
-        real_time_factor=0.914,
+        real_time_factor=0.519,
+        measured=COMPARE_RUN,
     ),
     # ZFTurbo's "HTDemucs4 FT <stem>" rows: the four models of the htdemucs_ft
     # bag (04573f0d vocals, f7e0c4bc drums, d12395a8 bass, 92cfc3b6 other), each
@@ -135,10 +154,21 @@ DEMUCS_LOCAL = Facts(license=NOT_STATED)
 # ZFTurbo's vocals rows for the community RoFormer checkpoints (viperx's
 # model_bs_roformer_ep_317_sdr_12.9755, Kim's Mel-Band RoFormer); the 12.97 in
 # viperx's name is the author's own validation, not a benchmark. Their
-# publishers state no licence for the weights.
+# publishers state no licence for the weights. Speed: the run that measured
+# htdemucs's, random weights from the published configs (bench/configs/).
 ROFORMER: dict[str, Facts] = {
-    "bs_roformer_viperx_1297": Facts(quality=_multisong(vocals=10.87), license=NOT_STATED),
-    "mel_band_roformer_kim": Facts(quality=_multisong(vocals=10.98), license=NOT_STATED),
+    "bs_roformer_viperx_1297": Facts(
+        quality=_multisong(vocals=10.87),
+        license=NOT_STATED,
+        real_time_factor=14.538,
+        measured=COMPARE_RUN,
+    ),
+    "mel_band_roformer_kim": Facts(
+        quality=_multisong(vocals=10.98),
+        license=NOT_STATED,
+        real_time_factor=4.751,
+        measured=COMPARE_RUN,
+    ),
 }
 ROFORMER_LOCAL = Facts(license=NOT_STATED)
 

@@ -735,7 +735,7 @@ def test_the_model_description_helps_choose(page: Any, server: LiveServer) -> No
     source = fact("quality").locator("a")
     assert "ZFTurbo/Music-Source-Separation-Training" in source.get_attribute("href")
     assert fact("license").inner_text().startswith("Weights licence: MIT")
-    assert "bench/model_speed.py" in fact("speed").inner_text()
+    assert "bench/separation.py" in fact("speed").inner_text()
     screenshot(page, "model-facts-htdemucs", full_page=False)
 
     page.locator("#sep-model").select_option("hpss")
