@@ -166,7 +166,8 @@ def build_roformer(
     ``model:`` values (if any) put in place of the published ones on their lines."""
     import torch
 
-    from app.models.roformer_engine import architecture, read_config
+    from app.models.msst import read_config
+    from app.models.roformer_engine import RoformerEngine
     from app.models.roformer_net import ARCHITECTURES
 
     text = (ROFORMER_CONFIGS / f"{source or name}.yaml").read_text()
@@ -180,7 +181,7 @@ def build_roformer(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(text)
     settings = read_config(folder / "config.yaml")
-    kind = architecture(source or name, settings)
+    kind = RoformerEngine().architecture(source or name, settings)
     torch.manual_seed(seed)
     net = ARCHITECTURES[kind](**settings["model"])
     torch.save(net.state_dict(), folder / "model.ckpt")
