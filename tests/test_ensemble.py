@@ -92,6 +92,10 @@ def test_the_preset_is_listed_with_its_members(client: FlaskClient) -> None:
     assert entry["members"] == [MEL, BS] and entry["algorithm"] == "avg_wave"
     assert entry["stems"] == ["vocals", "instrumental"] and entry["sample_rate"] == SR
     assert entry["available"] is True and entry["license"] == "not stated"
+    assert (
+        entry["speed"]["real_time_factor"] > 1
+        and "bench/separation.py" in entry["speed"]["measured"]
+    )
     algorithm = next(o for o in entry["options"] if o["name"] == "ensemble_algorithm")
     assert "uvr_max_spec" in algorithm["choices"] and "avg_wave" in algorithm["choices"]
     # a member's option, with the member's own default when a request leaves it out

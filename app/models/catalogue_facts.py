@@ -172,6 +172,19 @@ ROFORMER: dict[str, Facts] = {
 }
 ROFORMER_LOCAL = Facts(license=NOT_STATED)
 
+# bench/separation.py's model comparison run again for the ensemble (htdemucs
+# 0.458 in that run, so its ratio to htdemucs is 33.75).
+ENSEMBLE_RUN = (
+    "bench/separation.py model comparison, 2026-12-05 00:56, 2-core CPU, 60 s stereo "
+    "44.1 kHz through separate_file, models resident, avg_wave (htdemucs 0.458 in the "
+    "same run)"
+)
+# Presets: no published figure for these exact combinations; their weights'
+# licences are their members' (the engine lists them).
+ENSEMBLE: dict[str, Facts] = {
+    "vocals_ensemble": Facts(real_time_factor=15.466, measured=ENSEMBLE_RUN),
+}
+
 # ZFTurbo's "MDX23C" vocals row (model_vocals_mdx23c_sdr_10.17.ckpt). No source
 # states a figure for UVR's MDX23C-8KFFT-InstVoc_HQ weights. Neither publisher
 # states a licence for the weights (ZFTurbo's repository licenses its code, MIT).

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from app.errors import ServiceError
+from app.models import catalogue_facts
 from app.models.engines import (
     Engine,
     Option,
@@ -373,7 +374,9 @@ class EnsembleEngine(SeparationEngine):
             if len(distinct) == 1
             else "; ".join(f"{m}: {lic}" for m, lic in licences.items()),
             license_source=None,
-            speed=None,
+            speed=catalogue_facts.ENSEMBLE[name].fields()["speed"]
+            if name in catalogue_facts.ENSEMBLE
+            else None,
             members=[m for m, _ in members],
             algorithm=preset.algorithm if preset else DEFAULT_ALGORITHM,
         )
