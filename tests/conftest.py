@@ -176,6 +176,74 @@ def redis_server(tmp_path: Path) -> Iterator[Any]:
         server.kill()
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """One PostgreSQL cluster for the session (tests/support/procs.py), on a
+    free loopback port; tests get their own databases in it. Skipped, with the
+    reason, where the server is not installed."""
+    from tests.support.procs import PostgresProcess
+
+    try:
+        cluster = PostgresProcess()
+    except FileNotFoundError as exc:
+        pytest.skip(f"PostgreSQL is not installed ({exc} not found; apt-get install postgresql)")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[Any]:
+    """A PostgreSQL cluster of the test's own, which it may kill and restart."""
+    from tests.support.procs import PostgresProcess
+
+    try:
+        server = PostgresProcess()
+    except FileNotFoundError as exc:
+        pytest.skip(f"PostgreSQL is not installed ({exc} not found; apt-get install postgresql)")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture(autouse=True)
+def database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The job database the test's apps use: ``sqlite`` (the embedded default)
+    unless the test is marked ``BOTH_DATABASES`` (tests/support/apps.py); then also
+    ``postgresql``, a fresh database per data directory in the session's
+    cluster, dropped after the test."""
+    import secrets
+
+    from tests.support import apps
+
+    backend = getattr(request, "param", "sqlite")
+    if backend == "sqlite":
+        yield backend
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    made: dict[Path, str] = {}
+
+    def chooser(data_dir: Path) -> str:
+        key = Path(data_dir).resolve()
+        if key not in made:
+            made[key] = f"t_{secrets.token_hex(6)}"
+            cluster.create_database(made[key])
+        return str(cluster.url(made[key]))
+
+    apps.use_databases(chooser)
+    try:
+        yield backend
+    finally:
+        apps.use_databases(None)
+        apps.dispose_apps()
+        for name in made.values():
+            cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def redis_url(redis_server: Any) -> str:
     return str(redis_server.url)

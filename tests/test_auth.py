@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from tests.support.apps import bearer
+from tests.support.apps import BOTH_DATABASES, bearer
+
+pytestmark = BOTH_DATABASES
 
 CREDS = {"email": "ada@example.com", "password": "correct horse battery"}
 

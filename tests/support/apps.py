@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -28,7 +30,7 @@ def make_app(data_dir: Path, **overrides: Any) -> Flask:
     config = {
         "DATA_DIR": str(data_dir),
         "SECRET_KEY": secrets.token_urlsafe(48),
-        "DATABASE_URL": None,
+        "DATABASE_URL": database_for(data_dir),
         "REDIS_URL": None,
         "TESTING": True,
         # Production keeps rate limits on; tests that exercise them turn them
@@ -41,6 +43,28 @@ def make_app(data_dir: Path, **overrides: Any) -> Flask:
         upgrade()
     _apps.append(app)
     return app
+
+
+# Which job database an app on a data directory gets: None is the embedded
+# default (SQLite in DATA_DIR). The ``database`` fixture of tests/conftest.py
+# points it at a PostgreSQL database per data directory for the tests it
+# parametrizes, so every app (and every worker given ``job_env``) of such a
+# test shares that one database, as several machines would.
+_database_for: Callable[[Path], str] | None = None
+
+
+# Modules whose tests run on both job databases: ``pytestmark = BOTH_DATABASES``
+# (the ``database`` fixture of tests/conftest.py does the rest).
+BOTH_DATABASES = pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+
+
+def database_for(data_dir: Path) -> str | None:
+    return _database_for(data_dir) if _database_for is not None else None
+
+
+def use_databases(chooser: Callable[[Path], str] | None) -> None:
+    global _database_for
+    _database_for = chooser
 
 
 # Apps made during the current test, whose connections end with it.

@@ -224,3 +224,153 @@ def job_env(app: Any, **extra: str) -> dict[str, str]:
         env["REDIS_URL"] = config["REDIS_URL"]
     env.update(extra)
     return env
+
+
+def postgres_bindir() -> Path | None:
+    """Where the PostgreSQL server programs are: on PATH, else Debian's
+    ``/usr/lib/postgresql/<major>/bin`` (the package keeps ``initdb`` and
+    ``postgres`` off PATH), newest major first."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    return candidates[0].parent if candidates else None
+
+
+class PostgresProcess:
+    """A throwaway PostgreSQL cluster: ``initdb`` into a temporary directory,
+    then ``postgres`` on a free loopback port in its own process group, so a
+    test can ``kill -9`` it and start it again on the same data.
+
+    PostgreSQL refuses to run as root; under root (CI's containers) the
+    cluster belongs to the ``postgres`` account Debian's package creates.
+    ``fsync`` is off (an OS crash is not what these tests simulate), while
+    commits stay synchronous, so a killed server keeps every committed row.
+    """
+
+    def __init__(self) -> None:
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise FileNotFoundError("initdb")
+        self.bindir = bindir
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError as exc:
+                raise FileNotFoundError("the postgres account (running as root)") from exc
+            self.user = "postgres"
+        import tempfile
+
+        # Not under pytest's root-only temp directory: the postgres account must reach it.
+        self.directory = Path(tempfile.mkdtemp(prefix="ams-postgres-"))
+        self.data = self.directory / "data"
+        self.log_path = self.directory / "postgres.log"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+        if self.user is not None:
+            shutil.chown(self.directory, self.user, self.user)
+        self._run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                   "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])  # fmt: skip
+
+    def _run(self, cmd: list[str]) -> None:
+        result = subprocess.run(
+            cmd,
+            capture_output=True,
+            user=self.user,
+            group=self.user,
+            cwd=self.directory,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed: {result.stderr.decode(errors='replace')}")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
+             "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=400",
+             "-c", "shared_buffers=32MB"],
+            user=self.user,
+            group=self.user,
+            cwd=self.directory,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_for(self.ping, 30, "postgres to accept connections", [self.log_path], interval=0.05)
+
+    def ping(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            if self.process is not None:
+                raise RuntimeError(
+                    f"postgres exited with {self.process.returncode}: "
+                    + self.log_path.read_text(errors="replace")[-2000:]
+                )
+            return False
+        import psycopg
+
+        try:
+            with psycopg.connect(self.url().replace("+psycopg", ""), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def execute(self, sql: str, database: str = "postgres") -> list[tuple[Any, ...]]:
+        """Run one statement as the superuser, outside a transaction (CREATE DATABASE needs that)."""
+        import psycopg
+
+        with psycopg.connect(self.url(database).replace("+psycopg", ""), autocommit=True) as conn:
+            cursor = conn.execute(sql)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        self.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def _halt(self, signum: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        # Backends outlive a killed postmaster for a moment: take the group.
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """``kill -9`` of the postmaster and its backends: a crash; recovery replays the WAL."""
+        self._halt(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): open transactions roll back, sessions are cut."""
+        self._halt(signal.SIGINT)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
