@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from app.errors import ServiceError
@@ -159,6 +160,26 @@ def _handle_os_error(exc: OSError) -> ResponseReturnValue:
     return _handle_unexpected(exc)
 
 
+def _handle_database_error(exc: DBAPIError) -> ResponseReturnValue:
+    # A missing table or column most often means the API runs before
+    # `flask db upgrade`: say so (503, the operator's to fix) instead of a 500.
+    from app.extensions import db
+    from app.schema_version import schema_state
+
+    try:
+        db.session.rollback()
+        state = schema_state(db.session.connection())
+    except Exception:  # the database is not even reachable: not a schema problem
+        db.session.rollback()
+        return _handle_unexpected(exc)
+    if state.current:
+        return _handle_unexpected(exc)
+    log.error("Request refused: %s", state.describe())
+    resp, code = error_response(503, state.describe(), code="schema_not_current")
+    resp.headers["Retry-After"] = "30"
+    return resp, code
+
+
 def _handle_unexpected(exc: Exception) -> ResponseReturnValue:
     if isinstance(exc, HTTPException):
         return _handle_http_exception(exc)
@@ -171,4 +192,5 @@ def register(app: Flask) -> None:
     app.register_error_handler(ServiceError, _handle_service_error)
     app.register_error_handler(RedisError, _handle_redis_down)
     app.register_error_handler(OSError, _handle_os_error)
+    app.register_error_handler(DBAPIError, _handle_database_error)
     app.register_error_handler(Exception, _handle_unexpected)

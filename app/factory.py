@@ -24,9 +24,8 @@ from app.bodies import BoundedBody, CloseAfterUnreadBody
 from app.extensions import cors, db, jwt, migrate
 from app.json_bodies import JSONProvider
 from app.openapi import ErrorResponses, ServiceApi
+from app.schema_version import MIGRATIONS_DIR
 from app.security_headers import API_CSP, HTML_CSP, SECURITY_HEADERS
-
-MIGRATIONS_DIR = str(Path(__file__).resolve().parent.parent / "migrations")
 
 
 class UploadRequest(Request):

@@ -7,11 +7,12 @@ from typing import Any
 
 from flask import current_app
 from marshmallow import Schema, fields
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from app.blueprints import Blueprint
 from app.extensions import db
 from app.records import WorkerHeartbeat, utcnow
+from app.schema_version import schema_state
 
 blp = Blueprint("health", __name__, description="Health probes.")
 
@@ -24,7 +25,9 @@ class ReadinessSchema(Schema):
     status = fields.String(metadata={"enum": ["ok", "unavailable"], "example": "ok"})
     checks = fields.Dict(
         metadata={
-            "description": "database, broker and workers: each with `ok` and details.",
+            "description": "database, broker and workers: each with `ok` and details. "
+            "`database` names the schema `revision` found and the `head` this release needs; "
+            "when they differ, `error` is `schema_not_current` and `message` says what to run.",
             "example": {"database": {"ok": True}, "broker": {"ok": True}, "workers": {"ok": True}},
         }
     )
@@ -40,8 +43,15 @@ def healthz() -> dict[str, str]:
 def readiness() -> tuple[bool, dict[str, Any]]:
     checks: dict[str, Any] = {}
     try:
-        db.session.execute(text("SELECT 1"))
-        checks["database"] = {"ok": True}
+        state = schema_state(db.session.connection())
+        checks["database"] = {
+            "ok": state.current,
+            "revision": ",".join(sorted(state.revisions)) or None,
+            "head": ",".join(sorted(state.heads)),
+        }
+        if not state.current:
+            checks["database"]["error"] = "schema_not_current"
+            checks["database"]["message"] = state.describe()
     except Exception as exc:
         db.session.rollback()
         checks["database"] = {"ok": False, "error": type(exc).__name__}
