@@ -73,6 +73,8 @@ def _connect_worker_signals(app: Flask) -> None:
             threading.Thread(
                 target=_maintenance_loop, args=(app,), daemon=True, name="maintenance"
             ).start()
+        elif runs_jobs(queues):
+            threading.Thread(target=_turns_loop, args=(app,), daemon=True, name="turns").start()
 
         # With the solo and threads pools, tasks run in this process; a
         # worker for webhooks alone never loads a model.
@@ -198,6 +200,24 @@ def _heartbeat_loop(app: Flask, hostname: str, queues: str) -> None:
                 except Exception:
                     db.session.rollback()
             return
+
+
+def _turns_loop(app: Flask) -> None:
+    """Job workers hand out the turns a failed hand-over left unused (a job
+    ended while the broker was down: ``jobs.publish_turn``), every heartbeat
+    interval, without waiting for beat's maintenance pass. With nothing
+    waiting this is one indexed query."""
+    from app.extensions import db
+    from app.services.maintenance import hand_out_turns
+
+    interval = float(app.config["WORKER_HEARTBEAT_SECONDS"])
+    while not _heartbeat_stop.wait(interval):
+        with _worker_db(app):
+            try:
+                hand_out_turns()
+            except Exception:
+                db.session.rollback()
+                log.warning("handing out turns failed", exc_info=True)
 
 
 def _maintenance_loop(app: Flask) -> None:

@@ -70,8 +70,13 @@ def from_environment() -> dict[str, Any]:
         "RATELIMIT_ENABLED": env_bool("RATELIMIT_ENABLED", True),
         "LOGIN_RATE_LIMIT": os.environ.get("LOGIN_RATE_LIMIT") or "5/minute",
         "REFRESH_RATE_LIMIT": os.environ.get("REFRESH_RATE_LIMIT") or "10/minute",
-        "JOB_RATE_LIMIT": os.environ.get("JOB_RATE_LIMIT") or "10/minute;100/day",
-        "MAX_ACTIVE_JOBS": env_int("MAX_ACTIVE_JOBS", 5),
+        # No daily cap: one person's library is the embedded default's user.
+        # Multi-tenant services add one ("60/minute;500/day", docs/deployment.md).
+        "JOB_RATE_LIMIT": os.environ.get("JOB_RATE_LIMIT") or "60/minute",
+        # Queued + running jobs per user; 0 = only the storage quota bounds it.
+        "MAX_ACTIVE_JOBS": env_int("MAX_ACTIVE_JOBS", 0),
+        # Jobs of one user a worker queue holds at once (app/services/fair_queue.py).
+        "MAX_RUNNING_JOBS": env_int("MAX_RUNNING_JOBS", 2),
         "MAX_STORAGE_MB": env_int("MAX_STORAGE_MB", 5000),
         "WORKER_HEARTBEAT_SECONDS": env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
         "BROKER_POLL_SECONDS": env_float("BROKER_POLL_SECONDS", 0.1),
@@ -156,6 +161,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     config["SQLALCHEMY_DATABASE_URI"] = database_url
     config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
 
+    if int(config["MAX_RUNNING_JOBS"]) < 1:
+        raise RuntimeError("MAX_RUNNING_JOBS must be 1 or more (jobs of one user a queue holds)")
     if int(config.get("TRUSTED_PROXY_HOPS") or 0) < 0:
         raise RuntimeError("TRUSTED_PROXY_HOPS must be 0 (no proxy) or more")
     config["MAX_CONTENT_LENGTH"] = int(config["MAX_UPLOAD_MB"]) * 1024 * 1024 + 64 * 1024

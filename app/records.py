@@ -11,7 +11,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.extensions import db
@@ -73,12 +83,17 @@ class Job(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db
     callback_url: Mapped[str | None] = mapped_column(Text, default=None)
     webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    # When its task message was published: a queued job without one waits in
+    # the database for its owner's turn (app/services/fair_queue.py).
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime, default=None, index=True)
 
     owner: Mapped[User] = relationship(back_populates="jobs")
+
+    __table_args__ = (Index("ix_jobs_owner_status", "owner_id", "status"),)
 
     @property
     def error(self) -> dict[str, str] | None:

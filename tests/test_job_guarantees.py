@@ -511,8 +511,8 @@ def test_the_reconciler_republishes_queued_jobs_whose_message_was_lost(
 
 def test_the_reconciler_does_not_duplicate_a_backlog(queued_app: Flask, song_wav: bytes) -> None:
     client = queued_app.test_client()
-    headers = register_and_login(client)
-    for _ in range(3):
+    for _ in range(3):  # three users: each job is published at once (fair_queue)
+        headers = register_and_login(client)
         response = client.post(
             "/api/v1/separations",
             data={"file": (io.BytesIO(song_wav), "song.wav"), "model": "hpss"},
@@ -532,7 +532,14 @@ def test_the_reconciler_does_not_duplicate_a_backlog(queued_app: Flask, song_wav
 def test_a_maintenance_pass_reports_each_step(queued_app: Flask, queued_job: str) -> None:
     with queued_app.app_context():
         done = maintenance.run_once()
-    assert done == {"reaped": 0, "republished": 0, "expired": 0, "tokens": 0, "uploads": 0}
+    assert done == {
+        "reaped": 0,
+        "republished": 0,
+        "dispatched": 0,
+        "expired": 0,
+        "tokens": 0,
+        "uploads": 0,
+    }
 
 
 # --- Broker down at submit --------------------------------------------------------

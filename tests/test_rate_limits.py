@@ -58,7 +58,9 @@ def test_limits_are_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = config_module.from_environment()
     assert settings["RATELIMIT_ENABLED"] is True
     assert settings["LOGIN_RATE_LIMIT"] == "5/minute"
-    assert settings["JOB_RATE_LIMIT"] == "10/minute;100/day"
+    # No daily cap by default (one person's library); MAX_ACTIVE_JOBS off too.
+    assert settings["JOB_RATE_LIMIT"] == "60/minute"
+    assert settings["MAX_ACTIVE_JOBS"] == 0 and settings["MAX_RUNNING_JOBS"] == 2
     monkeypatch.setenv("JOB_RATE_LIMIT", "ten a minute")
     with pytest.raises(RuntimeError, match="JOB_RATE_LIMIT"):
         config_module.finalise(config_module.from_environment())

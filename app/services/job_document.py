@@ -13,10 +13,7 @@ from typing import Any
 
 from flask import current_app, has_request_context, url_for
 from marshmallow import Schema, fields
-from sqlalchemy import and_, func, or_, select
 
-from app import job_kinds
-from app.extensions import db
 from app.records import JOB_STATUSES, Job
 
 
@@ -38,25 +35,10 @@ class UTCDateTime(fields.DateTime):
 
 
 def queue_position(job: Job) -> int | None:
-    """Where a queued job stands in its Celery queue: 1 is the next to start when
-    a worker of that queue is free. Counts every user's jobs ahead of it (a
-    number only), in the order they were accepted; None once it has started."""
-    if job.status != "queued":
-        return None
-    kinds = job_kinds.kinds_in_queue(job_kinds.queue_for(job.kind))
-    ahead = db.session.execute(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.status == "queued",
-            Job.kind.in_(kinds),
-            or_(
-                Job.created_at < job.created_at,
-                and_(Job.created_at == job.created_at, Job.id < job.id),
-            ),
-        )
-    ).scalar_one()
-    return int(ahead) + 1
+    """Where a queued job stands in its queue (``fair_queue.queue_position``)."""
+    from app.services.fair_queue import queue_position as position
+
+    return position(job)
 
 
 class JobErrorSchema(Schema):

@@ -20,7 +20,7 @@ from app import audio, job_kinds, metrics, storage
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import ACTIVE_STATUSES, Job, User, utcnow
-from app.services import events, quotas, webhooks
+from app.services import events, fair_queue, quotas, webhooks
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,22 @@ def publish_task(job: Job) -> str:
 
 
 def enqueue(job: Job) -> None:
+    """Publish the new job now if its owner has a free turn in its queue
+    (``fair_queue``); otherwise it waits in the database for one.
+
+    If the broker refuses the new job's message, the job is marked failed and
+    the client gets a 503, as before it was accepted. Other jobs given a turn
+    here (none, normally) are published on a best-effort basis: one whose
+    message is lost is published again by the maintenance pass.
+    """
+    for job_id in fair_queue.take_turns(job.owner_id, job_kinds.queue_for(job.kind)):
+        if job_id == job.id:
+            _publish_new(job)
+        else:
+            publish_turn(job_id)
+
+
+def _publish_new(job: Job) -> None:
     try:
         task_id = publish_task(job)
     except Exception as exc:
@@ -161,6 +177,37 @@ def enqueue(job: Job) -> None:
         ) from exc
     db.session.execute(update(Job).where(Job.id == job.id).values(task_id=task_id))
     db.session.commit()
+
+
+def publish_turn(job_id: str) -> bool:
+    """Publish a job that was given its owner's turn. A broker that refuses
+    gives the turn back (the job waits again), and whoever hands out turns
+    next publishes it: a job ending, a worker's turns loop or the maintenance
+    pass (``maintenance.hand_out_turns``)."""
+    job = db.session.get(Job, job_id)
+    if job is None or job.status != "queued":
+        return False
+    try:
+        task_id = publish_task(job)
+    except Exception:
+        log.warning("job %s got its turn but could not be published", job_id, exc_info=True)
+        db.session.rollback()
+        db.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.task_id.is_(None))
+            .values(dispatched_at=None)
+        )
+        db.session.commit()
+        return False
+    db.session.execute(update(Job).where(Job.id == job_id).values(task_id=task_id))
+    db.session.commit()
+    return True
+
+
+def next_turns(owner_id: str, queue: str) -> int:
+    """Give the owner's waiting jobs of ``queue`` the turns they have free and
+    publish them. Returns how many were published."""
+    return sum(publish_turn(job_id) for job_id in fair_queue.take_turns(owner_id, queue))
 
 
 def get(owner: User, job_id: str) -> Job:
@@ -299,6 +346,19 @@ def job_ended(job_id: str) -> None:
     events.publish(job_id)
     webhooks.schedule_delivery(job_id)
     metrics.record_job(job_id)
+    _pass_turn(job_id)
+
+
+def _pass_turn(job_id: str) -> None:
+    # The turn this job held goes to its owner's next waiting job. A failure
+    # here must not undo the ending; the maintenance pass hands the turn out.
+    try:
+        row = db.session.execute(select(Job.owner_id, Job.kind).where(Job.id == job_id)).first()
+        if row is not None:
+            next_turns(row.owner_id, job_kinds.queue_for(row.kind))
+    except Exception:
+        db.session.rollback()
+        log.warning("could not pass job %s's turn on", job_id, exc_info=True)
 
 
 def cancel(owner: User, job_id: str) -> Job:

@@ -12,11 +12,13 @@ number of passes may run at once and each job is acted on once.
   published again; past ``MAX_ATTEMPTS`` it fails with ``worker_lost``, past
   its hard time limit with ``time_limit_exceeded``. Redis alone would only
   redeliver it after the visibility timeout (hours), the SQLite broker never.
-- **Reconciler**: ``queued`` jobs whose message was lost (a Redis restart
+- **Reconciler**: published ``queued`` jobs whose message was lost (a Redis restart
   without persistence, a crash between commit and publish) are published
   again once they have waited ``RECONCILE_QUEUED_SECONDS``. Only as many as
   the broker queue is short of are re-sent, so a long backlog is not
   duplicated; a spare message is harmless anyway (``runner.start``).
+- **Turns**: users with jobs waiting for a turn (``fair_queue``) and turns
+  free get them, should the hand-over when a job ended have failed.
 - **Expiry**: finished jobs past ``expires_at`` lose their files and become
   ``expired``; revoked tokens past their expiry and abandoned uploads go too.
 """
@@ -34,7 +36,7 @@ from sqlalchemy import select, update
 from app import job_kinds, storage
 from app.extensions import db
 from app.records import Job, WorkerHeartbeat, utcnow
-from app.services import jobs
+from app.services import fair_queue, jobs
 from app.services.runner import MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ def run_once() -> dict[str, int]:
     steps: dict[str, Callable[[], Any]] = {
         "reaped": reap_lost_jobs,
         "republished": republish_lost_messages,
+        "dispatched": hand_out_turns,
         "expired": jobs.purge_expired,
         "tokens": purge_revoked,
         "uploads": storage.sweep_tmp,
@@ -60,7 +63,7 @@ def run_once() -> dict[str, int]:
         except Exception:
             db.session.rollback()
             log.warning("maintenance step %s failed", name, exc_info=True)
-    if any(done.get(key) for key in ("reaped", "republished", "expired")):
+    if any(done.get(key) for key in ("reaped", "republished", "dispatched", "expired")):
         log.info("maintenance: %s", done)
     return done
 
@@ -192,7 +195,11 @@ def republish_lost_messages(now: datetime | None = None) -> int:
     now = now or utcnow()
     cutoff = now - timedelta(seconds=float(current_app.config["RECONCILE_QUEUED_SECONDS"]))
     queued = (
-        db.session.execute(select(Job).where(Job.status == "queued").order_by(Job.created_at))
+        db.session.execute(
+            select(Job)
+            .where(Job.status == "queued", Job.dispatched_at.is_not(None))
+            .order_by(Job.created_at)
+        )
         .scalars()
         .all()
     )
@@ -230,3 +237,9 @@ def republish_lost_messages(now: datetime | None = None) -> int:
                 republished += 1
                 log.warning("job %s waited in %s with no message; published again", job.id, queue)
     return republished
+
+
+def hand_out_turns() -> int:
+    """Publish the jobs whose owners have turns free (normally none: a job's
+    end hands its turn on at once)."""
+    return sum(jobs.next_turns(owner_id, queue) for owner_id, queue in fair_queue.waiting_owners())

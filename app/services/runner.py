@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app import storage
 from app.errors import ServiceError
@@ -179,6 +179,8 @@ def start(job_id: str) -> Attempt | None:
             stage="starting",
             progress=0.0,
             worker=worker_name(),
+            # A stray message for a job still waiting its turn: it counts now.
+            dispatched_at=func.coalesce(Job.dispatched_at, now),
         )
     ).rowcount
     db.session.commit()
