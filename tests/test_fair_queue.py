@@ -143,9 +143,7 @@ def test_one_song_starts_before_the_tenth_of_a_30_song_library(tmp_path: Path) -
     assert [job_id for job_id in order if job_id != song] == library
 
 
-def test_a_turn_the_broker_refused_is_handed_out_again(
-    queued_app: Flask, monkeypatch: Any
-) -> None:
+def test_a_turn_the_broker_refused_is_handed_out_again(queued_app: Flask, monkeypatch: Any) -> None:
     """A job ends while the broker is down: its owner's next job cannot be
     published, so it waits again (not marked published with no message), and
     the next hand-out (a worker's turns loop, the maintenance pass) sends it."""
