@@ -64,6 +64,15 @@ class Channel(kombu_sqla.Channel):
         if bus is not None:
             bus.publish(TOPIC)
 
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        super().basic_ack(delivery_tag, multiple)
+        # A task ended: the worker may take its next message now. Without
+        # this, a worker whose prefetch was full looked again only after
+        # ``polling_interval``, which every job waited on top of its work.
+        bus = _bus(self.connection.client.transport_options)
+        if bus is not None:
+            bus.notify_here(TOPIC)
+
 
 class Transport(kombu_sqla.Transport):
     Channel = Channel

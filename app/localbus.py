@@ -126,6 +126,14 @@ class Bus:
                 # that waiter's backstop poll covers it.
                 pass
 
+    def notify_here(self, topic: str) -> None:
+        """Wake this process's own waiters on ``topic`` (no socket, no other
+        process): for events only this process sees."""
+        with self._cond:
+            if topic in self._subscribers:
+                self._counts[topic] = self._counts.get(topic, 0) + 1
+                self._cond.notify_all()
+
     # ------------------------------------------------------------- waiting
 
     def subscribe(self, topic: str) -> Subscription | None:

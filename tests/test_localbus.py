@@ -192,3 +192,36 @@ def test_messages_from_a_plain_kombu_client_are_found_by_the_backstop(tmp_path: 
         producer.Producer().publish({"job": 2}, routing_key="jobs", declare=[queue])
         consumer.drain_events(timeout=30)
     assert received == [{"job": 2}]
+
+
+def test_an_acknowledged_message_frees_a_full_prefetch_at_once(tmp_path: Path) -> None:
+    """A worker whose one prefetch slot is taken (acks_late: its running task)
+    waits ``polling_interval`` between looks, here 120 s. The task's ack wakes
+    it, so the message queued behind is delivered within the drain's timeout."""
+    url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    options = {
+        "notify_dir": str(tmp_path / "notify"),
+        "backstop_seconds": 120.0,
+        "polling_interval": 120.0,
+    }
+    queue = Queue("jobs")
+    held: list[object] = []
+    received: list[object] = []
+    with _connection(url, **options) as consumer, _connection(url, **options) as producer:
+        for number in (1, 2):
+            producer.Producer().publish({"job": number}, routing_key="jobs", declare=[queue])
+        channel = consumer.default_channel
+        channel.basic_qos(0, 1, False)  # one message at a time, as a worker with prefetch 1
+        with consumer.Consumer(
+            queue,
+            channel=channel,
+            callbacks=[lambda body, message: (received.append(body), held.append(message))],
+        ):
+            consumer.drain_events(timeout=30)
+            assert received == [{"job": 1}]
+            # The task ends in another thread (Celery's result handler) and acks.
+            threading.Timer(0.5, lambda: held[0].ack()).start()
+            started = time.monotonic()
+            consumer.drain_events(timeout=60)
+            assert time.monotonic() - started < 30  # not the end of a 60 s wait
+    assert received == [{"job": 1}, {"job": 2}]

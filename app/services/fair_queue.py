@@ -23,10 +23,11 @@ once never publish more than the limit.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime
+from time import monotonic
 
-from flask import current_app
+from flask import current_app, g
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 
 from app import job_kinds
@@ -104,6 +105,60 @@ def waiting_owners() -> list[tuple[str, str]]:
     return sorted({(owner, job_kinds.queue_for(kind)) for owner, kind in rows})
 
 
+# A page of 100 queued jobs asks for 100 positions: what they share is read
+# once and reused for this long, within one app context (a request, a task).
+# An event stream re-reads it after this, so a position is never staler.
+SNAPSHOT_SECONDS = 1.0
+
+
+@dataclass
+class _Snapshot:
+    taken: float
+    published: int
+    waiting: dict[str, int]
+    held: dict[str, dict[str, int]] = field(default_factory=dict)  # owner -> job -> rank
+
+
+def _snapshot(queue: str, kinds: tuple[str, ...]) -> _Snapshot:
+    cache: dict[str, _Snapshot] = g.setdefault("_fair_queue_snapshots", {})
+    found = cache.get(queue)
+    if found is not None and monotonic() - found.taken < SNAPSHOT_SECONDS:
+        return found
+    published = db.session.execute(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.status == "queued", Job.kind.in_(kinds), Job.dispatched_at.is_not(None))
+    ).scalar_one()
+    waiting = {
+        owner_id: int(count)
+        for owner_id, count in db.session.execute(
+            select(Job.owner_id, func.count())
+            .where(Job.status == "queued", Job.kind.in_(kinds), Job.dispatched_at.is_(None))
+            .group_by(Job.owner_id)
+        ).all()
+    }
+    cache[queue] = _Snapshot(taken=monotonic(), published=int(published), waiting=waiting)
+    return cache[queue]
+
+
+def _held_rank(snapshot: _Snapshot, job: Job, kinds: tuple[str, ...]) -> int | None:
+    """How many of its owner's waiting jobs come before ``job``."""
+    ranks = snapshot.held.get(job.owner_id)
+    if ranks is None:
+        ids = db.session.execute(
+            select(Job.id)
+            .where(
+                Job.owner_id == job.owner_id,
+                Job.status == "queued",
+                Job.kind.in_(kinds),
+                Job.dispatched_at.is_(None),
+            )
+            .order_by(Job.created_at, Job.id)
+        ).scalars()
+        ranks = snapshot.held[job.owner_id] = {job_id: rank for rank, job_id in enumerate(ids)}
+    return ranks.get(job.id)
+
+
 def queue_position(job: Job) -> int | None:
     """Where a queued job stands: 1 is the next to start when a worker of its
     queue is free. None once it has started.
@@ -116,43 +171,27 @@ def queue_position(job: Job) -> int | None:
     if job.status != "queued":
         return None
     kinds = job_kinds.kinds_in_queue(job_kinds.queue_for(job.kind))
-    published = (
-        select(func.count())
-        .select_from(Job)
-        .where(Job.status == "queued", Job.kind.in_(kinds), Job.dispatched_at.is_not(None))
-    )
     if job.dispatched_at is not None:
         ahead = db.session.execute(
-            published.where(_before(job.dispatched_at, job.created_at, job.id))
-        ).scalar_one()
-        return int(ahead) + 1
-    ahead = int(db.session.execute(published).scalar_one())
-    waiting: dict[str, int] = defaultdict(int)
-    for owner_id, count in db.session.execute(
-        select(Job.owner_id, func.count())
-        .where(Job.status == "queued", Job.kind.in_(kinds), Job.dispatched_at.is_(None))
-        .group_by(Job.owner_id)
-    ).all():
-        waiting[owner_id] = int(count)
-    own_before = int(
-        db.session.execute(
             select(func.count())
             .select_from(Job)
             .where(
-                Job.owner_id == job.owner_id,
                 Job.status == "queued",
                 Job.kind.in_(kinds),
-                Job.dispatched_at.is_(None),
-                or_(
-                    Job.created_at < job.created_at,
-                    and_(Job.created_at == job.created_at, Job.id < job.id),
-                ),
+                Job.dispatched_at.is_not(None),
+                _before(job.dispatched_at, job.created_at, job.id),
             )
         ).scalar_one()
-    )
+        return int(ahead) + 1
+    snapshot = _snapshot(job_kinds.queue_for(job.kind), kinds)
+    own_before = _held_rank(snapshot, job, kinds)
+    if own_before is None:  # given its turn since the snapshot: at most this far back
+        own_before = 0
     rounds = own_before + 1
-    others = sum(min(count, rounds) for owner, count in waiting.items() if owner != job.owner_id)
-    return ahead + own_before + others + 1
+    others = sum(
+        min(count, rounds) for owner, count in snapshot.waiting.items() if owner != job.owner_id
+    )
+    return snapshot.published + own_before + others + 1
 
 
 def _before(dispatched_at: datetime, created_at: datetime, job_id: str) -> ColumnElement[bool]:
