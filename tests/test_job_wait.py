@@ -20,7 +20,9 @@ from flask import Flask
 from app.extensions import db
 from app.records import Job
 from app.services import events, runner
-from tests.support.apps import make_app, register_and_login, submit_separation
+from tests.support.apps import BOTH_DATABASES, make_app, register_and_login, submit_separation
+
+pytestmark = BOTH_DATABASES
 
 
 def finish_later(app: Flask, job_id: str, delay: float) -> threading.Thread:

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from tests.support.apps import make_app
+from tests.support.apps import BOTH_DATABASES, make_app
 
 
 def test_secret_is_generated_once_and_private(tmp_path: Path) -> None:
@@ -147,6 +147,7 @@ def test_models_catalogue(client: FlaskClient) -> None:
     assert body["loaded"] == []
 
 
+@BOTH_DATABASES
 def test_healthz_and_readyz(app: Flask, client: FlaskClient) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
     not_ready = client.get("/readyz")
@@ -185,6 +186,7 @@ def test_no_cross_origin_access_unless_configured(
         assert "Access-Control-Allow-Origin" not in answer.headers
 
 
+@BOTH_DATABASES
 def test_migrations_match_the_records(app: Flask) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -229,6 +231,7 @@ def test_upgrading_keeps_existing_jobs(tmp_path: Path) -> None:
     assert "model" in columns and "engine" not in columns
 
 
+@BOTH_DATABASES
 def test_purge_command(runner) -> None:
     result = runner.invoke(args=["jobs", "purge-expired"])
     assert result.exit_code == 0
@@ -254,7 +257,7 @@ def test_the_api_process_never_imports_torch(tmp_path: Path) -> None:
 import io, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pathlib import Path
-from tests.support.apps import make_app, register_and_login
+from tests.support.apps import BOTH_DATABASES, make_app, register_and_login
 from tests.support.audio import sine_and_clicks, wav_bytes
 app = make_app(Path({str(tmp_path)!r}) / "d")
 client = app.test_client()

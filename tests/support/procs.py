@@ -336,9 +336,11 @@ class PostgresProcess:
             cursor = conn.execute(sql)  # type: ignore[arg-type]
             return cursor.fetchall() if cursor.description else []
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; its SQLAlchemy URL."""
-        self.execute(f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template`` (which nobody may
+        be connected to meanwhile); its SQLAlchemy URL."""
+        copy = f' TEMPLATE "{template}"' if template else ""
+        self.execute(f'CREATE DATABASE "{name}"{copy}')
         return self.url(name)
 
     def _halt(self, signum: int) -> None:
