@@ -198,39 +198,6 @@ def test_migrations_match_the_records(app: Flask) -> None:
         assert compare_metadata(context, db.metadata) == []
 
 
-def test_upgrading_keeps_existing_jobs(tmp_path: Path) -> None:
-    """A database at revision 0002 with a job in it: ``flask db upgrade`` keeps
-    the job, its model now in ``jobs.model`` (0003 renamed ``jobs.engine``)."""
-    import sqlite3
-
-    from flask_migrate import upgrade
-
-    from app import create_app
-
-    data_dir = tmp_path / "old"
-    app = create_app({"DATA_DIR": str(data_dir), "DATABASE_URL": None, "REDIS_URL": None})
-    with app.app_context():
-        upgrade(revision="0002")
-    database = data_dir / "jobs.sqlite"
-    with sqlite3.connect(database) as connection:
-        connection.execute(
-            "INSERT INTO users (id, email, password_hash, created_at) "
-            "VALUES ('u1', 'old@example.com', 'x', '2026-11-30 10:00:00')"
-        )
-        connection.execute(
-            "INSERT INTO jobs (id, owner_id, kind, engine, status, progress, params, attempts, "
-            "stored_bytes, created_at, updated_at) VALUES ('j1', 'u1', 'separation', 'htdemucs', "
-            "'succeeded', 1.0, '{}', 1, 0, '2026-11-30 10:00:00', '2026-11-30 10:01:00')"
-        )
-    with app.app_context():
-        upgrade()
-    with sqlite3.connect(database) as connection:
-        row = connection.execute("SELECT id, kind, model, status FROM jobs").fetchall()
-        columns = {c[1] for c in connection.execute("PRAGMA table_info(jobs)")}
-    assert row == [("j1", "separation", "htdemucs", "succeeded")]
-    assert "model" in columns and "engine" not in columns
-
-
 @BOTH_DATABASES
 def test_purge_command(runner) -> None:
     result = runner.invoke(args=["jobs", "purge-expired"])
