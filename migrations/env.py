@@ -103,10 +103,12 @@ def run_migrations_online():
         # DROP of ``users`` deletes every job and key through ON DELETE
         # CASCADE. Off while migrating (the pragma is ignored inside a
         # transaction, hence the commits), checked and back on after, since
-        # the connection goes back to the app's pool.
+        # the connection goes back to the app's pool. Only references the
+        # migration left dangling fail it, not ones the database had before.
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            dangling_before = len(connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall())
             connection.commit()
         try:
             context.configure(
@@ -119,8 +121,8 @@ def run_migrations_online():
                 context.run_migrations()
             if sqlite:
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-                if broken:
-                    raise RuntimeError(f"the migration left dangling references: {broken}")
+                if len(broken) > dangling_before:
+                    raise RuntimeError(f"migrated, but rows now point at missing parents: {broken}")
         finally:
             if sqlite:
                 connection.rollback()
