@@ -98,14 +98,36 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=get_metadata(),
-            **conf_args
-        )
+        # SQLite: a batch migration copies a table, drops it and renames the
+        # copy. With foreign keys enforced (app/factory.py turns them on), the
+        # DROP of ``users`` deletes every job and key through ON DELETE
+        # CASCADE. Off while migrating (the pragma is ignored inside a
+        # transaction, hence the commits), checked and back on after, since
+        # the connection goes back to the app's pool. Only references the
+        # migration left dangling fail it, not ones the database had before.
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            dangling_before = len(connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall())
+            connection.commit()
+        try:
+            context.configure(
+                connection=connection,
+                target_metadata=get_metadata(),
+                **conf_args
+            )
 
-        with context.begin_transaction():
-            context.run_migrations()
+            with context.begin_transaction():
+                context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if len(broken) > dangling_before:
+                    raise RuntimeError(f"migrated, but rows now point at missing parents: {broken}")
+        finally:
+            if sqlite:
+                connection.rollback()
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 if context.is_offline_mode():

@@ -17,7 +17,9 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.records import ApiKey, Job, utcnow
-from tests.support.apps import bearer, register_and_login
+from tests.support.apps import BOTH_DATABASES, bearer, register_and_login
+
+pytestmark = BOTH_DATABASES
 
 PASSWORD = "a long enough password"
 

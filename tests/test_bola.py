@@ -21,8 +21,10 @@ from sqlalchemy import update
 
 from app.extensions import db
 from app.records import Job
-from tests.support.apps import register_and_login
+from tests.support.apps import BOTH_DATABASES, register_and_login
 from tests.support.audio import sine_and_clicks, wav_bytes
+
+pytestmark = BOTH_DATABASES
 
 # endpoint -> (method, the URL path after /api/v1/jobs/<job_id>, extra request kwargs)
 CALLS: dict[str, tuple[str, str, dict[str, Any]]] = {

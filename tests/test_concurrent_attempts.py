@@ -35,7 +35,9 @@ from app.extensions import db
 from app.models import hpss as hpss_engine
 from app.records import Job
 from app.services import jobs, runner, separation
-from tests.support.apps import register_and_login
+from tests.support.apps import BOTH_DATABASES, register_and_login
+
+pytestmark = BOTH_DATABASES
 
 WAIT = 30.0  # seconds any step may take on a loaded machine before the test fails
 

@@ -24,8 +24,10 @@ from werkzeug.serving import make_server
 from app.extensions import db
 from app.records import Job
 from app.services import events, jobs, runner
-from tests.support.apps import make_app, register_and_login, submit_separation
+from tests.support.apps import BOTH_DATABASES, make_app, register_and_login, submit_separation
 from tests.support.procs import free_port
+
+pytestmark = BOTH_DATABASES
 
 FINAL = ("succeeded", "failed", "canceled")
 

@@ -23,7 +23,7 @@ from flask import Flask
 from app.extensions import db
 from app.records import Job, WorkerHeartbeat, utcnow
 from app.services import maintenance, runner
-from tests.support.apps import fresh_job, make_app, register_and_login
+from tests.support.apps import BOTH_DATABASES, fresh_job, make_app, register_and_login
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -230,6 +230,7 @@ def test_no_task_is_delayed_past_the_longest_allowed_countdown() -> None:
 # --- Attempts: takeover of a dead attempt, no-op beside a live one ----------
 
 
+@BOTH_DATABASES
 def test_a_delivery_beside_a_live_attempt_does_nothing(queued_app: Flask, queued_job: str) -> None:
     with queued_app.app_context():
         live = runner.start(queued_job)  # holds attempt 1's lock, like a running worker
@@ -241,6 +242,7 @@ def test_a_delivery_beside_a_live_attempt_does_nothing(queued_app: Flask, queued
         live.lock.release()  # type: ignore[union-attr]  # a started attempt holds its lock
 
 
+@BOTH_DATABASES
 def test_a_redelivery_after_the_attempt_died_runs_the_job_again(
     queued_app: Flask, queued_job: str
 ) -> None:
@@ -268,6 +270,7 @@ def test_a_redelivery_after_the_attempt_died_runs_the_job_again(
         assert sorted(p.name for p in results.iterdir()) == ["2"]
 
 
+@BOTH_DATABASES
 def test_an_attempt_dying_too_often_fails_the_job_with_worker_lost(
     queued_app: Flask, queued_job: str
 ) -> None:
@@ -284,6 +287,7 @@ def test_an_attempt_dying_too_often_fails_the_job_with_worker_lost(
         assert fresh_job(queued_job).attempts == 3
 
 
+@BOTH_DATABASES
 def test_the_soft_time_limit_fails_the_job_cleanly(queued_app: Flask, queued_job: str) -> None:
     seen: list[Path] = []
 
@@ -331,6 +335,7 @@ def test_a_full_or_unwritable_disk_fails_the_job_with_storage_error(
         assert _work_files(queued_app, queued_job) == []
 
 
+@BOTH_DATABASES
 def test_libsndfile_write_errors_count_as_storage_errors(
     queued_app: Flask, queued_job: str
 ) -> None:
@@ -344,6 +349,7 @@ def test_libsndfile_write_errors_count_as_storage_errors(
         assert fresh_job(queued_job).error["code"] == "storage_error"
 
 
+@BOTH_DATABASES
 def test_other_errors_stay_internal_errors(queued_app: Flask, queued_job: str) -> None:
     def work(job, attempt, report):
         raise OSError(errno.ECONNRESET, "Connection reset by peer")
@@ -410,6 +416,7 @@ def _claim_and_die(app: Flask, job_id: str, worker: str = "celery@gone") -> None
     attempt.lock.release()  # type: ignore[union-attr]  # a started attempt holds its lock
 
 
+@BOTH_DATABASES
 def test_the_reaper_requeues_a_job_whose_attempt_died(queued_app: Flask, queued_job: str) -> None:
     with queued_app.app_context():
         before = _waiting(queued_app)
@@ -425,6 +432,7 @@ def test_the_reaper_requeues_a_job_whose_attempt_died(queued_app: Flask, queued_
         assert fresh_job(queued_job).attempts == 2
 
 
+@BOTH_DATABASES
 def test_the_reaper_leaves_live_attempts_alone(queued_app: Flask, queued_job: str) -> None:
     with queued_app.app_context():
         attempt = runner.start(queued_job)
@@ -435,6 +443,7 @@ def test_the_reaper_leaves_live_attempts_alone(queued_app: Flask, queued_job: st
         attempt.lock.release()  # type: ignore[union-attr]  # a started attempt holds its lock
 
 
+@BOTH_DATABASES
 def test_the_reaper_fails_jobs_past_their_attempts_or_time_limit(
     queued_app: Flask, song_wav: bytes
 ) -> None:
@@ -465,6 +474,7 @@ def test_the_reaper_fails_jobs_past_their_attempts_or_time_limit(
         assert _work_files(queued_app, worn) == _work_files(queued_app, slow) == []
 
 
+@BOTH_DATABASES
 def test_workers_heartbeats_count_only_when_recent(queued_app: Flask, queued_job: str) -> None:
     """Where attempt locks cannot be read, a job's worker must have a fresh heartbeat."""
     with queued_app.app_context():
@@ -492,6 +502,7 @@ def test_workers_heartbeats_count_only_when_recent(queued_app: Flask, queued_job
 # --- The reconciler -------------------------------------------------------------
 
 
+@BOTH_DATABASES
 def test_the_reconciler_republishes_queued_jobs_whose_message_was_lost(
     queued_app: Flask, queued_job: str
 ) -> None:
@@ -509,6 +520,7 @@ def test_the_reconciler_republishes_queued_jobs_whose_message_was_lost(
         assert fresh_job(queued_job).status == "queued"
 
 
+@BOTH_DATABASES
 def test_the_reconciler_does_not_duplicate_a_backlog(queued_app: Flask, song_wav: bytes) -> None:
     client = queued_app.test_client()
     for _ in range(3):  # three users: each job is published at once (fair_queue)
@@ -529,6 +541,7 @@ def test_the_reconciler_does_not_duplicate_a_backlog(queued_app: Flask, song_wav
         assert _waiting(queued_app) == 3
 
 
+@BOTH_DATABASES
 def test_a_maintenance_pass_reports_each_step(queued_app: Flask, queued_job: str) -> None:
     with queued_app.app_context():
         done = maintenance.run_once()
@@ -545,6 +558,7 @@ def test_a_maintenance_pass_reports_each_step(queued_app: Flask, queued_job: str
 # --- Broker down at submit --------------------------------------------------------
 
 
+@BOTH_DATABASES
 def test_submitting_with_the_broker_down_answers_503_quickly(
     tmp_path: Path, song_wav: bytes
 ) -> None:

@@ -20,7 +20,7 @@ from flask import Flask
 from app.extensions import db
 from app.records import Job
 from app.services import events, runner
-from tests.support.apps import make_app, register_and_login, submit_separation
+from tests.support.apps import BOTH_DATABASES, make_app, register_and_login, submit_separation
 
 
 def finish_later(app: Flask, job_id: str, delay: float) -> threading.Thread:
@@ -46,6 +46,7 @@ def timed_get(app: Flask, url: str, headers: dict[str, str]) -> tuple[Any, float
     return response, time.monotonic() - started
 
 
+@BOTH_DATABASES
 @pytest.mark.parametrize("notices", [True, False], ids=["local-notices", "polling"])
 def test_wait_answers_when_the_job_ends(
     tmp_path, song_wav: bytes, notices: bool, monkeypatch: pytest.MonkeyPatch
@@ -69,6 +70,7 @@ def test_wait_answers_when_the_job_ends(
     assert plain.json == response.json
 
 
+@BOTH_DATABASES
 def test_a_wait_that_runs_out_answers_the_job_as_it_is(queued_app: Flask, song_wav: bytes) -> None:
     headers, job_id = submit_separation(queued_app, song_wav)
     response, seconds = timed_get(queued_app, f"/api/v1/jobs/{job_id}?wait=0.3", headers)
@@ -80,6 +82,7 @@ def test_a_wait_that_runs_out_answers_the_job_as_it_is(queued_app: Flask, song_w
         assert db.engine.pool.checkedout() == 0
 
 
+@BOTH_DATABASES
 def test_prefer_wait_on_the_job_and_on_creation(queued_app: Flask, song_wav: bytes) -> None:
     headers, job_id = submit_separation(queued_app, song_wav)
     driver = finish_later(queued_app, job_id, 0.3)
@@ -102,6 +105,7 @@ def test_prefer_wait_on_the_job_and_on_creation(queued_app: Flask, song_wav: byt
     assert created.headers["Location"].endswith(created.json["id"])
 
 
+@BOTH_DATABASES
 def test_creation_answers_the_ended_job(app: Flask, song_wav: bytes) -> None:
     """Eager jobs here: already ended when the wait begins."""
     headers = register_and_login(app.test_client())
@@ -138,6 +142,7 @@ def test_preferences_that_do_not_parse_are_ignored(
     assert seconds < 30
 
 
+@BOTH_DATABASES
 def test_waits_are_capped(tmp_path, song_wav: bytes) -> None:
     app = make_app(tmp_path / "data", MAX_WAIT_SECONDS=0.2)
     headers, job_id = submit_separation(app, song_wav)
@@ -171,6 +176,7 @@ def test_waits_are_capped(tmp_path, song_wav: bytes) -> None:
     assert events.waiting() == 0
 
 
+@BOTH_DATABASES
 def test_waiting_on_someone_elses_or_a_deleted_job(queued_app: Flask, song_wav: bytes) -> None:
     headers, job_id = submit_separation(queued_app, song_wav)
     other = register_and_login(queued_app.test_client())

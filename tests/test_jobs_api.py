@@ -9,7 +9,9 @@ from pathlib import Path
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.support.apps import register_and_login
+from tests.support.apps import BOTH_DATABASES, register_and_login
+
+pytestmark = BOTH_DATABASES
 
 
 def _submit(client: FlaskClient, headers: dict, data: bytes) -> dict:

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
-from tests.support.apps import make_app
+from tests.support.apps import BOTH_DATABASES, make_app
 
 
 def test_secret_is_generated_once_and_private(tmp_path: Path) -> None:
@@ -147,6 +147,7 @@ def test_models_catalogue(client: FlaskClient) -> None:
     assert body["loaded"] == []
 
 
+@BOTH_DATABASES
 def test_healthz_and_readyz(app: Flask, client: FlaskClient) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
     not_ready = client.get("/readyz")
@@ -185,6 +186,7 @@ def test_no_cross_origin_access_unless_configured(
         assert "Access-Control-Allow-Origin" not in answer.headers
 
 
+@BOTH_DATABASES
 def test_migrations_match_the_records(app: Flask) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -196,39 +198,7 @@ def test_migrations_match_the_records(app: Flask) -> None:
         assert compare_metadata(context, db.metadata) == []
 
 
-def test_upgrading_keeps_existing_jobs(tmp_path: Path) -> None:
-    """A database at revision 0002 with a job in it: ``flask db upgrade`` keeps
-    the job, its model now in ``jobs.model`` (0003 renamed ``jobs.engine``)."""
-    import sqlite3
-
-    from flask_migrate import upgrade
-
-    from app import create_app
-
-    data_dir = tmp_path / "old"
-    app = create_app({"DATA_DIR": str(data_dir), "DATABASE_URL": None, "REDIS_URL": None})
-    with app.app_context():
-        upgrade(revision="0002")
-    database = data_dir / "jobs.sqlite"
-    with sqlite3.connect(database) as connection:
-        connection.execute(
-            "INSERT INTO users (id, email, password_hash, created_at) "
-            "VALUES ('u1', 'old@example.com', 'x', '2026-11-30 10:00:00')"
-        )
-        connection.execute(
-            "INSERT INTO jobs (id, owner_id, kind, engine, status, progress, params, attempts, "
-            "stored_bytes, created_at, updated_at) VALUES ('j1', 'u1', 'separation', 'htdemucs', "
-            "'succeeded', 1.0, '{}', 1, 0, '2026-11-30 10:00:00', '2026-11-30 10:01:00')"
-        )
-    with app.app_context():
-        upgrade()
-    with sqlite3.connect(database) as connection:
-        row = connection.execute("SELECT id, kind, model, status FROM jobs").fetchall()
-        columns = {c[1] for c in connection.execute("PRAGMA table_info(jobs)")}
-    assert row == [("j1", "separation", "htdemucs", "succeeded")]
-    assert "model" in columns and "engine" not in columns
-
-
+@BOTH_DATABASES
 def test_purge_command(runner) -> None:
     result = runner.invoke(args=["jobs", "purge-expired"])
     assert result.exit_code == 0
@@ -254,7 +224,7 @@ def test_the_api_process_never_imports_torch(tmp_path: Path) -> None:
 import io, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pathlib import Path
-from tests.support.apps import make_app, register_and_login
+from tests.support.apps import BOTH_DATABASES, make_app, register_and_login
 from tests.support.audio import sine_and_clicks, wav_bytes
 app = make_app(Path({str(tmp_path)!r}) / "d")
 client = app.test_client()

@@ -17,7 +17,9 @@ from flask.testing import FlaskClient
 from app import storage
 from app.extensions import db
 from app.records import Job, utcnow
-from tests.support.apps import make_app, register_and_login
+from tests.support.apps import BOTH_DATABASES, make_app, register_and_login
+
+pytestmark = BOTH_DATABASES
 
 MB = 1024 * 1024
 

@@ -11,7 +11,9 @@ from app.errors import ServiceError
 from app.extensions import db
 from app.records import Job
 from app.services import jobs, runner
-from tests.support.apps import fresh_job
+from tests.support.apps import BOTH_DATABASES, fresh_job
+
+pytestmark = BOTH_DATABASES
 
 
 def test_cancel_stops_a_running_job_at_its_next_progress_report(

@@ -22,7 +22,9 @@ import jwt as pyjwt
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.support.apps import bearer, make_app
+from tests.support.apps import BOTH_DATABASES, bearer, make_app
+
+pytestmark = BOTH_DATABASES
 
 PASSWORD = "a long enough password"
 ROUTES = [

@@ -21,7 +21,7 @@ from flask import Flask
 
 from app.errors import ServiceError
 from app.services import webhooks
-from tests.support.apps import make_app, register_and_login
+from tests.support.apps import BOTH_DATABASES, make_app, register_and_login
 from tests.support.procs import wait_for
 
 
@@ -120,6 +120,7 @@ def fake_dns(answers: dict[str, Callable[[], list[str]]]) -> Iterator[None]:
         socket.getaddrinfo = real
 
 
+@BOTH_DATABASES
 def test_a_finished_job_is_posted_signed_and_retried_after_a_500(
     hook_app: Flask, song_wav: bytes
 ) -> None:
@@ -160,6 +161,7 @@ def test_a_finished_job_is_posted_signed_and_retried_after_a_500(
     assert sent["result"] == job["result"] and sent["url"] == job["url"]
 
 
+@BOTH_DATABASES
 def test_a_receiver_that_keeps_failing_gets_five_tries(hook_app: Flask, song_wav: bytes) -> None:
     client = hook_app.test_client()
     headers = register_and_login(client)
@@ -171,6 +173,7 @@ def test_a_receiver_that_keeps_failing_gets_five_tries(hook_app: Flask, song_wav
     assert record["last_status"] == 503 and "503" in record["last_error"]
 
 
+@BOTH_DATABASES
 def test_retries_follow_the_backoff_schedule(
     hook_app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,6 +211,7 @@ def test_retries_follow_the_backoff_schedule(
     assert hook_app.config["CELERY"]["task_routes"]["app.tasks.webhooks.*"] == {"queue": "webhooks"}
 
 
+@BOTH_DATABASES
 def test_cancel_sends_the_canceled_job(queued_app: Flask, song_wav: bytes) -> None:
     queued_app.config["WEBHOOK_ALLOW_PRIVATE"] = True
     client = queued_app.test_client()
@@ -224,6 +228,7 @@ def test_cancel_sends_the_canceled_job(queued_app: Flask, song_wav: bytes) -> No
     assert record["state"] == "delivered" and record["last_status"] == 204
 
 
+@BOTH_DATABASES
 def test_a_failed_job_is_sent_with_its_error(hook_app: Flask) -> None:
     client = hook_app.test_client()
     headers = register_and_login(client)
@@ -334,6 +339,7 @@ def test_public_addresses_pass_the_guard(strict_app: Flask) -> None:
     assert caught.value.code == "callback_url_not_allowed"
 
 
+@BOTH_DATABASES
 def test_submit_refuses_an_inward_callback_and_stores_nothing(
     strict_app: Flask, song_wav: bytes
 ) -> None:
@@ -357,6 +363,7 @@ def test_submit_refuses_an_inward_callback_and_stores_nothing(
     assert not jobs_dir.exists() or list(jobs_dir.iterdir()) == []
 
 
+@BOTH_DATABASES
 def test_every_job_route_takes_a_callback_url(hook_app: Flask) -> None:
     spec = hook_app.test_client().get("/openapi.json").json
     for path in ("separations", "transcriptions", "karaoke", "analyses"):
@@ -370,6 +377,7 @@ def test_every_job_route_takes_a_callback_url(hook_app: Flask) -> None:
     assert {"callback_url", "webhook", "events_url"} <= set(job)
 
 
+@BOTH_DATABASES
 def test_dns_rebinding_is_caught_at_delivery(strict_app: Flask, song_wav: bytes) -> None:
     """The name was public at submit and points inward at delivery: nothing is sent."""
     client = strict_app.test_client()
@@ -409,6 +417,7 @@ def test_delivery_connects_to_the_vetted_address_with_the_url_host(
     assert receiver.requests[0]["headers"]["Host"] == f"receiver.example.com:{receiver.port}"
 
 
+@BOTH_DATABASES
 def test_redirects_are_not_followed(hook_app: Flask, song_wav: bytes) -> None:
     client = hook_app.test_client()
     headers = register_and_login(client)
@@ -419,6 +428,7 @@ def test_redirects_are_not_followed(hook_app: Flask, song_wav: bytes) -> None:
     assert len(receiver.requests) == 5  # every try got the redirect; none followed it
 
 
+@BOTH_DATABASES
 def test_the_secret_route_needs_a_login(hook_app: Flask) -> None:
     client = hook_app.test_client()
     assert client.get("/api/v1/webhooks/secret").status_code == 401

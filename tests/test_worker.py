@@ -13,7 +13,7 @@ from pathlib import Path
 import soundfile as sf
 from flask import Flask
 
-from tests.support.apps import make_app, register_and_login
+from tests.support.apps import BOTH_DATABASES, make_app, register_and_login
 from tests.support.audio import SR
 from tests.support.procs import CeleryProcess, job_env, wait_for
 
@@ -75,6 +75,7 @@ def test_real_worker_on_the_embedded_sqlite_broker(tmp_path: Path) -> None:
     drive_a_job_through_a_worker(app, tmp_path / "worker.log")
 
 
+@BOTH_DATABASES
 def test_real_worker_on_redis(tmp_path: Path, redis_url: str) -> None:
     app = make_app(tmp_path / "data", REDIS_URL=redis_url)
     assert app.config["CELERY"]["broker_url"] == redis_url

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.apps import BOTH_DATABASES
 from tests.support.faults import Faults
 from tests.support.procs import wait_for
 
@@ -46,6 +47,7 @@ def test_a_job_whose_worker_dies_every_time_fails_with_worker_lost(faults: Fault
     assert faults.job(job_id).attempts == 3  # and the lost job was not run again
 
 
+@BOTH_DATABASES
 def test_a_crashed_worker_machine_is_reaped_and_the_job_rerun(faults: Faults) -> None:
     """The whole worker (main process and child) dies at once. Redis would
     hand its message out again only after the visibility timeout (2000 s

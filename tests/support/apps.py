@@ -56,6 +56,8 @@ _database_for: Callable[[Path], str] | None = None
 # Modules whose tests run on both job databases: ``pytestmark = BOTH_DATABASES``
 # (the ``database`` fixture of tests/conftest.py does the rest).
 BOTH_DATABASES = pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+# Tests about what PostgreSQL alone offers (several machines on one database).
+POSTGRESQL_ONLY = pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 
 
 def database_for(data_dir: Path) -> str | None:

@@ -1,4 +1,5 @@
-"""Real processes for tests: ``redis-server`` and ``celery worker``/``beat``.
+"""Real processes for tests: ``redis-server``, ``postgres``, ``gunicorn`` and
+``celery worker``/``beat``.
 
 No Docker on our machines (so no pytest-celery): tests start the binaries the
 way a deployment does, each on a free loopback port, in its own process group
@@ -210,6 +211,70 @@ class CeleryProcess:
         self.log.close()
 
 
+class ApiProcess:
+    """``gunicorn wsgi:app`` with gunicorn.conf.py, as the image runs the API,
+    on a free loopback port in its own process group. ``env`` (on top of the
+    test's environment, without its REDIS_URL, DATABASE_URL and gunicorn
+    settings) gives it its data, secret, database and broker: ``job_env(app)``."""
+
+    def __init__(self, log_path: Path, env: dict[str, str], *, processes: int = 1) -> None:
+        self.log_path = log_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        base = {
+            key: value
+            for key, value in os.environ.items()
+            if key
+            not in ("REDIS_URL", "DATABASE_URL", "PROMETHEUS_MULTIPROC_DIR", "WEB_CONCURRENCY")
+        }
+        full_env = {
+            **base,
+            "HF_HUB_OFFLINE": "1",
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(processes),
+            **env,
+        }
+        self.log = open(log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "wsgi:app"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until a gunicorn worker has loaded the app and answers ``/healthz``."""
+        import requests
+
+        def up() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"gunicorn exited with {self.process.returncode}:\n"
+                    + self.log_path.read_text(errors="replace")[-3000:]
+                )
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=5).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(up, timeout, f"gunicorn on {self.url} to serve /healthz", [self.log_path])
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM to the master (graceful), then SIGKILL for the group."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        self.log.close()
+
+
 def job_env(app: Any, **extra: str) -> dict[str, str]:
     """The environment a worker needs to share an app's data, secrets and broker."""
     config = app.config
@@ -336,9 +401,11 @@ class PostgresProcess:
             cursor = conn.execute(sql)  # type: ignore[arg-type]
             return cursor.fetchall() if cursor.description else []
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; its SQLAlchemy URL."""
-        self.execute(f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template`` (which nobody may
+        be connected to meanwhile); its SQLAlchemy URL."""
+        copy = f' TEMPLATE "{template}"' if template else ""
+        self.execute(f'CREATE DATABASE "{name}"{copy}')
         return self.url(name)
 
     def _halt(self, signum: int) -> None:

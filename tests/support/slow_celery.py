@@ -14,6 +14,9 @@ show what that check prevents: a job redelivered to another worker while it
 still runs. kombu scans for expired messages only every 10 x 10 s by default,
 so the override also makes it scan every second.
 
+``FAULT_CLAIMS_LOG``, a file each worker process appends its deliveries and
+claims to (``record_claims``).
+
     python -m tests.support.slow_celery -A celery_worker worker ...
 """
 
@@ -55,9 +58,40 @@ def main() -> None:
         }
         conf.visibility_timeout = visibility
 
+    claims_log = os.environ.get("FAULT_CLAIMS_LOG")
+    if claims_log:
+        record_claims(claims_log)
+
     from celery.__main__ import main as celery_main
 
     sys.exit(celery_main())
+
+
+def record_claims(path: str) -> None:
+    """Append a line to ``path`` for every delivery that reaches ``runner.start``
+    (``delivery <job>``) and every claim it makes (``claim <job> <attempt>``),
+    from every worker process: what a test needs to count claims across
+    workers. One ``write`` on an O_APPEND file each, so lines never interleave."""
+    from app.services import runner
+
+    original = runner.start
+
+    def start(job_id: str):  # type: ignore[no-untyped-def]
+        _append(path, f"delivery {job_id} {os.getpid()}\n")
+        attempt = original(job_id)
+        if attempt is not None:
+            _append(path, f"claim {job_id} {attempt.number} {os.getpid()}\n")
+        return attempt
+
+    runner.start = start
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 if __name__ == "__main__":
