@@ -32,6 +32,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -180,10 +181,11 @@ def check(
     return Target(scheme, host, port, path, addresses)
 
 
-def allow_list(value: str | None) -> frozenset[str]:
-    """A comma-separated setting of ``host`` or ``host:port`` entries, as
-    ``check`` compares them."""
-    return frozenset(part.strip().lower() for part in (value or "").split(",") if part.strip())
+def allow_list(value: str | Iterable[str] | None) -> frozenset[str]:
+    """A setting of ``host`` or ``host:port`` entries (a list, or one string
+    separated by commas), as ``check`` compares them."""
+    items = (value or "").split(",") if isinstance(value, str) or value is None else value
+    return frozenset(part.strip().lower() for part in items if part.strip())
 
 
 class Watchdog:
