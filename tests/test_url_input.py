@@ -329,3 +329,33 @@ def test_the_openapi_document_offers_url_beside_file(queued_app: Flask) -> None:
             schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
         assert {"file", "url"} <= set(schema["properties"]), path
         assert "file" not in schema.get("required", []), path
+
+
+def test_a_kind_service_takes_the_url_in_its_params(queued_app: Flask, song_wav: bytes) -> None:
+    """What a caller without HTTP (a batch) does per URL: the kind's ``submit``
+    with ``url`` among the params and no upload."""
+    from app.errors import ServiceError
+    from app.extensions import db
+    from app.records import User
+    from app.services import separation
+
+    client = queued_app.test_client()
+    register_and_login(client, "batch@example.com")
+    with queued_app.app_context():
+        owner = db.session.query(User).filter_by(email="batch@example.com").one()
+        job = separation.submit(
+            owner, {"model": "hpss", "url": "https://93.184.216.34/a/Song%201.flac"}, None, None
+        )
+        assert (job.status, job.input) == (
+            "queued",
+            {"url": "https://93.184.216.34/a/Song%201.flac", "filename": "Song 1.flac"},
+        )
+        assert "url" not in job.params and job.stored_bytes == 0
+        with pytest.raises(ServiceError) as caught:
+            separation.submit(owner, {"url": "https://10.0.0.7/a.wav"}, None, None)
+        assert (caught.value.code, list(caught.value.errors or {})) == ("url_not_allowed", ["url"])
+        with pytest.raises(ServiceError) as caught:
+            separation.submit(
+                owner, {"url": "https://93.184.216.34/a.wav"}, io.BytesIO(song_wav), "a.wav"
+            )
+        assert caught.value.code == "validation_error"

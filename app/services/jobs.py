@@ -110,7 +110,7 @@ def submit(
     callback_url = webhooks.validate(params.pop("callback_url", None))
     source_url = params.pop("url", None) or None
     if source_url is not None and upload is not None:
-        message = "Send the audio as file or its address as url, not both."
+        message = url_input.BOTH_GIVEN
         raise ServiceError(
             message,
             code="validation_error",

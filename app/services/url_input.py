@@ -55,6 +55,9 @@ USER_AGENT = "AiMusicSeparator-Fetch/1"
 # fills the rest.
 PROGRESS_SHARE = 0.1
 MB = 1024 * 1024
+# A job's audio comes from exactly one of an upload and a URL.
+BOTH_GIVEN = "Send the audio as file or its address as url, not both."
+NONE_GIVEN = "Send the audio as file, or its address as url."
 
 
 class FetchError(ServiceError):

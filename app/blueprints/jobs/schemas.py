@@ -11,6 +11,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from app import job_kinds, transcripts
 from app.records import JOB_STATUSES
+from app.services import url_input
 from app.services.job_document import JobSchema, ResultSchema
 
 
@@ -89,9 +90,9 @@ class UrlInputSchema(Schema):
     def _one_source(self, data: dict[str, Any], **_kwargs: Any) -> None:
         has_file, has_url = data.get("file") is not None, bool(data.get("url"))
         if has_file and has_url:
-            message = "Send the audio as file or its address as url, not both."
+            message = url_input.BOTH_GIVEN
         elif not has_file and not has_url:
-            message = "Send the audio as file, or its address as url."
+            message = url_input.NONE_GIVEN
         else:
             return
         raise ValidationError({"file": [message], "url": [message]})
