@@ -220,6 +220,20 @@ def test_a_fetch_past_the_time_cap_fails(
     _nothing_on_disk(app, job["id"])
 
 
+def test_a_server_that_stops_sending_fails_the_fetch(
+    url_app: Flask, media: MediaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import url_input
+
+    monkeypatch.setattr(url_input, "READ_TIMEOUT", 0.5)
+    media.trickle("/stall.wav", wav_bytes(sine_and_clicks(1.0)), every=3.0, step=64 * 1024)
+    client = url_app.test_client()
+    headers = register_and_login(client)
+    job = _job(client, headers, _submit(client, headers, media.url("/stall.wav")))
+    assert _failed_with(job, "url_timeout") == "127.0.0.1 stopped sending for 0.5 s."
+    _nothing_on_disk(url_app, job["id"])
+
+
 def test_a_fetch_past_the_storage_quota_fails(
     eager_app: Callable[..., Flask], media: MediaServer
 ) -> None:

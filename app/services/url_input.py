@@ -148,18 +148,29 @@ def fetch(url: str, folder: Path, report: Progress, config: Any = None) -> Fetch
                     "(URL_FETCH_TIMEOUT_SECONDS).",
                     code="url_timeout",
                 ) from None
+            if broken.reading and isinstance(broken.__cause__, TimeoutError):
+                raise FetchError(
+                    f"{host} stopped sending for {READ_TIMEOUT:g} s.", code="url_timeout"
+                ) from None
             reason = broken.reason()
             raise FetchError(f"Could not fetch the file from {host}: {reason}.") from None
     raise FetchError(f"Could not fetch the file from {host}: more than {MAX_REDIRECTS} redirects.")
 
 
 class _Broken(Exception):
-    """The network failed under the fetch (as opposed to the disk)."""
+    """The network failed under the fetch (as opposed to the disk): while
+    connecting and asking, or while ``reading`` the answer."""
+
+    def __init__(self, *, reading: bool = False) -> None:
+        super().__init__()
+        self.reading = reading
 
     def reason(self) -> str:
         cause = self.__cause__
         if isinstance(cause, ConnectionRefusedError):
             return "the connection was refused"
+        if isinstance(cause, TimeoutError):
+            return "it did not answer in time"
         if isinstance(cause, http.client.IncompleteRead):
             return "the connection closed before the whole file arrived"
         detail = str(cause) if cause is not None else ""
@@ -245,13 +256,14 @@ def _save(
                 try:
                     chunk = response.read(CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
-                    raise _Broken() from exc
+                    raise _Broken(reading=True) from exc
                 if watchdog.passed:
                     # The watchdog's cut reads as an early end, not an error.
-                    raise _Broken() from TimeoutError()
+                    raise _Broken(reading=True) from TimeoutError()
                 if not chunk:
                     if total and size < total:  # http.client does not say so itself
-                        raise _Broken() from http.client.IncompleteRead(b"", total - size)
+                        incomplete = http.client.IncompleteRead(b"", total - size)
+                        raise _Broken(reading=True) from incomplete
                     break
                 size += len(chunk)
                 if size > limit:
