@@ -112,20 +112,60 @@ def output_folder(source: Path, out: Path | None) -> Path:
     return folder
 
 
-def run_each(files: tuple[Path, ...], work: Callable[[Path], list[Path]], quiet: bool) -> None:
-    """Run ``work`` on each file; a file that fails is reported and skipped, and
-    the command exits 1 if any did."""
-    failed = 0
-    for source in files:
+@contextlib.contextmanager
+def fetched_input(url: str, quiet: bool) -> Iterator[Path]:
+    """The file at ``url`` in a temporary folder, under the name its URL (or
+    ``Content-Disposition``) gives, fetched with the jobs' guarded fetch
+    (``url_input.fetch``: the SSRF rules, ``MAX_UPLOAD_MB``,
+    ``URL_FETCH_TIMEOUT_SECONDS``); removed afterwards."""
+    from urllib.parse import urlsplit
+
+    from app.services import url_input
+
+    with tempfile.TemporaryDirectory(prefix=".fetch-") as folder:
+        label = urlsplit(url).hostname or url
+        with progress_bar(f"{label} (download)", quiet) as report:
+            fetched = url_input.fetch(url, Path(folder), report)
+        name = fetched.filename.lstrip(".") or "download"
+        yield fetched.path.rename(Path(folder) / name)
+
+
+Work = Callable[[Path, Path | None], list[Path]]
+
+
+def run_each(
+    files: tuple[Path, ...], urls: tuple[str, ...], work: Work, out: Path | None, quiet: bool
+) -> None:
+    """Run ``work`` on each file, then on each URL's file (fetched first; its
+    outputs go to ``out`` or the current folder). An input that fails is
+    reported and skipped; a summary ends the run (on stderr: stdout keeps
+    only the paths written), and the command exits 1 if any input failed."""
+    if not files and not urls:
+        raise click.UsageError("Give at least one file or --url.")
+    failures: list[tuple[str, str]] = []
+    written: list[tuple[str, list[Path]]] = []
+    inputs: list[tuple[str, Path | None]] = [(str(f), f) for f in files]
+    inputs += [(url, None) for url in urls]
+    for name, source in inputs:
         try:
-            written = work(source)
+            if source is not None:
+                paths = work(source, out)
+            else:
+                with fetched_input(name, quiet) as path:
+                    paths = work(path, out or Path.cwd())
         except ServiceError as exc:
-            failed += 1
-            click.echo(f"{source}: failed: {exc.message}", err=True)
+            failures.append((name, f"{exc.code}: {exc.message}"))
+            click.echo(f"{name}: failed: {exc.message}", err=True)
             continue
-        for path in written:
+        written.append((name, paths))
+        for path in paths:
             click.echo(str(path))
-    if failed:
+    click.echo(f"{len(written)} succeeded, {len(failures)} failed.", err=True)
+    for name, paths in written:
+        click.echo(f"  ok      {name} -> {', '.join(str(p) for p in paths)}", err=True)
+    for name, reason in failures:
+        click.echo(f"  failed  {name}: {reason}", err=True)
+    if failures:
         raise SystemExit(1)
 
 
@@ -274,12 +314,21 @@ def register_batch_cli(app: Flask) -> None:
     files_argument = click.argument(
         "files",
         nargs=-1,
-        required=True,
+        required=False,
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    )
+    url_option = click.option(
+        "--url",
+        "urls",
+        multiple=True,
+        help="An http(s) URL of audio to fetch and use as an input (repeat for several); "
+        "fetched with the API's rules: public addresses only (URL_FETCH_ALLOW_HOSTS "
+        "exempts hosts), MAX_UPLOAD_MB, URL_FETCH_TIMEOUT_SECONDS.",
     )
 
     @app.cli.command("separate")
     @files_argument
+    @url_option
     @click.option(
         "--model",
         "-m",
@@ -299,7 +348,11 @@ def register_batch_cli(app: Flask) -> None:
     @out_option
     @quiet_option
     def separate_command(
-        files: tuple[Path, ...], out: Path | None, quiet: bool, **options: Any
+        files: tuple[Path, ...],
+        urls: tuple[str, ...],
+        out: Path | None,
+        quiet: bool,
+        **options: Any,
     ) -> None:
         """Split audio files into stems: song.mp3 -> song/vocals.wav, song/drums.wav, ...
 
@@ -310,10 +363,17 @@ def register_batch_cli(app: Flask) -> None:
 
         params = validate(SeparationFormSchema(), options)
         model, params = prepare(params)
-        run_each(files, lambda source: separate_one(source, model, params, out, quiet), quiet)
+        run_each(
+            files,
+            urls,
+            lambda source, folder: separate_one(source, model, params, folder, quiet),
+            out,
+            quiet,
+        )
 
     @app.cli.command("transcribe")
     @files_argument
+    @url_option
     @click.option("--model", "-m", help="A Whisper model (default tiny.en, bundled).")
     @click.option(
         "--format",
@@ -342,6 +402,7 @@ def register_batch_cli(app: Flask) -> None:
     @quiet_option
     def transcribe_command(
         files: tuple[Path, ...],
+        urls: tuple[str, ...],
         formats: tuple[str, ...],
         out: Path | None,
         quiet: bool,
@@ -360,7 +421,9 @@ def register_batch_cli(app: Flask) -> None:
         chosen = tuple(dict.fromkeys(formats or ("srt",)))
         run_each(
             files,
-            lambda source: transcribe_one(source, model, params, chosen, out, quiet),
+            urls,
+            lambda source, folder: transcribe_one(source, model, params, chosen, folder, quiet),
+            out,
             quiet,
         )
 
@@ -392,7 +455,13 @@ def register_batch_cli(app: Flask) -> None:
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
         params = validate(AlignmentFormSchema(), {**options, "lyrics": lyrics.read_bytes()})
         model, params = prepare(params)
-        run_each((file,), lambda source: align_one(source, model, params, out, quiet), quiet)
+        run_each(
+            (file,),
+            (),
+            lambda source, folder: align_one(source, model, params, folder, quiet),
+            out,
+            quiet,
+        )
 
     @app.cli.command("generate")
     @click.argument("prompt")

@@ -106,6 +106,11 @@ def from_environment() -> dict[str, Any]:
         "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
         # A delivery try (connect, send, read) is cut after this long.
         "WEBHOOK_DEADLINE_SECONDS": env_float("WEBHOOK_DEADLINE_SECONDS", 15.0),
+        # Input by URL (app/services/url_input.py): the whole fetch is cut
+        # after this long, and these host[:port] are exempt from the address
+        # rule (a trusted media server on the LAN). The size cap is MAX_UPLOAD_MB.
+        "URL_FETCH_TIMEOUT_SECONDS": env_float("URL_FETCH_TIMEOUT_SECONDS", 120.0),
+        "URL_FETCH_ALLOW_HOSTS": env_list("URL_FETCH_ALLOW_HOSTS", []),
         **worker_settings.from_environment(redis_url),
     }
 
@@ -155,6 +160,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     config["WEBHOOK_SECRET"] = webhook_secret
     if not float(config.get("WEBHOOK_DEADLINE_SECONDS") or 0) > 0:
         raise RuntimeError("WEBHOOK_DEADLINE_SECONDS must be a positive number of seconds")
+    if not float(config.get("URL_FETCH_TIMEOUT_SECONDS") or 0) > 0:
+        raise RuntimeError("URL_FETCH_TIMEOUT_SECONDS must be a positive number of seconds")
 
     database_url = config.get("DATABASE_URL") or f"sqlite:///{data_dir / 'jobs.sqlite'}"
     config["DATABASE_URL"] = database_url

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +251,67 @@ def test_generate_validates_like_the_api(musicgen_app: Flask, tmp_path: Path) ->
     result = runner.invoke(args=["generate", "", "-o", str(out)])
     assert result.exit_code == 2 and "--prompt" in result.output
     assert not out.exists()
+
+
+def test_separate_fetches_urls_and_sums_up(
+    eager_app: Callable[..., Flask], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--url`` fetches with the jobs' guarded fetch; the summary counts what
+    succeeded and failed, with the reasons and the paths written."""
+    from tests.support.media_server import MediaServer
+
+    local = _song(tmp_path / "in", "local.wav", seconds=1.5)
+    with MediaServer() as media:
+        media.file("/music/Remote%20Song.wav", wav_bytes(sine_and_clicks(2.0)))
+        media.redirect("/inward", "http://169.254.169.254/latest/meta-data/")
+        app = eager_app(URL_FETCH_ALLOW_HOSTS=media.authority)
+        out = tmp_path / "out"
+        result = app.test_cli_runner().invoke(
+            args=[
+                "separate", str(local),
+                "--url", media.url("/music/Remote%20Song.wav"),
+                "--url", media.url("/missing.wav"),
+                "--url", media.url("/inward"),
+                "--url", "ftp://example.com/song.mp3",
+                "--model", "hpss", "--out", str(out), "-q",
+            ]
+        )  # fmt: skip
+        # Without --out, a URL's stems go to the current folder.
+        monkeypatch.chdir(tmp_path)
+        alone = app.test_cli_runner().invoke(
+            args=["separate", "--url", media.url("/music/Remote%20Song.wav"), "-m", "hpss", "-q"]
+        )
+    assert result.exit_code == 1, result.output
+    stems = {
+        "local": sorted((out / "local").iterdir()),
+        "Remote Song": sorted((out / "Remote Song").iterdir()),
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["Remote Song", "local"]
+    for name, seconds in (("local", 1.5), ("Remote Song", 2.0)):
+        assert [p.name for p in stems[name]] == ["harmonic.wav", "percussive.wav"]
+        for stem in stems[name]:
+            assert str(stem) in result.stdout
+            assert sf.info(stem).frames == int(seconds * SR)
+    summary = result.stderr.splitlines()
+    assert "2 succeeded, 3 failed." in summary
+    assert f"  ok      {local} -> {stems['local'][0]}, {stems['local'][1]}" in summary
+    assert (
+        f"  failed  {media.url('/missing.wav')}: url_http_error: "
+        "127.0.0.1 answered HTTP 404 Not Found." in summary
+    )
+    inward = next(line for line in summary if line.startswith(f"  failed  {media.url('/inward')}"))
+    assert "url_not_allowed: url resolves to 169.254.169.254" in inward
+    assert "  failed  ftp://example.com/song.mp3: invalid_url: url must use http or https." in (
+        summary
+    )
+    assert alone.exit_code == 0, alone.output
+    assert sorted(p.name for p in (tmp_path / "Remote Song").iterdir()) == [
+        "harmonic.wav",
+        "percussive.wav",
+    ]
+    assert "1 succeeded, 0 failed." in alone.stderr
+
+
+def test_separate_needs_a_file_or_a_url(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(args=["separate", "--model", "hpss"])
+    assert result.exit_code == 2 and "Give at least one file or --url." in result.output

@@ -54,6 +54,13 @@ class InputSchema(Schema):
     sample_rate = fields.Integer(metadata={"example": 44100})
     channels = fields.Integer(metadata={"example": 2})
     size = fields.Integer(metadata={"description": "Bytes."})
+    url = fields.String(
+        metadata={
+            "description": "Input by URL: where the audio is fetched from. Until the "
+            "worker has fetched it, the input has only `url` and `filename`.",
+            "example": "https://example.com/music/song.mp3",
+        }
+    )
 
 
 class ResultFileSchema(Schema):

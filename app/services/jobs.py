@@ -51,27 +51,36 @@ def store_upload(stream: IO[bytes], filename: str | None) -> tuple[Path, dict[st
     Returns the temporary path and the input metadata. Anything wrong raises a
     ServiceError and leaves nothing behind.
     """
-    config = current_app.config
-    limit = int(config["MAX_UPLOAD_MB"]) * 1024 * 1024
+    limit = int(current_app.config["MAX_UPLOAD_MB"]) * 1024 * 1024
     path, size = storage.save_stream(stream, limit)
     try:
-        if size == 0:
-            raise audio.AudioError("The uploaded file is empty.", code="empty_audio", status=422)
-        limits = {
-            "max_seconds": float(config["MAX_AUDIO_SECONDS"]),
-            "max_bytes": config["MAX_DECODED_BYTES"],
-        }
-        if config["PROBE_ISOLATION"]:
-            info = audio.probe_isolated(path, memory_mb=int(config["PROBE_MEMORY_MB"]), **limits)
-        else:
-            info = audio.probe(path, **limits)
+        meta = check_audio(path, size, filename)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+    return path, meta
+
+
+def check_audio(path: Path, size: int, filename: str | None) -> dict[str, Any]:
+    """The input metadata of a stored file, after the checks every input gets
+    (an upload, a file fetched from a URL): ``audio.probe``, in a child process
+    unless ``PROBE_ISOLATION`` is off. Raises the ``AudioError`` that says
+    what is wrong; the caller removes the file."""
+    config = current_app.config
+    if size == 0:
+        raise audio.AudioError("The uploaded file is empty.", code="empty_audio", status=422)
+    limits = {
+        "max_seconds": float(config["MAX_AUDIO_SECONDS"]),
+        "max_bytes": config["MAX_DECODED_BYTES"],
+    }
+    if config["PROBE_ISOLATION"]:
+        info = audio.probe_isolated(path, memory_mb=int(config["PROBE_MEMORY_MB"]), **limits)
+    else:
+        info = audio.probe(path, **limits)
     meta = info.to_dict()
     meta["filename"] = display_name(filename)
     meta["size"] = size
-    return path, meta
+    return meta
 
 
 def submit(
@@ -89,15 +98,35 @@ def submit(
     the message the job is marked failed (never left queued with no message)
     and the client gets a 503. ``params["callback_url"]``, if any, is checked
     first (form and SSRF rules) and kept in its own column.
+
+    ``params["url"]``, if any, is the input instead of ``upload``: an http(s)
+    URL, checked now (form and SSRF rules, 422 with ``errors.url``) and
+    fetched by the worker when the job runs (``url_input.fetch_input``); the
+    job's ``input`` holds it until then.
     """
+    from app.services import url_input  # it builds on this module
+
     params = dict(params)
     callback_url = webhooks.validate(params.pop("callback_url", None))
+    source_url = params.pop("url", None) or None
+    if source_url is not None and upload is not None:
+        message = url_input.BOTH_GIVEN
+        raise ServiceError(
+            message,
+            code="validation_error",
+            status=422,
+            errors={"file": [message], "url": [message]},
+        )
+    if source_url is not None:
+        url_input.check(source_url)
     # Quotas first: a user at their limit is refused before the upload is stored.
     quotas.check_active_jobs(owner)
     quotas.check_storage(owner)
     job_id = str(uuid.uuid4())
     meta = None
-    if upload is not None:
+    if source_url is not None:
+        meta = url_input.pending_input(source_url)
+    elif upload is not None:
         path, meta = store_upload(upload, filename)
         try:
             storage.adopt_input(job_id, path, meta["format"] or "bin")
@@ -117,7 +146,7 @@ def submit(
         progress=0.0,
         params=params,
         input=meta,
-        stored_bytes=meta["size"] if meta else 0,
+        stored_bytes=(meta or {}).get("size", 0),
         callback_url=callback_url,
         created_at=now,
         updated_at=now,

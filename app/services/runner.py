@@ -35,6 +35,7 @@ from app.errors import ServiceError
 from app.extensions import db
 from app.models.engines import Progress
 from app.records import ACTIVE_STATUSES, Job, utcnow
+from app.services import url_input
 from app.services.events import publish
 from app.services.jobs import finish, job_ended
 
@@ -68,9 +69,20 @@ class ProgressReporter:
         self._last_write = 0.0
         self._stage: str | None = None
         self.progress = 0.0
+        # Where the work's 0..1 starts on the job's bar (after a URL fetch).
+        self.start = 0.0
+
+    def begin_at(self, start: float) -> None:
+        """Map what is reported from now on onto ``start..1`` of the job's
+        progress: the bar keeps moving forward past a first step (the fetch
+        of a URL input) that ``execute`` runs before the job's own work."""
+        self.start = min(max(float(start), 0.0), 1.0)
 
     def __call__(self, progress: float, stage: str | None = None, *, force: bool = False) -> None:
         progress = min(max(float(progress), 0.0), 1.0)
+        self._write(self.start + (1.0 - self.start) * progress, stage, force)
+
+    def _write(self, progress: float, stage: str | None, force: bool) -> None:
         self.progress = max(self.progress, progress)
         now = time.monotonic()
         stage_changed = stage is not None and stage != self._stage
@@ -96,7 +108,10 @@ class ProgressReporter:
             raise JobCanceled(self.attempt.job_id)
 
     def stage(self, stage: str, progress: float | None = None) -> None:
-        self(self.progress if progress is None else progress, stage)
+        if progress is None:
+            self._write(self.progress, stage, False)
+        else:
+            self(progress, stage)
 
 
 class SubProgress:
@@ -212,6 +227,12 @@ def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
         job = db.session.get(Job, job_id)
         assert job is not None
         began = time.monotonic()
+        if url_input.pending_url(job):
+            # Input by URL: fetched here, in the job's turn, before any work.
+            fetch_share = url_input.PROGRESS_SHARE
+            if not url_input.fetch_input(job, SubProgress(report, 0.0, fetch_share)):
+                raise JobCanceled(job_id)
+            report.begin_at(fetch_share)
         outcome = work(job, attempt, report)
         report(1.0, "finishing", force=True)
         return _commit(job, attempt, outcome, time.monotonic() - began, device)

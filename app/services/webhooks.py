@@ -4,7 +4,8 @@ Safety first, because the service makes requests to addresses users choose
 (SSRF): only http/https, no credentials in the URL, and every address the
 host resolves to must be a public one, checked at submit and again at each
 delivery, which then connects to the address it vetted (a DNS answer that
-changes in between, "DNS rebinding", cannot point it inward).
+changes in between, "DNS rebinding", cannot point it inward). The guard is
+``services/outbound.py``, shared with input by URL.
 ``WEBHOOK_ALLOW_PRIVATE=1`` lifts the address rule for trusted networks.
 
 Receivers verify ``X-AMS-Signature: sha256=<hex>``, the HMAC-SHA256 of
@@ -24,17 +25,12 @@ import contextlib
 import hashlib
 import hmac
 import http.client
-import ipaddress
 import json
 import logging
-import socket
 import ssl
-import threading
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import current_app
 from sqlalchemy import select, update
@@ -42,16 +38,15 @@ from sqlalchemy import select, update
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import Job, utcnow
+from app.services import outbound
 from app.services.job_document import JobSchema
 
 log = logging.getLogger(__name__)
 
-MAX_URL_LENGTH = 2048
 # Delays before each retry: five tries over about 36 minutes. On Redis every
 # countdown must stay below the broker's visibility_timeout (4 h), or the
 # message would be handed out twice.
 RETRY_DELAYS = (10, 60, 300, 1800)
-CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 10.0
 # A whole try (connect, send, read) ends here whatever the receiver does.
 DEFAULT_DEADLINE_SECONDS = 15.0
@@ -60,113 +55,16 @@ USER_AGENT = "AiMusicSeparator-Webhook/1"
 # through the Celery app's registry: services never import app.tasks.
 DELIVER_TASK = "app.tasks.webhooks.deliver"
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-
-class CallbackUrlError(ServiceError):
-    code = "invalid_callback_url"
-    status = 422
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message, code=code, errors={"callback_url": [message]})
-
-
-@dataclass(frozen=True)
-class Target:
-    """A checked callback URL: where to connect, and what to say in Host/SNI."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-    addresses: tuple[str, ...]
-
-
-def is_public(ip: IP) -> bool:
-    """Whether an address is on the public internet: not private, loopback,
-    link-local, multicast, reserved, unspecified, shared (CGNAT) or
-    documentation space, including IPv4 addresses wrapped in IPv6."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return is_public(ip.ipv4_mapped)
-        embedded = [ip.sixtofour, *list(ip.teredo or ())]
-        if any(v4 is not None and not is_public(v4) for v4 in embedded):
-            return False
-    return ip.is_global and not (
-        ip.is_multicast
-        or ip.is_private
-        or ip.is_reserved
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_unspecified
-    )
-
-
-def parse(url: str) -> tuple[str, str, int, str]:
-    """Check the URL's form; returns (scheme, host, port, path with query)."""
-    if not isinstance(url, str) or not url.strip():
-        raise CallbackUrlError("callback_url must be an http or https URL.")
-    if len(url) > MAX_URL_LENGTH:
-        raise CallbackUrlError(f"callback_url is longer than {MAX_URL_LENGTH} characters.")
-    if any(ord(ch) < 33 or ord(ch) == 127 for ch in url):
-        raise CallbackUrlError("callback_url must not contain spaces or control characters.")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise CallbackUrlError("callback_url is not a valid URL.") from None
-    if parts.scheme not in ("http", "https"):
-        raise CallbackUrlError("callback_url must use http or https.")
-    if parts.username is not None or parts.password is not None:
-        raise CallbackUrlError(
-            "callback_url must not carry credentials; put a token in the path or query."
-        )
-    host = parts.hostname
-    if not host:
-        raise CallbackUrlError("callback_url has no host.")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, host, port or (443 if parts.scheme == "https" else 80), path
-
-
-def resolve(host: str, port: int, *, allow_private: bool) -> tuple[str, ...]:
-    """Every address ``host`` resolves to; refuses the lot if any is not public
-    (a name with one public and one internal record is not safe either)."""
-    try:
-        literal: IP | None = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-    if literal is not None:
-        found = [literal]
-    else:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):
-            raise CallbackUrlError(f"callback_url's host '{host}' does not resolve.") from None
-        found = []
-        for info in infos:
-            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-            if address not in found:
-                found.append(address)
-        if not found:
-            raise CallbackUrlError(f"callback_url's host '{host}' does not resolve.")
-    if not allow_private:
-        for address in found:
-            if not is_public(address):
-                raise CallbackUrlError(
-                    f"callback_url resolves to {address}, which is not a public address; "
-                    "private, loopback, link-local and reserved addresses are refused "
-                    "(WEBHOOK_ALLOW_PRIVATE=1 allows them).",
-                    code="callback_url_not_allowed",
-                )
-    return tuple(str(a) for a in found)
-
-
-def check(url: str, config: Any = None) -> Target:
+def check(url: str, config: Any = None) -> outbound.Target:
     """Validate a callback URL the way submit and every delivery do."""
     config = config if config is not None else current_app.config
-    scheme, host, port, path = parse(url)
-    addresses = resolve(host, port, allow_private=bool(config.get("WEBHOOK_ALLOW_PRIVATE")))
-    return Target(scheme, host, port, path, addresses)
+    return outbound.check(
+        url,
+        field="callback_url",
+        allow_private=bool(config.get("WEBHOOK_ALLOW_PRIVATE")),
+        hint="WEBHOOK_ALLOW_PRIVATE=1 allows them",
+    )
 
 
 def validate(url: str | None) -> str | None:
@@ -244,111 +142,8 @@ def schedule_delivery(job_id: str) -> None:
             db.session.rollback()
 
 
-class _Watchdog:
-    """Cuts a try's connection when its deadline passes.
-
-    Shutting a socket down from another thread wakes whatever call is blocked
-    on it (a send, a read, the TLS handshake); connecting is bounded by its own
-    timeout instead. The shutdown goes to a duplicate of the descriptor taken
-    right after connecting: it reaches the connection below TLS (an
-    SSLSocket's own ``shutdown`` would pull the TLS state from under a read in
-    progress), keeps working after http.client has closed its copy, and can
-    never hit a descriptor number the process has reused meanwhile.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.ends = time.monotonic() + seconds
-        self.expired = False
-        self._lock = threading.Lock()
-        self._watched: list[socket.socket] = []
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        self.release()
-
-    def remaining(self) -> float:
-        return self.ends - time.monotonic()
-
-    @property
-    def passed(self) -> bool:
-        return self.expired or self.remaining() <= 0
-
-    def connect(self, address: str, port: int) -> socket.socket:
-        """A connection to the address that the watchdog can cut."""
-        remaining = self.remaining()
-        if remaining <= 0:
-            raise TimeoutError("the deadline passed before connecting")
-        sock = socket.create_connection((address, port), min(CONNECT_TIMEOUT, remaining))
-        with self._lock:
-            if self.expired:
-                sock.close()
-                raise TimeoutError("the deadline passed while connecting")
-            self._watched.append(sock.dup())
-        return sock
-
-    def release(self) -> None:
-        """Forget the connections of tries that are over (their duplicates
-        would otherwise keep them open)."""
-        with self._lock:
-            for sock in self._watched:
-                sock.close()
-            self._watched.clear()
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._watched:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """HTTP to a vetted address, with the URL's host in the Host header."""
-
-    def __init__(
-        self, host: str, port: int, address: str, timeout: float, watchdog: _Watchdog
-    ) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.address = address
-        self.watchdog = watchdog
-
-    def connect(self) -> None:
-        self.sock = self.watchdog.connect(self.address, self.port)
-        self.sock.settimeout(self.timeout)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to a vetted address; SNI and certificate checks use the URL's host."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        address: str,
-        timeout: float,
-        context: ssl.SSLContext,
-        watchdog: _Watchdog,
-    ) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
-        self.address = address
-        self.tls = context
-        self.watchdog = watchdog
-
-    def connect(self) -> None:
-        sock = self.watchdog.connect(self.address, self.port)
-        sock.settimeout(self.timeout)
-        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-
-
 def tls_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
+    return outbound.tls_context()
 
 
 class DeliveryError(Exception):
@@ -370,20 +165,14 @@ def post(url: str, headers: dict[str, str], body: bytes, config: Any = None) -> 
     """
     config = config if config is not None else current_app.config
     seconds = float(config.get("WEBHOOK_DEADLINE_SECONDS") or DEFAULT_DEADLINE_SECONDS)
-    with _Watchdog(seconds) as watchdog:
+    with outbound.Watchdog(seconds) as watchdog:
         target = check(url, config)
         last: Exception | None = None
         for address in target.addresses:
             if watchdog.passed:
                 break
-            if target.scheme == "https":
-                conn: http.client.HTTPConnection = _PinnedHTTPSConnection(
-                    target.host, target.port, address, READ_TIMEOUT, tls_context(), watchdog
-                )
-            else:
-                conn = _PinnedHTTPConnection(
-                    target.host, target.port, address, READ_TIMEOUT, watchdog
-                )
+            context = tls_context() if target.scheme == "https" else None
+            conn = outbound.connection(target, address, READ_TIMEOUT, watchdog, context)
             response: http.client.HTTPResponse | None = None
             try:
                 conn.request("POST", target.path, body=body, headers=headers)

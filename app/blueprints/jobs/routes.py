@@ -21,6 +21,7 @@ from app.blueprints.jobs.schemas import (
     JobPageSchema,
     JobQuerySchema,
     TranscriptQuerySchema,
+    with_url_input,
 )
 from app.blueprints.jobs.streaming import ZipSink, attachment_header, client_gone_check
 from app.errors import ServiceError
@@ -333,20 +334,25 @@ def upload_route(
 
     Every job kind is created the same way: validate the form (file included)
     with ``schema``, hand the file stream to the kind's ``submit`` service, and
-    answer ``202`` with the job and its ``Location``.
+    answer ``202`` with the job and its ``Location``. A form with a ``file``
+    also takes ``url`` instead (``with_url_input``), which reaches the service
+    in its params and ``jobs.submit`` records as the input to fetch.
     """
 
     @blp.route("", methods=["POST"])
     @auth_required()
     @limit_job_creation
-    @blp.arguments(schema, location="multipart")
+    @blp.arguments(with_url_input(schema), location="multipart")
     @blp.response(202, JobSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(413, description="The upload is larger than MAX_UPLOAD_MB.")
     @blp.alt_response(415, description="The upload is not audio.")
     @blp.doc(summary=summary, description=description, parameters=[PREFER_PARAMETER])
     def create(form: dict[str, Any]) -> tuple[Job, int, dict[str, str]]:
-        upload = form.pop("file")
-        job = submit(current_user, form, upload.stream, upload.filename)
+        upload = form.pop("file", None)
+        if upload is None:
+            job = submit(current_user, form, None, None)
+        else:
+            job = submit(current_user, form, upload.stream, upload.filename)
         return answer_with_wait(job, 202, {"Location": url_for("jobs.get_job", job_id=job.id)})
 
     return create

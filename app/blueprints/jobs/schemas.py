@@ -7,10 +7,11 @@ import copy
 import importlib
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from app import job_kinds, transcripts
 from app.records import JOB_STATUSES
+from app.services import url_input
 from app.services.job_document import JobSchema, ResultSchema
 
 
@@ -65,6 +66,51 @@ class CallbackSchema(Schema):
             "example": "https://example.com/hooks/ams",
         },
     )
+
+
+class UrlInputSchema(Schema):
+    """``url``: the audio's address instead of a ``file`` part; exactly one of
+    the two. ``upload_route`` adds it to every form with a ``file``."""
+
+    url = fields.String(
+        load_default=None,
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": (
+                "Instead of `file`: an http or https URL of the audio, fetched by the "
+                "worker (at most MAX_UPLOAD_MB, within URL_FETCH_TIMEOUT_SECONDS) and "
+                "checked as an upload is. The host must resolve to public addresses, "
+                "also after each redirect."
+            ),
+            "example": "https://example.com/music/song.mp3",
+        },
+    )
+
+    @validates_schema
+    def _one_source(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        has_file, has_url = data.get("file") is not None, bool(data.get("url"))
+        if has_file and has_url:
+            message = url_input.BOTH_GIVEN
+        elif not has_file and not has_url:
+            message = url_input.NONE_GIVEN
+        else:
+            return
+        raise ValidationError({"file": [message], "url": [message]})
+
+
+def with_url_input(schema: type[Schema]) -> type[Schema]:
+    """A job form whose required ``file`` may be replaced by ``url``: the same
+    fields (under the same name, so the OpenAPI document's component keeps
+    it), ``file`` optional, plus ``UrlInputSchema``. A form without ``file``
+    is returned as it is."""
+    declared = schema._declared_fields
+    if "file" not in declared or "url" in declared:
+        return schema
+    upload = copy.copy(declared["file"])
+    upload.required = False
+    derived = type(schema.__name__, (UrlInputSchema, schema), {"file": upload})
+    derived.__doc__ = schema.__doc__
+    return derived
 
 
 class JobListQuerySchema(Schema):
