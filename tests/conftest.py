@@ -6,6 +6,7 @@ Fixtures only: the functions tests call themselves are in tests/support/.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
+from app import create_app
+from app.extensions import db
 from tests.support.apps import dispose_apps, make_app, register_and_login, submit_separation
 from tests.support.audio import sine_and_clicks, wav_bytes
 
@@ -262,6 +265,36 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
         apps.use_databases(None)
         apps.dispose_apps()
         for name in made.values():
+            cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_app(database: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
+    """An app on an empty job database (no tables): SQLite's default file in
+    its DATA_DIR, or a new PostgreSQL database (not the migrated copy the
+    ``database`` fixture hands out)."""
+    url = None
+    name = f"m_{secrets.token_hex(6)}"
+    cluster: Any = None
+    if database == "postgresql":
+        cluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.create_database(name)
+    app = create_app(
+        {
+            "DATA_DIR": str(tmp_path / "data"),
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "DATABASE_URL": url,
+            "REDIS_URL": None,
+            "TESTING": True,
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    try:
+        yield app
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+        if cluster is not None:
             cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

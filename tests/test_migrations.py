@@ -5,17 +5,12 @@ working through the API."""
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from app import create_app
 from app.extensions import db
 from app.schema_version import head_revisions
 from tests.support.apps import BOTH_DATABASES, bearer
@@ -24,36 +19,6 @@ pytestmark = BOTH_DATABASES
 
 HEAD = ",".join(sorted(head_revisions()))
 PASSWORD = "a long enough password"
-
-
-@pytest.fixture
-def empty_app(database: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
-    """An app on an empty job database (no tables): SQLite's default file in
-    its DATA_DIR, or a new PostgreSQL database (not the migrated copy the
-    ``database`` fixture hands out)."""
-    url = None
-    name = f"m_{secrets.token_hex(6)}"
-    cluster: Any = None
-    if database == "postgresql":
-        cluster = request.getfixturevalue("postgres_cluster")
-        url = cluster.create_database(name)
-    app = create_app(
-        {
-            "DATA_DIR": str(tmp_path / "data"),
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            "DATABASE_URL": url,
-            "REDIS_URL": None,
-            "TESTING": True,
-            "RATELIMIT_ENABLED": False,
-        }
-    )
-    try:
-        yield app
-    finally:
-        with app.app_context():
-            db.engine.dispose()
-        if cluster is not None:
-            cluster.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def flask_db(app: Flask, *args: str) -> None:

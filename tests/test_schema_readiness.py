@@ -4,17 +4,13 @@ to run instead of a 500. On both job databases."""
 
 from __future__ import annotations
 
-import secrets
-from pathlib import Path
-
 from flask import Flask
 from flask_migrate import upgrade
 from sqlalchemy import text
 
-from app import create_app
 from app.extensions import db
 from app.schema_version import head_revisions
-from tests.support.apps import BOTH_DATABASES, _apps, database_for
+from tests.support.apps import BOTH_DATABASES
 
 pytestmark = BOTH_DATABASES
 
@@ -22,25 +18,8 @@ HEAD = ",".join(sorted(head_revisions()))
 ACCOUNT = {"email": "first@example.com", "password": "a long enough password"}
 
 
-def unmigrated_app(data_dir: Path) -> Flask:
-    """An app on a database no migration has touched, as an API process sees
-    it when started before the operator ran the upgrade."""
-    app = create_app(
-        {
-            "DATA_DIR": str(data_dir),
-            "SECRET_KEY": secrets.token_urlsafe(48),
-            "DATABASE_URL": database_for(data_dir),
-            "REDIS_URL": None,
-            "TESTING": True,
-            "RATELIMIT_ENABLED": False,
-        }
-    )
-    _apps.append(app)  # its connections are closed after the test
-    return app
-
-
-def test_readyz_and_requests_name_an_unmigrated_database(tmp_path: Path) -> None:
-    app = unmigrated_app(tmp_path / "data")
+def test_readyz_and_requests_name_an_unmigrated_database(empty_app: Flask) -> None:
+    app = empty_app
     client = app.test_client()
 
     ready = client.get("/readyz")
@@ -67,8 +46,8 @@ def test_readyz_and_requests_name_an_unmigrated_database(tmp_path: Path) -> None
     assert ready.json["checks"]["database"] == {"ok": True, "revision": HEAD, "head": HEAD}
 
 
-def test_readyz_names_a_revision_behind_the_head(tmp_path: Path) -> None:
-    app = unmigrated_app(tmp_path / "data")
+def test_readyz_names_a_revision_behind_the_head(empty_app: Flask) -> None:
+    app = empty_app
     with app.app_context():
         upgrade(revision="0003")
     database = app.test_client().get("/readyz").json["checks"]["database"]
@@ -76,8 +55,8 @@ def test_readyz_names_a_revision_behind_the_head(tmp_path: Path) -> None:
     assert f"not the head revision {HEAD}" in database["message"]
 
 
-def test_readyz_names_a_revision_from_a_newer_release(tmp_path: Path) -> None:
-    app = unmigrated_app(tmp_path / "data")
+def test_readyz_names_a_revision_from_a_newer_release(empty_app: Flask) -> None:
+    app = empty_app
     with app.app_context():
         upgrade()
         db.session.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
