@@ -196,7 +196,8 @@ def test_a_batch_body_may_exceed_one_uploads_limit(eager_app: Callable[..., Flas
     assert by_name["big.wav"]["error"]["code"] == single.json["code"] == "file_too_large"
     # Past the batch's own limit the whole request is refused.
     over = post_batch(client, headers, [(song, f"{n}.wav") for n in range(7)])
-    assert over.status_code == 413
+    assert over.status_code == 413 and over.json["code"] == "batch_too_large"
+    assert "4 MB" in over.json["message"]
 
 
 def test_a_batch_is_one_request_against_the_job_rate_limit(
@@ -420,3 +421,16 @@ def test_a_text_value_is_not_a_file(
     )
     assert response.status_code == 422 and field in response.json["errors"]
     assert _rows(app) == (0, 0)
+
+
+def test_deleting_the_account_deletes_its_batches(queued_app: Flask) -> None:
+    client = queued_app.test_client()
+    headers = register_and_login(client)
+    post_batch(client, headers, [(_song(), f"{n}.wav") for n in range(3)])
+    assert _rows(queued_app) == (1, 3)
+    gone = client.delete(
+        "/api/v1/auth/me", json={"password": "a long enough password"}, headers=headers
+    )
+    assert gone.status_code == 204
+    assert _rows(queued_app) == (0, 0)
+    assert files_under(Path(queued_app.config["DATA_DIR"]) / "jobs") == []
