@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -344,9 +343,7 @@ def _events(response: Any) -> list[dict[str, Any]]:
     return events
 
 
-def test_the_event_stream_ends_with_the_final_batch(
-    eager_app: Callable[..., Flask], tmp_path: Path
-) -> None:
+def test_the_event_stream_ends_with_the_final_batch(tmp_path: Path) -> None:
     app = make_app(tmp_path / "queued", SSE_POLL_SECONDS=0.05)
     client = app.test_client()
     headers = register_and_login(client)
@@ -409,17 +406,16 @@ def test_a_batch_with_a_real_worker(tmp_path: Path) -> None:
     assert len(members) == 10
 
 
-@pytest.mark.parametrize("field", ["file"])
 def test_a_text_value_is_not_a_file(
-    app: Flask, client: FlaskClient, auth_headers: dict[str, str], field: str
+    app: Flask, client: FlaskClient, auth_headers: dict[str, str]
 ) -> None:
     response = client.post(
         "/api/v1/batches",
-        data={"kind": "separation", "model": "hpss", field: "not a file"},
+        data={"kind": "separation", "model": "hpss", "file": "not a file"},
         headers=auth_headers,
         content_type="multipart/form-data",
     )
-    assert response.status_code == 422 and field in response.json["errors"]
+    assert response.status_code == 422 and "file" in response.json["errors"]
     assert _rows(app) == (0, 0)
 
 
@@ -434,3 +430,18 @@ def test_deleting_the_account_deletes_its_batches(queued_app: Flask) -> None:
     assert gone.status_code == 204
     assert _rows(queued_app) == (0, 0)
     assert files_under(Path(queued_app.config["DATA_DIR"]) / "jobs") == []
+
+
+def test_the_storage_quota_holds_each_input(eager_app: Callable[..., Flask]) -> None:
+    app = eager_app(MAX_STORAGE_MB=1)
+    client = app.test_client()
+    headers = register_and_login(client)
+    song = _song(4.0)  # about 700 KB: the first input and its stems fill the quota
+    response = post_batch(client, headers, [(song, "first.wav"), (song, "second.wav")])
+    assert response.status_code == 202, response.json
+    first, second = response.json["jobs"]
+    assert first["status"] == "succeeded"
+    single = upload(client, headers, song)
+    assert single.status_code == 409
+    assert second["status"] == "failed"
+    assert second["error"]["code"] == single.json["code"] == "storage_quota_exceeded"

@@ -140,6 +140,8 @@ def submit_input(
     quota...), it becomes a job that failed at once with that error."""
     with jobs.in_batch(batch_id) as created:
         try:
+            # TODO(url-input): an input with a ``url`` goes to the kind's URL
+            # submission here; its refusals become failed jobs the same way.
             submit(owner, dict(params), item.stream, item.filename)
         except ServiceError as exc:
             if not created:  # a job refused after its row exists is failed already
