@@ -83,6 +83,7 @@ def test_a_batch_of_twenty_songs_succeeds_and_zips_by_input(
     # Each job is an ordinary job, listed with its batch.
     one = client.get(batch["jobs"][3]["url"], headers=auth_headers).json
     assert one["status"] == "succeeded" and one["input"]["filename"] == names[3]
+    assert one["batch_id"] == batch["id"]
     listed = client.get(batch["jobs_url"], headers=auth_headers).json
     assert listed["total"] == 20
     # A page of the jobs.
