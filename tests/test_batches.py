@@ -176,6 +176,11 @@ def test_too_many_inputs_are_refused(eager_app: Callable[..., Flask]) -> None:
     assert refused.status_code == 422 and refused.json["code"] == "too_many_inputs"
     assert "3" in refused.json["message"]
     assert_nothing_kept(app)
+    # A form with far more parts than inputs allowed is refused by the parser.
+    crowded = post_batch(client, headers, [(song, f"{n}.wav") for n in range(40)])
+    assert crowded.status_code == 413 and crowded.json["code"] == "form_too_large"
+    assert "35 parts" in crowded.json["message"]
+    assert_nothing_kept(app)
     assert post_batch(client, headers, [(song, f"{n}.wav") for n in range(3)]).status_code == 202
 
 
