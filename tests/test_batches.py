@@ -376,6 +376,10 @@ def test_the_event_stream_ends_with_the_final_batch(tmp_path: Path) -> None:
     # A batch that has already ended streams its final document at once.
     done = client.get(batch["events_url"], headers=headers)
     assert [e["data"]["status"] for e in _events(done)] == ["canceled"]
+    # EventSource cannot send headers: the token may come as ?access_token=.
+    token = headers["Authorization"].split()[1]
+    by_query = client.get(f"{batch['events_url']}?access_token={token}")
+    assert [e["data"]["status"] for e in _events(by_query)] == ["canceled"]
 
 
 def test_a_batch_with_a_real_worker(tmp_path: Path) -> None:
