@@ -78,6 +78,11 @@ def from_environment() -> dict[str, Any]:
         # Jobs of one user a worker queue holds at once (app/services/fair_queue.py).
         "MAX_RUNNING_JOBS": env_int("MAX_RUNNING_JOBS", 2),
         "MAX_STORAGE_MB": env_int("MAX_STORAGE_MB", 5000),
+        # POST /batches: inputs per batch, and the whole request body (each
+        # input is still held to MAX_UPLOAD_MB). Every file part is spooled to
+        # DATA_DIR/tmp and held open until the request is handled.
+        "MAX_BATCH_INPUTS": env_int("MAX_BATCH_INPUTS", 500),
+        "MAX_BATCH_UPLOAD_MB": env_int("MAX_BATCH_UPLOAD_MB", 4096),
         "WORKER_HEARTBEAT_SECONDS": env_float("WORKER_HEARTBEAT_SECONDS", 10.0),
         "BROKER_POLL_SECONDS": env_float("BROKER_POLL_SECONDS", 0.1),
         # Without Redis: wake the worker and waiting requests with local

@@ -115,13 +115,20 @@ def _too_large() -> tuple[str, str]:
         over = isinstance(stream, LimitedStream) and stream.is_exhausted
     if request.mimetype != "multipart/form-data":
         return "body_too_large", f"The request body is larger than {(limit or 0) // 1024} KB."
+    batch = request.endpoint == "batches.create_batch"  # its limits are its own
+    if over and batch:
+        return (
+            "batch_too_large",
+            f"The batch is larger than the limit of {config['MAX_BATCH_UPLOAD_MB']} MB "
+            "(MAX_BATCH_UPLOAD_MB); split it.",
+        )
     if over:
         return (
             "file_too_large",
             f"The upload is larger than the limit of {config['MAX_UPLOAD_MB']} MB.",
         )
     return "form_too_large", (
-        f"The form has more than {config['MAX_FORM_PARTS']} parts or a text field "
+        f"The form has more than {request.max_form_parts} parts or a text field "
         f"over {config['MAX_FORM_MEMORY_SIZE'] // 1024} KB."
     )
 

@@ -1,4 +1,4 @@
-"""SQL records: users, jobs, revoked tokens and worker heartbeats.
+"""SQL records: users, jobs, batches, revoked tokens and worker heartbeats.
 
 (``app/models`` holds the ML engines, so the tables live here.) The job table is
 the single source of truth for job state: the API never asks Celery's result
@@ -91,6 +91,11 @@ class Job(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime, default=None, index=True)
 
+    # The batch the job was submitted in (app/services/batches.py), if any.
+    batch_id: Mapped[str | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="SET NULL"), default=None, index=True
+    )
+
     owner: Mapped[User] = relationship(back_populates="jobs")
 
     __table_args__ = (Index("ix_jobs_owner_status", "owner_id", "status"),)
@@ -104,6 +109,30 @@ class Job(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+
+class Batch(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db.Model at run time
+    """Many inputs submitted together with one set of options: one job each
+    (``jobs.batch_id``). Its status and counts are computed from its jobs
+    (app/services/batches.py); the row keeps what the jobs cannot tell."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    # The options every job of the batch was submitted with (as validated).
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Inputs the request carried (each became a job).
+    inputs: Mapped[int] = mapped_column(Integer, default=0)
+    # Webhook: where to POST the batch when it has ended, and the delivery record.
+    callback_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    # Set once every input has its job: before that the batch cannot end.
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    # Set once, by whoever saw its last job end (a compare-and-set).
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
 
 
 class ApiKey(db.Model):  # type: ignore[name-defined]  # Flask-SQLAlchemy builds db.Model at run time

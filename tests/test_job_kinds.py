@@ -123,3 +123,57 @@ def test_a_new_kind_is_one_table_entry(echo_app: Flask) -> None:
     # The metrics count it in its queue.
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'aimusic_queue_depth{kind="echo",queue="echoes"} 1.0' in metrics
+
+
+def test_a_new_kind_gets_batches_with_no_code_of_its_own(echo_app: Flask) -> None:
+    """The echo kind's route and service are all it has: ``POST /batches``
+    checks its options with its form schema and submits with its service."""
+    echo_app.extensions["celery"].conf.task_always_eager = True
+    client = echo_app.test_client()
+    headers = register_and_login(client)
+    song = wav_bytes(sine_and_clicks(seconds=1.5))
+    short = wav_bytes(sine_and_clicks(seconds=0.5))
+    response = client.post(
+        "/api/v1/batches",
+        data={
+            "kind": "echo",
+            "file": [
+                (io.BytesIO(song), "long.wav"),
+                (io.BytesIO(b"<html></html>" * 40), "page.wav"),
+                (io.BytesIO(short), "short.wav"),
+            ],
+        },
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.json
+    batch = response.json
+    assert batch["kind"] == "echo" and batch["status"] == "completed_with_errors"
+    assert batch["counts"]["succeeded"] == 2 and batch["counts"]["failed"] == 1
+    heard = {}
+    for job in batch["jobs"]:
+        full = client.get(job["url"], headers=headers).json
+        assert full["kind"] == "echo"
+        if full["status"] == "succeeded":
+            heard[job["filename"]] = full["result"]["heard_seconds"]
+        else:
+            assert full["error"]["code"] == "unsupported_media_type"
+    assert heard == {
+        "long.wav": pytest.approx(1.5, abs=0.01),
+        "short.wav": pytest.approx(0.5, abs=0.01),
+    }
+    # Its form schema checks the batch's options: the echo form has none.
+    refused = client.post(
+        "/api/v1/batches",
+        data={"kind": "echo", "model": "hpss", "file": [(io.BytesIO(song), "a.wav")]},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert refused.status_code == 422 and "model" in refused.json["errors"]
+
+
+def test_batches_take_every_kind_with_an_upload_route(app: Flask) -> None:
+    from app.blueprints import batches
+
+    uploads = {kind.name for kind in JOB_KINDS if kind.name != "generation"}
+    assert set(batches.batch_kinds()) == uploads

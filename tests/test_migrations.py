@@ -56,6 +56,7 @@ def test_upgrade_from_empty_to_head_matches_the_records_and_downgrades_to_empty(
     assert tables(empty_app) == {
         "alembic_version",
         "api_keys",
+        "batches",
         "jobs",
         "revoked_tokens",
         "users",

@@ -4,15 +4,12 @@ refuses inward addresses at submit and again at delivery."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import io
 import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,49 +20,7 @@ from app.errors import ServiceError
 from app.services import webhooks
 from tests.support.apps import BOTH_DATABASES, make_app, register_and_login
 from tests.support.procs import wait_for
-
-
-class Receiver:
-    """An HTTP server on a free loopback port that records each POST and answers
-    with the next status of ``statuses`` (the last one repeats)."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = list(statuses)
-        self.requests: list[dict[str, Any]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append(
-                    {"path": self.path, "headers": dict(self.headers), "body": body}
-                )
-                status = (
-                    receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
-                )
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, host: str = "127.0.0.1", path: str = "/hook?token=abc") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-    def __enter__(self) -> Receiver:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
+from tests.support.webhooks import Receiver, verify_signature
 
 
 @pytest.fixture
@@ -87,15 +42,6 @@ def _separate(client: Any, headers: dict[str, str], song_wav: bytes, **fields: A
         headers=headers,
         content_type="multipart/form-data",
     )
-
-
-def _verify(secret: str, request: dict[str, Any]) -> bool:
-    """What a receiver does (the snippet in docs/api.md)."""
-    timestamp = request["headers"]["X-AMS-Timestamp"]
-    expected = hmac.new(
-        secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256
-    ).hexdigest()
-    return hmac.compare_digest(f"sha256={expected}", request["headers"]["X-AMS-Signature"])
 
 
 @contextlib.contextmanager
@@ -148,12 +94,12 @@ def test_a_finished_job_is_posted_signed_and_retried_after_a_500(
     assert [r["headers"]["X-AMS-Attempt"] for r in receiver.requests] == ["1", "2"]
 
     secret = client.get("/api/v1/webhooks/secret", headers=headers).json["secret"]
-    assert _verify(secret, second)
+    assert verify_signature(secret, second)
     tampered = {**second, "body": second["body"].replace(b"succeeded", b"failed")}
-    assert not _verify(secret, tampered)
+    assert not verify_signature(secret, tampered)
     # Another account's secret does not verify it.
     other = client.get("/api/v1/webhooks/secret", headers=register_and_login(client)).json
-    assert other["secret"] != secret and not _verify(other["secret"], second)
+    assert other["secret"] != secret and not verify_signature(other["secret"], second)
 
     # The body is the job as GET /jobs/{id} showed it when it ended.
     sent = json.loads(second["body"])

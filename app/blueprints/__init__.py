@@ -22,7 +22,11 @@ class Parser(FlaskParser):
     multipart upload is validated by one schema and documented as one body.
     JSON bodies are read with app/json_bodies.py."""
 
-    __location_map__ = {**FlaskParser.__location_map__, "multipart": "load_multipart"}
+    __location_map__ = {
+        **FlaskParser.__location_map__,
+        "multipart": "load_multipart",
+        "batch_options": "load_batch_options",
+    }
 
     def _raw_load_json(self, req: Request) -> Any:
         """webargs' own JSON reading, with the parser of app/json_bodies.py."""
@@ -33,6 +37,17 @@ class Parser(FlaskParser):
     def load_multipart(self, req: Request, schema: Schema) -> Any:
         data: MultiDict[str, Any] = req.form.copy()  # text fields, then the files
         data.update(req.files)
+        return MultiDictProxy(data, schema)
+
+    def load_batch_options(self, req: Request, schema: Schema) -> Any:
+        """A batch's options: its multipart form without ``kind`` and the
+        inputs (``file`` parts, ``url`` fields), for the kind's own form
+        schema to check."""
+        data: MultiDict[str, Any] = req.form.copy()
+        data.poplist("kind")
+        data.poplist("url")
+        data.update(req.files)
+        data.poplist("file")
         return MultiDictProxy(data, schema)
 
 
@@ -50,6 +65,7 @@ def register_blueprints(app: Flask, api: Api) -> None:
     from app.access import SECURITY_SCHEMES, unenforced_schemes
     from app.blueprints import (
         auth,
+        batches,
         generations,
         health,
         jobs,
@@ -69,7 +85,7 @@ def register_blueprints(app: Flask, api: Api) -> None:
     api.spec.components.schema("Generation", schema=generations.GenerationSchema)
     api.spec.components.schema("GenerationForm", schema=generations.GenerationFormSchema)
     kind_routes = [importlib.import_module(name) for name in job_kinds.route_modules()]
-    for module in (auth, jobs, *kind_routes, models, webhooks):
+    for module in (auth, jobs, *kind_routes, batches, models, webhooks):
         api.register_blueprint(module.blp, url_prefix=f"/api/v1{module.PREFIX}")
     api.register_blueprint(openai_audio.blp, url_prefix="/v1/audio")
     api.register_blueprint(health.blp)

@@ -42,12 +42,32 @@ _clients_lock = threading.Lock()
 _redis_down_until = 0.0
 
 
+BATCH_CHANNEL_PREFIX = "ams:batch:"
+
+
 def channel(job_id: str) -> str:
     return f"{CHANNEL_PREFIX}{job_id}"
 
 
 def local_topic(job_id: str) -> str:
     return f"job:{job_id}"
+
+
+@dataclass(frozen=True)
+class Topic:
+    """Where notices about one thing go: a local topic and a Redis channel."""
+
+    local: str
+    channel: str
+
+
+def job_topic(job_id: str) -> Topic:
+    return Topic(local_topic(job_id), channel(job_id))
+
+
+def batch_topic(batch_id: str) -> Topic:
+    """A batch's notices: one whenever one of its jobs ends, and when it ends."""
+    return Topic(f"batch:{batch_id}", f"{BATCH_CHANNEL_PREFIX}{batch_id}")
 
 
 def _local_bus(notify_dir: str | None) -> localbus.Bus | None:
@@ -68,6 +88,15 @@ def _client(url: str) -> Any:
 def publish(job_id: str) -> None:
     """Tell live streams that ``job_id`` changed. Never raises: a job's progress
     must not fail because the notice channel is down."""
+    _publish(job_topic(job_id))
+
+
+def publish_batch(batch_id: str) -> None:
+    """Tell a batch's streams that one of its jobs ended, or the batch did."""
+    _publish(batch_topic(batch_id))
+
+
+def _publish(topic: Topic) -> None:
     global _redis_down_until
     if not has_app_context():
         return
@@ -75,12 +104,12 @@ def publish(job_id: str) -> None:
     if not url:
         bus = _local_bus(current_app.config.get("NOTIFY_DIR"))
         if bus is not None:
-            bus.publish(local_topic(job_id))
+            bus.publish(topic.local)
         return
     if time.monotonic() < _redis_down_until:
         return
     try:
-        _client(url).publish(channel(job_id), "changed")
+        _client(url).publish(topic.channel, "changed")
     except Exception:
         _redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
         log.warning("could not publish a job event on Redis; streams poll the database instead")
@@ -124,19 +153,20 @@ def _load(owner_id: str, job_id: str) -> Job | None:
 
 
 class _Subscription:
-    """Notices about one job: a Redis pub/sub subscription, a local one, or
-    nothing (``live`` False: the caller polls)."""
+    """Notices about one job (or a ``Topic``): a Redis pub/sub subscription, a
+    local one, or nothing (``live`` False: the caller polls)."""
 
-    def __init__(self, url: str | None, job_id: str, notify_dir: str | None = None) -> None:
+    def __init__(self, url: str | None, job_id: str | Topic, notify_dir: str | None = None) -> None:
+        topic = job_id if isinstance(job_id, Topic) else job_topic(job_id)
         self.pubsub: Any = None
         self.local: localbus.Subscription | None = None
         if not url:
             bus = _local_bus(notify_dir)
-            self.local = bus.subscribe(local_topic(job_id)) if bus is not None else None
+            self.local = bus.subscribe(topic.local) if bus is not None else None
             return
         try:
             pubsub = _client(url).pubsub(ignore_subscribe_messages=True)
-            pubsub.subscribe(channel(job_id))
+            pubsub.subscribe(topic.channel)
             self.pubsub = pubsub
         except Exception:
             log.warning("Redis pub/sub unavailable; this stream polls the database")
@@ -344,5 +374,78 @@ def watch(
                     time.sleep(max(0.0, min(step, next_read - now)))
                     if time.monotonic() >= next_read:
                         break
+    finally:
+        subscription.close()
+
+
+@dataclass
+class State:
+    """What ``watch_state`` reads each time: the id of the event carrying this
+    state, its status, whether it is final, and the document to send."""
+
+    id: str
+    status: str
+    final: bool
+    document: dict[str, Any]
+
+
+@dataclass
+class StateChange:
+    event: str
+    id: str
+    document: dict[str, Any]
+    final: bool
+
+
+def watch_state(
+    load: Callable[[], State | None],
+    topic: Topic,
+    *,
+    last_event_id: str | None = None,
+    poll_seconds: float = 0.5,
+    heartbeat_seconds: float = 15.0,
+    redis_url: str | None = None,
+    notify_dir: str | None = None,
+    client_gone: Callable[[], bool] = _never,
+) -> Iterator[StateChange | None]:
+    """``watch`` for something made of many jobs (a batch): yield a StateChange
+    whenever ``load()``'s id differs from the last one sent (``status`` when
+    the status changed, else ``progress``), None every ``heartbeat_seconds``;
+    end after a final state, when ``load()`` finds nothing, or once
+    ``client_gone()``. Its jobs' progress writes send no notice to ``topic``,
+    so the state is re-read every ``poll_seconds`` as well as on each notice
+    (a job ending, the batch ending)."""
+    subscription = _Subscription(redis_url, topic, notify_dir)
+    try:
+        sent = last_event_id
+        sent_status = (last_event_id or "").split("-", 1)[0] or None
+        next_beat = time.monotonic() + heartbeat_seconds
+        while True:
+            state = load()
+            if state is None:
+                return
+            if state.id != sent:
+                name = "status" if state.status != sent_status else "progress"
+                yield StateChange(name, state.id, state.document, state.final)
+                sent, sent_status = state.id, state.status
+            if state.final:
+                return
+            next_read = time.monotonic() + poll_seconds
+            while True:
+                if client_gone():
+                    return
+                now = time.monotonic()
+                if next_beat - now <= 0:
+                    yield None
+                    next_beat = time.monotonic() + heartbeat_seconds
+                    break
+                step = max(0.0, min(next_beat - now, next_read - now, CLIENT_CHECK_SECONDS))
+                if subscription.live:
+                    if subscription.wait(step):
+                        break
+                else:
+                    time.sleep(step)
+                if time.monotonic() >= next_read:
+                    break
     finally:
         subscription.close()

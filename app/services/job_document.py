@@ -147,6 +147,10 @@ class JobSchema(Schema):
     webhook = fields.Nested(
         WebhookSchema, allow_none=True, metadata={"description": "The webhook's delivery."}
     )
+    batch_id = fields.String(
+        allow_none=True,
+        metadata={"description": "The batch the job was submitted in (`/api/v1/batches/{id}`)."},
+    )
     url = fields.Method("_url")
     events_url = fields.Method("_events_url")
 

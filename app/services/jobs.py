@@ -6,9 +6,11 @@ owner, so another user's job id behaves exactly like one that does not exist.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -83,6 +85,25 @@ def check_audio(path: Path, size: int, filename: str | None) -> dict[str, Any]:
     return meta
 
 
+# The batch whose inputs are being submitted (``in_batch``): each job the
+# kinds' submit services create in it gets its ``batch_id``, with no change
+# to those services.
+_batch: ContextVar[tuple[str, list[str]] | None] = ContextVar("batch", default=None)
+
+
+@contextlib.contextmanager
+def in_batch(batch_id: str) -> Iterator[list[str]]:
+    """Jobs submitted inside belong to ``batch_id``; yields the ids of the
+    jobs created so far (a job is created, then failed, when the broker
+    refuses its message)."""
+    created: list[str] = []
+    token = _batch.set((batch_id, created))
+    try:
+        yield created
+    finally:
+        _batch.reset(token)
+
+
 def submit(
     owner: User,
     kind: str,
@@ -136,6 +157,7 @@ def submit(
             raise
     ttl = timedelta(hours=float(current_app.config["RESULT_TTL_HOURS"]))
     now = utcnow()
+    batch = _batch.get()
     job = Job(
         id=job_id,
         owner_id=owner.id,
@@ -151,6 +173,7 @@ def submit(
         created_at=now,
         updated_at=now,
         expires_at=now + ttl,
+        batch_id=batch[0] if batch else None,
     )
     try:
         # Again, atomically with the insert: parallel submissions were all
@@ -162,6 +185,8 @@ def submit(
         db.session.rollback()
         storage.remove_job_files(job_id)
         raise
+    if batch:
+        batch[1].append(job_id)
     enqueue(job)
     return job
 
@@ -317,8 +342,11 @@ def list_jobs(
     per_page: int = 20,
     status: str | None = None,
     kind: str | None = None,
+    batch_id: str | None = None,
 ) -> tuple[list[Job], int]:
     query = select(Job).where(Job.owner_id == owner.id)
+    if batch_id:
+        query = query.where(Job.batch_id == batch_id)
     if status:
         query = query.where(Job.status == status)
     if kind:
@@ -371,11 +399,23 @@ def job_ended(job_id: str) -> None:
     """The one hook for "a job ended": called once per job, by whoever won the
     move to a final status (a worker's commit, a cancel, the reaper). Live
     streams hear about it, the webhook (if any) is scheduled, and the run is
-    recorded in the metrics."""
+    recorded in the metrics; the job's batch, if any, may end with it."""
     events.publish(job_id)
     webhooks.schedule_delivery(job_id)
     metrics.record_job(job_id)
     _pass_turn(job_id)
+    _batch_ended(job_id)
+
+
+def _batch_ended(job_id: str) -> None:
+    # Its batch may have ended with it: that batch's stream and webhook are told.
+    from app.services import batches  # batches builds on this module
+
+    try:
+        batches.job_ended(job_id)
+    except Exception:
+        db.session.rollback()
+        log.warning("could not check the batch of job %s", job_id, exc_info=True)
 
 
 def _pass_turn(job_id: str) -> None:

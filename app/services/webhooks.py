@@ -30,6 +30,7 @@ import logging
 import ssl
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
@@ -37,7 +38,7 @@ from sqlalchemy import select, update
 
 from app.errors import ServiceError
 from app.extensions import db
-from app.records import Job, utcnow
+from app.records import Batch, Job, utcnow
 from app.services import outbound
 from app.services.job_document import JobSchema
 
@@ -54,6 +55,8 @@ USER_AGENT = "AiMusicSeparator-Webhook/1"
 # The Celery task that delivers (app/tasks/webhooks.py), published by name
 # through the Celery app's registry: services never import app.tasks.
 DELIVER_TASK = "app.tasks.webhooks.deliver"
+# A batch's delivery: the same tries, recorded on the batch (``batches.webhook``).
+DELIVER_BATCH_TASK = "app.tasks.webhooks.deliver_batch"
 
 
 def check(url: str, config: Any = None) -> outbound.Target:
@@ -88,15 +91,17 @@ def sign(key: str, timestamp: str, body: bytes) -> str:
     return f"sha256={mac.hexdigest()}"
 
 
-def _record(job_id: str, **values: Any) -> None:
-    """Update the job's delivery record (never ``updated_at``: that is the job's own)."""
-    row = db.session.execute(select(Job.webhook).where(Job.id == job_id)).first()
+def _record(job_id: str, subject: str = "job", **values: Any) -> None:
+    """Update the job's (or with ``subject="batch"`` the batch's) delivery
+    record (never ``updated_at``: that is the job's own)."""
+    table: Any = Batch if subject == "batch" else Job
+    row = db.session.execute(select(table.webhook).where(table.id == job_id)).first()
     if row is None:  # deleted meanwhile: the delivery still goes out
         db.session.rollback()
         return
     record = dict(row[0] or {})
     record.update(values)
-    db.session.execute(update(Job).where(Job.id == job_id).values(webhook=record))
+    db.session.execute(update(table).where(table.id == job_id).values(webhook=record))
     db.session.commit()
 
 
@@ -138,6 +143,42 @@ def schedule_delivery(job_id: str) -> None:
         log.exception("could not schedule the webhook of job %s", job_id)
         try:
             _record(job_id, state="failed", last_error="The webhook could not be scheduled.")
+        except Exception:
+            db.session.rollback()
+
+
+def schedule_batch_delivery(
+    batch_id: str,
+    owner_id: str,
+    url: str,
+    event: str,
+    document: Callable[[], dict[str, Any]],
+) -> None:
+    """Schedule the one delivery of a batch that just ended (``batches.check_ended``,
+    once per batch): ``document()`` is its JSON, taken once the record says
+    ``pending``. Signed, retried and recorded as a job's are. Never raises."""
+    try:
+        event_id = str(uuid.uuid4())
+        record = {
+            "event_id": event_id,
+            "state": "pending",
+            "attempts": 0,
+            "last_status": None,
+            "last_error": None,
+            "delivered_at": None,
+        }
+        db.session.execute(update(Batch).where(Batch.id == batch_id).values(webhook=record))
+        db.session.commit()
+        body = json.dumps(document(), separators=(",", ":"), sort_keys=True)
+        deliver = current_app.extensions["celery"].tasks[DELIVER_BATCH_TASK]
+        deliver.apply_async(args=[batch_id, owner_id, url, event, event_id, body])
+    except Exception:
+        db.session.rollback()
+        log.exception("could not schedule the webhook of batch %s", batch_id)
+        try:
+            _record(
+                batch_id, "batch", state="failed", last_error="The webhook could not be scheduled."
+            )
         except Exception:
             db.session.rollback()
 
@@ -203,10 +244,18 @@ def post(url: str, headers: dict[str, str], body: bytes, config: Any = None) -> 
 
 
 def attempt(
-    job_id: str, owner_id: str, url: str, event: str, event_id: str, body: str, number: int
+    job_id: str,
+    owner_id: str,
+    url: str,
+    event: str,
+    event_id: str,
+    body: str,
+    number: int,
+    subject: str = "job",
 ) -> int:
-    """One delivery try (``number`` counts from 1), recorded on the job.
-    Returns the receiver's status; raises DeliveryError when it must be retried."""
+    """One delivery try (``number`` counts from 1), recorded on the job (or
+    the batch, ``subject="batch"``). Returns the receiver's status; raises
+    DeliveryError when it must be retried."""
     data = body.encode()
     timestamp = str(int(time.time()))
     headers = {
@@ -228,6 +277,7 @@ def attempt(
         final = not error.retry or number > len(RETRY_DELAYS)
         _record(
             job_id,
+            subject,
             attempts=number,
             last_status=error.status,
             last_error=str(error),
@@ -237,6 +287,7 @@ def attempt(
         raise error from exc
     _record(
         job_id,
+        subject,
         attempts=number,
         last_status=status,
         last_error=None,

@@ -27,3 +27,24 @@ def deliver(
         if exc.retry and tries < len(webhooks.RETRY_DELAYS):
             raise self.retry(countdown=webhooks.RETRY_DELAYS[tries], exc=exc) from exc
         return None
+
+
+@shared_task(
+    name=webhooks.DELIVER_BATCH_TASK,
+    bind=True,
+    ignore_result=True,
+    max_retries=len(webhooks.RETRY_DELAYS),
+)
+def deliver_batch(
+    self: Any, batch_id: str, owner_id: str, url: str, event: str, event_id: str, body: str
+) -> int | None:
+    """POST an ended batch to its callback URL, retried as a job's delivery is."""
+    tries = self.request.retries
+    try:
+        return webhooks.attempt(
+            batch_id, owner_id, url, event, event_id, body, tries + 1, subject="batch"
+        )
+    except webhooks.DeliveryError as exc:
+        if exc.retry and tries < len(webhooks.RETRY_DELAYS):
+            raise self.retry(countdown=webhooks.RETRY_DELAYS[tries], exc=exc) from exc
+        return None

@@ -6,6 +6,7 @@ import json
 import math
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Response, current_app, request, stream_with_context, url_for
@@ -327,6 +328,27 @@ def get_transcript(query: dict[str, Any], job_id: str) -> Response:
 Submit = Callable[[Any, dict[str, Any], Any, str | None], Job]
 
 
+@dataclass(frozen=True)
+class UploadKind:
+    """How jobs of one kind are created from an upload: the form schema that
+    validates the request (``file`` and options) and the service that submits
+    one input. ``upload_route`` records each kind's here, by route module, so
+    the batch route creates jobs of any kind the same way as its own route."""
+
+    schema: type
+    submit: Submit
+
+
+# Route module (a job kind's ``route`` in app/job_kinds.py) -> how its jobs
+# are created. Filled in by ``upload_route`` as the route modules are imported.
+UPLOAD_KINDS: dict[str, UploadKind] = {}
+
+
+def upload_kind(route_module: str) -> UploadKind | None:
+    """The upload a kind's route module takes (None: its jobs take no upload)."""
+    return UPLOAD_KINDS.get(route_module)
+
+
 def upload_route(
     blp: Blueprint, schema: type, submit: Submit, *, summary: str, description: str
 ) -> Callable:
@@ -336,8 +358,11 @@ def upload_route(
     with ``schema``, hand the file stream to the kind's ``submit`` service, and
     answer ``202`` with the job and its ``Location``. A form with a ``file``
     also takes ``url`` instead (``with_url_input``), which reaches the service
-    in its params and ``jobs.submit`` records as the input to fetch.
+    in its params and ``jobs.submit`` records as the input to fetch. The schema
+    and service are also what ``POST /batches`` uses for this kind
+    (``UPLOAD_KINDS``).
     """
+    UPLOAD_KINDS[blp.import_name] = UploadKind(schema, submit)
 
     @blp.route("", methods=["POST"])
     @auth_required()

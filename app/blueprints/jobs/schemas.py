@@ -119,6 +119,7 @@ class JobListQuerySchema(Schema):
     per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     status = fields.String(validate=validate.OneOf(JOB_STATUSES))
     kind = fields.String(validate=OneOfKinds())
+    batch_id = fields.String(metadata={"description": "Only the jobs of this batch."})
 
 
 class JobPageSchema(Schema):
