@@ -1,6 +1,7 @@
 """Many songs at once from the web page: several files (or a folder) become one
 ``POST /api/v1/batches``, shown as a batch card with a row per song, followed
-live, canceled as one and downloaded as one zip (app/static/js/batches.js)."""
+live, canceled as one and downloaded as one zip (app/static/js/batches.js);
+a batch the server refuses says why on the form."""
 
 from __future__ import annotations
 
@@ -167,5 +168,32 @@ def test_a_folder_batch_is_followed_live_and_canceled(chromium: Any, tmp_path: P
             info.value.save_as(tmp_path / "batch.zip")
             with zipfile.ZipFile(tmp_path / "batch.zip") as bundle:
                 assert {name.split("/")[0] for name in bundle.namelist()} == {"01 first"}
+        finally:
+            context.close()
+
+
+def test_a_batch_over_the_size_limit_says_so(chromium: Any, eager_app: Any) -> None:
+    """A batch over MAX_BATCH_UPLOAD_MB: the server's 413 batch_too_large
+    message is in the form's alert, with what to do; no batch is shown."""
+    with LiveServer(eager_app(MAX_BATCH_UPLOAD_MB=1)) as live:
+        context = chromium.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        try:
+            sign_up(page)
+            page.locator("#sep-model").select_option("hpss")
+            wav = wav_bytes(sine_and_clicks(6.0))  # ~1 MB each: 2.1 MB in all
+            drop_files(
+                page, "#dropzone", [("a.wav", wav, "audio/wav"), ("b.wav", wav, "audio/wav")]
+            )
+            with page.expect_response(lambda r: r.url.endswith("/api/v1/batches")) as answer:
+                page.get_by_role("button", name="Separate", exact=True).click()
+            assert answer.value.status == 413
+            alert = page.locator("#form-error")
+            alert.wait_for(state="visible")
+            text = alert.inner_text()
+            assert "larger than the limit of 1 MB (MAX_BATCH_UPLOAD_MB)" in text
+            assert "Send fewer or smaller files at a time." in text
+            assert page.locator(".batch").count() == 0
         finally:
             context.close()
