@@ -90,6 +90,11 @@ def test_a_multi_file_drop_runs_a_batch(page: Any, server: LiveServer, tmp_path:
     page.locator(".job").nth(3).wait_for()
     assert page.locator(".job").count() == 4
     screenshot(page, "batch")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than it
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(page, "batch-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     with page.expect_download() as info:
         batch.get_by_role("button", name="Download all (zip)").click()

@@ -11,6 +11,9 @@ import { readEvents } from "./sse.js";
 import { $, announce, FINISHED, h, kindLabel, saveBlob, STATUS_LABELS } from "./util.js";
 
 const POLL_MS = 2000;
+// One batch stream at a time (the job list keeps three of the browser's six
+// connections per host); other running batches are polled.
+const MAX_STREAMS = 1;
 const LISTED = 5; // the newest batches shown after logging in
 // The batch document lists 100 jobs a page (its stream sends the first page):
 // the rest are fetched a page at a time, this often while the batch runs.
@@ -176,8 +179,14 @@ function follow(card) {
     stopStream(card);
     return;
   }
-  if (!card.stream && card.failures < 2) openStream(card);
+  if (!card.stream && card.failures < 2 && openStreams() < MAX_STREAMS) openStream(card);
   else if (!card.stream) poll(card);
+}
+
+function openStreams() {
+  let count = 0;
+  for (const card of cards.values()) if (card.stream) count++;
+  return count;
 }
 
 function stopStream(card) {
@@ -222,9 +231,9 @@ function poll(card, delay = POLL_MS) {
   card.timer = window.setTimeout(
     async () => {
       card.timer = null;
-      if ((await refresh(card)) && !isFinal(card.batch) && !card.stream) {
-        poll(card, document.hidden ? POLL_MS * 4 : POLL_MS);
-      }
+      if (!(await refresh(card)) || isFinal(card.batch) || card.stream) return;
+      if (card.failures < 2 && openStreams() < MAX_STREAMS) openStream(card);
+      else poll(card, document.hidden ? POLL_MS * 4 : POLL_MS);
     },
     delay,
   );

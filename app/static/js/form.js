@@ -70,7 +70,13 @@ export function initForm() {
   const input = $("#file-input");
   input.addEventListener("change", () => chooseFiles(Array.from(input.files)));
   const folder = $("#folder-input");
-  folder.addEventListener("change", () => chooseFiles(Array.from(folder.files).filter(looksLikeAudio)));
+  folder.addEventListener("change", () => {
+    const audio = Array.from(folder.files).filter(looksLikeAudio);
+    chooseFiles(audio);
+    if (!audio.length && folder.files.length) {
+      showError("No audio files in that folder.", { file: ["Choose a folder holding audio files."] });
+    }
+  });
   const zone = $("#dropzone");
   const over = (event) => {
     if (!event.dataTransfer || !Array.from(event.dataTransfer.types).includes("Files")) return;
