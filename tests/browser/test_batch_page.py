@@ -202,3 +202,36 @@ def test_a_batch_over_the_size_limit_says_so(chromium: Any, eager_app: Any) -> N
             assert page.locator(".batch").count() == 0
         finally:
             context.close()
+
+
+def test_a_dropped_folder_is_walked_for_its_audio(page: Any) -> None:
+    """A folder dropped on the box (DataTransferItem.webkitGetAsEntry) is read
+    through, subfolders too, in path order; its audio files are kept, the cover
+    and the notes are not. A browser's drop of a real folder cannot be made from
+    a test, so the drop event carries entries built as Chromium hands them over
+    (readEntries answering in parts, then with an empty list)."""
+    sign_up(page)
+    page.evaluate(
+        """() => {
+            const file = (name, type) => ({
+                isFile: true, isDirectory: false, name, fullPath: "/album/" + name,
+                file: (ok) => ok(new File(["x"], name.split("/").pop(), { type })),
+            });
+            const folder = (path, parts) => ({
+                isFile: false, isDirectory: true, name: path.split("/").pop(), fullPath: path,
+                createReader: () => { const left = parts.slice(); return { readEntries: (ok) => ok(left.shift() || []) }; },
+            });
+            const album = folder("/album", [
+                [file("b side.flac", ""), file("cover.jpg", "image/jpeg")],
+                [folder("/album/disc 2", [[file("disc 2/c.mp3", "audio/mpeg")]]), file("a.wav", "audio/wav"), file("notes.txt", "text/plain")],
+            ]);
+            const transfer = { types: ["Files"], files: [], items: [{ kind: "file", webkitGetAsEntry: () => album, getAsFile: () => null }] };
+            const drop = new Event("drop", { bubbles: true, cancelable: true });
+            Object.defineProperty(drop, "dataTransfer", { value: transfer });
+            document.querySelector("#dropzone").dispatchEvent(drop);
+        }"""
+    )
+    chosen = page.locator("#file-chosen")
+    chosen.filter(has_text="3 files").wait_for()
+    assert "a.wav, b side.flac, c.mp3." in chosen.inner_text()
+    assert page.problems == []
