@@ -1,7 +1,10 @@
 // The "New job" form: task choice, drag-and-drop upload with a progress bar,
 // each kind's main options, and field errors from the API shown in place.
+// One file starts a job; several files (or a folder) start a batch with the
+// same options (POST /api/v1/batches), followed in batches.js.
 
 import { api, ApiError, upload } from "./api.js";
+import { addBatch } from "./batches.js";
 import { addJob, openWhenDone, rememberFile } from "./jobs.js";
 import { $, $$, announce, formatBytes, h, kindLabel, serverKinds } from "./util.js";
 
@@ -30,7 +33,7 @@ const NUMBERS = new Set(["duration", "guidance_scale", "temperature", "top_k", "
 let models = [];
 // What the server picks when a request names no model: {vocals_default: {model, how, reason, …}}.
 let serverChoices = {};
-let file = null;
+let files = []; // the chosen File objects (one: a job; several: a batch)
 let running = null; // the upload in flight: {abort}
 
 const form = () => $("#job-form");
@@ -65,7 +68,15 @@ export function initForm() {
   for (const select of $$("select[data-models]")) select.addEventListener("change", () => describeModel(select));
 
   const input = $("#file-input");
-  input.addEventListener("change", () => chooseFile(input.files[0] || null));
+  input.addEventListener("change", () => chooseFiles(Array.from(input.files)));
+  const folder = $("#folder-input");
+  folder.addEventListener("change", () => {
+    const audio = Array.from(folder.files).filter(looksLikeAudio);
+    chooseFiles(audio);
+    if (!audio.length && folder.files.length) {
+      showError("No audio files in that folder.", { file: ["Choose a folder holding audio files."] });
+    }
+  });
   const zone = $("#dropzone");
   const over = (event) => {
     if (!event.dataTransfer || !Array.from(event.dataTransfer.types).includes("Files")) return;
@@ -78,17 +89,17 @@ export function initForm() {
   zone.addEventListener("dragleave", (event) => {
     if (!zone.contains(event.relatedTarget)) zone.classList.remove("dragging");
   });
-  zone.addEventListener("drop", (event) => {
+  zone.addEventListener("drop", async (event) => {
     event.preventDefault();
     zone.classList.remove("dragging");
-    const dropped = event.dataTransfer.files[0];
-    if (!dropped) return;
-    try {
-      input.files = event.dataTransfer.files;
-    } catch {
-      // older browsers: the File is kept below all the same
+    const dropped = await droppedFiles(event.dataTransfer);
+    if (!dropped.length) {
+      if (event.dataTransfer.items && event.dataTransfer.items.length) {
+        showError("No audio files in what was dropped.", { file: ["Drop audio files or a folder holding some."] });
+      }
+      return;
     }
-    chooseFile(dropped);
+    chooseFiles(dropped);
   });
   // A file dropped next to the zone must not make the browser leave the page.
   window.addEventListener("dragover", (event) => event.preventDefault());
@@ -104,10 +115,75 @@ export function initForm() {
   updateFormat();
 }
 
-function chooseFile(chosen) {
-  file = chosen;
-  $("#file-chosen").textContent = chosen ? `Chosen: ${chosen.name} (${formatBytes(chosen.size)})` : "";
-  $("#dropzone").classList.toggle("has-file", Boolean(chosen));
+// What a folder's files are kept by: audio or video by type, or a known audio
+// extension (a folder also holds cover art, playlists, notes…). Files chosen
+// one by one are all sent: the server says why one is not audio.
+const AUDIO_NAME = /\.(mp3|wav|wave|flac|ogg|oga|opus|m4a|aac|aif|aiff|wma|webm|mka|mp4|alac|ape|wv)$/i;
+
+function looksLikeAudio(chosen) {
+  return /^(audio|video)\//.test(chosen.type || "") || AUDIO_NAME.test(chosen.name);
+}
+
+/**
+ * The files of a drop: a dropped folder is walked (DataTransferItem.
+ * webkitGetAsEntry) and its audio files kept, in path order; dropped files
+ * are kept as they are.
+ */
+async function droppedFiles(transfer) {
+  const items = Array.from(transfer.items || []).filter((item) => item.kind === "file");
+  // Read before the first await: a drop's items are emptied once its handler returns.
+  const entries = items.map((item) => (item.webkitGetAsEntry ? item.webkitGetAsEntry() : null));
+  const plain = items.map((item) => item.getAsFile());
+  if (!entries.some((entry) => entry && entry.isDirectory)) {
+    try {
+      $("#file-input").files = transfer.files; // the picker names what was dropped
+    } catch {
+      // older browsers: the files are kept all the same
+    }
+    return Array.from(transfer.files || []);
+  }
+  const found = [];
+  for (const [index, entry] of entries.entries()) {
+    if (entry && entry.isDirectory) found.push(...(await folderFiles(entry)));
+    else found.push(plain[index]);
+  }
+  return found.filter(Boolean);
+}
+
+function entryFile(entry) {
+  return new Promise((resolve) => entry.file(resolve, () => resolve(null)));
+}
+
+async function folderFiles(directory) {
+  const reader = directory.createReader();
+  const entries = [];
+  // readEntries answers a part of the folder at a time, then an empty list.
+  for (;;) {
+    const part = await new Promise((resolve, reject) => reader.readEntries(resolve, reject)).catch(() => []);
+    if (!part.length) break;
+    entries.push(...part);
+  }
+  entries.sort((a, b) => a.fullPath.localeCompare(b.fullPath));
+  const found = [];
+  for (const entry of entries) {
+    if (entry.isDirectory) found.push(...(await folderFiles(entry)));
+    else if (AUDIO_NAME.test(entry.name)) found.push(await entryFile(entry));
+  }
+  return found.filter((chosen) => chosen && looksLikeAudio(chosen));
+}
+
+function chooseFiles(chosen) {
+  files = chosen.filter(Boolean);
+  const bytes = files.reduce((sum, f) => sum + f.size, 0);
+  let text = "";
+  if (files.length === 1) text = `Chosen: ${files[0].name} (${formatBytes(files[0].size)})`;
+  else if (files.length > 1) {
+    const names = files.slice(0, 5).map((f) => f.name).join(", ");
+    const more = files.length > 5 ? ` and ${files.length - 5} more` : "";
+    text = `Chosen: ${files.length} files (${formatBytes(bytes)}): ${names}${more}. They start as one batch.`;
+  }
+  $("#file-chosen").textContent = text;
+  $("#dropzone").classList.toggle("has-file", files.length > 0);
   clearFieldError($("#file-input"));
 }
 
@@ -122,7 +198,10 @@ function showKind(kind) {
   const needsFile = kind !== "generation" || Boolean(role);
   $("#file-area").hidden = !needsFile;
   $("#file-label").textContent =
-    kind === "generation" ? (role === "melody" ? "Melody audio file" : "Audio to continue") : "Audio file";
+    kind === "generation" ? (role === "melody" ? "Melody audio file" : "Audio to continue") : "Audio files";
+  // A generation takes one audio prompt; the other kinds take a batch.
+  $("#file-input").multiple = kind !== "generation";
+  for (const hint of $$("[data-batch-hint]")) hint.hidden = kind === "generation";
   const label = { separation: "Separate", transcription: "Transcribe", karaoke: "Make karaoke", analysis: "Analyse", generation: "Generate" };
   $("#submit-job").textContent = label[kind] || "Start";
   clearErrors();
@@ -410,8 +489,12 @@ async function submit() {
     showError("Describe the music to generate.", { prompt: ["Required."] });
     return;
   }
-  if ((kind !== "generation" || role) && !file) {
+  if ((kind !== "generation" || role) && !files.length) {
     showError("Choose an audio file first (drop it on the box or use the file picker).", { file: ["Required."] });
+    return;
+  }
+  if (kind === "generation" && role && files.length > 1) {
+    showError("A generation follows one audio file: choose only one.", { file: ["One file."] });
     return;
   }
   if (kind === "generation" && !role) {
@@ -419,9 +502,18 @@ async function submit() {
     return;
   }
   const body = new FormData();
+  if (files.length > 1) {
+    // One request for them all: the kind, its options once, a `file` part each.
+    body.append("kind", kind);
+    for (const [name, value] of Object.entries(fields)) body.append(name, value);
+    for (const each of files) body.append("file", each, each.name);
+    await start(kind, (progress) => upload("batches", body, progress), files);
+    return;
+  }
+  const file = files[0];
   for (const [name, value] of Object.entries(fields)) body.append(name, value);
   body.append(role || "file", file, file.name);
-  await start(kind, (progress) => upload(ENDPOINTS[kind], body, progress), file);
+  await start(kind, (progress) => upload(ENDPOINTS[kind], body, progress), [file]);
 }
 
 function generationJson(fields) {
@@ -433,20 +525,23 @@ function generationJson(fields) {
   return json;
 }
 
-async function start(kind, send, sentFile) {
+/** Sends the request ``send(onProgress)`` makes; ``sent`` are the files it uploads (none for a generation). */
+async function start(kind, send, sent) {
   const button = $("#submit-job");
   const box = $("#upload");
   const bar = $("#upload-progress");
   const label = $("#upload-label");
+  const batch = Boolean(sent && sent.length > 1);
+  const what = !sent ? "" : batch ? `${sent.length} files` : sent[0].name;
   button.disabled = true;
   bar.value = 0;
-  box.hidden = !sentFile;
-  label.textContent = sentFile ? `Uploading ${sentFile.name}: 0%` : "";
+  box.hidden = !sent;
+  label.textContent = sent ? `Uploading ${what}: 0%` : "";
   let lastAnnounced = -1;
   const request = send((fraction) => {
     const percent = Math.round(fraction * 100);
     bar.value = percent;
-    label.textContent = percent < 100 ? `Uploading ${sentFile.name}: ${percent}%` : `Uploaded ${sentFile.name}; checking the audio…`;
+    label.textContent = percent < 100 ? `Uploading ${what}: ${percent}%` : `Uploaded ${what}; checking the audio…`;
     if (percent - lastAnnounced >= 25 || percent === 100) {
       lastAnnounced = percent;
       if (percent < 100) announce(`Uploading: ${percent}%`);
@@ -454,19 +549,34 @@ async function start(kind, send, sentFile) {
   });
   running = request;
   try {
-    const job = await request.promise;
-    rememberFile(job.id, sentFile);
-    addJob(job);
-    openWhenDone(job.id);
-    announce(`${kindLabel(kind)} started.`);
+    const answer = await request.promise;
+    if (batch) {
+      addBatch(answer);
+    } else {
+      rememberFile(answer.id, sent ? sent[0] : null);
+      addJob(answer);
+      openWhenDone(answer.id);
+      announce(`${kindLabel(kind)} started.`);
+    }
   } catch (error) {
     if (error instanceof ApiError && error.code === "aborted") announce("Upload stopped.");
-    else showError(error.message, error.errors);
+    else showError(requestError(error, batch), error.errors);
   } finally {
     running = null;
     button.disabled = false;
     box.hidden = true;
   }
+}
+
+/** The message for a refused request: a batch over the server's limits says what to do. */
+function requestError(error, batch) {
+  if (!batch || !(error instanceof ApiError)) return error.message;
+  if (error.status === 413) return `${error.message} Send fewer or smaller files at a time.`;
+  if (error.status === 0 && error.code === "network") {
+    // A server refusing a too large body may close the connection before answering.
+    return `${error.message} If the files are large, the batch may be over the server's size limit: send fewer at a time.`;
+  }
+  return error.message;
 }
 
 /** Re-runs a generation with its seed, or loads its settings into the form. */

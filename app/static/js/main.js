@@ -1,6 +1,7 @@
 // Entry point: switches between the log-in view and the app, wires the parts.
 
 import { ApiError, currentSession, login, logout, onSessionChange, register } from "./api.js";
+import { clearBatches, initBatches, loadBatches } from "./batches.js";
 import { initForm, loadModels, regenerate } from "./form.js";
 import { clearJobs, initJobs, loadJobs } from "./jobs.js";
 import { $, announce } from "./util.js";
@@ -16,6 +17,7 @@ function showSignedIn(session) {
 
 function showSignedOut() {
   clearJobs();
+  clearBatches();
   $("#app-view").hidden = true;
   $("#auth-view").hidden = false;
   $("#logout").hidden = true;
@@ -83,6 +85,7 @@ function start(session) {
   started = true;
   loadModels();
   loadJobs();
+  loadBatches();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -96,6 +99,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   initForm();
   initJobs({ regenerate });
+  initBatches();
   onSessionChange((session) => {
     if (!session && started && !leaving) authError("Your session has ended: please log in again.");
     start(session);
