@@ -12,7 +12,6 @@ from flask.typing import ResponseReturnValue
 from flask_jwt_extended import JWTManager
 
 from app.errors_http import error_response
-from app.extensions import db
 from app.records import User
 from app.services import auth as auth_service
 
@@ -35,7 +34,7 @@ def register(jwt: JWTManager) -> None:
 
     @jwt.user_lookup_loader
     def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
-        return db.session.get(User, payload["sub"])
+        return auth_service.load_user(payload["sub"])
 
     @jwt.unauthorized_loader
     def _missing(reason: str) -> ResponseReturnValue:

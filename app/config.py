@@ -97,6 +97,11 @@ def from_environment() -> dict[str, Any]:
         ),
         "MAX_WAITING_PER_USER": env_int("MAX_WAITING_PER_USER", 8),
         "SSE_HEARTBEAT_SECONDS": env_float("SSE_HEARTBEAT_SECONDS", 15.0),
+        # How long an API process believes "this token is not revoked" and
+        # "this token's user exists" before reading them again (0: every
+        # request). Revocations and deletions made by the same process count
+        # at once; those made by another process within this bound.
+        "AUTH_CACHE_SECONDS": env_float("AUTH_CACHE_SECONDS", 5.0),
         "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or None,
         "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
         # A delivery try (connect, send, read) is cut after this long.

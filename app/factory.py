@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from flask import Flask, Request, Response
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -83,6 +84,16 @@ class UploadRequest(Request):
         return stream
 
 
+class NoSessions(SecureCookieSessionInterface):
+    """No cookie sessions: the API authenticates every request by its bearer
+    credentials and keeps nothing in ``flask.session``. Flask's default reads
+    and verifies a session cookie on every request all the same; here every
+    request gets the null session, which refuses writes."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        return None
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """API and workers write the same SQLite file: WAL and a busy timeout keep
@@ -121,6 +132,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # path (app/static) stay what they were when the factory lived in app/__init__.py.
     app = Flask("app")
     app.request_class = UploadRequest
+    app.session_interface = NoSessions()
     app.json = JSONProvider(app)
 
     settings = config_module.from_environment()
