@@ -156,10 +156,10 @@ def _handle_os_error(exc: OSError) -> ResponseReturnValue:
             "The server has no space left to store the upload; try again later.",
             code="insufficient_storage",
         )
-    return _handle_unexpected(exc)
+    return handle_unexpected(exc)
 
 
-def _handle_unexpected(exc: Exception) -> ResponseReturnValue:
+def handle_unexpected(exc: Exception) -> ResponseReturnValue:
     if isinstance(exc, HTTPException):
         return _handle_http_exception(exc)
     log.exception("Unhandled error while serving a request")
@@ -171,4 +171,4 @@ def register(app: Flask) -> None:
     app.register_error_handler(ServiceError, _handle_service_error)
     app.register_error_handler(RedisError, _handle_redis_down)
     app.register_error_handler(OSError, _handle_os_error)
-    app.register_error_handler(Exception, _handle_unexpected)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -183,6 +183,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     auth_callbacks.register(jwt)
     errors_http.register(app)
+    auth_callbacks.register_user_gone(app)
 
     from app import ratelimits
 

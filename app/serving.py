@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -112,6 +113,20 @@ class ApiWorker(ThreadWorker):
     """Gunicorn's gthread worker, as the API's clients need it (module docstring)."""
 
     _quitting = False
+    # How often the worker tells the arbiter it is alive, at most.
+    NOTIFY_SECONDS = 1.0
+    _notified = float("-inf")
+
+    def notify(self) -> None:
+        """Gunicorn's heartbeat (a ``utime`` on the worker's temporary file), at
+        most once a second. The gthread loop calls it at every wake-up, that is
+        once or twice per request, and on a disk-backed ``/tmp`` each call cost
+        about as much as a whole ``/healthz``. The arbiter only looks whether
+        the file is older than ``timeout`` (minutes), so a second is plenty."""
+        now = time.monotonic()
+        if now - self._notified >= self.NOTIFY_SECONDS:
+            self._notified = now
+            super().notify()
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
