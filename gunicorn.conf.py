@@ -19,6 +19,8 @@ bind = [f"{os.environ.get('HOST') or '127.0.0.1'}:{os.environ.get('PORT') or '50
 # Gunicorn's gthread worker, answering its own errors in JSON and closing a
 # connection whose request body was left unread (app/serving.py).
 worker_class = "app.serving.ApiWorker"
+# Gunicorn's logger, building access-log lines only when they are written.
+logger_class = "app.serving.ApiLogger"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
 threads = int(os.environ.get("GUNICORN_THREADS") or 32)
 # Uploads of a few hundred MB from slow clients take a while to arrive.

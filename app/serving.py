@@ -14,6 +14,7 @@ Gunicorn's threaded worker, with two differences a client can see:
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.config import Config
+from gunicorn.glogging import Logger
 from gunicorn.http.wsgi import Response
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -107,6 +109,22 @@ def json_error(status: int, reason: str, message: str) -> bytes:
     }
     head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     return (head + "\r\n" + body).encode("latin-1")
+
+
+class ApiLogger(Logger):
+    """Gunicorn's logger (``logger_class`` in gunicorn.conf.py), building an
+    access-log line only when the ``gunicorn.access`` logger would write it.
+
+    Gunicorn builds every line (its "atoms": times, headers, the request
+    line) whenever any logging configuration is given, and only then lets the
+    logger's level drop it. With ``LOG_FORMAT=json`` the configuration keeps
+    that logger at WARNING (the app logs each request itself): the lines were
+    built for every request and never written.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)
 
 
 class ApiWorker(ThreadWorker):

@@ -86,6 +86,15 @@ GOAL_STATUS = {"rps": 300.0, "p95_ms": 100.0, "p99_ms": 250.0, "error_rate": 0.0
 GOAL_HEALTH = {"rps": 1000.0, "p99_ms": 50.0}
 # R-P2: API RSS grows < 100 MB per concurrent upload; status p95 < 250 ms meanwhile.
 GOAL_UPLOAD_RSS_MB = 100.0
+# Issue [5/7]: the server's CPU per request (the figure other processes on the
+# machine barely move): at least 1,000 status requests/s on 2 cores.
+GOAL_CPU_MS = {"status": 1.5, "healthz": 0.5}
+# Event streams on one API process: every client connected, given the job's
+# state, and given its change; memory per client under this bound (500 clients
+# then cost at most 128 MB), and no growth while they are held beyond this
+# fraction of what connecting them took.
+GOAL_SSE_KIB_PER_CLIENT = 256.0
+GOAL_SSE_HOLD_GROWTH = 0.10
 
 
 # --------------------------------------------------------------------------- measurements
@@ -354,6 +363,228 @@ def upload_phase(
     return result
 
 
+# --------------------------------------------------------------------------- event streams
+
+
+def queued_job(client: Client, work: Path) -> str:
+    """A separation that stays queued (no worker consumes the queue any more):
+    its event stream stays open until it is canceled."""
+    wav = write_wav(work / "queued.wav", 0.4, seed=3)
+    with open(wav, "rb") as handle:
+        response = client.request(
+            "POST",
+            "/api/v1/separations",
+            files={"file": (wav.name, handle, "audio/wav")},
+            data={"model": "hpss"},
+        )
+    if response.status_code != 202:
+        raise RuntimeError(f"queued job: {response.status_code} {response.text}")
+    return str(response.json()["id"])
+
+
+class Stream:
+    """One event-stream client: what it has received so far."""
+
+    def __init__(self) -> None:
+        self.status_events = 0
+        self.keepalives = 0
+        self.connected_at: float | None = None
+        self.changed_at: float | None = None
+        self.closed = False
+        self.error: str | None = None
+
+
+async def _stream(host: str, port: int, path: str, token: str, stream: Stream) -> None:
+    """GET the stream over a plain socket and count its events until the server ends it."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        stream.error = type(exc).__name__
+        return
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: {token}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status = await reader.readline()
+        if b" 200 " not in status:
+            stream.error = status.decode(errors="replace").strip() or "no answer"
+            return
+        tail = b""
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            text = tail + data
+            # Markers split across two reads are counted once: only the new
+            # part of ``text`` (past the kept tail) may start a marker.
+            start = max(0, len(tail) - 20)
+            new_status = text.count(b"event: status", start)
+            stream.keepalives += text.count(b": keepalive", start)
+            for _ in range(new_status):
+                stream.status_events += 1
+                now = time.perf_counter()
+                if stream.status_events == 1:
+                    stream.connected_at = now
+                else:
+                    stream.changed_at = now
+            tail = text[-20:]
+        stream.closed = True
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        stream.error = type(exc).__name__
+    finally:
+        writer.close()
+
+
+def worker_pid(master: int) -> int:
+    """The gunicorn worker of a one-process API (the master's child)."""
+    children = [pid for pid, fields in proc_stats() if int(fields[1]) == master]
+    if len(children) != 1:
+        raise RuntimeError(f"expected one gunicorn worker under {master}, found {children}")
+    return children[0]
+
+
+def sse_phase(
+    args: argparse.Namespace,
+    procs: Processes,
+    work: Path,
+    env: dict[str, str],
+    client: Client,
+) -> dict[str, Any]:
+    """``--sse`` clients on the event stream of one queued job, served by one API
+    process with as many threads; its RSS before, with all held, after holding
+    them (heartbeats every ``--sse-heartbeat`` s), and the time for the job's
+    cancellation to reach every client."""
+    clients = args.sse
+    port = free_port()
+    sse_env = {
+        **env,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
+        # gthread: one thread per open stream, and some for everything else.
+        "GUNICORN_THREADS": str(clients + 32),
+        # The caps on requests that hold a thread (app/services/events.py):
+        # every stream here is the one user's, on one process.
+        "MAX_WAITING_REQUESTS": str(clients),
+        "MAX_WAITING_PER_USER": str(clients),
+        "SSE_HEARTBEAT_SECONDS": f"{args.sse_heartbeat:g}",
+    }
+    log = work / "api-sse.log"
+    api = procs.start("gunicorn (streams)", [PYTHON, "-m", "gunicorn", "wsgi:app"], sse_env, log)
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: client.http.get(base + "/healthz", timeout=5).ok, 90, "/healthz", [log])
+    worker = worker_pid(api.pid)
+    job_id = queued_job(client, work)
+    path = f"/api/v1/jobs/{job_id}/events"
+    token = client.http.headers["Authorization"]
+
+    async def run_streams() -> dict[str, Any]:
+        # A few streams first, so what the first one imports or allocates once
+        # is in the baseline, not charged to the clients.
+        warm = [Stream() for _ in range(4)]
+        tasks = [asyncio.create_task(_stream("127.0.0.1", port, path, token, s)) for s in warm]
+        await asyncio.sleep(1.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(1.0)
+        before = memory_kib(worker, "VmRSS")
+        streams = [Stream() for _ in range(clients)]
+        started = time.perf_counter()
+        tasks = []
+        for number, stream in enumerate(streams):
+            tasks.append(asyncio.create_task(_stream("127.0.0.1", port, path, token, stream)))
+            if number % 50 == 49:
+                await asyncio.sleep(0.05)
+        deadline = started + 120
+        while time.perf_counter() < deadline:
+            if all(s.connected_at or s.error for s in streams):
+                break
+            await asyncio.sleep(0.2)
+        connected = sum(1 for s in streams if s.connected_at)
+        connect_s = time.perf_counter() - started
+        await asyncio.sleep(1.0)
+        held = memory_kib(worker, "VmRSS")
+        threads = _threads(worker)
+        peak = held
+        hold_until = time.perf_counter() + args.sse_hold
+        while time.perf_counter() < hold_until:
+            await asyncio.sleep(0.5)
+            peak = max(peak, memory_kib(worker, "VmRSS"))
+        after_hold = memory_kib(worker, "VmRSS")
+        keepalives = sum(s.keepalives for s in streams)
+        cancel_at = time.perf_counter()
+        await asyncio.to_thread(client.request, "POST", f"/api/v1/jobs/{job_id}/cancel")
+        deadline = time.perf_counter() + 60
+        while time.perf_counter() < deadline and not all(s.closed or s.error for s in streams):
+            await asyncio.sleep(0.1)
+        changed = [s.changed_at - cancel_at for s in streams if s.changed_at]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(1.0)
+        return {
+            "clients": clients,
+            "connected": connected,
+            "connect_s": connect_s,
+            "errors": dict(Counter(s.error for s in streams if s.error)),
+            "rss_before_kib": before,
+            "rss_held_kib": held,
+            "rss_after_hold_kib": after_hold,
+            "rss_peak_kib": peak,
+            "rss_closed_kib": memory_kib(worker, "VmRSS"),
+            "threads_held": threads,
+            "keepalives": keepalives,
+            "changed": len(changed),
+            "change_max_s": max(changed) if changed else float("nan"),
+            "change_p50_s": statistics.median(changed) if changed else float("nan"),
+        }
+
+    result = asyncio.run(run_streams())
+    procs.stop(api)
+    grown = result["rss_held_kib"] - result["rss_before_kib"]
+    per_client = grown / max(result["connected"], 1)
+    hold_growth = (result["rss_peak_kib"] - result["rss_held_kib"]) / max(grown, 1)
+    result.update({"kib_per_client": per_client, "hold_growth": hold_growth})
+    say(
+        f"  {result['connected']}/{clients} streams open in {result['connect_s']:.1f} s "
+        f"(each had the job's state), errors {result['errors'] or 0}; worker threads "
+        f"{result['threads_held']}; {result['keepalives']} heartbeats in {args.sse_hold:g} s held"
+    )
+    say(
+        f"  worker RSS {result['rss_before_kib'] / 1024:.1f} MB before, "
+        f"{result['rss_held_kib'] / 1024:.1f} MB with all open, peak "
+        f"{result['rss_peak_kib'] / 1024:.1f} MB while held, "
+        f"{result['rss_closed_kib'] / 1024:.1f} MB after they ended: "
+        f"{per_client:.0f} KiB per client, {hold_growth:+.1%} while held"
+    )
+    say(
+        f"  the job's cancellation reached {result['changed']}/{clients} clients: "
+        f"p50 {result['change_p50_s'] * 1000:.0f} ms, max {result['change_max_s'] * 1000:.0f} ms"
+    )
+    ok = (
+        result["connected"] == clients
+        and result["changed"] == clients
+        and per_client <= GOAL_SSE_KIB_PER_CLIENT
+        and hold_growth <= GOAL_SSE_HOLD_GROWTH
+    )
+    say(
+        f"  {clients} event streams on one API process: all open and all given the change, "
+        f"<= {GOAL_SSE_KIB_PER_CLIENT:g} KiB per client, <= {GOAL_SSE_HOLD_GROWTH:.0%} growth "
+        f"while held: {'PASS' if ok else 'MISS'}"
+    )
+    return result
+
+
+def _threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
 # --------------------------------------------------------------------------- service
 
 
@@ -394,6 +625,13 @@ def verdicts(status: dict[str, Any], health: dict[str, Any]) -> list[str]:
         ok = got >= goal if key == "rps" else got < goal
         lines.append(
             f"healthz {key} {got:.4g} (goal {'>=' if key == 'rps' else '<'} {goal:g}): {'PASS' if ok else 'MISS'}"
+        )
+    for label, result in (("job status", status), ("healthz", health)):
+        goal = GOAL_CPU_MS["status" if label == "job status" else "healthz"]
+        got = result["server_cpu_ms"]
+        lines.append(
+            f"{label} server CPU per request {got:.2f} ms (goal <= {goal:g} ms): "
+            f"{'PASS' if got <= goal else 'MISS'}"
         )
     return lines
 
@@ -480,6 +718,14 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
             "the server's capacity is higher than these figures."
         )
 
+    if args.sse:
+        say(
+            f"\n== Event streams: {args.sse} clients on one API process "
+            f"({args.sse} + 32 threads), held {args.sse_hold:g} s =="
+        )
+        check_load("event streams")
+        sse_phase(args, procs, work, env, client)
+
     if not args.upload_mb:
         return
     say(f"\n== Uploads: {args.uploads} concurrent, sizes {args.upload_mb} MB ==")
@@ -529,6 +775,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="upload sizes in MB, comma-separated, smallest first (5,50); empty to skip",
     )
     parser.add_argument("--uploads", type=int, default=4, help="concurrent uploads (4)")
+    parser.add_argument(
+        "--sse", type=int, default=500, help="event-stream clients on one process (500; 0 skips)"
+    )
+    parser.add_argument("--sse-hold", type=float, default=20.0, help="seconds to hold them (20)")
+    parser.add_argument(
+        "--sse-heartbeat", type=float, default=5.0, help="SSE_HEARTBEAT_SECONDS meanwhile (5)"
+    )
     parser.add_argument("--workers", type=int, help="gunicorn processes (gunicorn.conf.py: 2)")
     parser.add_argument("--no-redis", action="store_true", help="SQLite broker even with redis")
     parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")

@@ -308,12 +308,35 @@ def test_the_limiter_checks_no_request_it_has_no_limit_for(app: Flask) -> None:
     assert limiter._check_request_limit not in app.before_request_funcs.get(None, [])
 
 
-def test_app_wide_limits_keep_the_check(tmp_path: Path) -> None:
-    app = make_app(tmp_path / "data", RATELIMIT_ENABLED=True, RATELIMIT_DEFAULT="2/minute")
-    assert limiter._check_request_limit in app.before_request_funcs.get(None, [])
-    client = app.test_client()
-    statuses = [client.get("/healthz").status_code for _ in range(3)]
-    assert statuses == [200, 200, 429]
+def test_app_wide_limits_keep_the_check() -> None:
+    # Judged on a bare app: initialising the limiter with default limits would
+    # leave them in the process-wide limiter for every later app.
+    from app.ratelimits import _app_wide_limits
+
+    for name in ("RATELIMIT_DEFAULT", "RATELIMIT_APPLICATION", "RATELIMIT_META"):
+        bare = Flask("bare")
+        assert not _app_wide_limits(bare)
+        bare.config[name] = "2/minute"
+        assert _app_wide_limits(bare)
+
+
+def test_access_lines_are_built_only_when_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from gunicorn.config import Config
+
+    from app.serving import ApiLogger
+
+    logger = ApiLogger(Config())
+    logger._access_log_enabled = True  # as with a logging configuration (LOG_FORMAT=json)
+    built: list[Any] = []
+    monkeypatch.setattr(logger, "atoms", lambda *args: built.append(args) or {})
+    logger.access_log.setLevel(logging.WARNING)
+    logger.access(None, None, {}, None)
+    assert built == []
+    logger.access_log.setLevel(logging.INFO)
+    logger.access(None, None, {}, None)
+    assert len(built) == 1
 
 
 def test_the_worker_heartbeat_is_written_at_most_once_a_second() -> None:
