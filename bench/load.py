@@ -505,11 +505,16 @@ def sse_phase(
             await asyncio.sleep(0.2)
         connected = sum(1 for s in streams if s.connected_at)
         connect_s = time.perf_counter() - started
-        await asyncio.sleep(1.0)
+        # Held a while first, so that every stream has been through a
+        # heartbeat (a read of the row, its database connection) before the
+        # RSS with all of them open is taken; then held as long again twice.
+        settle_until = time.perf_counter() + args.sse_hold / 3
+        while time.perf_counter() < settle_until:
+            await asyncio.sleep(0.5)
         held = memory_kib(worker, "VmRSS")
         threads = _threads(worker)
         peak = held
-        hold_until = time.perf_counter() + args.sse_hold
+        hold_until = time.perf_counter() + 2 * args.sse_hold / 3
         while time.perf_counter() < hold_until:
             await asyncio.sleep(0.5)
             peak = max(peak, memory_kib(worker, "VmRSS"))
@@ -555,10 +560,10 @@ def sse_phase(
     )
     say(
         f"  worker RSS {result['rss_before_kib'] / 1024:.1f} MB before, "
-        f"{result['rss_held_kib'] / 1024:.1f} MB with all open, peak "
-        f"{result['rss_peak_kib'] / 1024:.1f} MB while held, "
+        f"{result['rss_held_kib'] / 1024:.1f} MB with all open ({args.sse_hold / 3:g} s in), "
+        f"peak {result['rss_peak_kib'] / 1024:.1f} MB in the {2 * args.sse_hold / 3:g} s after, "
         f"{result['rss_closed_kib'] / 1024:.1f} MB after they ended: "
-        f"{per_client:.0f} KiB per client, {hold_growth:+.1%} while held"
+        f"{per_client:.0f} KiB per client, then {hold_growth:+.1%} of that while held"
     )
     say(
         f"  the job's cancellation reached {result['changed']}/{clients} clients: "
@@ -653,6 +658,8 @@ def run(args: argparse.Namespace, procs: Processes, work: Path) -> None:
         env.pop(name, None)
     if args.workers:
         env["WEB_CONCURRENCY"] = str(args.workers)
+    if args.threads:
+        env["GUNICORN_THREADS"] = str(args.threads)
     redis_url = None if args.no_redis else start_redis(procs, work)
     if redis_url:
         env["REDIS_URL"] = redis_url
@@ -778,11 +785,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sse", type=int, default=500, help="event-stream clients on one process (500; 0 skips)"
     )
-    parser.add_argument("--sse-hold", type=float, default=20.0, help="seconds to hold them (20)")
+    parser.add_argument("--sse-hold", type=float, default=30.0, help="seconds to hold them (30)")
     parser.add_argument(
         "--sse-heartbeat", type=float, default=5.0, help="SSE_HEARTBEAT_SECONDS meanwhile (5)"
     )
     parser.add_argument("--workers", type=int, help="gunicorn processes (gunicorn.conf.py: 2)")
+    parser.add_argument("--threads", type=int, help="threads per process (gunicorn.conf.py: 32)")
     parser.add_argument("--no-redis", action="store_true", help="SQLite broker even with redis")
     parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")

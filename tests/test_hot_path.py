@@ -171,6 +171,25 @@ def test_the_compiled_dump_is_the_schemas_dump(queued_app: Flask, state: str) ->
         assert response.json == Schema.dump(JobSchema(), job)
 
 
+@pytest.mark.parametrize("script_root", ["", "/behind/a/prefix"])
+def test_job_paths_are_what_the_url_map_builds(app: Flask, script_root: str) -> None:
+    from flask import url_for
+
+    from app.services.job_document import job_path, path_for
+
+    endpoints = ["jobs.get_job", "jobs.job_events", "jobs.get_archive", "jobs.get_transcript"]
+    job_ids = [str(uuid.uuid4()), "not-a-uuid", "a b/c"]
+    with app.test_request_context(base_url=f"http://localhost{script_root}/"):
+        for endpoint in endpoints:
+            for job_id in job_ids:
+                assert job_path(endpoint, job_id) == url_for(endpoint, job_id=job_id)
+                assert job_path(endpoint, job_id).startswith(script_root + "/api/v1/jobs/")
+    with app.app_context():  # a worker: no request
+        for endpoint in endpoints:
+            job_id = str(uuid.uuid4())
+            assert job_path(endpoint, job_id) == path_for(endpoint, job_id=job_id)
+
+
 def test_a_schema_the_compiler_cannot_reproduce_keeps_marshmallows_dump() -> None:
     from marshmallow import fields, post_dump
 

@@ -9,10 +9,11 @@ app's URL map (``path_for``), relative as they are in answers.
 from __future__ import annotations
 
 from collections.abc import Callable
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import current_app, has_request_context, url_for
+from flask import current_app, has_request_context, request, url_for
 from marshmallow import Schema, fields, missing, utils
 from marshmallow.decorators import POST_DUMP, PRE_DUMP
 from sqlalchemy import and_, func, or_, select
@@ -27,6 +28,29 @@ def path_for(endpoint: str, **values: Any) -> str:
     if has_request_context():
         return url_for(endpoint, **values)
     return current_app.url_map.bind("localhost").build(endpoint, values)
+
+
+_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
+_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def job_path(endpoint: str, job_id: str) -> str:
+    """``path_for(endpoint, job_id=job_id)``, from a template built once per
+    app, endpoint and script root: every job answer carries several such
+    paths, and building each through the URL map cost more than the rest of
+    the document. A job id is a UUID, which a URL carries as it is; anything
+    else is built the usual way."""
+    if not _JOB_ID.fullmatch(job_id):
+        return path_for(endpoint, job_id=job_id)
+    root = request.script_root if has_request_context() else None
+    templates = current_app.extensions.setdefault("job_paths", {})
+    template = templates.get((endpoint, root))
+    if template is None:
+        template = path_for(endpoint, job_id=_PLACEHOLDER).split(_PLACEHOLDER)
+        templates[(endpoint, root)] = template
+    if len(template) != 2:
+        return path_for(endpoint, job_id=job_id)
+    return f"{template[0]}{job_id}{template[1]}"
 
 
 class UTCDateTime(fields.DateTime):
@@ -249,10 +273,10 @@ class JobSchema(Schema):
         return queue_position(job)
 
     def _events_url(self, job: Job) -> str:
-        return path_for("jobs.job_events", job_id=job.id)
+        return job_path("jobs.job_events", job.id)
 
     def _url(self, job: Job) -> str:
-        return path_for("jobs.get_job", job_id=job.id)
+        return job_path("jobs.get_job", job.id)
 
     def _result(self, job: Job) -> dict[str, Any] | None:
         if job.status != "succeeded" or not job.result:
@@ -263,7 +287,7 @@ class JobSchema(Schema):
             for f in result.get("files", [])
         ]
         if result["files"]:
-            result["archive_url"] = path_for("jobs.get_archive", job_id=job.id)
+            result["archive_url"] = job_path("jobs.get_archive", job.id)
         if job.kind == "transcription":
-            result["transcript_url"] = path_for("jobs.get_transcript", job_id=job.id)
+            result["transcript_url"] = job_path("jobs.get_transcript", job.id)
         return result
