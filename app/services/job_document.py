@@ -8,8 +8,8 @@ app's URL map (``path_for``), relative as they are in answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
