@@ -272,8 +272,10 @@ def auth_facts() -> AuthFacts:
     own database)."""
     facts = current_app.extensions.get("auth_facts")
     if facts is None:
-        facts = AuthFacts(float(current_app.config.get("AUTH_CACHE_SECONDS") or 0))
-        current_app.extensions["auth_facts"] = facts
+        # setdefault: two requests arriving first together share one.
+        facts = current_app.extensions.setdefault(
+            "auth_facts", AuthFacts(float(current_app.config.get("AUTH_CACHE_SECONDS") or 0))
+        )
     return facts
 
 
