@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
 from typing import Any
 
+from flask import Flask
 from flask_cors import CORS
-from flask_jwt_extended import JWTManager
+from flask_jwt_extended import JWTManager, view_decorators
 from flask_jwt_extended.config import config as jwt_config
 from flask_jwt_extended.default_callbacks import default_decode_key_callback
 from flask_migrate import Migrate
@@ -60,6 +62,23 @@ class VerifiedTokens:
             self._entries.clear()
 
 
+@functools.lru_cache(maxsize=4096)
+def _unverified_header(encoded_token: str) -> dict[str, Any]:
+    return dict(_library_unverified_header(encoded_token))
+
+
+_library_unverified_header = view_decorators.get_unverified_jwt_headers
+
+
+def unverified_header(encoded_token: str) -> dict[str, Any]:
+    """flask-jwt-extended's ``get_unverified_jwt_headers``, remembered per token
+    string (it is a function of the string alone; one that does not parse
+    raises every time, as before). Its request check parses the header again
+    after the token was verified, which cost a poll as much as the rest of
+    the token handling once verification was cached."""
+    return dict(_unverified_header(encoded_token))
+
+
 class ServiceJWTManager(JWTManager):
     """flask-jwt-extended's manager, verifying each token once (``VerifiedTokens``)
     instead of on every request: decoding and checking an HS256 token was the
@@ -68,6 +87,11 @@ class ServiceJWTManager(JWTManager):
     def __init__(self) -> None:
         super().__init__()
         self.verified = VerifiedTokens()
+
+    def init_app(self, app: Flask, add_context_processor: bool = False) -> None:
+        super().init_app(app, add_context_processor)
+        # The request check calls this module global: point it at the cache.
+        view_decorators.get_unverified_jwt_headers = unverified_header
 
     def _decode_jwt_from_config(
         self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False

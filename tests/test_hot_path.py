@@ -229,6 +229,24 @@ def test_a_token_verified_by_one_app_is_not_trusted_by_another(tmp_path: Path) -
     assert response.json["code"] == "invalid_token"
 
 
+def test_the_request_check_reads_headers_through_the_cache(app: Flask) -> None:
+    from flask_jwt_extended import view_decorators
+    from jwt.exceptions import DecodeError
+
+    from app.extensions import unverified_header
+
+    assert view_decorators.get_unverified_jwt_headers is unverified_header
+    headers = register_and_login(app.test_client())
+    token = headers["Authorization"].split()[1]
+    first = unverified_header(token)
+    assert first == {"alg": "HS256", "typ": "JWT"}
+    first["alg"] = "none"  # a copy each time: the cache cannot be changed through it
+    assert unverified_header(token)["alg"] == "HS256"
+    for _ in range(2):
+        with pytest.raises(DecodeError):
+            unverified_header("not.a.token")
+
+
 def test_the_verified_tokens_are_bounded() -> None:
     cache = type(jwt.verified)(size=3)
     for n in range(5):
