@@ -159,7 +159,12 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     database_url = config.get("DATABASE_URL") or f"sqlite:///{data_dir / 'jobs.sqlite'}"
     config["DATABASE_URL"] = database_url
     config["SQLALCHEMY_DATABASE_URI"] = database_url
-    config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # A database server can drop connections (a restart, an idle timeout): each
+    # checkout is pinged first. A SQLite file cannot, and the ping was a query
+    # of its own on every request.
+    config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": not database_url.startswith("sqlite")}
+    )
 
     if int(config.get("TRUSTED_PROXY_HOPS") or 0) < 0:
         raise RuntimeError("TRUSTED_PROXY_HOPS must be 0 (no proxy) or more")

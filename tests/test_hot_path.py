@@ -393,3 +393,13 @@ def test_the_worker_heartbeat_is_written_at_most_once_a_second() -> None:
     worker._notified -= ApiWorker.NOTIFY_SECONDS
     worker.notify()
     assert worker.tmp.writes == 2
+
+
+def test_only_a_database_server_is_pinged_before_each_checkout(tmp_path: Path) -> None:
+    from app import config
+
+    base = {**config.from_environment(), "DATA_DIR": str(tmp_path), "SECRET_KEY": "s" * 48}
+    sqlite = config.finalise(dict(base, DATABASE_URL=None))
+    assert sqlite["SQLALCHEMY_ENGINE_OPTIONS"] == {"pool_pre_ping": False}
+    server = config.finalise(dict(base, DATABASE_URL="postgresql+psycopg://u:p@db/aimusic"))
+    assert server["SQLALCHEMY_ENGINE_OPTIONS"] == {"pool_pre_ping": True}
