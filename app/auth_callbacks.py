@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Flask, g
 from flask.typing import ResponseReturnValue
 from flask_jwt_extended import JWTManager
+from sqlalchemy import inspect, select
+from sqlalchemy.orm.exc import ObjectDeletedError
 
-from app.errors_http import error_response
+from app.errors_http import error_response, handle_unexpected
 from app.extensions import db
 from app.records import User
 from app.services import auth as auth_service
@@ -35,7 +38,7 @@ def register(jwt: JWTManager) -> None:
 
     @jwt.user_lookup_loader
     def _load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
-        return db.session.get(User, payload["sub"])
+        return auth_service.load_user(payload["sub"])
 
     @jwt.unauthorized_loader
     def _missing(reason: str) -> ResponseReturnValue:
@@ -68,3 +71,23 @@ def register(jwt: JWTManager) -> None:
     @jwt.token_verification_failed_loader
     def _failed(_header: dict[str, Any], _payload: dict[str, Any]) -> ResponseReturnValue:
         return error_response(401, "The token is invalid.", code="invalid_token")
+
+
+def register_user_gone(app: Flask) -> None:
+    app.register_error_handler(ObjectDeletedError, _user_gone)
+
+
+def _user_gone(exc: ObjectDeletedError) -> ResponseReturnValue:
+    """The caller's account was deleted by another API process within
+    ``AUTH_CACHE_SECONDS``: this process still believed it existed
+    (``auth_service.load_user``) until the route read more of the row than its
+    id. The same 401 as for a token whose user is known to be gone."""
+    db.session.rollback()
+    user = g.get("auth_user")
+    identity = inspect(user).identity if isinstance(user, User) else None
+    if identity:
+        found = db.session.execute(select(User.id).where(User.id == identity[0])).first()
+        if found is None:
+            auth_service.auth_facts().forget_user(identity[0])
+            return error_response(401, "The token's user no longer exists.", code="invalid_token")
+    return handle_unexpected(exc)

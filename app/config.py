@@ -107,6 +107,11 @@ def from_environment() -> dict[str, Any]:
         ),
         "MAX_WAITING_PER_USER": env_int("MAX_WAITING_PER_USER", 8),
         "SSE_HEARTBEAT_SECONDS": env_float("SSE_HEARTBEAT_SECONDS", 15.0),
+        # How long an API process believes "this token is not revoked" and
+        # "this token's user exists" before reading them again (0: every
+        # request). Revocations and deletions made by the same process count
+        # at once; those made by another process within this bound.
+        "AUTH_CACHE_SECONDS": env_float("AUTH_CACHE_SECONDS", 5.0),
         "WEBHOOK_SECRET": os.environ.get("WEBHOOK_SECRET") or None,
         "WEBHOOK_ALLOW_PRIVATE": env_bool("WEBHOOK_ALLOW_PRIVATE", False),
         # A delivery try (connect, send, read) is cut after this long.
@@ -171,7 +176,12 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     database_url = config.get("DATABASE_URL") or f"sqlite:///{data_dir / 'jobs.sqlite'}"
     config["DATABASE_URL"] = database_url
     config["SQLALCHEMY_DATABASE_URI"] = database_url
-    config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    # A database server can drop connections (a restart, an idle timeout): each
+    # checkout is pinged first. A SQLite file cannot, and the ping was a query
+    # of its own on every request.
+    config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": not database_url.startswith("sqlite")}
+    )
 
     if int(config["MAX_RUNNING_JOBS"]) < 1:
         raise RuntimeError("MAX_RUNNING_JOBS must be 1 or more (jobs of one user a queue holds)")

@@ -164,7 +164,7 @@ def _handle_os_error(exc: OSError) -> ResponseReturnValue:
             "The server has no space left to store the upload; try again later.",
             code="insufficient_storage",
         )
-    return _handle_unexpected(exc)
+    return handle_unexpected(exc)
 
 
 def _handle_database_error(exc: DBAPIError) -> ResponseReturnValue:
@@ -178,16 +178,16 @@ def _handle_database_error(exc: DBAPIError) -> ResponseReturnValue:
         state = schema_state(db.session.connection())
     except Exception:  # the database is not even reachable: not a schema problem
         db.session.rollback()
-        return _handle_unexpected(exc)
+        return handle_unexpected(exc)
     if state.current:
-        return _handle_unexpected(exc)
+        return handle_unexpected(exc)
     log.error("Request refused: %s", state.describe())
     resp, code = error_response(503, state.describe(), code="schema_not_current")
     resp.headers["Retry-After"] = "30"
     return resp, code
 
 
-def _handle_unexpected(exc: Exception) -> ResponseReturnValue:
+def handle_unexpected(exc: Exception) -> ResponseReturnValue:
     if isinstance(exc, HTTPException):
         return _handle_http_exception(exc)
     log.exception("Unhandled error while serving a request")
@@ -200,4 +200,4 @@ def register(app: Flask) -> None:
     app.register_error_handler(RedisError, _handle_redis_down)
     app.register_error_handler(OSError, _handle_os_error)
     app.register_error_handler(DBAPIError, _handle_database_error)
-    app.register_error_handler(Exception, _handle_unexpected)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from flask import Flask, Request, Response
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -82,6 +83,16 @@ class UploadRequest(Request):
         return stream
 
 
+class NoSessions(SecureCookieSessionInterface):
+    """No cookie sessions: the API authenticates every request by its bearer
+    credentials and keeps nothing in ``flask.session``. Flask's default reads
+    and verifies a session cookie on every request all the same; here every
+    request gets the null session, which refuses writes."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        return None
+
+
 @event.listens_for(Engine, "connect")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """API and workers write the same SQLite file: WAL and a busy timeout keep
@@ -103,14 +114,19 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
 def _security_headers(response: Response) -> Response:
     """``SECURITY_HEADERS``, and a content security policy: our pages may load
-    their own scripts and styles, anything else loads nothing."""
+    their own scripts and styles, anything else loads nothing. A header the
+    route set itself is kept."""
     headers = response.headers
+    # One pass over the headers instead of a scan per name (``setdefault``):
+    # this runs on every answer, probes and status polls included.
+    present = {name.lower() for name, _value in headers.items()}
     for name, value in SECURITY_HEADERS.items():
-        headers.setdefault(name, value)
-    if response.mimetype == "text/html":
-        headers.setdefault("Content-Security-Policy", HTML_CSP)
-    else:
-        headers.setdefault("Content-Security-Policy", API_CSP)
+        if name.lower() not in present:
+            headers.add(name, value)
+    if "content-security-policy" not in present:
+        headers.add(
+            "Content-Security-Policy", HTML_CSP if response.mimetype == "text/html" else API_CSP
+        )
     return response
 
 
@@ -120,6 +136,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # path (app/static) stay what they were when the factory lived in app/__init__.py.
     app = Flask("app")
     app.request_class = UploadRequest
+    app.session_interface = NoSessions()
     app.json = JSONProvider(app)
 
     settings = config_module.from_environment()
@@ -170,6 +187,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     auth_callbacks.register(jwt)
     errors_http.register(app)
+    auth_callbacks.register_user_gone(app)
 
     from app import ratelimits
 

@@ -137,3 +137,21 @@ def _rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
 def init_app(app: Flask) -> None:
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, _rate_limited)
+    if not _app_wide_limits(app):
+        # Flask-Limiter also checks every request before its view, for limits
+        # that apply to all routes. We set none: our limits are decorators,
+        # which check themselves. Without any, that check only cost every
+        # request (status polls, probes) time for nothing.
+        hooks = app.before_request_funcs.get(None, [])
+        app.before_request_funcs[None] = [h for h in hooks if h != limiter._check_request_limit]
+
+
+def _app_wide_limits(app: Flask) -> bool:
+    """Whether any limit needs Flask-Limiter's check before every request:
+    default, application-wide or meta limits (from the limiter or the config)."""
+    manager = limiter.limit_manager
+    configured = any(
+        app.config.get(name)
+        for name in ("RATELIMIT_DEFAULT", "RATELIMIT_APPLICATION", "RATELIMIT_META")
+    )
+    return bool(configured or manager.default_limits or manager.application_limits)

@@ -14,13 +14,16 @@ Gunicorn's threaded worker, with two differences a client can see:
 from __future__ import annotations
 
 import json
+import logging
 import socket
+import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
 from gunicorn import util
 from gunicorn.config import Config
+from gunicorn.glogging import Logger
 from gunicorn.http.wsgi import Response
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -108,10 +111,40 @@ def json_error(status: int, reason: str, message: str) -> bytes:
     return (head + "\r\n" + body).encode("latin-1")
 
 
+class ApiLogger(Logger):
+    """Gunicorn's logger (``logger_class`` in gunicorn.conf.py), building an
+    access-log line only when the ``gunicorn.access`` logger would write it.
+
+    Gunicorn builds every line (its "atoms": times, headers, the request
+    line) whenever any logging configuration is given, and only then lets the
+    logger's level drop it. With ``LOG_FORMAT=json`` the configuration keeps
+    that logger at WARNING (the app logs each request itself): the lines were
+    built for every request and never written.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)
+
+
 class ApiWorker(ThreadWorker):
     """Gunicorn's gthread worker, as the API's clients need it (module docstring)."""
 
     _quitting = False
+    # How often the worker tells the arbiter it is alive, at most.
+    NOTIFY_SECONDS = 1.0
+    _notified = float("-inf")
+
+    def notify(self) -> None:
+        """Gunicorn's heartbeat (a ``utime`` on the worker's temporary file), at
+        most once a second. The gthread loop calls it at every wake-up, that is
+        once or twice per request, and on a disk-backed ``/tmp`` each call cost
+        about as much as a whole ``/healthz``. The arbiter only looks whether
+        the file is older than ``timeout`` (minutes), so a second is plenty."""
+        now = time.monotonic()
+        if now - self._notified >= self.NOTIFY_SECONDS:
+            self._notified = now
+            super().notify()
 
     def load_wsgi(self) -> None:
         super().load_wsgi()

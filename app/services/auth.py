@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +16,7 @@ from flask_jwt_extended import create_access_token, create_refresh_token, decode
 from redis import Redis
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import make_transient_to_detached
 
 from app.errors import ServiceError
 from app.extensions import db
@@ -153,6 +156,7 @@ def revoke(payload: dict[str, Any]) -> None:
         # The refresh token's own expiry is not in the access token: its
         # longest possible remaining life is used.
         entries.append((payload["rjti"], now + _refresh_lifetime()))
+    auth_facts().mark_revoked([jti for jti, _expires in entries])
     client = _redis()
     if client is not None:
         pipe = client.pipeline()
@@ -168,12 +172,132 @@ def revoke(payload: dict[str, Any]) -> None:
 
 def is_revoked(jtis: list[str]) -> bool:
     """Whether any of these token ids was revoked. With Redis down this raises
-    (the request gets a 503) rather than letting a revoked token through."""
+    (the request gets a 503) rather than letting a revoked token through.
+
+    A token found not revoked is believed so for ``AUTH_CACHE_SECONDS``
+    (``AuthFacts``): a revocation made by another process is seen within that
+    bound, one made by this process at once.
+    """
+    facts = auth_facts()
+    known = facts.revoked(jtis)
+    if known is not None:
+        return known
     client = _redis()
     if client is not None:
-        return int(client.exists(*(REVOKED_KEY + jti for jti in jtis))) > 0
-    found = db.session.execute(select(RevokedToken.jti).where(RevokedToken.jti.in_(jtis)))
-    return found.first() is not None
+        revoked = int(client.exists(*(REVOKED_KEY + jti for jti in jtis))) > 0
+    else:
+        found = db.session.execute(select(RevokedToken.jti).where(RevokedToken.jti.in_(jtis)))
+        revoked = found.first() is not None
+    if not revoked:
+        facts.not_revoked(jtis)
+    return revoked
+
+
+class AuthFacts:
+    """What an API process recently learnt about tokens and users, so that a
+    client polling every second does not cost a revocation lookup and a user
+    read on every request.
+
+    "Not revoked" and "the user exists" are believed for ``ttl`` seconds after
+    they were read; a revocation or an account deletion made in this process
+    is known at once, one made in another process within ``ttl``. A revoked
+    token stays refused. ``ttl`` 0 turns the cache off. Bounded in size.
+    """
+
+    def __init__(self, ttl: float, size: int = 10000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._jtis: dict[str, tuple[bool, float]] = {}
+        self._users: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def revoked(self, jtis: list[str]) -> bool | None:
+        """True if one of ``jtis`` is known revoked, False if all are recently
+        known not revoked, None when the store must be asked."""
+        if self.ttl <= 0:
+            return None
+        now = time.monotonic()
+        fresh = True
+        with self._lock:
+            for jti in jtis:
+                fact = self._jtis.get(jti)
+                if fact is not None and fact[0]:
+                    return True
+                if fact is None or now - fact[1] > self.ttl:
+                    fresh = False
+        return False if fresh else None
+
+    def not_revoked(self, jtis: list[str]) -> None:
+        if self.ttl <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._bound(self._jtis)
+            for jti in jtis:
+                if not self._jtis.get(jti, (False, 0.0))[0]:
+                    self._jtis[jti] = (False, now)
+
+    def mark_revoked(self, jtis: list[str]) -> None:
+        with self._lock:
+            self._bound(self._jtis)
+            for jti in jtis:
+                self._jtis[jti] = (True, time.monotonic())
+
+    def user_seen(self, user_id: str) -> bool:
+        if self.ttl <= 0:
+            return False
+        with self._lock:
+            seen = self._users.get(user_id)
+        return seen is not None and time.monotonic() - seen <= self.ttl
+
+    def saw_user(self, user_id: str) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            self._bound(self._users)
+            self._users[user_id] = time.monotonic()
+
+    def forget_user(self, user_id: str) -> None:
+        with self._lock:
+            self._users.pop(user_id, None)
+
+    def _bound(self, entries: dict[str, Any]) -> None:
+        """Room for one more entry: past the size, the oldest insertions go."""
+        while len(entries) >= self.size:
+            del entries[next(iter(entries))]
+
+
+def auth_facts() -> AuthFacts:
+    """This app's ``AuthFacts`` (one per app: tests build several, each with its
+    own database)."""
+    facts = current_app.extensions.get("auth_facts")
+    if facts is None:
+        # setdefault: two requests arriving first together share one.
+        facts = current_app.extensions.setdefault(
+            "auth_facts", AuthFacts(float(current_app.config.get("AUTH_CACHE_SECONDS") or 0))
+        )
+    return facts
+
+
+def load_user(user_id: str) -> User | None:
+    """The user a token names, None when there is no such account.
+
+    Within ``AUTH_CACHE_SECONDS`` of having read it, the row is not read again:
+    the user is attached to the session with only its id, and the rest of the
+    row is loaded when a route reads it (a status poll reads only the id).
+    """
+    facts = auth_facts()
+    if facts.user_seen(user_id):
+        user = db.session.identity_map.get((User, (user_id,), None))
+        if user is None:
+            user = User(id=user_id)
+            make_transient_to_detached(user)
+            db.session.add(user)
+        return user
+    user = db.session.get(User, user_id)
+    if user is not None:
+        facts.saw_user(user_id)
+    return user
 
 
 def _refresh_lifetime() -> Any:
@@ -203,6 +327,7 @@ def delete_account(user: User, password: str) -> None:
     if record is not None:
         db.session.delete(record)
         db.session.commit()
+    auth_facts().forget_user(user.id)
 
 
 def purge_revoked() -> int:
