@@ -166,7 +166,12 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     database_url = config.get("DATABASE_URL") or f"sqlite:///{data_dir / 'jobs.sqlite'}"
     config["DATABASE_URL"] = database_url
     config["SQLALCHEMY_DATABASE_URI"] = database_url
-    config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    engine_options = config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True})
+    if database_url.startswith("postgresql"):
+        # A database host that is down (not just its server) would hold each
+        # connection attempt for the kernel's TCP timeout, minutes: give up
+        # after 5 s, so requests answer 503 and workers retry (app/database.py).
+        engine_options.setdefault("connect_args", {}).setdefault("connect_timeout", 5)
 
     if int(config["MAX_RUNNING_JOBS"]) < 1:
         raise RuntimeError("MAX_RUNNING_JOBS must be 1 or more (jobs of one user a queue holds)")

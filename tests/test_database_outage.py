@@ -1,0 +1,132 @@
+"""The job database unreachable: ``503 service_unavailable`` JSON with
+``Retry-After`` on every route that needs it, never a 500, and the API
+recovers by itself when the database is back (app/errors_http.py,
+app/database.py). Other database errors stay ``500 internal_error``."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import exc as sa_exc
+
+from app import database
+from tests.support.apps import make_app, register_and_login
+from tests.support.audio import sine_and_clicks, wav_bytes
+
+PASSWORD = "a long enough password"
+
+
+def _requests(client: FlaskClient, headers: dict[str, str]) -> dict[str, Any]:
+    """What a user does: register, log in, list, read a job, submit one."""
+    return {
+        "register": client.post(
+            "/api/v1/auth/register", json={"email": "new@example.com", "password": PASSWORD}
+        ),
+        "login": client.post(
+            "/api/v1/auth/login", json={"email": "old@example.com", "password": PASSWORD}
+        ),
+        "list": client.get("/api/v1/jobs", headers=headers),
+        "status": client.get("/api/v1/jobs/0123456789abcdef", headers=headers),
+        "submit": client.post(
+            "/api/v1/separations",
+            data={"file": (io.BytesIO(wav_bytes(sine_and_clicks(1))), "song.wav"), "model": "hpss"},
+            headers=headers,
+            content_type="multipart/form-data",
+        ),
+    }
+
+
+def _assert_unavailable(responses: dict[str, Any]) -> None:
+    for name, response in responses.items():
+        assert response.status_code == 503, (name, response.status_code, response.data[:300])
+        assert response.is_json, name
+        body = response.json
+        assert body["code"] == "service_unavailable" and body["status"] == 503, (name, body)
+        assert "Traceback" not in body["message"] and "SELECT" not in body["message"]
+        assert response.headers["Retry-After"] == "5", name
+
+
+def test_postgresql_down_answers_503_and_the_api_recovers_by_itself(
+    tmp_path: Path, postgres_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = make_app(tmp_path / "data", DATABASE_URL=postgres_server.create_database("outage"))
+    client = app.test_client()
+    headers = register_and_login(client, "old@example.com")
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 200  # a pooled connection
+
+    postgres_server.kill()  # kill -9: the pooled connections are dead
+    with caplog.at_level("WARNING", logger="app.errors_http"):
+        _assert_unavailable(_requests(client, headers))
+    assert "Database unavailable" in caplog.text and "Traceback" not in caplog.text
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json["checks"]["database"]["ok"] is False
+    assert client.get("/healthz").status_code == 200
+
+    postgres_server.start()  # crash recovery; same port, same data
+    after = _requests(client, headers)
+    assert after["register"].status_code == 201, after["register"].json
+    assert after["login"].status_code == 200, after["login"].json
+    assert after["list"].status_code == 200
+    assert after["status"].status_code == 404  # no such job, as before
+    assert after["submit"].status_code == 202, after["submit"].json
+    assert client.get("/readyz").json["checks"]["database"]["ok"] is True
+
+
+def test_sqlite_that_cannot_be_opened_answers_503(tmp_path: Path) -> None:
+    folder = tmp_path / "db"
+    folder.mkdir()
+    app = make_app(tmp_path / "data", DATABASE_URL=f"sqlite:///{folder / 'jobs.sqlite'}")
+    client = app.test_client()
+    headers = register_and_login(client, "old@example.com")
+    from app.extensions import db
+
+    moved = tmp_path / "db-away"
+    with app.app_context():
+        db.engine.dispose()
+    folder.rename(moved)
+    folder.write_text("not a directory")  # "unable to open database file"
+    try:
+        responses = _requests(client, headers)
+        _assert_unavailable({k: v for k, v in responses.items() if k != "submit"})
+    finally:
+        folder.unlink()
+        shutil.move(moved, folder)
+    assert client.get("/api/v1/jobs", headers=headers).status_code == 200
+
+
+def test_other_database_errors_stay_internal_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(tmp_path / "data")
+    client = app.test_client()
+    headers = register_and_login(client)
+    from app.services import jobs
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise sa_exc.IntegrityError("INSERT ...", {}, Exception("duplicate key"))
+
+    monkeypatch.setattr(jobs, "list_jobs", broken)
+    listed = client.get("/api/v1/jobs", headers=headers)
+    assert listed.status_code == 500 and listed.json["code"] == "internal_error"
+
+
+@pytest.mark.parametrize(
+    ("error", "unavailable"),
+    [
+        (sa_exc.OperationalError("SELECT 1", {}, Exception("connection refused")), True),
+        (sa_exc.OperationalError("SELECT 1", {}, Exception("database is locked")), True),
+        (sa_exc.InterfaceError("SELECT 1", {}, Exception("the connection is closed")), True),
+        (sa_exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached"), True),
+        (sa_exc.OperationalError("SELECT x", {}, Exception("no such column: x")), False),
+        (sa_exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")), False),
+        (sa_exc.ProgrammingError("SELECT", {}, Exception("syntax error at or near")), False),
+        (ValueError("not a database error"), False),
+    ],
+)
+def test_what_counts_as_the_database_being_unavailable(error: Exception, unavailable: bool) -> None:
+    assert database.is_unavailable(error) is unavailable
