@@ -130,3 +130,85 @@ def test_other_database_errors_stay_internal_errors(
 )
 def test_what_counts_as_the_database_being_unavailable(error: Exception, unavailable: bool) -> None:
     assert database.is_unavailable(error) is unavailable
+
+
+# -- workers -------------------------------------------------------------------
+
+
+def test_a_job_rides_out_postgresql_restarting_under_it(
+    tmp_path: Path, postgres_server: Any, song_wav: bytes
+) -> None:
+    """PostgreSQL killed mid-job and back a few seconds later: the progress
+    writes of the outage are skipped, the result write waits for the server,
+    and the job succeeds on its first attempt (not failed, not run again)."""
+    import threading
+    import time
+
+    from app.extensions import db
+    from app.services import runner
+    from tests.support.apps import fresh_job, submit_separation
+
+    app = make_app(tmp_path / "data", DATABASE_URL=postgres_server.create_database("worker"))
+    job_id = submit_separation(app, song_wav)[1]
+    restarted = threading.Event()
+
+    def restart_later() -> None:
+        time.sleep(3)
+        postgres_server.start()
+        restarted.set()
+
+    def work(job: Any, attempt: Any, report: Any) -> dict[str, Any]:
+        report(0.2, "working", force=True)
+        postgres_server.kill()
+        threading.Thread(target=restart_later, daemon=True).start()
+        report(0.5, "still working", force=True)  # skipped, not fatal
+        report(0.8, force=True)
+        assert not restarted.is_set()
+        return {"files": []}
+
+    with app.app_context():
+        assert runner.execute(job_id, work) == "succeeded"
+        assert restarted.is_set()
+        db.session.remove()
+        job = fresh_job(job_id)
+        assert (job.status, job.attempts, job.progress) == ("succeeded", 1, 1.0)
+
+
+def test_a_result_write_whose_commit_landed_before_the_connection_dropped_is_kept(
+    queued_app: Any, queued_job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost during COMMIT leaves it unknown whether the commit
+    landed; the retried compare-and-set finds its own write and keeps the
+    result instead of taking it for another attempt's."""
+    from app.extensions import db
+    from app.services import runner
+    from tests.support.apps import fresh_job
+
+    real_commit = db.session.commit
+    dropped: list[bool] = []
+
+    def commit() -> None:
+        real_commit()
+        if not dropped and db.session.info.get("recording"):
+            dropped.append(True)
+            raise sa_exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+    def work(job: Any, attempt: Any, report: Any) -> dict[str, Any]:
+        (attempt.workdir / "out.txt").write_text("result")
+        return {"files": []}
+
+    real_publish = runner.storage.publish_results
+
+    def publish_results(*args: Any) -> Any:
+        db.session.info["recording"] = True  # the next commit is the result's
+        return real_publish(*args)
+
+    monkeypatch.setattr(db.session, "commit", commit)
+    monkeypatch.setattr(runner.storage, "publish_results", publish_results)
+    with queued_app.app_context():
+        assert runner.execute(queued_job, work) == "succeeded"
+        assert dropped == [True]
+        job = fresh_job(queued_job)
+        assert (job.status, job.attempts) == ("succeeded", 1)
+        results = Path(queued_app.config["DATA_DIR"]) / "jobs" / queued_job / "results" / "1"
+        assert (results / "out.txt").read_text() == "result"
