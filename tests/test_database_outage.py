@@ -212,3 +212,23 @@ def test_a_result_write_whose_commit_landed_before_the_connection_dropped_is_kep
         assert (job.status, job.attempts) == ("succeeded", 1)
         results = Path(queued_app.config["DATA_DIR"]) / "jobs" / queued_job / "results" / "1"
         assert (results / "out.txt").read_text() == "result"
+
+
+def test_an_outage_longer_than_the_worker_waits_leaves_the_job_to_the_reaper(
+    queued_app: Any, queued_job: str
+) -> None:
+    """Past ``OUTAGE_PATIENCE_SECONDS`` the attempt gives up without failing
+    the job (that needs the database too, and the job did nothing wrong): the
+    job stays ``running`` with its attempt lock free, and the reaper re-queues it."""
+    from app.services import maintenance, runner
+    from tests.support.apps import fresh_job
+
+    def work(job: Any, attempt: Any, report: Any) -> dict[str, Any]:
+        raise sa_exc.OperationalError("UPDATE jobs", {}, Exception("connection refused"))
+
+    with queued_app.app_context():
+        assert runner.execute(queued_job, work) is None
+        job = fresh_job(queued_job)
+        assert (job.status, job.attempts, job.error_code) == ("running", 1, None)
+        assert maintenance.reap_lost_jobs() == 1
+        assert fresh_job(queued_job).status == "queued"

@@ -17,7 +17,8 @@ The rules every job kind gets for free:
 - a database outage (PostgreSQL restarting) is ridden out: progress writes are
   skipped while it lasts and the job keeps running, and the writes that decide
   a job's fate (its claim, its result, its failure) are retried for up to
-  ``OUTAGE_PATIENCE_SECONDS``, so the job neither fails nor runs again for it.
+  ``OUTAGE_PATIENCE_SECONDS``, so the job neither fails nor runs again for it;
+  a longer outage abandons the attempt (not the job) to the reaper.
 """
 
 from __future__ import annotations
@@ -284,6 +285,20 @@ def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
     except ServiceError as exc:
         return _fail(job_id, attempt, exc.code, exc.message)
     except Exception as exc:
+        if is_unavailable(exc):
+            # The database stayed away past OUTAGE_PATIENCE_SECONDS: nothing
+            # about this attempt can be recorded. Its lock goes with it
+            # (finally), so once the database is back the reaper sees the
+            # attempt gone and runs the job again; failing it would need the
+            # database too, and would blame the job for the outage.
+            log.error(
+                "job %s attempt %s abandoned: the database is unavailable (%s); "
+                "the reaper runs it again once it is back",
+                job_id,
+                attempt.number,
+                describe(exc),
+            )
+            return None
         failure = storage.storage_failure(exc)
         if failure is not None:
             log.warning("job %s: results could not be written: %s", job_id, failure)
