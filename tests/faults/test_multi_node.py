@@ -227,7 +227,7 @@ def test_postgresql_restarted_mid_job_answers_503_and_loses_no_job(cluster: Clus
     it, the jobs carry on and record their results once it is back, each on
     its first attempt; the API recovers without a restart."""
     job_ids = [cluster.submit_ok() for _ in range(3)]
-    cluster.wait_busy(job_ids)
+    running = [job.id for job in cluster.wait_busy(job_ids).values()]
     cluster.postgres.kill()
     down = time.monotonic()
 
@@ -255,6 +255,8 @@ def test_postgresql_restarted_mid_job_answers_503_and_loses_no_job(cluster: Clus
         cluster.faults.logs,
     )
     cluster.timings["postgres_back_to_api_200"] = round(time.monotonic() - back, 1)
+    cluster.faults.wait_final(running, timeout=60)
+    cluster.timings["postgres_back_to_running_jobs_recorded"] = round(time.monotonic() - back, 1)
     rows = cluster.faults.wait_final(job_ids, timeout=120)
     cluster.timings["postgres_back_to_all_jobs_done"] = round(time.monotonic() - back, 1)
 
