@@ -232,3 +232,28 @@ def test_an_outage_longer_than_the_worker_waits_leaves_the_job_to_the_reaper(
         assert (job.status, job.attempts, job.error_code) == ("running", 1, None)
         assert maintenance.reap_lost_jobs() == 1
         assert fresh_job(queued_job).status == "queued"
+
+
+def test_a_webhook_delivery_is_recorded_once_the_database_is_back(
+    queued_app: Any, queued_job: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver already has its answer: a database outage delays the
+    delivery record instead of losing it (and failing the delivery task)."""
+    from app.extensions import db
+    from app.services import webhooks
+    from tests.support.apps import fresh_job
+
+    real_execute = db.session.execute
+    refused: list[bool] = []
+
+    def execute(*args: Any, **kwargs: Any) -> Any:
+        if not refused:
+            refused.append(True)
+            raise sa_exc.OperationalError("SELECT", {}, Exception("connection refused"))
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(db.session, "execute", execute)
+    with queued_app.app_context():
+        webhooks._record(queued_job, attempts=1, state="delivered")
+        assert refused == [True]
+        assert fresh_job(queued_job).webhook == {"attempts": 1, "state": "delivered"}

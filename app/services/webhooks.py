@@ -35,6 +35,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select, update
 
+from app.database import retry_while_unavailable
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import Job, utcnow
@@ -89,15 +90,22 @@ def sign(key: str, timestamp: str, body: bytes) -> str:
 
 
 def _record(job_id: str, **values: Any) -> None:
-    """Update the job's delivery record (never ``updated_at``: that is the job's own)."""
-    row = db.session.execute(select(Job.webhook).where(Job.id == job_id)).first()
-    if row is None:  # deleted meanwhile: the delivery still goes out
-        db.session.rollback()
-        return
-    record = dict(row[0] or {})
-    record.update(values)
-    db.session.execute(update(Job).where(Job.id == job_id).values(webhook=record))
-    db.session.commit()
+    """Update the job's delivery record (never ``updated_at``: that is the job's own).
+
+    The receiver has its answer by now: a database outage delays the record
+    (retried, as a worker does for a job's result) rather than losing it."""
+
+    def write() -> None:
+        row = db.session.execute(select(Job.webhook).where(Job.id == job_id)).first()
+        if row is None:  # deleted meanwhile: the delivery still goes out
+            db.session.rollback()
+            return
+        record = dict(row[0] or {})
+        record.update(values)
+        db.session.execute(update(Job).where(Job.id == job_id).values(webhook=record))
+        db.session.commit()
+
+    retry_while_unavailable(write, f"webhook of job {job_id}: recording the delivery")
 
 
 def _job_json(job: Job) -> dict[str, Any]:
