@@ -218,9 +218,9 @@ def _turns_loop(app: Flask) -> None:
         with _worker_db(app):
             try:
                 hand_out_turns()
-            except Exception:
+            except Exception as exc:
                 db.session.rollback()
-                log.warning("handing out turns failed", exc_info=True)
+                log.warning("handing out turns failed", exc_info=not database.is_unavailable(exc))
 
 
 def _maintenance_loop(app: Flask) -> None:

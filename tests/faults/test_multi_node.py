@@ -134,7 +134,11 @@ def cluster(
     redis: RedisProcess,
     tmp_path: Path,
 ) -> Iterator[Cluster]:
-    faults = faults_with(DATABASE_URL=postgres_server.create_database("nodes"))
+    # Every job goes to Redis at once (no fair-queue turns held back in the
+    # database), so the broker holds a queue when a node or Redis is lost.
+    faults = faults_with(
+        DATABASE_URL=postgres_server.create_database("nodes"), MAX_RUNNING_JOBS=1000
+    )
     nodes = {}
     for letter in "ab":
         local = tmp_path / f"node-{letter}"  # the machine's own disk
