@@ -257,3 +257,47 @@ def test_a_webhook_delivery_is_recorded_once_the_database_is_back(
         webhooks._record(queued_job, attempts=1, state="delivered")
         assert refused == [True]
         assert fresh_job(queued_job).webhook == {"attempts": 1, "state": "delivered"}
+
+
+def test_an_event_stream_waits_out_a_database_outage(
+    queued_app: Any, song_wav: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream already under way keeps its connection through an outage (it
+    skips the reads that fail) and carries on with the job's next change."""
+    from app.extensions import db
+    from app.records import Job
+    from app.services import events, jobs
+    from tests.support.apps import submit_separation
+    from tests.support.procs import free_port
+
+    _headers, job_id = submit_separation(queued_app, song_wav)
+    with queued_app.app_context():
+        job = db.session.get(Job, job_id)
+        assert job is not None
+        owner = job.owner_id
+    real_load = events._load
+    reads: list[str] = []
+
+    def load(*args: Any) -> Any:
+        reads.append("read")
+        if len(reads) in (2, 3):  # the database is away for two reads
+            raise sa_exc.OperationalError("SELECT", {}, Exception("connection refused"))
+        return real_load(*args)
+
+    monkeypatch.setattr(events, "_load", load)
+    seen = []
+    with queued_app.test_request_context():
+        for change in events.watch(
+            owner,
+            job_id,
+            poll_seconds=0.05,
+            heartbeat_seconds=60,
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens: it polls
+        ):
+            assert change is not None
+            seen.append(change.job.status)
+            if len(seen) == 1:
+                with queued_app.app_context():
+                    assert jobs.finish(job_id, "canceled")
+    assert seen == ["queued", "canceled"]
+    assert len(reads) >= 4
