@@ -301,3 +301,26 @@ def test_an_event_stream_waits_out_a_database_outage(
                     assert jobs.finish(job_id, "canceled")
     assert seen == ["queued", "canceled"]
     assert len(reads) >= 4
+
+
+def test_the_openapi_document_lists_the_503_of_routes_that_need_the_database(
+    client: FlaskClient,
+) -> None:
+    spec = client.get("/openapi.json").json
+    operations = {
+        (method.upper(), path): operation
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+    }
+    for key in [
+        ("POST", "/api/v1/auth/register"),
+        ("POST", "/api/v1/auth/login"),
+        ("GET", "/api/v1/jobs"),
+        ("DELETE", "/api/v1/jobs/{job_id}"),
+        ("POST", "/api/v1/separations"),
+    ]:
+        assert "503" in operations[key]["responses"], key
+    described = operations[("GET", "/api/v1/jobs")]["responses"]["503"]["description"]
+    assert "service_unavailable" in described
+    for key in [("GET", "/healthz"), ("GET", "/api/v1/models"), ("GET", "/metrics")]:
+        assert "503" not in operations[key]["responses"], key
