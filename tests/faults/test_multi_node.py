@@ -168,6 +168,7 @@ def cluster(
                 PROMETHEUS_MULTIPROC_DIR=tmp_path / "api" / "metrics",
                 LOG_LEVEL="WARNING",
             ),
+            processes=2,
         )
     )
     for worker in (*nodes.values(), maintenance):

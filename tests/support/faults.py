@@ -103,7 +103,7 @@ class Faults:
                 process.kill_all()
                 process.log.close()
             else:
-                process.stop()
+                process.stop(timeout=1)
 
     # -- jobs --------------------------------------------------------------------
 
