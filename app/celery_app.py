@@ -21,6 +21,8 @@ from celery import Celery, Task
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from flask import Flask
 
+from app import database
+
 log = logging.getLogger(__name__)
 
 
@@ -187,9 +189,10 @@ def _heartbeat_loop(app: Flask, hostname: str, queues: str) -> None:
                 row.seen_at = utcnow()
                 db.session.add(row)
                 db.session.commit()
-            except Exception:
+            except Exception as exc:
                 db.session.rollback()
-                log.warning("worker heartbeat failed", exc_info=True)
+                # A database outage (every beat until it ends) needs no trace.
+                log.warning("worker heartbeat failed", exc_info=not database.is_unavailable(exc))
         if _heartbeat_stop.wait(interval):
             with _worker_db(app):
                 try:
@@ -215,9 +218,9 @@ def _turns_loop(app: Flask) -> None:
         with _worker_db(app):
             try:
                 hand_out_turns()
-            except Exception:
+            except Exception as exc:
                 db.session.rollback()
-                log.warning("handing out turns failed", exc_info=True)
+                log.warning("handing out turns failed", exc_info=not database.is_unavailable(exc))
 
 
 def _maintenance_loop(app: Flask) -> None:
@@ -236,6 +239,6 @@ def _maintenance_loop(app: Flask) -> None:
         with _worker_db(app):
             try:
                 run_once()
-            except Exception:
+            except Exception as exc:
                 db.session.rollback()
-                log.warning("maintenance pass failed", exc_info=True)
+                log.warning("maintenance pass failed", exc_info=not database.is_unavailable(exc))

@@ -179,9 +179,14 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
     # A database server can drop connections (a restart, an idle timeout): each
     # checkout is pinged first. A SQLite file cannot, and the ping was a query
     # of its own on every request.
-    config.setdefault(
+    engine_options = config.setdefault(
         "SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": not database_url.startswith("sqlite")}
     )
+    if database_url.startswith("postgresql"):
+        # A database host that is down (not just its server) would hold each
+        # connection attempt for the kernel's TCP timeout, minutes: give up
+        # after 5 s, so requests answer 503 and workers retry (app/database.py).
+        engine_options.setdefault("connect_args", {}).setdefault("connect_timeout", 5)
 
     if int(config["MAX_RUNNING_JOBS"]) < 1:
         raise RuntimeError("MAX_RUNNING_JOBS must be 1 or more (jobs of one user a queue holds)")

@@ -9,9 +9,10 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
+from app import database
 from app.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,23 @@ def _handle_redis_down(exc: Exception) -> ResponseReturnValue:
     return resp, code
 
 
+def _handle_database_error(exc: Exception) -> ResponseReturnValue:
+    # The job database unreachable (PostgreSQL restarting, SQLite locked past
+    # its busy timeout): a 503 the client can retry, like Redis above. The
+    # session is rolled back so this request's thread starts clean; the pool
+    # drops the dead connection and pool_pre_ping replaces it once the server
+    # is back, so the API recovers by itself. Any other database error is a bug.
+    database.reset_session()
+    if not database.is_unavailable(exc):
+        return _handle_schema_not_current(exc)
+    log.warning("Database unavailable: %s", database.describe(exc))
+    resp, code = error_response(
+        503, "The job database is unavailable; try again shortly.", code="service_unavailable"
+    )
+    resp.headers["Retry-After"] = "5"
+    return resp, code
+
+
 def _handle_os_error(exc: OSError) -> ResponseReturnValue:
     # A full data volume while Werkzeug spools an upload to DATA_DIR/tmp (the
     # spool file is anonymous, so nothing is left behind): a clear 507.
@@ -167,9 +185,10 @@ def _handle_os_error(exc: OSError) -> ResponseReturnValue:
     return handle_unexpected(exc)
 
 
-def _handle_database_error(exc: DBAPIError) -> ResponseReturnValue:
-    # A missing table or column most often means the API runs before
-    # `flask db upgrade`: say so (503, the operator's to fix) instead of a 500.
+def _handle_schema_not_current(exc: Exception) -> ResponseReturnValue:
+    # A database error that is not an outage. A missing table or column most
+    # often means the API runs before `flask db upgrade`: say so (503, the
+    # operator's to fix) instead of a 500; anything else is a bug.
     from app.extensions import db
     from app.schema_version import schema_state
 
@@ -198,6 +217,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, _handle_http_exception)
     app.register_error_handler(ServiceError, _handle_service_error)
     app.register_error_handler(RedisError, _handle_redis_down)
+    app.register_error_handler(sa_exc.DBAPIError, _handle_database_error)
+    app.register_error_handler(sa_exc.TimeoutError, _handle_database_error)
     app.register_error_handler(OSError, _handle_os_error)
-    app.register_error_handler(DBAPIError, _handle_database_error)
     app.register_error_handler(Exception, handle_unexpected)

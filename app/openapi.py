@@ -18,7 +18,10 @@ route by route, so a new route gets them without anyone remembering to:
 - a route with a request body answers ``413`` (over the body or upload limits),
   ``422`` (invalid fields) and, for JSON, ``400`` (not JSON at all);
 - a route that takes a file upload answers ``415`` (not audio), ``503`` (the
-  job queue is down) and ``507`` (no space to store the upload).
+  job queue is down) and ``507`` (no space to store the upload);
+- a route that reads the job database (every route that takes a user's
+  credentials, and the account routes under ``/api/v1/auth/``) answers ``503``
+  while it cannot be reached (app/errors_http.py).
 
 A route's own description of one of these codes is kept, and an error response
 described by text alone gets the error shape as its content.
@@ -32,6 +35,8 @@ from typing import Any
 from apispec import BasePlugin
 from flask_smorest import Api
 from marshmallow import Schema, fields
+
+from app.access import API_KEY_SCHEME, JWT_SCHEME
 
 
 class ErrorSchema(Schema):
@@ -68,8 +73,23 @@ TOO_LARGE = _error(
 INVALID = _error("Invalid fields; `errors` maps each field to its messages.")
 NOT_JSON = _error("The body is not valid JSON.")
 NOT_AUDIO = _error("The upload is not an audio or video file (`unsupported_media_type`).")
-QUEUE_DOWN = _error("The job queue is unavailable (`broker_unavailable`); retry shortly.")
+QUEUE_DOWN = _error(
+    "The job queue (`broker_unavailable`) or the job database (`service_unavailable`) "
+    "is unavailable; retry shortly."
+)
+DATABASE_DOWN = _error(
+    "The job database (or Redis, which holds revoked tokens) is unavailable "
+    "(`service_unavailable`); retry after `Retry-After`."
+)
 NO_SPACE = _error("No space left to store the upload (`insufficient_storage`).")
+
+
+def _names_a_user(operation: dict[str, Any]) -> bool:
+    """Whether the operation takes a user's credentials (each names a user row)."""
+    return any(
+        {JWT_SCHEME, API_KEY_SCHEME} & set(requirement)
+        for requirement in operation.get("security") or []
+    )
 
 
 def _takes_upload(operation: dict[str, Any]) -> bool:
@@ -120,6 +140,8 @@ def document_errors(path: str, operation: dict[str, Any]) -> None:
         _add(responses, 415, NOT_AUDIO)
         _add(responses, 503, QUEUE_DOWN)
         _add(responses, 507, NO_SPACE)
+    if _names_a_user(operation) or path.startswith("/api/v1/auth/"):
+        _add(responses, 503, DATABASE_DOWN)
 
 
 class ErrorResponses(BasePlugin):

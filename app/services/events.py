@@ -26,7 +26,7 @@ from typing import Any
 from flask import current_app, has_app_context
 from sqlalchemy import select
 
-from app import localbus
+from app import database, localbus
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import Job
@@ -346,16 +346,24 @@ def watch(
         sent_status = status_of(last_event_id)
         next_beat = time.monotonic() + heartbeat_seconds
         while True:
-            job = _load(owner_id, job_id)
-            if job is None:
-                return
-            current = event_id(job)
-            if current != sent:
-                name = "status" if job.status != sent_status else "progress"
-                yield Change(name, current, job)
-                sent, sent_status = current, job.status
-            if job.is_final:
-                return
+            try:
+                job = _load(owner_id, job_id)
+            except Exception as exc:
+                if not database.is_unavailable(exc):
+                    raise
+                # The database is away: keep the stream (and its heartbeats)
+                # and read again at the next notice, beat or poll.
+                log.info("job %s stream: %s; waiting", job_id, database.describe(exc))
+            else:
+                if job is None:
+                    return
+                current = event_id(job)
+                if current != sent:
+                    name = "status" if job.status != sent_status else "progress"
+                    yield Change(name, current, job)
+                    sent, sent_status = current, job.status
+                if job.is_final:
+                    return
             next_read = time.monotonic() + poll_seconds
             while True:
                 if client_gone():

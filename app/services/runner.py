@@ -13,7 +13,12 @@ The rules every job kind gets for free:
 - progress writes are throttled, and each write doubles as the cancel check;
 - every failure ends in ``failed`` with a code and a message, never a silent loss:
   the soft time limit gives ``time_limit_exceeded``, a full or unwritable disk
-  ``storage_error`` (partial files are removed first, so the worker carries on).
+  ``storage_error`` (partial files are removed first, so the worker carries on);
+- a database outage (PostgreSQL restarting) is ridden out: progress writes are
+  skipped while it lasts and the job keeps running, and the writes that decide
+  a job's fate (its claim, its result, its failure) are retried for up to
+  ``OUTAGE_PATIENCE_SECONDS``, so the job neither fails nor runs again for it;
+  a longer outage abandons the attempt (not the job) to the reaper.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import func, select, update
 
 from app import storage
+from app.database import describe, is_unavailable, reset_session, retry_while_unavailable
 from app.errors import ServiceError
 from app.extensions import db
 from app.models.engines import Progress
@@ -68,6 +74,7 @@ class ProgressReporter:
         self.interval = interval
         self._last_write = 0.0
         self._stage: str | None = None
+        self._outage = False
         self.progress = 0.0
         # Where the work's 0..1 starts on the job's bar (after a URL fetch).
         self.start = 0.0
@@ -92,18 +99,37 @@ class ProgressReporter:
         if stage is not None:
             values["stage"] = stage
             self._stage = stage
-        result = db.session.execute(
-            update(Job)
-            .where(
-                Job.id == self.attempt.job_id,
-                Job.status == "running",
-                Job.attempts == self.attempt.number,
-            )
-            .values(**values)
-        )
-        db.session.commit()
-        publish(self.attempt.job_id)
         self._last_write = now
+        try:
+            result = db.session.execute(
+                update(Job)
+                .where(
+                    Job.id == self.attempt.job_id,
+                    Job.status == "running",
+                    Job.attempts == self.attempt.number,
+                )
+                .values(**values)
+            )
+            db.session.commit()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # Progress is worth less than the job: carry on without it (and
+            # without the cancel check) until the database answers again.
+            reset_session()
+            if not self._outage:
+                log.warning(
+                    "job %s: progress not recorded, the database is unavailable (%s); "
+                    "the job carries on",
+                    self.attempt.job_id,
+                    describe(exc),
+                )
+                self._outage = True
+            return
+        if self._outage:
+            log.warning("job %s: progress recorded again", self.attempt.job_id)
+            self._outage = False
+        publish(self.attempt.job_id)
         if result.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
             raise JobCanceled(self.attempt.job_id)
 
@@ -148,6 +174,15 @@ def worker_name() -> str:
 def start(job_id: str) -> Attempt | None:
     """Claim a job for a new attempt, or return None if this delivery must do nothing.
 
+    Waits out a database outage (``retry_while_unavailable``): a claim lost
+    with its connection is made again, as the next attempt.
+    """
+    return retry_while_unavailable(lambda: _claim(job_id), f"job {job_id}: claiming it")
+
+
+def _claim(job_id: str) -> Attempt | None:
+    """One try of ``start``.
+
     A queued job is claimed. A running job is taken over only when the process
     of its current attempt is gone: Celery requeues the message of a killed
     worker child, Redis that of a killed worker, and that delivery resumes the
@@ -183,22 +218,28 @@ def start(job_id: str) -> Attempt | None:
     if lock is None:
         return None  # another delivery is claiming this very attempt
     now = utcnow()
-    claimed = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
-        update(Job)
-        .where(Job.id == job_id, Job.status == status, Job.attempts == previous)
-        .values(
-            status="running",
-            attempts=number,
-            started_at=now,
-            updated_at=now,
-            stage="starting",
-            progress=0.0,
-            worker=worker_name(),
-            # A stray message for a job still waiting its turn: it counts now.
-            dispatched_at=func.coalesce(Job.dispatched_at, now),
-        )
-    ).rowcount
-    db.session.commit()
+    try:
+        claimed = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
+            update(Job)
+            .where(Job.id == job_id, Job.status == status, Job.attempts == previous)
+            .values(
+                status="running",
+                attempts=number,
+                started_at=now,
+                updated_at=now,
+                stage="starting",
+                progress=0.0,
+                worker=worker_name(),
+                # A stray message for a job still waiting its turn: it counts now.
+                dispatched_at=func.coalesce(Job.dispatched_at, now),
+            )
+        ).rowcount
+        db.session.commit()
+    except BaseException:
+        # Whether the claim landed is unknown: free the lock, so a retry (or
+        # the reaper) sees this attempt's process gone and starts the next.
+        lock.release()
+        raise
     if claimed != 1:
         lock.release()
         return None
@@ -224,8 +265,7 @@ def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
         shutil.rmtree(attempt.workdir, ignore_errors=True)
         attempt.workdir.mkdir(parents=True)
         report = ProgressReporter(attempt)
-        job = db.session.get(Job, job_id)
-        assert job is not None
+        job = retry_while_unavailable(lambda: _snapshot(job_id), f"job {job_id}: reading it")
         began = time.monotonic()
         if url_input.pending_url(job):
             # Input by URL: fetched here, in the job's turn, before any work.
@@ -245,6 +285,20 @@ def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
     except ServiceError as exc:
         return _fail(job_id, attempt, exc.code, exc.message)
     except Exception as exc:
+        if is_unavailable(exc):
+            # The database stayed away past OUTAGE_PATIENCE_SECONDS: nothing
+            # about this attempt can be recorded. Its lock goes with it
+            # (finally), so once the database is back the reaper sees the
+            # attempt gone and runs the job again; failing it would need the
+            # database too, and would blame the job for the outage.
+            log.error(
+                "job %s attempt %s abandoned: the database is unavailable (%s); "
+                "the reaper runs it again once it is back",
+                job_id,
+                attempt.number,
+                describe(exc),
+            )
+            return None
         failure = storage.storage_failure(exc)
         if failure is not None:
             log.warning("job %s: results could not be written: %s", job_id, failure)
@@ -258,10 +312,20 @@ def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
         log.exception("job %s failed with an internal error", job_id)
         return _fail(job_id, attempt, "internal_error", "The job failed with an internal error.")
     finally:
-        db.session.rollback()
+        reset_session()
         shutil.rmtree(attempt.workdir, ignore_errors=True)
         if attempt.lock is not None:
             attempt.lock.release()
+
+
+def _snapshot(job_id: str) -> Job:
+    """The job's row, detached from the session: progress commits (and the
+    rollback after a failed one) expire what the session holds, and work that
+    read an expired attribute during a database outage would fail with it."""
+    job = db.session.get(Job, job_id)
+    assert job is not None
+    db.session.expunge(job)
+    return job
 
 
 def _time_limit_message() -> str:
@@ -278,15 +342,26 @@ def _time_limit_message() -> str:
 
 
 def _fail(job_id: str, attempt: Attempt, code: str, message: str) -> str | None:
-    db.session.rollback()
+    reset_session()
     # Partial files go first: on a full disk that frees the space the failure
     # record (and the next job) needs.
     shutil.rmtree(attempt.workdir, ignore_errors=True)
-    if finish(
-        job_id, "failed", error=(code, message), only_from=("running",), attempt=attempt.number
-    ):
+
+    def record() -> bool:
+        return finish(
+            job_id, "failed", error=(code, message), only_from=("running",), attempt=attempt.number
+        ) or _ended_by(job_id, attempt, "failed")
+
+    if retry_while_unavailable(record, f"job {job_id}: recording its failure"):
         return "failed"
     return _lost(job_id, attempt)
+
+
+def _ended_by(job_id: str, attempt: Attempt, status: str) -> bool:
+    """Whether this attempt already gave the job ``status``: a compare-and-set
+    retried after its connection dropped during COMMIT finds its own write."""
+    row = db.session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).first()
+    return row is not None and tuple(row) == (status, attempt.number)
 
 
 def _lost(job_id: str, attempt: Attempt) -> str | None:
@@ -295,8 +370,11 @@ def _lost(job_id: str, attempt: Attempt) -> str | None:
     attempt took the job over (a lost attempt lock, a redelivery after a
     reaper's re-queue). That attempt reports how the job ends; reporting it
     here as well would count one job twice in the job metrics."""
-    db.session.rollback()
-    latest = db.session.execute(select(Job.attempts).where(Job.id == job_id)).scalar()
+    reset_session()
+    latest = retry_while_unavailable(
+        lambda: db.session.execute(select(Job.attempts).where(Job.id == job_id)).scalar(),
+        f"job {job_id}: reading its attempt",
+    )
     if latest is not None and latest != attempt.number:
         log.info("job %s attempt %s was superseded by attempt %s", job_id, attempt.number, latest)
         return None
@@ -319,28 +397,34 @@ def _commit(
         "device": outcome.pop("device", device),
         "attempt": attempt.number,
     }
-    folder = storage.publish_results(job.id, attempt.number)
-    now = utcnow()
-    won = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
-        update(Job)
-        .where(Job.id == job.id, Job.status == "running", Job.attempts == attempt.number)
-        .values(
-            status="succeeded",
-            progress=1.0,
-            stage="done",
-            result=outcome,
-            metrics=metrics,
-            # Storage quota: the published results now count for the owner.
-            stored_bytes=Job.stored_bytes + storage.folder_size(folder),
-            finished_at=now,
-            updated_at=now,
-        )
-    ).rowcount
-    db.session.commit()
-    if won != 1:
+    job_id = job.id
+    folder = storage.publish_results(job_id, attempt.number)
+    size = storage.folder_size(folder)
+
+    def record() -> bool:
+        now = utcnow()
+        won = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.attempts == attempt.number)
+            .values(
+                status="succeeded",
+                progress=1.0,
+                stage="done",
+                result=outcome,
+                metrics=metrics,
+                # Storage quota: the published results now count for the owner.
+                stored_bytes=Job.stored_bytes + size,
+                finished_at=now,
+                updated_at=now,
+            )
+        ).rowcount
+        db.session.commit()
+        return won == 1 or _ended_by(job_id, attempt, "succeeded")
+
+    if not retry_while_unavailable(record, f"job {job_id}: recording its result"):
         # Canceled, deleted or taken over by a later attempt between the last
         # progress check and now: this attempt's result is never served.
         shutil.rmtree(folder, ignore_errors=True)
-        return _lost(job.id, attempt)
-    job_ended(job.id)
+        return _lost(job_id, attempt)
+    job_ended(job_id)
     return "succeeded"

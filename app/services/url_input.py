@@ -318,5 +318,8 @@ def fetch_input(job: Job, report: Progress) -> bool:
         db.session.rollback()
         fetched.path.unlink(missing_ok=True)
         raise
-    db.session.refresh(job)
+    # The runner's copy of the row is detached (runner._snapshot): it gets
+    # what was just written, without reading the database again.
+    job.input = meta
+    job.stored_bytes = (job.stored_bytes or 0) + fetched.size
     return True

@@ -36,6 +36,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select, update
 
+from app.database import retry_while_unavailable
 from app.errors import ServiceError
 from app.extensions import db
 from app.records import Batch, Job, utcnow
@@ -93,16 +94,23 @@ def sign(key: str, timestamp: str, body: bytes) -> str:
 
 def _record(job_id: str, subject: str = "job", **values: Any) -> None:
     """Update the job's (or with ``subject="batch"`` the batch's) delivery
-    record (never ``updated_at``: that is the job's own)."""
+    record (never ``updated_at``: that is the job's own).
+
+    The receiver has its answer by now: a database outage delays the record
+    (retried, as a worker does for a job's result) rather than losing it."""
     table: Any = Batch if subject == "batch" else Job
-    row = db.session.execute(select(table.webhook).where(table.id == job_id)).first()
-    if row is None:  # deleted meanwhile: the delivery still goes out
-        db.session.rollback()
-        return
-    record = dict(row[0] or {})
-    record.update(values)
-    db.session.execute(update(table).where(table.id == job_id).values(webhook=record))
-    db.session.commit()
+
+    def write() -> None:
+        row = db.session.execute(select(table.webhook).where(table.id == job_id)).first()
+        if row is None:  # deleted meanwhile: the delivery still goes out
+            db.session.rollback()
+            return
+        record = dict(row[0] or {})
+        record.update(values)
+        db.session.execute(update(table).where(table.id == job_id).values(webhook=record))
+        db.session.commit()
+
+    retry_while_unavailable(write, f"webhook of {subject} {job_id}: recording the delivery")
 
 
 def _job_json(job: Job) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from app.extensions import db
 from app.records import FINAL_STATUSES, Job
 from tests.support.apps import register_and_login
 from tests.support.audio import sine_and_clicks, wav_bytes
-from tests.support.procs import CeleryProcess, job_env, wait_for
+from tests.support.procs import ApiProcess, CeleryProcess, job_env, wait_for
 
 # Short limits so every fault resolves within a test. The visibility timeout
 # obeys the startup rules (over 1.25 x the longest hard limit, karaoke's 120 s,
@@ -43,7 +43,7 @@ class Faults:
         self.settings = settings or SETTINGS
         self.client: FlaskClient = app.test_client()
         self.headers = register_and_login(self.client)
-        self.processes: list[CeleryProcess] = []
+        self.processes: list[CeleryProcess | ApiProcess] = []
 
     # -- processes -------------------------------------------------------------
 
@@ -52,15 +52,27 @@ class Faults:
         return job_env(self.app, **settings)
 
     def worker(
-        self, name: str, *, delay: float = 0.0, queues: str | None = None, **env: Any
+        self,
+        name: str,
+        *,
+        delay: float = 0.0,
+        queues: str | None = None,
+        hostname: str | None = None,
+        **env: Any,
     ) -> CeleryProcess:
+        """A worker (``--hostname`` ``hostname``, else ``<name>@localhost``)."""
         process = CeleryProcess(
             self.tmp_path / f"{name}.log",
             self.env(FAULT_HPSS_DELAY=delay, **env),
-            name=f"{name}@localhost",
+            name=hostname or f"{name}@localhost",
             entry="tests.support.slow_celery",
             **({"queues": queues} if queues else {}),
         )
+        self.processes.append(process)
+        return process
+
+    def track(self, process: ApiProcess) -> ApiProcess:
+        """An API process, killed after the test; its log shows in failures."""
         self.processes.append(process)
         return process
 
@@ -87,8 +99,11 @@ class Faults:
     def stop_all(self) -> None:
         # Nothing is checked after a test: no need for a graceful shutdown.
         for process in self.processes:
-            process.kill_all()
-            process.log.close()
+            if isinstance(process, CeleryProcess):
+                process.kill_all()
+                process.log.close()
+            else:
+                process.stop(timeout=1)
 
     # -- jobs --------------------------------------------------------------------
 
