@@ -31,7 +31,7 @@ def _requests(client: FlaskClient, headers: dict[str, str]) -> dict[str, Any]:
             "/api/v1/auth/login", json={"email": "old@example.com", "password": PASSWORD}
         ),
         "list": client.get("/api/v1/jobs", headers=headers),
-        "status": client.get("/api/v1/jobs/0123456789abcdef", headers=headers),
+        "status": client.get("/api/v1/jobs/01234567-89ab-cdef-0123-456789abcdef", headers=headers),
         "submit": client.post(
             "/api/v1/separations",
             data={"file": (io.BytesIO(wav_bytes(sine_and_clicks(1))), "song.wav"), "model": "hpss"},
