@@ -36,10 +36,16 @@ def test_redis_killed_and_restarted_mid_queue_loses_no_job(
     assert faults.client.get("/healthz").status_code == 200
     ready = faults.client.get("/readyz")
     assert ready.status_code == 503 and ready.json["checks"]["broker"]["ok"] is False
-    refused = faults.submit()
-    assert refused.status_code == 503, refused.json
-    assert refused.json["code"] in ("broker_unavailable", "service_unavailable")
-    assert refused.json["status"] == 503 and refused.json["message"]
+    # A new job either gets a 503, or (its owner's turns taken: it waits in
+    # the database, nothing is published; the login is cached) a 202, and
+    # then it runs once Redis is back.
+    during = faults.submit()
+    if during.status_code == 202:
+        accepted.append(during.json["id"])
+    else:
+        assert during.status_code == 503, during.json
+        assert during.json["code"] in ("broker_unavailable", "service_unavailable")
+        assert during.json["status"] == 503 and during.json["message"]
     shown = faults.client.get(f"/api/v1/jobs/{accepted[0]}", headers=faults.headers)
     assert shown.status_code in (200, 503) and shown.is_json  # tokens may need Redis
     time.sleep(3)  # the worker carries on with its job meanwhile
