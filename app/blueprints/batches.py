@@ -7,7 +7,6 @@ once, and its submit service creates each job.
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -19,9 +18,9 @@ from app import job_kinds
 from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
-from app.blueprints.jobs import attachment_header, client_gone_check, upload_kind
+from app.blueprints.jobs import attachment_header, upload_kind
 from app.blueprints.jobs.schemas import WAITING_REFUSED
-from app.blueprints.jobs.streaming import ZipSink
+from app.blueprints.jobs.streaming import ZipSink, event_stream, watch_options
 from app.extensions import db
 from app.ratelimits import limit_job_creation
 from app.services import batches as batch_service
@@ -271,36 +270,10 @@ curl -N -H "Authorization: Bearer $TOKEN" http://localhost:5000/api/v1/batches/$
 def batch_events(batch_id: str) -> Response:
     """Stream the batch's status, counts and progress as Server-Sent Events."""
     state = batch_service.view(current_user, batch_id, per_page=0)
-    last = request.headers.get("Last-Event-ID") or None
-    if state.is_final and last == batch_service.event_id(state):
+    if state.is_final and request.headers.get("Last-Event-ID") == batch_service.event_id(state):
         return Response(status=204)
-    owner_id = current_user.id
-    config = current_app.config
-    options: dict[str, Any] = {
-        "last_event_id": last,
-        "poll_seconds": float(config["SSE_POLL_SECONDS"]),
-        "heartbeat_seconds": float(config["SSE_HEARTBEAT_SECONDS"]),
-        "redis_url": config.get("REDIS_URL"),
-        "notify_dir": config.get("NOTIFY_DIR"),
-        "client_gone": client_gone_check(),
-    }
+    options = watch_options()
     place = job_service.hold_waiting_place(current_user)
+    changes = batch_service.watch(current_user.id, batch_id, **options)
     db.session.close()
-
-    def generate() -> Iterator[str]:
-        try:
-            yield "retry: 3000\n\n"
-            for change in batch_service.watch(owner_id, batch_id, **options):
-                if change is None:
-                    yield ": keepalive\n\n"
-                    continue
-                data = json.dumps(change.document, separators=(",", ":"), sort_keys=True)
-                yield f"event: {change.event}\nid: {change.id}\ndata: {data}\n\n"
-        finally:
-            place.release()
-
-    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
-    response.call_on_close(place.release)
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
+    return event_stream(place, changes, lambda change: change.document)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from collections.abc import Callable, Iterator
@@ -24,7 +23,13 @@ from app.blueprints.jobs.schemas import (
     TranscriptQuerySchema,
     with_url_input,
 )
-from app.blueprints.jobs.streaming import ZipSink, attachment_header, client_gone_check
+from app.blueprints.jobs.streaming import (
+    ZipSink,
+    attachment_header,
+    client_gone_check,
+    event_stream,
+    watch_options,
+)
 from app.errors import ServiceError
 from app.extensions import db
 from app.ratelimits import limit_job_creation
@@ -166,44 +171,15 @@ def cancel_job(job_id: str) -> Job:
 def job_events(job_id: str) -> Response:
     """Stream the job's status and progress as Server-Sent Events."""
     job = job_service.get(current_user, job_id)
-    last = request.headers.get("Last-Event-ID") or None
-    if job.is_final and last == events.event_id(job):
+    if job.is_final and request.headers.get("Last-Event-ID") == events.event_id(job):
         return Response(status=204)
-    owner_id = current_user.id
-    config = current_app.config
-    options: dict[str, Any] = {
-        "last_event_id": last,
-        "poll_seconds": float(config["SSE_POLL_SECONDS"]),
-        "heartbeat_seconds": float(config["SSE_HEARTBEAT_SECONDS"]),
-        "redis_url": config.get("REDIS_URL"),
-        "notify_dir": config.get("NOTIFY_DIR"),
-        "client_gone": client_gone_check(),
-    }
+    options = watch_options()
     # A stream holds a server thread until it ends: past the caps, 429/503.
     place = job_service.hold_waiting_place(current_user)
-    # The stream may stay open for minutes: hold no connection while it waits.
+    changes = events.watch(current_user.id, job_id, **options)
     db.session.close()
     schema = JobSchema()
-
-    def generate() -> Iterator[str]:
-        try:
-            yield "retry: 3000\n\n"
-            for change in events.watch(owner_id, job_id, **options):
-                if change is None:
-                    yield ": keepalive\n\n"
-                    continue
-                data = json.dumps(schema.dump(change.job), separators=(",", ":"), sort_keys=True)
-                db.session.close()  # queue_position read the database
-                yield f"event: {change.event}\nid: {change.id}\ndata: {data}\n\n"
-        finally:
-            place.release()
-
-    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
-    # Also when the body was never iterated (the generator's own finally then never runs).
-    response.call_on_close(place.release)
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once
-    return response
+    return event_stream(place, changes, lambda change: schema.dump(change.job))
 
 
 def _finished_job(job_id: str) -> Job:

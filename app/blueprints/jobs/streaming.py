@@ -3,13 +3,17 @@ zip archive written as it is read, and download names in headers."""
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import unicodedata
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
-from flask import request
+from flask import Response, current_app, request, stream_with_context
+
+from app.extensions import db
 
 
 def client_gone_check() -> Callable[[], bool]:
@@ -77,3 +81,47 @@ def attachment_header(name: str) -> str:
     if ascii_name == name:
         return f'attachment; filename="{name}"'
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def watch_options() -> dict[str, Any]:
+    """What ``events.watch`` and ``batches.watch`` take from the request and
+    the settings: where to resume, how often to look, how to hear changes."""
+    config = current_app.config
+    return {
+        "last_event_id": request.headers.get("Last-Event-ID") or None,
+        "poll_seconds": float(config["SSE_POLL_SECONDS"]),
+        "heartbeat_seconds": float(config["SSE_HEARTBEAT_SECONDS"]),
+        "redis_url": config.get("REDIS_URL"),
+        "notify_dir": config.get("NOTIFY_DIR"),
+        "client_gone": client_gone_check(),
+    }
+
+
+def event_stream(
+    place: Any, changes: Iterator[Any], render: Callable[[Any], dict[str, Any]]
+) -> Response:
+    """A Server-Sent Events answer: each change (None: a keep-alive) as one
+    event of ``render(change)``'s JSON. ``place`` is the waiting place the
+    stream holds (``jobs.hold_waiting_place``), released when it ends.
+    The caller has closed its database session: the stream may stay open for
+    minutes, and holds none while it waits."""
+
+    def generate() -> Iterator[str]:
+        try:
+            yield "retry: 3000\n\n"
+            for change in changes:
+                if change is None:
+                    yield ": keepalive\n\n"
+                    continue
+                data = json.dumps(render(change), separators=(",", ":"), sort_keys=True)
+                db.session.close()  # rendering may read the database (queue_position)
+                yield f"event: {change.event}\nid: {change.id}\ndata: {data}\n\n"
+        finally:
+            place.release()
+
+    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    # Also when the body was never iterated (the generator's own finally then never runs).
+    response.call_on_close(place.release)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once
+    return response
