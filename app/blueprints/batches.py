@@ -7,20 +7,18 @@ once, and its submit service creates each job.
 
 from __future__ import annotations
 
-import zipfile
-from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, current_app, request, stream_with_context, url_for
+from flask import Response, current_app, request, url_for
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from app import job_kinds
 from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
-from app.blueprints.jobs import attachment_header, upload_kind
+from app.blueprints.jobs import upload_kind
 from app.blueprints.jobs.schemas import WAITING_REFUSED
-from app.blueprints.jobs.streaming import ZipSink, event_stream, watch_options
+from app.blueprints.jobs.streaming import event_stream, watch_options, zip_response
 from app.extensions import db
 from app.ratelimits import limit_job_creation
 from app.services import batches as batch_service
@@ -216,24 +214,7 @@ def get_batch_archive(batch_id: str) -> Response:
     input, named after it (`song/`, and `song (2)/` for a second input of the
     same name). Jobs that failed, were canceled or have not ended are left out."""
     _batch, entries = batch_service.archive_entries(current_user, batch_id)
-
-    def generate() -> Iterator[bytes]:
-        sink = ZipSink()
-        with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]  # ZipSink has the write/tell/flush a written archive uses, not close
-            for arcname, path in entries:
-                with (
-                    archive.open(arcname, mode="w", force_zip64=True) as entry,
-                    open(path, "rb") as fh,
-                ):
-                    while chunk := fh.read(1024 * 1024):
-                        entry.write(chunk)
-                        yield from sink.drain()
-                yield from sink.drain()
-        yield from sink.drain()
-
-    response = Response(stream_with_context(generate()), mimetype="application/zip")
-    response.headers["Content-Disposition"] = attachment_header(f"batch-{batch_id[:8]}.zip")
-    return response
+    return zip_response(entries, f"batch-{batch_id[:8]}.zip")
 
 
 EVENTS_DESCRIPTION = """\

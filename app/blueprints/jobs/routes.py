@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, current_app, request, stream_with_context, url_for
+from flask import Response, current_app, request, url_for
 
 from app import storage, transcripts
 from app.access import auth_required, current_user
@@ -24,11 +23,11 @@ from app.blueprints.jobs.schemas import (
     with_url_input,
 )
 from app.blueprints.jobs.streaming import (
-    ZipSink,
     attachment_header,
     client_gone_check,
     event_stream,
     watch_options,
+    zip_response,
 )
 from app.errors import ServiceError
 from app.extensions import db
@@ -250,25 +249,8 @@ def get_archive(job_id: str) -> Response:
         (f["name"], storage.result_file(job.id, job.attempts, f["name"]))
         for f in (job.result or {}).get("files", [])
     ]
-
-    def generate() -> Iterator[bytes]:
-        sink = ZipSink()
-        with zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED) as archive:  # type: ignore[call-overload]  # ZipSink has the write/tell/flush a written archive uses, not close
-            for arcname, path in paths:
-                with (
-                    archive.open(arcname, mode="w", force_zip64=True) as entry,
-                    open(path, "rb") as fh,
-                ):
-                    while chunk := fh.read(1024 * 1024):
-                        entry.write(chunk)
-                        yield from sink.drain()
-                yield from sink.drain()
-        yield from sink.drain()
-
     stem = (job.input or {}).get("filename", "audio").rsplit(".", 1)[0][:80] or "audio"
-    response = Response(stream_with_context(generate()), mimetype="application/zip")
-    response.headers["Content-Disposition"] = attachment_header(f"{stem}.zip")
-    return response
+    return zip_response(paths, f"{stem}.zip")
 
 
 @blp.route("/<job_id>/transcript", methods=["GET"])
