@@ -402,4 +402,7 @@ def test_only_a_database_server_is_pinged_before_each_checkout(tmp_path: Path) -
     sqlite = config.finalise(dict(base, DATABASE_URL=None))
     assert sqlite["SQLALCHEMY_ENGINE_OPTIONS"] == {"pool_pre_ping": False}
     server = config.finalise(dict(base, DATABASE_URL="postgresql+psycopg://u:p@db/aimusic"))
-    assert server["SQLALCHEMY_ENGINE_OPTIONS"] == {"pool_pre_ping": True}
+    assert server["SQLALCHEMY_ENGINE_OPTIONS"] == {
+        "pool_pre_ping": True,
+        "connect_args": {"connect_timeout": 5},  # a vanished host: 503 in seconds
+    }
