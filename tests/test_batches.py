@@ -498,3 +498,41 @@ def test_a_batch_takes_urls_beside_files(eager_app: Callable[..., Flask]) -> Non
         io.BytesIO(client.get(batch["archive_url"], headers=headers).data)
     ).namelist()
     assert {member.split("/")[0] for member in members} == {"uploaded", "First Song"}
+
+
+def test_a_batch_whose_request_died_is_sealed_by_maintenance(
+    app: Flask, client: FlaskClient, auth_headers: dict[str, str]
+) -> None:
+    """An API process killed while accepting a batch leaves it unsealed: it
+    would never end. The maintenance pass seals it once its request must
+    have ended, and it ends with the jobs it got."""
+    from datetime import timedelta
+
+    from app.records import utcnow
+    from app.services import maintenance
+
+    batch = post_batch(client, auth_headers, [(_song(), "kept.wav")]).json
+    assert batch["status"] == "succeeded"
+    with app.app_context():
+        # As the dead request left it: 3 inputs announced, 1 job made, no seal.
+        db.session.execute(
+            db.update(Batch)
+            .where(Batch.id == batch["id"])
+            .values(inputs=3, submitted_at=None, finished_at=None)
+        )
+        db.session.commit()
+        assert maintenance.run_once()["batches"] == 0  # its request may still be running
+    unsealed = client.get(batch["url"], headers=auth_headers).json
+    assert unsealed["status"] != "succeeded" and unsealed["progress"] < 1.0
+    with app.app_context():
+        db.session.execute(
+            db.update(Batch)
+            .where(Batch.id == batch["id"])
+            .values(created_at=utcnow() - timedelta(minutes=16))
+        )
+        db.session.commit()
+        assert maintenance.run_once()["batches"] == 1
+        assert maintenance.run_once()["batches"] == 0  # once
+    ended = client.get(batch["url"], headers=auth_headers).json
+    assert ended["status"] == "succeeded" and ended["progress"] == 1.0
+    assert ended["finished_at"] is not None and ended["jobs_total"] == 1

@@ -549,6 +549,7 @@ def test_a_maintenance_pass_reports_each_step(queued_app: Flask, queued_job: str
         "reaped": 0,
         "republished": 0,
         "dispatched": 0,
+        "batches": 0,
         "expired": 0,
         "tokens": 0,
         "uploads": 0,

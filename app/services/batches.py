@@ -20,7 +20,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -333,6 +333,36 @@ def check_ended(batch_id: str) -> bool:
     events.publish_batch(batch_id)
     _schedule_webhook(batch_id)
     return True
+
+
+# The request that accepts a batch's inputs ends within gunicorn's timeout
+# (300 s); a batch still unsealed this long after it was created lost that
+# request (an API process killed or crashed mid-submission).
+ABANDONED_AFTER = timedelta(minutes=15)
+
+
+def seal_abandoned(now: datetime | None = None) -> int:
+    """Seal the batches whose accepting request died before sealing them, so
+    they end with the jobs they got (maintenance pass). Returns how many."""
+    now = now or utcnow()
+    stale = db.session.execute(
+        select(Batch.id).where(
+            Batch.submitted_at.is_(None), Batch.created_at < now - ABANDONED_AFTER
+        )
+    ).scalars()
+    sealed = 0
+    for batch_id in list(stale):
+        moved = db.session.execute(  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
+            update(Batch)
+            .where(Batch.id == batch_id, Batch.submitted_at.is_(None))
+            .values(submitted_at=now)
+        ).rowcount
+        db.session.commit()
+        if moved == 1:
+            sealed += 1
+            log.warning("batch %s lost its request while accepting inputs; sealed", batch_id)
+            check_ended(batch_id)
+    return sealed
 
 
 def _schedule_webhook(batch_id: str) -> None:

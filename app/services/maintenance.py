@@ -19,6 +19,9 @@ number of passes may run at once and each job is acted on once.
   duplicated; a spare message is harmless anyway (``runner.start``).
 - **Turns**: users with jobs waiting for a turn (``fair_queue``) and turns
   free get them, should the hand-over when a job ended have failed.
+- **Batches**: a batch whose accepting request died before sealing it (an
+  API process killed mid-submission) is sealed after 15 minutes, so it ends
+  with the jobs it got.
 - **Expiry**: finished jobs past ``expires_at`` lose their files and become
   ``expired``; revoked tokens past their expiry and abandoned uploads go too.
 """
@@ -36,7 +39,7 @@ from sqlalchemy import select, update
 from app import job_kinds, storage
 from app.extensions import db
 from app.records import Job, WorkerHeartbeat, utcnow
-from app.services import fair_queue, jobs
+from app.services import batches, fair_queue, jobs
 from app.services.runner import MAX_ATTEMPTS
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ def run_once() -> dict[str, int]:
         "reaped": reap_lost_jobs,
         "republished": republish_lost_messages,
         "dispatched": hand_out_turns,
+        "batches": batches.seal_abandoned,
         "expired": jobs.purge_expired,
         "tokens": purge_revoked,
         "uploads": storage.sweep_tmp,
