@@ -63,9 +63,8 @@ def test_a_job_past_its_soft_time_limit_fails_once_and_cleanly(
     job = faults.wait_final([job_id], timeout=60)[job_id]
     assert (job.status, job.error_code, job.attempts) == ("failed", "time_limit_exceeded", 1)
     assert "3 seconds" in (job.error_message or "")
-    work = Path(faults.app.config["DATA_DIR"]) / "jobs" / job_id / "work"
-    assert not work.exists() or list(work.iterdir()) == []
-    assert not (work.parent / "results").exists()
+    faults.wait_work_cleaned(job_id)
+    assert not (Path(faults.app.config["DATA_DIR"]) / "jobs" / job_id / "results").exists()
     # The message was acknowledged: no redelivery loop.
     time.sleep(3)
     assert faults.job(job_id).attempts == 1

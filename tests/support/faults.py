@@ -156,6 +156,16 @@ class Faults:
 
         return wait_for(all_final, timeout, f"jobs {job_ids} to end", self.logs)
 
+    def wait_work_cleaned(self, job_id: str, timeout: float = 10) -> None:
+        """The attempt removes its work folder and lock just after it records
+        the ending, so a client can see the ending a moment before that."""
+        work = Path(self.app.config["DATA_DIR"]) / "jobs" / job_id / "work"
+
+        def cleaned() -> bool:
+            return not work.exists() or not any(work.iterdir())
+
+        wait_for(cleaned, timeout, f"job {job_id}'s work folder to be cleaned", self.logs)
+
     def assert_succeeded_once(self, job_id: str) -> dict[str, Any]:
         """Succeeded, as a client sees it, with exactly one committed result."""
         shown = self.client.get(f"/api/v1/jobs/{job_id}", headers=self.headers)
@@ -164,8 +174,7 @@ class Faults:
         assert job["status"] == "succeeded", job
         results = Path(self.app.config["DATA_DIR"]) / "jobs" / job_id / "results"
         assert [p.name for p in results.iterdir()] == [str(job["attempts"])], job
-        work = Path(self.app.config["DATA_DIR"]) / "jobs" / job_id / "work"
-        assert not work.exists() or list(work.iterdir()) == [], list(work.iterdir())
+        self.wait_work_cleaned(job_id)
         for entry in job["result"]["files"]:
             body = self.client.get(entry["url"], headers=self.headers)
             assert body.status_code == 200 and len(body.data) == entry["size"]

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,7 +74,17 @@ class LiveService:
                 start_new_session=True,
             )
         wait_for(self._ready, timeout, "make run to start", [self.log_path])
+        # The banner waits for the API only; jobs need the worker's pool too.
+        wait_for(self._pool_children, timeout, "the worker's pool", [self.log_path])
         return self
+
+    def _pool_children(self) -> list[int]:
+        """The job worker's pool processes, once every job worker has them."""
+        mains = [pid for pid, command in self._celery_mains() if b"threads" not in command]
+        children = [child_pids(pid) for pid in mains]
+        if not mains or not all(children):
+            return []
+        return [pid for group in children for pid in group]
 
     def _ready(self) -> bool:
         assert self.process is not None
@@ -102,11 +113,8 @@ class LiveService:
 
     # ------------------------------------------------------------- helpers
 
-    def worker_pids(self) -> list[int]:
-        """The Celery processes ``make run`` started, with their pool children."""
-        return [pid for main in self._celery_mains() for pid in (main, *child_pids(main))]
-
-    def _celery_mains(self) -> list[int]:
+    def _celery_mains(self) -> list[tuple[int, list[bytes]]]:
+        """The Celery main processes, each with its command line."""
         assert self.process is not None
         found = []
         for pid in child_pids(self.process.pid):
@@ -115,7 +123,7 @@ class LiveService:
             except OSError:
                 continue
             if b"celery" in command:
-                found.append(pid)
+                found.append((pid, command))
         return found
 
     @contextlib.contextmanager
@@ -123,20 +131,47 @@ class LiveService:
         """Stop the processes that run jobs (SIGSTOP) meanwhile: jobs stay
         queued, as they do while every worker is busy with long jobs.
 
-        Only the prefork pool's children, idle between jobs, are stopped: a
-        worker's main process writes heartbeats and polls the SQLite broker,
-        and stopped while it holds a write lock it would block the API too.
+        Only the prefork pool's children are stopped: a worker's main process
+        writes heartbeats and polls the SQLite broker, and stopped while it
+        holds a write lock it would block the API too. A child still finishing
+        a job (its ending's hooks write too) is let go on and stopped again
+        once it holds no lock.
         """
-        pids = [pid for main in self._celery_mains() for pid in child_pids(main)]
+        pids = self._pool_children()
         assert pids, "make run started no worker with a process pool"
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+
+        def stopped_idle() -> bool:
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            if self._databases_writable():
+                return True
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            return False
+
+        wait_for(stopped_idle, 30, "the worker's pool to hold no database lock", [self.log_path])
         try:
             yield
         finally:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
+
+    def _databases_writable(self) -> bool:
+        """Whether nobody holds a write lock on the job database or broker."""
+        for name in ("jobs.sqlite", "broker.sqlite"):
+            path = self.data_dir / name
+            if not path.exists():
+                continue
+            connection = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                connection.close()
+        return True
 
     def register(self, email: str | None = None) -> dict[str, str]:
         """A new account, logged in: its ``Authorization`` header."""
