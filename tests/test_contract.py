@@ -120,6 +120,9 @@ def _fuzz_operation(
 
 def test_api_honours_its_openapi_document(fuzz_app: Flask, fuzz_headers: dict[str, str]) -> None:
     schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
+    # Schemathesis also draws literals from the app's Python source: any edit
+    # of the code would change the requests. They come from the document alone.
+    schema.config.analysis.constants.enabled = False
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20, "the document lists the API's operations"
     failures = [
