@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Request
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
+from flask_smorest.utils import resolve_schema_instance
 from marshmallow import Schema
 from webargs import missing
 from webargs.flaskparser import FlaskParser, is_json_request
@@ -57,6 +58,12 @@ class Blueprint(SmorestBlueprint):
         **SmorestBlueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
         "multipart": "multipart/form-data",
     }
+
+    def arguments(self, schema: Any, *args: Any, **kwargs: Any) -> Any:
+        """One schema instance per route, made here: given a class, webargs
+        builds one on every request, status polls included. Our schemas keep
+        no state between loads, so one instance serves every thread."""
+        return super().arguments(resolve_schema_instance(schema), *args, **kwargs)
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
