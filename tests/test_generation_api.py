@@ -190,3 +190,84 @@ def test_missing_weights_fail_with_model_unavailable(
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_unavailable"
     assert "musicgen-small" in job["error"]["message"]
+
+
+def test_melody_and_continuation_by_url(
+    eager_app: Callable[..., Flask], musicgen_dir: Path
+) -> None:
+    from tests.support.media_server import MediaServer
+
+    with MediaServer() as media:
+        app = eager_app(
+            MODELS_DIR=str(musicgen_dir),
+            ALLOW_MODEL_DOWNLOAD=False,
+            URL_FETCH_ALLOW_HOSTS=media.authority,
+        )
+        client = app.test_client()
+        headers = register_and_login(client)
+        media.file("/tunes/folk%20tune.wav", wav_bytes(sine_and_clicks(seconds=2.0, channels=1)))
+        job = _generate(
+            client,
+            headers,
+            prompt="folk",
+            duration=1.5,
+            seed=3,
+            model="facebook/musicgen-melody",
+            melody_url=media.url("/tunes/folk%20tune.wav"),
+        )
+        assert job["status"] == "succeeded", job
+        assert job["params"]["input_role"] == "melody"
+        assert job["input"]["filename"] == "folk tune.wav"
+        assert job["input"]["duration"] == 2.0
+        data, rate = _audio(client, headers, job)
+        assert abs(len(data) / rate - 1.5) <= 1 / 50
+
+        prompt_audio = 0.5 * np.sin(2 * np.pi * 220 * np.arange(RATE) / RATE).astype(np.float32)
+        prompt_wav = io.BytesIO()
+        sf.write(prompt_wav, prompt_audio, RATE, format="WAV", subtype="FLOAT")
+        media.file("/start.wav", prompt_wav.getvalue())
+        response = client.post(
+            "/api/v1/generations",
+            data={"prompt": "continue", "duration": "2.0", "seed": "5", "bit_depth": "32f",
+                  "continuation_url": media.url("/start.wav")},
+            headers=headers,
+            content_type="multipart/form-data",
+        )  # fmt: skip
+        assert response.status_code == 202, response.json
+        job = client.get(response.headers["Location"], headers=headers).json
+        assert job["status"] == "succeeded", job
+        data, _rate = _audio(client, headers, job)
+        assert np.max(np.abs(data[: RATE // 2] - prompt_audio[: RATE // 2])) < 0.05
+
+        # Fetched as a job's url is: not audio fails the job with the upload's code.
+        media.file("/notes.txt", b"text" * 500, content_type="text/plain")
+        job = _generate(client, headers, prompt="x", continuation_url=media.url("/notes.txt"))
+        assert job["status"] == "failed" and job["error"]["code"] == "unsupported_media_type"
+
+
+def test_audio_by_url_is_validated_at_submission(client: FlaskClient, headers: dict) -> None:
+    cases = {
+        # a loopback address: refused before any job exists, under the field given
+        "melody_url": {"prompt": "x", "model": "facebook/musicgen-melody",
+                       "melody_url": "http://127.0.0.1:9/tune.wav"},
+        "continuation_url": {"prompt": "x", "continuation_url": "ftp://example.com/a.wav"},
+    }  # fmt: skip
+    for field, body in cases.items():
+        response = client.post("/api/v1/generations", json=body, headers=headers)
+        assert response.status_code == 422, (field, response.json)
+        assert set(response.json["errors"]) == {field}, (field, response.json)
+    both = client.post(
+        "/api/v1/generations",
+        json={"prompt": "x", "model": "facebook/musicgen-melody",
+              "melody_url": "https://example.com/a.wav",
+              "continuation_url": "https://example.com/b.wav"},
+        headers=headers,
+    )  # fmt: skip
+    assert both.status_code == 422 and "continuation_url" in both.json["errors"]
+    melody_on_plain = client.post(
+        "/api/v1/generations",
+        json={"prompt": "x", "melody_url": "https://example.com/a.wav"},
+        headers=headers,
+    )
+    assert melody_on_plain.status_code == 422 and "melody_url" in melody_on_plain.json["errors"]
+    assert client.get("/api/v1/jobs", headers=headers).json["total"] == 0

@@ -23,6 +23,8 @@ from app.records import Job
 from app.services import generation
 
 PREFIX = "/generations"
+# The audio a generation may take, each as an upload or as ``<role>_url``.
+AUDIO_ROLES = ("melody", "continuation")
 blp = Blueprint("generations", __name__, description="New music from a text prompt (MusicGen).")
 
 
@@ -57,10 +59,41 @@ class GenerationSchema(CallbackSchema):
     output_format = fields.String(load_default="wav", validate=validate.OneOf(audio.OUTPUT_FORMATS))
     bit_depth = fields.String(load_default="16", validate=validate.OneOf(audio.BIT_DEPTHS))
     mp3_bitrate = fields.Integer(load_default=320, validate=validate.OneOf(audio.MP3_BITRATES))
+    melody_url = fields.String(
+        load_default=None,
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": (
+                "Instead of a `melody` upload: an http or https URL of the audio whose "
+                "melody conditions a melody model, fetched by the worker as a job's `url` is."
+            ),
+            "example": "https://example.com/music/tune.mp3",
+        },
+    )
+    continuation_url = fields.String(
+        load_default=None,
+        validate=validate.Length(max=2048),
+        metadata={
+            "description": (
+                "Instead of a `continuation` upload: an http or https URL of the audio "
+                "the model continues."
+            )
+        },
+    )
 
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         check_output_format(data)
+        given = [role for role in AUDIO_ROLES if data.get(role) or data.get(f"{role}_url")]
+        if len(given) > 1 or any(data.get(r) and data.get(f"{r}_url") for r in AUDIO_ROLES):
+            message = "Give one audio: melody or continuation, as a file or a URL."
+            raise ValidationError(message, given[-1] + "_url" if given else "continuation_url")
+        if data.get("melody") or data.get("melody_url"):
+            name = data.get("model") or registry.DEFAULTS["generation"]
+            entry = registry.describe("generation", name, current_app.config)
+            if entry is not None and not entry.get("melody"):
+                field = "melody" if data.get("melody") else "melody_url"
+                raise ValidationError(f"{name} takes no melody; use a -melody model.", field)
 
 
 class GenerationFormSchema(GenerationSchema):
@@ -68,16 +101,6 @@ class GenerationFormSchema(GenerationSchema):
         metadata={"description": "Audio whose melody (chroma) conditions a melody model."}
     )
     continuation = FileUpload(metadata={"description": "Audio the model continues."})
-
-    @validates_schema
-    def _one_audio(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("melody") and data.get("continuation"):
-            raise ValidationError("Give melody or continuation, not both.", "continuation")
-        if data.get("melody"):
-            name = data.get("model") or registry.DEFAULTS["generation"]
-            entry = registry.describe("generation", name, current_app.config)
-            if entry is not None and not entry.get("melody"):
-                raise ValidationError(f"{name} takes no melody; use a -melody model.", "melody")
 
 
 @blp.route("", methods=["POST"])
@@ -97,6 +120,8 @@ class GenerationFormSchema(GenerationSchema):
     description=(
         "JSON body, or multipart with the same fields plus `melody` (melody models) or "
         "`continuation` (an audio prompt the model continues; the result starts with it). "
+        "Either audio may instead be given by address, `melody_url` or `continuation_url`, "
+        "in JSON or multipart. "
         "The result holds `generated.<format>` and `parameters`, the values actually used "
         "(including the seed drawn when none was given)."
     ),
@@ -109,7 +134,7 @@ def create_generation() -> tuple[Job, int, dict]:
     else:
         data = parser.parse(GenerationSchema(), request, location="json")
     upload = None
-    for role in ("melody", "continuation"):
+    for role in AUDIO_ROLES:
         if data.get(role) is not None:
             upload = data.pop(role)
             data["input_role"] = role

@@ -10,6 +10,7 @@ import numpy as np
 from flask import current_app
 
 from app import audio, storage
+from app.errors import ServiceError
 from app.models import registry
 from app.records import Job, User
 from app.services import jobs
@@ -31,9 +32,22 @@ def submit(
     upload: IO[bytes] | None = None,
     filename: str | None = None,
 ) -> Job:
-    """Queue a generation; ``upload`` is the melody or continuation audio, if any."""
+    """Queue a generation; ``upload`` is the melody or continuation audio, if
+    any, or ``params`` name it by address (``melody_url``, ``continuation_url``):
+    then it is a job input by URL, which the worker fetches before it runs."""
     name, params = prepare(params)
-    return jobs.submit(owner, KIND, name, params, upload, filename)
+    field = None
+    for role in ("melody", "continuation"):
+        address = params.pop(f"{role}_url", None)
+        if address:
+            field, params["url"], params["input_role"] = f"{role}_url", address, role
+    try:
+        return jobs.submit(owner, KIND, name, params, upload, filename)
+    except ServiceError as exc:
+        # The URL's errors are reported under the field the client filled in.
+        if field is not None and exc.errors and "url" in exc.errors:
+            exc.errors = {field: exc.errors["url"]}
+        raise
 
 
 def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
