@@ -435,6 +435,7 @@ function clearFieldError(el) {
 function fieldFor(name) {
   const kind = currentKind();
   if (name === "file" || name === "melody" || name === "continuation") return $("#file-input");
+  if (name === "url" || name === "melody_url" || name === "continuation_url") return $("#url-input");
   const group = $(`fieldset.options[data-kind="${kind}"]`);
   return group ? group.querySelector(`[name="${name}"]`) : null;
 }
@@ -472,7 +473,7 @@ function formFields() {
   const data = new FormData(form());
   const fields = {};
   for (const [name, value] of data.entries()) {
-    if (name === "kind" || name === "file" || name === "audio_role") continue;
+    if (name === "kind" || name === "file" || name === "url" || name === "audio_role") continue;
     if (typeof value === "string" && value.trim() === "") continue;
     fields[name] = typeof value === "string" ? value.trim() : value;
   }
@@ -489,31 +490,48 @@ async function submit() {
     showError("Describe the music to generate.", { prompt: ["Required."] });
     return;
   }
-  if ((kind !== "generation" || role) && !files.length) {
-    showError("Choose an audio file first (drop it on the box or use the file picker).", { file: ["Required."] });
+  const takesAudio = kind !== "generation" || Boolean(role);
+  const urls = takesAudio ? chosenUrls() : [];
+  const inputs = files.length + urls.length;
+  if (takesAudio && !inputs) {
+    showError("Choose an audio file first (drop it on the box or use the file picker), or give its address.", { file: ["Required."] });
     return;
   }
-  if (kind === "generation" && role && files.length > 1) {
-    showError("A generation follows one audio file: choose only one.", { file: ["One file."] });
+  if (kind === "generation" && role && inputs > 1) {
+    showError("A generation follows one audio file: choose only one file or one address.", { file: ["One file or address."] });
     return;
   }
-  if (kind === "generation" && !role) {
-    await start(kind, () => ({ promise: api("generations", { method: "POST", json: generationJson(fields) }), abort() {} }), null);
+  if (kind === "generation" && (!role || !files.length)) {
+    // JSON: no file to send; an audio prompt by address goes as melody_url or continuation_url.
+    const json = generationJson(fields);
+    if (role) json[`${role}_url`] = urls[0];
+    await start(kind, () => ({ promise: api("generations", { method: "POST", json }), abort() {} }), []);
     return;
   }
   const body = new FormData();
-  if (files.length > 1) {
-    // One request for them all: the kind, its options once, a `file` part each.
+  if (inputs > 1) {
+    // One request for them all: the kind, its options once, a `file` part or a `url` each.
     body.append("kind", kind);
     for (const [name, value] of Object.entries(fields)) body.append(name, value);
     for (const each of files) body.append("file", each, each.name);
-    await start(kind, (progress) => upload("batches", body, progress), files);
+    for (const address of urls) body.append("url", address);
+    await start(kind, (progress) => upload("batches", body, progress), files, inputs);
+    return;
+  }
+  for (const [name, value] of Object.entries(fields)) body.append(name, value);
+  if (urls.length) {
+    body.append("url", urls[0]);
+    await start(kind, (progress) => upload(ENDPOINTS[kind], body, progress), []);
     return;
   }
   const file = files[0];
-  for (const [name, value] of Object.entries(fields)) body.append(name, value);
   body.append(role || "file", file, file.name);
   await start(kind, (progress) => upload(ENDPOINTS[kind], body, progress), [file]);
+}
+
+/** The addresses typed in the URL box: one per line (or separated by spaces). */
+function chosenUrls() {
+  return $("#url-input").value.split(/\s+/).map((each) => each.trim()).filter(Boolean);
 }
 
 function generationJson(fields) {
@@ -525,18 +543,19 @@ function generationJson(fields) {
   return json;
 }
 
-/** Sends the request ``send(onProgress)`` makes; ``sent`` are the files it uploads (none for a generation). */
-async function start(kind, send, sent) {
+/** Sends the request ``send(onProgress)`` makes; ``sent`` are the files it uploads (none for a
+ * generation or an address), ``inputs`` how many songs it starts (files and addresses). */
+async function start(kind, send, sent, inputs = sent.length) {
   const button = $("#submit-job");
   const box = $("#upload");
   const bar = $("#upload-progress");
   const label = $("#upload-label");
-  const batch = Boolean(sent && sent.length > 1);
-  const what = !sent ? "" : batch ? `${sent.length} files` : sent[0].name;
+  const batch = inputs > 1;
+  const what = !sent.length ? "" : sent.length > 1 ? `${sent.length} files` : sent[0].name;
   button.disabled = true;
   bar.value = 0;
-  box.hidden = !sent;
-  label.textContent = sent ? `Uploading ${what}: 0%` : "";
+  box.hidden = !sent.length;
+  label.textContent = sent.length ? `Uploading ${what}: 0%` : "";
   let lastAnnounced = -1;
   const request = send((fraction) => {
     const percent = Math.round(fraction * 100);
@@ -553,7 +572,7 @@ async function start(kind, send, sent) {
     if (batch) {
       addBatch(answer);
     } else {
-      rememberFile(answer.id, sent ? sent[0] : null);
+      rememberFile(answer.id, sent.length ? sent[0] : null);
       addJob(answer);
       openWhenDone(answer.id);
       announce(`${kindLabel(kind)} started.`);
