@@ -428,8 +428,12 @@ def register_batch_cli(app: Flask) -> None:
         )
 
     @app.cli.command("align")
-    @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.argument("lyrics", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option(
+        "--url",
+        help="Instead of FILE: an http(s) URL of the song, fetched with the API's rules "
+        "(public addresses only, MAX_UPLOAD_MB, URL_FETCH_TIMEOUT_SECONDS).",
+    )
     @click.option("--model", "-m", help="A Whisper model (default tiny.en, bundled).")
     @click.option("--language", help="Language code (default: detected).")
     @click.option("--isolate-vocals", is_flag=True, default=None, help="Separate the vocals first.")
@@ -440,10 +444,10 @@ def register_batch_cli(app: Flask) -> None:
     @out_option
     @quiet_option
     def align_command(
-        file: Path, lyrics: Path, out: Path | None, quiet: bool, **options: Any
+        paths: tuple[Path, ...], url: str | None, out: Path | None, quiet: bool, **options: Any
     ) -> None:
-        """Time the lyrics you have against a song: song.mp3 LYRICS.txt -> song.lrc
-        (a time tag per word) and song.alignment.json.
+        """Time the lyrics you have against a song: FILE LYRICS, or --url URL LYRICS
+        -> song.lrc (a time tag per word) and song.alignment.json.
 
         LYRICS is plain text, one line per sung line, or an LRC to re-time. Lines
         that are not sung get no time. Runs here, with the same code as the
@@ -452,12 +456,17 @@ def register_batch_cli(app: Flask) -> None:
         from app.blueprints.alignments import AlignmentFormSchema
         from app.services.alignment import prepare
 
+        wanted = 1 if url else 2
+        if len(paths) != wanted:
+            usage = "--url URL LYRICS" if url else "FILE LYRICS (or --url URL LYRICS)"
+            raise click.UsageError(f"Give {usage}.")
+        *files, lyrics = paths
         logging.getLogger("faster_whisper").setLevel(logging.WARNING)
         params = validate(AlignmentFormSchema(), {**options, "lyrics": lyrics.read_bytes()})
         model, params = prepare(params)
         run_each(
-            (file,),
-            (),
+            tuple(files),
+            (url,) if url else (),
             lambda source, folder: align_one(source, model, params, folder, quiet),
             out,
             quiet,

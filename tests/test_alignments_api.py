@@ -205,6 +205,31 @@ def test_flask_align_writes_enhanced_lrc_and_json(app: Flask, tmp_path: Path) ->
     assert "1 of 3 lines" in result.output or "not sung" in result.output
 
 
+def test_flask_align_takes_the_song_by_url(
+    eager_app: Callable[..., Flask], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.media_server import MediaServer
+
+    lyrics = tmp_path / "door.txt"
+    lyrics.write_text("Please shut the door\nwhen you go out\n")
+    monkeypatch.chdir(tmp_path)
+    with MediaServer() as media:
+        media.file("/songs/clip5.wav", (SPEECH / "clip5.wav").read_bytes())
+        app = eager_app(URL_FETCH_ALLOW_HOSTS=media.authority)
+        runner = app.test_cli_runner()
+        result = runner.invoke(args=["align", "--url", media.url("/songs/clip5.wav"), str(lyrics)])
+        both = runner.invoke(args=["align", "--url", media.url("/songs/clip5.wav"), str(lyrics),
+                                   str(lyrics)])  # fmt: skip
+        neither = runner.invoke(args=["align", str(lyrics)])
+    assert result.exit_code == 0, result.output
+    lrc = (tmp_path / "clip5.lrc").read_text()
+    assert len([line for line in lrc.splitlines() if LRC_LINE.match(line)]) == 2
+    assert (tmp_path / "clip5.alignment.json").is_file()
+    assert "1 succeeded, 0 failed." in result.stderr
+    assert both.exit_code == 2 and "Give --url URL LYRICS." in both.output
+    assert neither.exit_code == 2 and "Give FILE LYRICS (or --url URL LYRICS)." in neither.output
+
+
 def test_alignment_data_is_finite_on_silence(client: FlaskClient, headers: dict) -> None:
     """Silence: nothing is sung, so nothing gets a time (and nothing fails)."""
     buffer = io.BytesIO()
