@@ -326,14 +326,83 @@ function modelFacts(entry) {
 
 function updateSeparationModel() {
   const entry = modelEntry("separation", $("#sep-model").value);
+  showEnsembleChoices(entry);
+  updateStemChoices();
+  showModelOptions(entry);
+}
+
+/** The two-stems choices: the stems of the chosen model, or those every combined model gives. */
+function updateStemChoices() {
+  const entry = modelEntry("separation", $("#sep-model").value);
   const select = $("#sep-two-stems");
   const previous = select.value;
+  let stems = (entry && entry.stems) || [];
+  for (const name of combinedModels()) stems = commonStems(stems, (modelEntry("separation", name) || {}).stems || []);
   select.replaceChildren(h("option", { value: "" }, "All stems of the model"));
-  for (const stem of (entry && entry.stems) || []) {
-    select.append(h("option", { value: stem }, `${stem} + everything else`));
-  }
+  for (const stem of stems) select.append(h("option", { value: stem }, `${stem} + everything else`));
   select.value = Array.from(select.options).some((o) => o.value === previous) ? previous : "";
-  showModelOptions(entry);
+}
+
+// An ensemble has at most this many models (app/models/ensemble_engine.py's MAX_MEMBERS).
+const MAX_ENSEMBLE = 4;
+
+/** What a model offers to an ensemble: its stems, and an instrumental (the mix minus its vocals) where it has vocals only. */
+function offeredStems(stems) {
+  return stems.includes("vocals") && !stems.includes("instrumental") ? [...stems, "instrumental"] : stems;
+}
+
+function commonStems(a, b) {
+  const other = offeredStems(b);
+  return offeredStems(a).filter((stem) => other.includes(stem));
+}
+
+function combinedModels() {
+  return $$("#sep-ensemble-models input:checked").map((box) => box.value);
+}
+
+/**
+ * The models that can be combined with the chosen one: those sharing a stem
+ * with it, not ensembles themselves. Ticked ones are sent as more ``model``
+ * fields, which the server runs as one ensemble.
+ */
+function showEnsembleChoices(entry) {
+  const box = $("#sep-ensemble-models");
+  const ticked = new Set(combinedModels());
+  box.replaceChildren();
+  const section = $("#sep-ensemble");
+  // A preset is an ensemble already; hpss-like models with no stem in common get nothing.
+  section.hidden = !entry || Boolean(entry.members);
+  const partners = !entry || entry.members ? [] : models.filter((m) =>
+    m.kind === "separation" && m.name !== entry.name && !m.members && (m.available || m.downloadable) &&
+    commonStems(entry.stems || [], m.stems || []).length > 0);
+  for (const partner of partners) {
+    const id = `sep-ensemble-${partner.name}`;
+    const input = h("input", { type: "checkbox", name: "model", value: partner.name, id });
+    input.checked = ticked.has(partner.name);
+    const note = partner.available ? "" : " (downloads on first use)";
+    box.append(h("div", { class: "field check" }, h("label", { for: id }, input, ` ${partner.name}${note}`)));
+    input.addEventListener("change", updateEnsemble);
+  }
+  $("#sep-ensemble-none").hidden = partners.length > 0;
+  const algorithm = $("#sep-ensemble-algorithm");
+  if (!algorithm.options.length) {
+    const preset = models.find((m) => m.members);
+    const option = preset && (preset.options || []).find((o) => o.name === "ensemble_algorithm");
+    for (const choice of (option && option.choices) || ["avg_wave"]) algorithm.append(h("option", { value: choice }, choice));
+    algorithm.value = (preset && preset.algorithm) || algorithm.options[0].value;
+  }
+  updateEnsemble();
+}
+
+function updateEnsemble() {
+  const chosen = combinedModels();
+  // The algorithm is sent only with an ensemble; the full list takes no more ticks.
+  $("#sep-ensemble-algorithm").disabled = chosen.length === 0;
+  for (const box of $$("#sep-ensemble-models input")) box.disabled = !box.checked && chosen.length >= MAX_ENSEMBLE - 1;
+  $("summary", $("#sep-ensemble")).textContent = chosen.length
+    ? `Combine models (ensemble of ${chosen.length + 1})`
+    : "Combine models (ensemble)";
+  updateStemChoices();
 }
 
 /**
@@ -469,15 +538,25 @@ function showError(message, fields) {
 
 // ------------------------------------------------------------------ submit
 
+/** The form's fields by name; a name given more than once (an ensemble's ``model``) holds a list. */
 function formFields() {
   const data = new FormData(form());
   const fields = {};
   for (const [name, value] of data.entries()) {
     if (name === "kind" || name === "file" || name === "url" || name === "audio_role") continue;
     if (typeof value === "string" && value.trim() === "") continue;
-    fields[name] = typeof value === "string" ? value.trim() : value;
+    const given = typeof value === "string" ? value.trim() : value;
+    if (name in fields) fields[name] = [].concat(fields[name], given);
+    else fields[name] = given;
   }
   return fields;
+}
+
+/** Adds every field to a multipart body, a list as the field repeated. */
+function appendFields(body, fields) {
+  for (const [name, value] of Object.entries(fields)) {
+    for (const each of [].concat(value)) body.append(name, each);
+  }
 }
 
 async function submit() {
@@ -512,13 +591,13 @@ async function submit() {
   if (inputs > 1) {
     // One request for them all: the kind, its options once, a `file` part or a `url` each.
     body.append("kind", kind);
-    for (const [name, value] of Object.entries(fields)) body.append(name, value);
+    appendFields(body, fields);
     for (const each of files) body.append("file", each, each.name);
     for (const address of urls) body.append("url", address);
     await start(kind, (progress) => upload("batches", body, progress), files, inputs);
     return;
   }
-  for (const [name, value] of Object.entries(fields)) body.append(name, value);
+  appendFields(body, fields);
   if (urls.length) {
     body.append("url", urls[0]);
     await start(kind, (progress) => upload(ENDPOINTS[kind], body, progress), []);
