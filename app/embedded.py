@@ -48,9 +48,10 @@ def migrate_database() -> None:
                 connection.default_channel.queue_declare(queue=queue)
 
 
-def _wait_until_up(url: str, timeout: float, api: subprocess.Popen[bytes]) -> bool:
+def _wait_until_up(url: str, timeout: float, *processes: subprocess.Popen[bytes]) -> bool:
+    """Whether ``url`` answered 200 within ``timeout`` (not if a process died)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and api.poll() is None:
+    while time.monotonic() < deadline and all(p.poll() is None for p in processes):
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -130,14 +131,23 @@ def main() -> int:
     shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
     base = f"http://{shown_host}:{port}"
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    if _wait_until_up(f"http://{probe_host}:{port}/healthz", 60, api):
+    probe = f"http://{probe_host}:{port}"
+    if _wait_until_up(f"{probe}/healthz", 60, api):
+        # Ready means a worker too (its heartbeat): a job sent before would
+        # only wait in the queue, but the URLs say "use me now".
+        workers_up = _wait_until_up(f"{probe}/readyz", 90, *children.values())
         print(
             "\nAiMusicSeparator is running (embedded default: SQLite jobs and queue, "
             f"data in {os.environ['DATA_DIR']})\n"
             f"  API:      {base}/api/v1\n"
             f"  API docs: {base}/docs\n"
             f"  Web page: {base}/\n"
-            "Press Ctrl-C to stop.\n",
+            + (
+                ""
+                if workers_up
+                else "  (the worker is still starting: jobs wait in the queue until it is up)\n"
+            )
+            + "Press Ctrl-C to stop.\n",
             flush=True,
         )
     exit_code = 0
