@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from app.models.ensemble_engine import ALGORITHMS
 from tests.support.apps import register_and_login
 from tests.support.audio import SR, sine_and_clicks, wav_bytes
+from tests.support.separation import downloaded_stems, post_song, separate_song
 
 BS = "bs_roformer_viperx_1297"
 MEL = "mel_band_roformer_kim"
@@ -49,31 +50,11 @@ def headers(client: FlaskClient) -> dict[str, str]:
     return register_and_login(client)
 
 
-def _post(client: FlaskClient, headers: dict, data: bytes, form: list[tuple[str, str]]):
-    payload: dict = {"file": (io.BytesIO(data), "song.wav")}
-    for key, value in form:  # repeated keys: a list of values
-        payload.setdefault(key, [])
-        payload[key].append(value)
-    return client.post(
-        "/api/v1/separations", data=payload, headers=headers, content_type="multipart/form-data"
-    )
-
-
-def _separate(client: FlaskClient, headers: dict, data: bytes, *form: tuple[str, str]) -> dict:
-    response = _post(client, headers, data, list(form))
-    assert response.status_code == 202, response.json
-    return client.get(response.headers["Location"], headers=headers).json
-
-
 def _stems(client: FlaskClient, headers: dict, job: dict) -> dict[str, np.ndarray]:
     assert job["status"] == "succeeded", job
-    stems = {}
-    for entry in job["result"]["files"]:
-        body = client.get(entry["url"], headers=headers).data
-        data, sr = sf.read(io.BytesIO(body), always_2d=True, dtype="float32")
-        assert sr == entry["sample_rate"] == SR
-        stems[entry["stem"]] = data.T
-    return stems
+    found = downloaded_stems(client, headers, job)
+    assert {entry["sample_rate"] for entry in job["result"]["files"]} == {SR}
+    return found
 
 
 def _exact(*pairs: tuple[str, str]) -> tuple[tuple[str, str], ...]:
@@ -106,9 +87,9 @@ def test_the_preset_is_listed_with_its_members(client: FlaskClient) -> None:
 def test_a_list_of_models_is_the_average_of_each_model(
     client: FlaskClient, headers: dict, song: bytes
 ) -> None:
-    bs = _stems(client, headers, _separate(client, headers, song, *_exact(("model", BS))))
-    mel = _stems(client, headers, _separate(client, headers, song, *_exact(("model", MEL))))
-    job = _separate(client, headers, song, *_exact(("model", BS), ("model", MEL)))
+    bs = _stems(client, headers, separate_song(client, headers, song, *_exact(("model", BS))))
+    mel = _stems(client, headers, separate_song(client, headers, song, *_exact(("model", MEL))))
+    job = separate_song(client, headers, song, *_exact(("model", BS), ("model", MEL)))
     assert job["model"] == f"{BS}+{MEL}"
     assert job["result"]["stems"] == ["vocals", "instrumental"]
     both = _stems(client, headers, job)
@@ -118,9 +99,11 @@ def test_a_list_of_models_is_the_average_of_each_model(
     assert np.abs(both["vocals"]).max() > 1e-3  # not silence
 
     # the same ensemble named by the preset, and as one comma-separated field
-    preset = _stems(client, headers, _separate(client, headers, song, *_exact(("model", PRESET))))
+    preset = _stems(
+        client, headers, separate_song(client, headers, song, *_exact(("model", PRESET)))
+    )
     commas = _stems(
-        client, headers, _separate(client, headers, song, *_exact(("model", f"{MEL}, {BS}")))
+        client, headers, separate_song(client, headers, song, *_exact(("model", f"{MEL}, {BS}")))
     )
     for stem in ("vocals", "instrumental"):
         np.testing.assert_allclose(preset[stem], both[stem], atol=1e-5)
@@ -141,9 +124,9 @@ def test_windows_of_a_long_song_run_every_model(
     client = app.test_client()
     headers = register_and_login(client)
     data = wav_bytes(sine_and_clicks(seconds=3.2), subtype="FLOAT")
-    bs = _stems(client, headers, _separate(client, headers, data, *_exact(("model", BS))))
-    mel = _stems(client, headers, _separate(client, headers, data, *_exact(("model", MEL))))
-    both = _stems(client, headers, _separate(client, headers, data, *_exact(("model", PRESET))))
+    bs = _stems(client, headers, separate_song(client, headers, data, *_exact(("model", BS))))
+    mel = _stems(client, headers, separate_song(client, headers, data, *_exact(("model", MEL))))
+    both = _stems(client, headers, separate_song(client, headers, data, *_exact(("model", PRESET))))
     assert both["vocals"].shape == (2, int(3.2 * SR))
     np.testing.assert_allclose(both["vocals"], (bs["vocals"] + mel["vocals"]) / 2, atol=1e-5)
 
@@ -154,11 +137,11 @@ def test_demucs_and_a_vocal_model_share_vocals_and_instrumental(
     # Demucs shifts the input by a random offset: the same draw in both runs
     random.seed(0)
     demucs = _stems(
-        client, headers, _separate(client, headers, song, *_exact(("model", "htdemucs")))
+        client, headers, separate_song(client, headers, song, *_exact(("model", "htdemucs")))
     )
-    bs = _stems(client, headers, _separate(client, headers, song, *_exact(("model", BS))))
+    bs = _stems(client, headers, separate_song(client, headers, song, *_exact(("model", BS))))
     random.seed(0)
-    job = _separate(client, headers, song, *_exact(("model", f"htdemucs+{BS}")))
+    job = separate_song(client, headers, song, *_exact(("model", f"htdemucs+{BS}")))
     assert job["result"]["stems"] == ["vocals", "instrumental"]
     both = _stems(client, headers, job)
     mix, _ = sf.read(io.BytesIO(song), always_2d=True, dtype="float32")
@@ -172,7 +155,7 @@ def test_demucs_and_a_vocal_model_share_vocals_and_instrumental(
 def test_karaoke_mode_and_a_spectral_algorithm(
     client: FlaskClient, headers: dict, song: bytes
 ) -> None:
-    job = _separate(
+    job = separate_song(
         client,
         headers,
         song,
@@ -192,9 +175,9 @@ def test_karaoke_mode_and_a_spectral_algorithm(
 def test_member_options_reach_the_members_that_take_them(
     client: FlaskClient, headers: dict, song: bytes
 ) -> None:
-    job = _separate(client, headers, song, ("model", f"htdemucs+{BS}"), ("shifts", "2"))
+    job = separate_song(client, headers, song, ("model", f"htdemucs+{BS}"), ("shifts", "2"))
     assert job["status"] == "succeeded", job
-    refused = _post(client, headers, song, [("model", f"{BS}+{MEL}"), ("shifts", "2")])
+    refused = post_song(client, headers, song, ("model", f"{BS}+{MEL}"), ("shifts", "2"))
     assert refused.status_code == 422
     assert "shifts" in str(refused.json["errors"]), refused.json
 
@@ -213,7 +196,7 @@ def test_lists_that_are_no_ensemble_are_refused(
     client: FlaskClient, headers: dict, song: bytes, models: list[str], message: str
 ) -> None:
     before = client.get("/api/v1/jobs", headers=headers).json["total"]
-    response = _post(client, headers, song, [("model", m) for m in models])
+    response = post_song(client, headers, song, *[("model", m) for m in models])
     assert response.status_code == 422, response.json
     assert message in str(response.json["errors"]), response.json
     assert client.get("/api/v1/jobs", headers=headers).json["total"] == before
@@ -230,7 +213,7 @@ def test_a_member_without_weights_fails_the_job_naming_it(
     headers = register_and_login(client)
     entry = next(m for m in client.get("/api/v1/models").json["models"] if m["name"] == PRESET)
     assert entry["available"] is False
-    job = _separate(client, headers, song, ("model", PRESET))
+    job = separate_song(client, headers, song, ("model", PRESET))
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_unavailable"
     assert MEL in job["error"]["message"] and "flask models download" in job["error"]["message"]
@@ -245,7 +228,7 @@ def test_a_member_that_breaks_fails_the_job_naming_it(
         raise RuntimeError("shapes do not match")
 
     monkeypatch.setattr(msst.WindowSeparator, "__call__", broken)
-    job = _separate(client, headers, song, ("model", f"htdemucs+{BS}"))
+    job = separate_song(client, headers, song, ("model", f"htdemucs+{BS}"))
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_failed"
     assert BS in job["error"]["message"] and "Traceback" not in job["error"]["message"]
@@ -255,7 +238,7 @@ def test_progress_covers_every_model(
     client: FlaskClient, headers: dict, progress_log: list
 ) -> None:
     data = wav_bytes(sine_and_clicks(seconds=2.0))
-    job = _separate(client, headers, data, ("model", PRESET))
+    job = separate_song(client, headers, data, ("model", PRESET))
     assert job["status"] == "succeeded", job
     values = [p for p, _ in progress_log]
     assert values == sorted(values) and values[-1] == 1.0

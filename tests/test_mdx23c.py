@@ -3,20 +3,19 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app.models import catalogue_facts
 from tests.support.apps import register_and_login
 from tests.support.audio import SR, sine_and_clicks, wav_bytes
+from tests.support.separation import downloaded_stems, separate_song
 
 ZF = "mdx23c_vocals_zfturbo"
 UVR = "mdx23c_instvoc_hq"
@@ -37,25 +36,6 @@ def client(eager_app: Callable[..., Flask], mdx23c_dir: Path) -> FlaskClient:
 @pytest.fixture
 def headers(client: FlaskClient) -> dict[str, str]:
     return register_and_login(client)
-
-
-def _separate(client: FlaskClient, headers: dict, data: bytes, **form) -> dict:
-    payload = {"file": (io.BytesIO(data), "song.wav"), **{k: str(v) for k, v in form.items()}}
-    response = client.post(
-        "/api/v1/separations", data=payload, headers=headers, content_type="multipart/form-data"
-    )
-    assert response.status_code == 202, response.json
-    return client.get(response.headers["Location"], headers=headers).json
-
-
-def _stems(client: FlaskClient, headers: dict, job: dict) -> dict[str, np.ndarray]:
-    stems = {}
-    for entry in job["result"]["files"]:
-        body = client.get(entry["url"], headers=headers).data
-        data, sr = sf.read(io.BytesIO(body), always_2d=True, dtype="float32")
-        assert sr == entry["sample_rate"]
-        stems[entry["stem"]] = data.T
-    return stems
 
 
 def _app_with(
@@ -95,7 +75,7 @@ def test_separates_into_the_models_two_outputs(
 ) -> None:
     # 1.3 s: several chunks of the config's 0.37 s, the last one flush with the end
     mix = sine_and_clicks(seconds=1.3)
-    job = _separate(
+    job = separate_song(
         client, headers, wav_bytes(mix, subtype="FLOAT"), model=model, bit_depth="32f",
         clip_mode="none",
     )  # fmt: skip
@@ -103,7 +83,7 @@ def test_separates_into_the_models_two_outputs(
     assert job["model"] == model
     assert job["result"]["stems"] == ["vocals", rest]
     assert {f["sample_rate"] for f in job["result"]["files"]} == {SR}
-    stems = _stems(client, headers, job)
+    stems = downloaded_stems(client, headers, job)
     for data in stems.values():
         assert data.shape == mix.shape
         assert np.all(np.isfinite(data)) and np.max(np.abs(data)) > 0
@@ -113,7 +93,7 @@ def test_separates_into_the_models_two_outputs(
 
 def test_two_stems_vocals_for_karaoke(client: FlaskClient, headers: dict) -> None:
     mix = sine_and_clicks(seconds=1.0, channels=1)
-    job = _separate(client, headers, wav_bytes(mix), model=UVR, two_stems="vocals", overlap=0.5)
+    job = separate_song(client, headers, wav_bytes(mix), model=UVR, two_stems="vocals", overlap=0.5)
     assert job["status"] == "succeeded", job
     assert [f["name"] for f in job["result"]["files"]] == ["vocals.wav", "no_vocals.wav"]
     for entry in job["result"]["files"]:
@@ -138,12 +118,12 @@ def test_a_local_single_target_model_gives_the_target_and_the_rest_of_the_mix(
     assert entry["description"] == "Local MDX23C model from mdx23c/my_vocals/."
     assert entry["license"] == "not stated" and entry["quality"] is None
     mix = sine_and_clicks(seconds=0.8)
-    job = _separate(
+    job = separate_song(
         client, headers, wav_bytes(mix, subtype="FLOAT"), model="my_vocals", bit_depth="32f",
         clip_mode="none",
     )  # fmt: skip
     assert job["status"] == "succeeded", job
-    stems = _stems(client, headers, job)
+    stems = downloaded_stems(client, headers, job)
     assert np.max(np.abs(stems["vocals"] + stems["instrumental"] - mix)) < 1e-4
 
 
@@ -156,7 +136,7 @@ def test_missing_checkpoint_fails_with_model_unavailable(
     client, headers = _app_with(tmp_path, eager_app, models)
     listed = {m["name"]: m for m in client.get("/api/v1/models").json["models"]}
     assert listed[ZF]["available"] is False
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model=ZF)
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model=ZF)
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_unavailable"
     message = job["error"]["message"]
@@ -175,7 +155,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_model_unavailable(
     other = write_model(tmp_path / "other", "wider", config_text(UVR_CONFIG, growth=6), seed=0)
     shutil.copy(other / "model.ckpt", models / "mdx23c" / "mine" / "model.ckpt")
     client, headers = _app_with(tmp_path, eager_app, models)
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=0.5)), model="mine")
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=0.5)), model="mine")
     assert job["status"] == "failed" and job["error"]["code"] == "model_unavailable"
     message = job["error"]["message"]
     assert "could not be loaded" in message and "does not fit the config" in message
@@ -334,6 +314,6 @@ def test_a_first_job_downloads_when_allowed(
     client = app.test_client()
     headers = register_and_login(client)
     assert {m["name"]: m for m in client.get("/api/v1/models").json["models"]}[ZF]["downloadable"]
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=0.5)), model=ZF)
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=0.5)), model=ZF)
     assert job["status"] == "succeeded", job
     assert (models / "mdx23c" / ZF / "model.ckpt").is_file()

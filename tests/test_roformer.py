@@ -3,18 +3,17 @@ the published format (tests/support/roformer_models.py)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.support.apps import register_and_login
 from tests.support.audio import SR, sine_and_clicks, wav_bytes
+from tests.support.separation import downloaded_stems, separate_song
 
 BS = "bs_roformer_viperx_1297"
 MEL = "mel_band_roformer_kim"
@@ -37,25 +36,6 @@ def headers(client: FlaskClient) -> dict[str, str]:
     return register_and_login(client)
 
 
-def _separate(client: FlaskClient, headers: dict, data: bytes, **form) -> dict:
-    payload = {"file": (io.BytesIO(data), "song.wav"), **{k: str(v) for k, v in form.items()}}
-    response = client.post(
-        "/api/v1/separations", data=payload, headers=headers, content_type="multipart/form-data"
-    )
-    assert response.status_code == 202, response.json
-    return client.get(response.headers["Location"], headers=headers).json
-
-
-def _stems(client: FlaskClient, headers: dict, job: dict) -> dict[str, np.ndarray]:
-    stems = {}
-    for entry in job["result"]["files"]:
-        body = client.get(entry["url"], headers=headers).data
-        data, sr = sf.read(io.BytesIO(body), always_2d=True, dtype="float32")
-        assert sr == entry["sample_rate"]
-        stems[entry["stem"]] = data.T
-    return stems
-
-
 def test_published_models_are_listed(client: FlaskClient) -> None:
     by_name = {m["name"]: m for m in client.get("/api/v1/models").json["models"]}
     for name in (BS, MEL):
@@ -72,14 +52,14 @@ def test_separates_into_vocals_and_instrumental(
 ) -> None:
     # 1.3 s: several chunks of the config's 0.5 s, the last one flush with the end
     mix = sine_and_clicks(seconds=1.3)
-    job = _separate(
+    job = separate_song(
         client, headers, wav_bytes(mix, subtype="FLOAT"), model=model, bit_depth="32f",
         clip_mode="none",
     )  # fmt: skip
     assert job["status"] == "succeeded", job
     assert job["model"] == model
     assert job["result"]["stems"] == ["vocals", "instrumental"]
-    stems = _stems(client, headers, job)
+    stems = downloaded_stems(client, headers, job)
     assert {f["sample_rate"] for f in job["result"]["files"]} == {SR}
     for data in stems.values():
         assert data.shape == mix.shape
@@ -89,7 +69,7 @@ def test_separates_into_vocals_and_instrumental(
 
 def test_two_stems_vocals_for_karaoke(client: FlaskClient, headers: dict) -> None:
     mix = sine_and_clicks(seconds=1.0, channels=1)
-    job = _separate(client, headers, wav_bytes(mix), model=MEL, two_stems="vocals", overlap=0.5)
+    job = separate_song(client, headers, wav_bytes(mix), model=MEL, two_stems="vocals", overlap=0.5)
     assert job["status"] == "succeeded", job
     assert [f["name"] for f in job["result"]["files"]] == ["vocals.wav", "no_vocals.wav"]
     for entry in job["result"]["files"]:
@@ -110,7 +90,7 @@ def test_missing_checkpoint_fails_with_model_unavailable(
     headers = register_and_login(client)
     listed = {m["name"]: m for m in client.get("/api/v1/models").json["models"]}
     assert listed[MEL]["available"] is False
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model=MEL)
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model=MEL)
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_unavailable"
     message = job["error"]["message"]
@@ -133,7 +113,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_model_unavailable(
     headers = register_and_login(client)
     listed = {m["name"]: m for m in client.get("/api/v1/models").json["models"]}
     assert listed["mine"]["stems"] == ["vocals", "instrumental"]
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model="mine")
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model="mine")
     assert job["status"] == "failed" and job["error"]["code"] == "model_unavailable"
     assert "does not fit" in job["error"]["message"]
 
@@ -236,7 +216,7 @@ def test_a_first_job_downloads_when_allowed(
     client = app.test_client()
     headers = register_and_login(client)
     assert {m["name"]: m for m in client.get("/api/v1/models").json["models"]}[MEL]["downloadable"]
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=0.5)), model=MEL)
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=0.5)), model=MEL)
     assert job["status"] == "succeeded", job
     assert (models / "roformer" / MEL / "model.ckpt").is_file()
 
@@ -244,7 +224,7 @@ def test_a_first_job_downloads_when_allowed(
 def test_progress_steps_through_the_chunks(
     client: FlaskClient, headers: dict, progress_log: list
 ) -> None:
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=2.0)), model=BS)
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=2.0)), model=BS)
     assert job["status"] == "succeeded", job
     values = [p for p, _ in progress_log]
     assert values == sorted(values) and values[-1] == 1.0
