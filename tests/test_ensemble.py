@@ -25,19 +25,9 @@ PRESET = "vocals_ensemble"
 EXACT = {"bit_depth": "32f", "clip_mode": "none"}  # stems as computed, for comparisons
 
 
-@pytest.fixture(scope="module")
-def all_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support.demucs_repo import build_repo
-    from tests.support.roformer_models import build_roformer_models
-
-    root = tmp_path_factory.mktemp("models")
-    build_repo(root / "demucs")
-    return build_roformer_models(root)
-
-
 @pytest.fixture
-def app(eager_app: Callable[..., Flask], all_models: Path) -> Flask:
-    return eager_app(MODELS_DIR=str(all_models), ALLOW_MODEL_DOWNLOAD=False)
+def app(eager_app: Callable[..., Flask], vocal_models_dir: Path) -> Flask:
+    return eager_app(MODELS_DIR=str(vocal_models_dir), ALLOW_MODEL_DOWNLOAD=False)
 
 
 @pytest.fixture
@@ -111,12 +101,12 @@ def test_a_list_of_models_is_the_average_of_each_model(
 
 
 def test_windows_of_a_long_song_run_every_model(
-    eager_app: Callable[..., Flask], all_models: Path
+    eager_app: Callable[..., Flask], vocal_models_dir: Path
 ) -> None:
     """Many windows with cross-fades: the ensemble of the windowed models is
     the windowed ensemble (both are linear in the members' outputs)."""
     app = eager_app(
-        MODELS_DIR=str(all_models),
+        MODELS_DIR=str(vocal_models_dir),
         ALLOW_MODEL_DOWNLOAD=False,
         SEPARATION_WINDOW_SECONDS=1.0,
         SEPARATION_OVERLAP_SECONDS=0.25,

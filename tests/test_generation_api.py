@@ -57,6 +57,32 @@ def _audio(client: FlaskClient, headers: dict, job: dict) -> tuple[np.ndarray, i
     return data, rate
 
 
+def _audio_prompt() -> tuple[np.ndarray, io.BytesIO]:
+    """One second of a 220 Hz tone, and its WAV: audio a model continues."""
+    tone = 0.5 * np.sin(2 * np.pi * 220 * np.arange(RATE) / RATE).astype(np.float32)
+    wav = io.BytesIO()
+    sf.write(wav, tone, RATE, format="WAV", subtype="FLOAT")
+    return tone, wav
+
+
+def _continued(client: FlaskClient, headers: dict, prompt_audio: np.ndarray, **audio) -> None:
+    """A 2 s continuation of ``prompt_audio`` (given as ``audio``, a file or
+    its address): it succeeds, and the result starts with the prompt."""
+    response = client.post(
+        "/api/v1/generations",
+        data={"prompt": "continue", "duration": "2.0", "seed": "5", "bit_depth": "32f", **audio},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.json
+    job = client.get(response.headers["Location"], headers=headers).json
+    assert job["status"] == "succeeded", job
+    data, _rate = _audio(client, headers, job)
+    assert abs(len(data) / RATE - 2.0) <= 1 / 50
+    head = data[: RATE // 2]
+    assert np.max(np.abs(head - prompt_audio[: RATE // 2])) < 0.05
+
+
 def test_text_to_music(client: FlaskClient, headers: dict) -> None:
     job = _generate(client, headers, prompt="calm piano", duration=2.0, seed=7)
     assert job["status"] == "succeeded", job
@@ -99,24 +125,10 @@ def test_melody_and_continuation_uploads(client: FlaskClient, headers: dict) -> 
     assert job["status"] == "succeeded", job
     assert job["params"]["input_role"] == "melody" and job["input"]["filename"] == "tune.wav"
 
-    prompt_audio = 0.5 * np.sin(2 * np.pi * 220 * np.arange(RATE) / RATE).astype(np.float32)
-    prompt_wav = io.BytesIO()
-    sf.write(prompt_wav, prompt_audio, RATE, format="WAV", subtype="FLOAT")
-    response = client.post(
-        "/api/v1/generations",
-        data={"prompt": "continue", "duration": "2.0", "seed": "5", "bit_depth": "32f",
-              "continuation": (io.BytesIO(prompt_wav.getvalue()), "start.wav")},
-        headers=headers,
-        content_type="multipart/form-data",
-    )  # fmt: skip
-    assert response.status_code == 202, response.json
-    job = client.get(response.headers["Location"], headers=headers).json
-    assert job["status"] == "succeeded", job
-    data, _rate = _audio(client, headers, job)
-    assert abs(len(data) / RATE - 2.0) <= 1 / 50
-    # The result starts with the prompt the model continued.
-    head = data[: RATE // 2]
-    assert np.max(np.abs(head - prompt_audio[: RATE // 2])) < 0.05
+    prompt_audio, prompt_wav = _audio_prompt()
+    _continued(
+        client, headers, prompt_audio, continuation=(io.BytesIO(prompt_wav.getvalue()), "start.wav")
+    )
 
 
 def test_progress_stages_and_cancel(
@@ -222,22 +234,9 @@ def test_melody_and_continuation_by_url(
         data, rate = _audio(client, headers, job)
         assert abs(len(data) / rate - 1.5) <= 1 / 50
 
-        prompt_audio = 0.5 * np.sin(2 * np.pi * 220 * np.arange(RATE) / RATE).astype(np.float32)
-        prompt_wav = io.BytesIO()
-        sf.write(prompt_wav, prompt_audio, RATE, format="WAV", subtype="FLOAT")
+        prompt_audio, prompt_wav = _audio_prompt()
         media.file("/start.wav", prompt_wav.getvalue())
-        response = client.post(
-            "/api/v1/generations",
-            data={"prompt": "continue", "duration": "2.0", "seed": "5", "bit_depth": "32f",
-                  "continuation_url": media.url("/start.wav")},
-            headers=headers,
-            content_type="multipart/form-data",
-        )  # fmt: skip
-        assert response.status_code == 202, response.json
-        job = client.get(response.headers["Location"], headers=headers).json
-        assert job["status"] == "succeeded", job
-        data, _rate = _audio(client, headers, job)
-        assert np.max(np.abs(data[: RATE // 2] - prompt_audio[: RATE // 2])) < 0.05
+        _continued(client, headers, prompt_audio, continuation_url=media.url("/start.wav"))
 
         # Fetched as a job's url is: not audio fails the job with the upload's code.
         media.file("/notes.txt", b"text" * 500, content_type="text/plain")

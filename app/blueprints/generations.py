@@ -28,6 +28,15 @@ AUDIO_ROLES = ("melody", "continuation")
 blp = Blueprint("generations", __name__, description="New music from a text prompt (MusicGen).")
 
 
+def address_field(description: str) -> fields.String:
+    """An audio input given by address (``<role>_url``)."""
+    return fields.String(
+        load_default=None,
+        validate=validate.Length(max=2048),
+        metadata={"description": description, "example": "https://example.com/music/tune.mp3"},
+    )
+
+
 class GenerationSchema(CallbackSchema):
     prompt = fields.String(
         required=True,
@@ -59,26 +68,12 @@ class GenerationSchema(CallbackSchema):
     output_format = fields.String(load_default="wav", validate=validate.OneOf(audio.OUTPUT_FORMATS))
     bit_depth = fields.String(load_default="16", validate=validate.OneOf(audio.BIT_DEPTHS))
     mp3_bitrate = fields.Integer(load_default=320, validate=validate.OneOf(audio.MP3_BITRATES))
-    melody_url = fields.String(
-        load_default=None,
-        validate=validate.Length(max=2048),
-        metadata={
-            "description": (
-                "Instead of a `melody` upload: an http or https URL of the audio whose "
-                "melody conditions a melody model, fetched by the worker as a job's `url` is."
-            ),
-            "example": "https://example.com/music/tune.mp3",
-        },
+    melody_url = address_field(
+        "Instead of a `melody` upload: an http or https URL of the audio whose melody "
+        "conditions a melody model, fetched by the worker as a job's `url` is."
     )
-    continuation_url = fields.String(
-        load_default=None,
-        validate=validate.Length(max=2048),
-        metadata={
-            "description": (
-                "Instead of a `continuation` upload: an http or https URL of the audio "
-                "the model continues."
-            )
-        },
+    continuation_url = address_field(
+        "Instead of a `continuation` upload: an http or https URL of the audio the model continues."
     )
 
     @validates_schema

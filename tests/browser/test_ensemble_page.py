@@ -19,19 +19,9 @@ BS = "bs_roformer_viperx_1297"
 MEL = "mel_band_roformer_kim"
 
 
-@pytest.fixture(scope="module")
-def all_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.support.demucs_repo import build_repo
-    from tests.support.roformer_models import build_roformer_models
-
-    root = tmp_path_factory.mktemp("models")
-    build_repo(root / "demucs")
-    return build_roformer_models(root)
-
-
 @pytest.fixture
-def live_app(eager_app: Callable[..., Flask], all_models: Path) -> Flask:
-    return eager_app(MODELS_DIR=str(all_models), ALLOW_MODEL_DOWNLOAD=False)
+def live_app(eager_app: Callable[..., Flask], vocal_models_dir: Path) -> Flask:
+    return eager_app(MODELS_DIR=str(vocal_models_dir), ALLOW_MODEL_DOWNLOAD=False)
 
 
 def _partners(page: Any) -> list[str]:
