@@ -40,7 +40,7 @@ batched (faster-whisper's BatchedInferencePipeline), in this process through
 the engine's own ``whisper_engine.transcribe`` with the options a request with
 ``word_timestamps=true`` gets (beam 5, conditioned on previous text), the
 server's default batch size and threads. The input is synthesised with
-espeak-ng: ``--lines`` (60, about 5 minutes) distinct sentences of
+espeak-ng: ``--lines`` (66, about 5 minutes) distinct sentences of
 tests/support/speech.py's ``distinct_lines``. Both paths run ``--rounds``
 times, interleaved (the order swapped every round); each run is timed (wall,
 CPU of this process; after one warm-up run of each on the first 30 s),
@@ -703,8 +703,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--lines",
         type=int,
-        default=60,
-        help="with --long: distinct spoken lines, about 5 s each (60: about 5 minutes)",
+        default=66,
+        help="with --long: distinct spoken lines, about 4.5 s each (66: about 5 minutes)",
     )
     parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
