@@ -79,33 +79,40 @@ def line_counts(lines: list[str], hypothesis: str, threshold: float = 0.7) -> li
     """How many times each line appears in ``hypothesis``: 0 is a skipped
     line, 2 or more a repeated one.
 
-    An occurrence is a stretch of the hypothesis, as long as the line, at
-    least ``threshold`` of whose words match the line in order (a misheard
-    word or two still counts); stretches overlapping by more than half a line
-    are one occurrence."""
+    Every stretch of the hypothesis as long as a line is scored against that
+    line (the share of its words matching in order). An occurrence is a
+    stretch whose score peaks there (a line said twice in a row peaks twice),
+    reaches ``threshold`` (a misheard word or two still counts) and is the
+    best any line scores there (a line misheard into another's words counts
+    for the one it matches better); peaks of one line less than half a line
+    apart are one occurrence."""
     from difflib import SequenceMatcher
 
     hyp = words_of(hypothesis)
-    counts = []
+    scores: list[list[float]] = []
     for line in lines:
         ref = words_of(line)
-        size = len(ref)
         matcher = SequenceMatcher(autojunk=False)
         matcher.set_seq2(ref)
-        found = 0
-        last = -size
-        for start in range(max(len(hyp) - size + 1, 1)):
-            window = hyp[start : start + size]
-            if len(set(window) & set(ref)) < threshold * size - 4:
+        row = [0.0] * (len(hyp) + 2)  # a zero either side: row[1 + start]
+        for start in range(len(hyp)):
+            window = hyp[start : start + len(ref)]
+            if len(set(window) & set(ref)) < threshold * len(ref) - 4:
                 continue  # cannot reach the threshold: skip the exact comparison
             matcher.set_seq1(window)
-            matched = sum(block.size for block in matcher.get_matching_blocks())
-            if matched >= threshold * size and start - last > size // 2:
-                found += 1
-                last = start
-            elif matched >= threshold * size:
-                last = start
-        counts.append(found)
+            row[1 + start] = sum(b.size for b in matcher.get_matching_blocks()) / len(ref)
+        scores.append(row)
+    best = [max(column) for column in zip(*scores, strict=True)]
+    counts = [0] * len(lines)
+    for number, row in enumerate(scores):
+        half = len(words_of(lines[number])) // 2
+        last = -len(hyp)
+        for at in range(1, len(hyp) + 1):
+            score = row[at]
+            if score >= threshold and score >= best[at] and row[at - 1] < score >= row[at + 1]:
+                # Peaks less than half a line apart are one misheard occurrence.
+                counts[number] += at - last > half
+                last = at
     return counts
 
 
