@@ -530,20 +530,20 @@ LONG_SPEED_GOAL = 1.5  # sequential wall / batched wall, median round
 LONG_WER_MARGIN = 0.02  # batched WER at most this above sequential's
 
 
-def long_input(count: int) -> tuple[list[str], Any]:
+def long_input(count: int, gap: float) -> tuple[list[str], Any]:
     from tests.support.speech import distinct_lines, synthesise
 
     lines = distinct_lines(count)
-    samples, _onsets = synthesise(lines)
+    samples, _onsets = synthesise(lines, gap=gap)
     return lines, samples
 
 
-def long_run(model: Any, samples: Any, path: str, lines: list[str]) -> dict[str, Any]:
+def long_run(model: Any, samples: Any, path: str, lines: list[str], batch: int) -> dict[str, Any]:
     from app.models import whisper_engine
     from tests.support.speech import line_counts
 
     options = whisper_engine.decoding_options({"word_timestamps": True, "beam_size": BEAM_SIZE})
-    batch_size = whisper_engine.default_batch_size("cpu", {}) if path == "batched" else None
+    batch_size = batch if path == "batched" else None
     load_before = loadavg()
     wall, cpu = time.monotonic(), time.process_time()
     result = whisper_engine.transcribe(model, samples, options, lambda _f: None, batch_size)
@@ -583,12 +583,13 @@ def run_long(args: argparse.Namespace) -> int:
         f" ctranslate2 {ctranslate2.__version__}, {os.cpu_count()} CPUs,"
         f" load average {loadavg()}"
     )
-    lines, samples = long_input(args.lines)
+    lines, samples = long_input(args.lines, args.gap)
     seconds = samples.shape[-1] / SAMPLE_RATE
     threads = whisper_engine.cpu_threads({})
-    batch = whisper_engine.default_batch_size("cpu", {})
+    batch = args.batch_size or whisper_engine.default_batch_size("cpu", {})
     say(
-        f"  input: {len(lines)} distinct lines by espeak-ng, {seconds:.1f} s; model {MODEL}"
+        f"  input: {len(lines)} distinct lines by espeak-ng, {args.gap:g} s apart, {seconds:.1f} s;"
+        f" model {MODEL}"
         f" {COMPUTE_TYPE} on CPU, beam {BEAM_SIZE}, word timestamps; {threads} threads,"
         f" batch size {batch}"
     )
@@ -596,11 +597,11 @@ def run_long(args: argparse.Namespace) -> int:
     # Both paths once on the first 30 s: the batched path loads Silero VAD's model
     # on its first use in a process, as a worker does on its first batched job.
     for path in ("sequential", "batched"):
-        long_run(model, samples[: 30 * SAMPLE_RATE], path, lines[:5])
+        long_run(model, samples[: 30 * SAMPLE_RATE], path, lines[:5], batch)
     rounds = []
     for number in range(1, args.rounds + 1):
         order = ("sequential", "batched") if number % 2 else ("batched", "sequential")
-        runs = {path: long_run(model, samples, path, lines) for path in order}
+        runs = {path: long_run(model, samples, path, lines, batch) for path in order}
         rounds.append(runs)
         for path in order:
             r = runs[path]
@@ -705,6 +706,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=66,
         help="with --long: distinct spoken lines, about 4.5 s each (66: about 5 minutes)",
+    )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.6,
+        help="with --long: seconds of silence after each line (0.6)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="with --long: chunks per batch (default: the server's CPU default, 4)",
     )
     parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")

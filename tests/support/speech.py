@@ -83,9 +83,9 @@ def line_counts(lines: list[str], hypothesis: str, threshold: float = 0.7) -> li
     line (the share of its words matching in order). An occurrence is a
     stretch whose score peaks there (a line said twice in a row peaks twice),
     reaches ``threshold`` (a misheard word or two still counts) and is the
-    best any line scores there (a line misheard into another's words counts
-    for the one it matches better); peaks of one line less than half a line
-    apart are one occurrence."""
+    best any line scores there or a few words either side (a line misheard
+    into another's words counts for the one it matches better); peaks of one
+    line less than half a line apart are one occurrence."""
     from difflib import SequenceMatcher
 
     hyp = words_of(hypothesis)
@@ -109,7 +109,10 @@ def line_counts(lines: list[str], hypothesis: str, threshold: float = 0.7) -> li
         last = -len(hyp)
         for at in range(1, len(hyp) + 1):
             score = row[at]
-            if score >= threshold and score >= best[at] and row[at - 1] < score >= row[at + 1]:
+            # Best within a few words either side: a misheard line scores less
+            # on its own words than it does shifted onto a neighbour's.
+            near = max(best[max(at - half + 1, 0) : at + half])
+            if score >= threshold and score >= near and row[at - 1] < score >= row[at + 1]:
                 # Peaks less than half a line apart are one misheard occurrence.
                 counts[number] += at - last > half
                 last = at
