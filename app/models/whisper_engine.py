@@ -311,6 +311,8 @@ def transcribe_batched(
         if key not in ("vad_filter", "condition_on_previous_text", *SEQUENTIAL_ONLY)
     }
     kwargs.update(word_timestamps=True, without_timestamps=True, vad_filter=True)
+    if "vad_parameters" in kwargs:  # the pipeline pops from it: keep the request's own
+        kwargs["vad_parameters"] = dict(kwargs["vad_parameters"])
     segments_iter, info = BatchedInferencePipeline(model).transcribe(
         samples, batch_size=batch_size, **kwargs
     )
