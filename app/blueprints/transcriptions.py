@@ -81,8 +81,8 @@ class TranscriptionOptionsSchema(Schema):
         metadata={
             "description": "sequential: 30 s windows in order, each conditioned on the "
             "previous text, with temperature fallback. batched: speech chunks found by VAD "
-            "(up to 30 s), decoded batch_size at a time, each on its own: faster on long "
-            "inputs and never loops over a line. auto: batched from "
+            "(up to 30 s), decoded batch_size at a time, each on its own: often faster on "
+            "long inputs, and one window's mistake cannot carry into the next. auto: batched from "
             "WHISPER_BATCHED_MIN_SECONDS of audio (default 120), unless an option only "
             "sequential decoding uses is set. The job's metrics say which ran.",
             "example": "auto",

@@ -318,6 +318,9 @@ def transcribe_batched(
     )
     segments: list[dict[str, Any]] = []
     for chunk in segments_iter:
+        if not chunk.words and chunk.text.strip():
+            # Text without timed words (the alignment found none): keep it whole.
+            segments.append({**_segment(chunk, len(segments)), "words": []})
         for words in split_at_pauses(chunk.words or []):
             entry = {
                 "id": len(segments),
