@@ -391,6 +391,13 @@ def register_batch_cli(app: Flask) -> None:
     @click.option("--beam-size", type=int)
     @click.option("--temperature", type=float)
     @click.option(
+        "--decoding",
+        type=click.Choice(["auto", "sequential", "batched"]),
+        help="batched: VAD chunks decoded several at a time; auto (default): batched for"
+        " long inputs.",
+    )
+    @click.option("--batch-size", type=int, help="Chunks per batch when batched.")
+    @click.option(
         "--isolate-vocals", is_flag=True, default=None, help="Separate vocals first (lyrics)."
     )
     @click.option(

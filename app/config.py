@@ -54,6 +54,14 @@ def from_environment() -> dict[str, Any]:
         "MODEL_DEVICE": (os.environ.get("MODEL_DEVICE") or "auto").lower(),
         "MODELS_DIR": os.environ.get("MODELS_DIR") or str(data_dir / "models"),
         "ALLOW_MODEL_DOWNLOAD": env_bool("ALLOW_MODEL_DOWNLOAD", True),
+        # Whisper (app/models/whisper_engine.py): inputs at least this long are
+        # decoded in VAD chunks, several at a time, when a request leaves
+        # `decoding` at auto; docs/architecture.md says why this default.
+        "WHISPER_BATCHED_MIN_SECONDS": env_float("WHISPER_BATCHED_MIN_SECONDS", 120.0),
+        # Chunks per batch on that path; 0: 4 on CPU, 16 on a GPU.
+        "WHISPER_BATCH_SIZE": env_int("WHISPER_BATCH_SIZE", 0),
+        # CTranslate2's threads on CPU; 0: the worker's CPUs, at most 4.
+        "WHISPER_CPU_THREADS": env_int("WHISPER_CPU_THREADS", 0),
         # The model that isolates vocals for karaoke and isolate_vocals when a
         # request names none; empty: the best vocals model that can run here
         # (app/services/vocals_model.py). A CPU-only server may prefer htdemucs.

@@ -35,6 +35,20 @@ one 16 kHz mono WAV, to see the ratio where fixed per-job costs matter less:
 the 5 clips are 23.4 s of audio, clip1 alone 5.0 s (``--clips 1 --repeat 12``
 is about a minute).
 
+``--long`` is another benchmark: long-form decoding, sequential against
+batched (faster-whisper's BatchedInferencePipeline), in this process through
+the engine's own ``whisper_engine.transcribe`` with the options a request with
+``word_timestamps=true`` gets (beam 5, conditioned on previous text), the
+server's default batch size and threads. The input is synthesised with
+espeak-ng: ``--lines`` (66, about 5 minutes) distinct sentences of
+tests/support/speech.py's ``distinct_lines``. Both paths run ``--rounds``
+times, interleaved (the order swapped every round); each run is timed (wall,
+CPU of this process; after one warm-up run of each on the first 30 s),
+scored (WER against the known text) and checked for
+lines skipped (found 0 times) or repeated (2 or more). The goals: batched at
+least 1.5 times as fast as sequential (median of the rounds' wall ratios), its
+WER at most 0.02 above sequential's, and no line skipped or repeated.
+
 Everything runs in a temporary folder, deleted at the end unless ``--keep``;
 every process started is stopped on exit, Ctrl-C or error (each is the leader
 of its own session and its whole group is stopped). The process helpers, the
@@ -510,6 +524,134 @@ def report(inputs: list[dict[str, Any]], direct: dict[str, Any], ours: dict[str,
             )
 
 
+# --------------------------------------------------------------------------- --long
+
+LONG_SPEED_GOAL = 1.5  # sequential wall / batched wall, median round
+LONG_WER_MARGIN = 0.02  # batched WER at most this above sequential's
+
+
+def long_input(count: int, gap: float) -> tuple[list[str], Any]:
+    from tests.support.speech import distinct_lines, synthesise
+
+    lines = distinct_lines(count)
+    samples, _onsets = synthesise(lines, gap=gap)
+    return lines, samples
+
+
+def long_run(model: Any, samples: Any, path: str, lines: list[str], batch: int) -> dict[str, Any]:
+    from app.models import whisper_engine
+    from tests.support.speech import line_counts
+
+    options = whisper_engine.decoding_options({"word_timestamps": True, "beam_size": BEAM_SIZE})
+    batch_size = batch if path == "batched" else None
+    load_before = loadavg()
+    wall, cpu = time.monotonic(), time.process_time()
+    result = whisper_engine.transcribe(model, samples, options, lambda _f: None, batch_size)
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    counts = line_counts(lines, result["text"])
+    words = result.get("words", [])
+    starts = [w["start"] for w in words]
+    return {
+        "path": path,
+        "wall": wall,
+        "cpu": cpu,
+        "wer": wer(" ".join(lines), result["text"]),
+        "skipped": [n for n, c in enumerate(counts) if c == 0],
+        "repeated": [n for n, c in enumerate(counts) if c > 1],
+        "segments": len(result["segments"]),
+        "words_in_order": starts == sorted(starts),
+        "words_inside": all(0 <= w["start"] <= w["end"] <= result["duration"] for w in words),
+        "load": f"{load_before} -> {loadavg()}",
+    }
+
+
+def run_long(args: argparse.Namespace) -> int:
+    import shutil
+    import statistics
+
+    import ctranslate2
+    import faster_whisper
+
+    from app.models import whisper_engine
+
+    if shutil.which("espeak-ng") is None:
+        say("espeak-ng is not installed (apt-get install espeak-ng): it speaks the input")
+        return 2
+    say(f"Long-form transcription benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    say(
+        f"  python {sys.version.split()[0]}, faster-whisper {faster_whisper.__version__},"
+        f" ctranslate2 {ctranslate2.__version__}, {os.cpu_count()} CPUs,"
+        f" load average {loadavg()}"
+    )
+    lines, samples = long_input(args.lines, args.gap)
+    seconds = samples.shape[-1] / SAMPLE_RATE
+    threads = whisper_engine.cpu_threads({})
+    batch = args.batch_size or whisper_engine.default_batch_size("cpu", {})
+    say(
+        f"  input: {len(lines)} distinct lines by espeak-ng, {args.gap:g} s apart, {seconds:.1f} s;"
+        f" model {MODEL}"
+        f" {COMPUTE_TYPE} on CPU, beam {BEAM_SIZE}, word timestamps; {threads} threads,"
+        f" batch size {batch}"
+    )
+    model = whisper_engine.load(MODEL, {"MODELS_DIR": "/nonexistent"}, "cpu", COMPUTE_TYPE)
+    # Both paths once on the first 30 s: the batched path loads Silero VAD's model
+    # on its first use in a process, as a worker does on its first batched job.
+    for path in ("sequential", "batched"):
+        long_run(model, samples[: 30 * SAMPLE_RATE], path, lines[:5], batch)
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        order = ("sequential", "batched") if number % 2 else ("batched", "sequential")
+        runs = {path: long_run(model, samples, path, lines, batch) for path in order}
+        rounds.append(runs)
+        for path in order:
+            r = runs[path]
+            say(
+                f"  round {number} {path:>10}: wall {r['wall']:6.1f} s  CPU {r['cpu']:6.1f} s"
+                f"  WER {r['wer']:.3f}  skipped {len(r['skipped'])}  repeated"
+                f" {len(r['repeated'])}  segments {r['segments']}  load {r['load']}"
+            )
+    say("")
+    say(f"  {'path':>10} {'wall s':>8} {'CPU s':>8} {'RTF':>7} {'WER':>6} {'skipped':>8} "
+        f"{'repeated':>9}  (median round by wall ratio)")  # fmt: skip
+    ratios = [ratio(r["sequential"]["wall"], r["batched"]["wall"]) for r in rounds]
+    median = rounds[ratios.index(statistics.median_low(ratios))]
+    for path in ("sequential", "batched"):
+        r = median[path]
+        say(
+            f"  {path:>10} {r['wall']:8.1f} {r['cpu']:8.1f} {r['wall'] / seconds:7.3f}"
+            f" {r['wer']:6.3f} {len(r['skipped']):8d} {len(r['repeated']):9d}"
+            f"  lines skipped {r['skipped']} repeated {r['repeated']}"
+        )
+    speed = statistics.median_low(ratios)
+    cpu_speed = statistics.median_low(
+        [ratio(r["sequential"]["cpu"], r["batched"]["cpu"]) for r in rounds]
+    )
+    seq_wer = max(r["sequential"]["wer"] for r in rounds)
+    bat_wer = max(r["batched"]["wer"] for r in rounds)
+    lost = sum(len(r["batched"]["skipped"]) + len(r["batched"]["repeated"]) for r in rounds)
+    timed = all(r["batched"]["words_in_order"] and r["batched"]["words_inside"] for r in rounds)
+    say("")
+    say(
+        f"  speed: sequential / batched wall {speed:.2f}x (rounds: "
+        + ", ".join(f"{x:.2f}" for x in ratios)
+        + f"), CPU {cpu_speed:.2f}x: "
+        + ("PASS" if speed >= LONG_SPEED_GOAL else "MISS")
+        + f" (goal >= {LONG_SPEED_GOAL}x)"
+    )
+    say(
+        f"  WER: batched {bat_wer:.3f}, sequential {seq_wer:.3f} (worst round): "
+        + ("PASS" if bat_wer <= seq_wer + LONG_WER_MARGIN else "MISS")
+        + f" (goal <= sequential + {LONG_WER_MARGIN})"
+    )
+    say(
+        f"  lines: batched skipped or repeated {lost} over {len(rounds)} rounds: "
+        + ("PASS" if lost == 0 else "MISS")
+        + f"; word timestamps in order and inside the audio: {'yes' if timed else 'NO'}"
+    )
+    say(f"  load average at the end {loadavg()}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -553,6 +695,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run ours on Redis (a redis-server started on a free port) instead of SQLite",
     )
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="instead: sequential against batched decoding on a long synthesised input"
+        " (needs espeak-ng), in this process",
+    )
+    parser.add_argument(
+        "--lines",
+        type=int,
+        default=66,
+        help="with --long: distinct spoken lines, about 4.5 s each (66: about 5 minutes)",
+    )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.6,
+        help="with --long: seconds of silence after each line (0.6)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="with --long: chunks per batch (default: the server's CPU default, 4)",
+    )
     parser.add_argument("--workdir", type=Path, help="parent of the temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
@@ -567,6 +732,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.long:
+        return run_long(args)
     import ctranslate2
     import faster_whisper
 

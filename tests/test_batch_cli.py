@@ -194,6 +194,11 @@ def test_transcribe_refuses_what_the_api_refuses(runner: FlaskCliRunner, tmp_pat
     assert result.exit_code == 2 and "--model" in result.output
     result = runner.invoke(args=["transcribe", str(tmp_path / "clip1.mp3"), "--task", "translate"])
     assert result.exit_code == 2 and "English-only" in result.output
+    clip = str(tmp_path / "clip1.mp3")
+    result = runner.invoke(
+        args=["transcribe", clip, "--decoding", "sequential", "--batch-size", "2"]
+    )
+    assert result.exit_code == 2 and "--batch-size" in result.output
     assert not (tmp_path / "clip1.srt").exists()
 
 

@@ -99,8 +99,10 @@ def _sylt_times(path: Path) -> tuple[list[tuple[str, int]], str]:
     return list(sylt[0].text), str(uslt[0].text)
 
 
-def test_lyric_files_from_a_real_transcription(app: Flask, tmp_path: Path) -> None:
-    """Speech clip -> Whisper words -> lines -> every lyrics format, timed inside the clip."""
+@pytest.mark.parametrize("decoding", ["sequential", "batched"])
+def test_lyric_files_from_a_real_transcription(app: Flask, tmp_path: Path, decoding: str) -> None:
+    """Speech clip -> Whisper words -> lines -> every lyrics format, timed inside
+    the clip; a song long enough is transcribed batched (``decoding=auto``)."""
     from app import audio
     from app.lyrics import embed_in_mp3
     from app.services import karaoke, transcription
@@ -109,9 +111,11 @@ def test_lyric_files_from_a_real_transcription(app: Flask, tmp_path: Path) -> No
     name = "clip2.flac"
     with app.app_context():
         result, _ = transcription.transcribe_file(
-            SPEECH / name, "tiny.en", {"word_timestamps": True, "vad_filter": True},
+            SPEECH / name, "tiny.en",
+            {"word_timestamps": True, "vad_filter": True, "decoding": decoding},
             NullProgress(),
         )  # fmt: skip
+    assert result.pop("metrics")["decoding"] == decoding
     duration = audio.probe(SPEECH / name).duration
     lines = karaoke.package_lyrics(
         tmp_path, result["words"], language="en", duration=duration, max_line_chars=32

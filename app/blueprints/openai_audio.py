@@ -69,6 +69,8 @@ def _params(form: dict[str, Any], task: str) -> dict[str, Any]:
         "initial_prompt": form.get("prompt"),
         "task": task,
         "word_timestamps": "word" in form.get("timestamp_granularities", []),
+        "decoding": form.get("decoding"),
+        "batch_size": form.get("batch_size"),
     }
     try:
         check_english_only(params)

@@ -75,6 +75,37 @@ class TranscriptionOptionsSchema(Schema):
         validate=validate.Range(min=0.0, max=1.0),
         metadata={"description": "Sampling temperature; default falls back 0.0 to 1.0 as needed."},
     )
+    decoding = fields.String(
+        load_default="auto",
+        validate=validate.OneOf(whisper_engine.DECODING_MODES),
+        metadata={
+            "description": "sequential: 30 s windows in order, each conditioned on the "
+            "previous text, with temperature fallback. batched: speech chunks found by VAD "
+            "(up to 30 s), decoded batch_size at a time, each on its own: often faster on "
+            "long inputs, and one window's mistake cannot carry into the next. auto: batched from "
+            "WHISPER_BATCHED_MIN_SECONDS of audio (default 120), unless an option only "
+            "sequential decoding uses is set. The job's metrics say which ran.",
+            "example": "auto",
+        },
+    )
+    batch_size = fields.Integer(
+        validate=validate.Range(min=1, max=64),
+        metadata={
+            "description": "Chunks decoded together on the batched path (default 4 on CPU, "
+            "16 on a GPU). Not with decoding=sequential."
+        },
+    )
+
+    @validates_schema
+    def _check_decoding(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("decoding") == "sequential" and "batch_size" in data:
+            raise ValidationError("Only with decoding=batched or auto.", "batch_size")
+        if data.get("decoding") == "batched":
+            for field in whisper_engine.SEQUENTIAL_ONLY:
+                if field in data:
+                    raise ValidationError(
+                        f"{field} only applies to sequential decoding.", "decoding"
+                    )
 
 
 class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):

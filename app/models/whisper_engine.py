@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import logging
+import os
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,25 @@ DECODING_FIELDS = (
     "no_repeat_ngram_size",
     "hallucination_silence_threshold",
 )
+
+
+# How a request may ask for its input to be decoded: ``auto`` picks by duration.
+DECODING_MODES = ("auto", "sequential", "batched")
+# faster-whisper's batched pipeline decodes every chunk once, at the first
+# temperature, and never consults these; a request that sets one means the
+# sequential decoder, which does.
+SEQUENTIAL_ONLY = (
+    "no_speech_threshold",
+    "log_prob_threshold",
+    "compression_ratio_threshold",
+    "hallucination_silence_threshold",
+)
+# A batched chunk's text is split into segments where a word ends a sentence
+# or the next starts after a pause, and again at its longest gaps while longer
+# than a subtitle should stay: lines of a sentence rather than of up to 30 s.
+SEGMENT_PAUSE_SECONDS = 0.5
+SEGMENT_MAX_SECONDS = 10.0
+SENTENCE_ENDS = (".", "?", "!", "\u3002", "\uff1f", "\uff01")  # and the CJK full stops
 
 
 def english_only(name: str) -> bool:
@@ -137,6 +158,20 @@ def how_to_provide(name: str, config: dict[str, Any]) -> str:
     )
 
 
+def cpu_threads(config: Mapping[str, Any]) -> int:
+    """CTranslate2's threads on CPU: ``WHISPER_CPU_THREADS``, else faster-whisper's
+    own default (4) held to the CPUs this worker may run on, so the number a
+    job's metrics show is the one the model was given."""
+    wanted = int(config.get("WHISPER_CPU_THREADS") or 0)
+    if wanted > 0:
+        return wanted
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count() or 1
+    return max(1, min(4, available))
+
+
 def load(name: str, config: dict[str, Any], device: str, compute_type: str) -> Any:
     """A ``faster_whisper.WhisperModel`` for ``name``, local folders first."""
     from faster_whisper import WhisperModel
@@ -164,6 +199,7 @@ def load(name: str, config: dict[str, Any], device: str, compute_type: str) -> A
             device="cuda" if device.startswith("cuda") else "cpu",
             device_index=int(device.split(":", 1)[1]) if ":" in device else 0,
             compute_type=compute_type,
+            cpu_threads=cpu_threads(config),
             local_files_only=True,
         )
     except Exception as exc:
@@ -175,6 +211,7 @@ def load(name: str, config: dict[str, Any], device: str, compute_type: str) -> A
             code="model_unavailable",
         ) from None
     model.resident_bytes = resident_bytes(source, compute_type)
+    model.cpu_threads = cpu_threads(config)
     return model
 
 
@@ -207,8 +244,11 @@ def transcribe(
     samples: np.ndarray,
     options: dict[str, Any],
     progress: Callable[[float], None],
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """Run faster-whisper on 16 kHz mono float32 samples and collect the result.
+    """Run faster-whisper on 16 kHz mono float32 samples and collect the result:
+    window after window, or with ``batch_size`` in VAD chunks decoded
+    ``batch_size`` at a time (``transcribe_batched``).
 
     faster-whisper yields segments lazily as it decodes; progress follows the
     audio position of each decoded segment, and a cancel raised from
@@ -220,6 +260,8 @@ def transcribe(
     # uses ~12% less CPU (bench/transcription.py). Process-wide, which suits a
     # worker process running one job at a time.
     with threadpool_limits(limits=1, user_api="blas"):
+        if batch_size is not None:
+            return transcribe_batched(model, samples, options, progress, batch_size)
         return _transcribe(model, samples, options, progress)
 
 
@@ -232,30 +274,120 @@ def _transcribe(
     duration = samples.shape[-1] / SAMPLE_RATE
     segments_iter, info = model.transcribe(samples, **options)
     segments: list[dict[str, Any]] = []
-    words: list[dict[str, Any]] = []
     for segment in segments_iter:
-        entry = {
-            "id": len(segments),
-            "start": round(float(segment.start), 3),
-            "end": round(float(segment.end), 3),
-            "text": segment.text,
-            "avg_logprob": round(float(segment.avg_logprob), 4),
-            "no_speech_prob": round(float(segment.no_speech_prob), 4),
-        }
+        entry = _segment(segment, len(segments))
         if segment.words is not None:
-            entry["words"] = [
-                {
-                    "start": round(float(w.start), 3),
-                    "end": round(float(w.end), 3),
-                    "word": w.word,
-                    "probability": round(float(w.probability), 4),
-                }
-                for w in segment.words
-            ]
-            words.extend(entry["words"])
+            entry["words"] = [_word(w) for w in segment.words]
         segments.append(entry)
         if duration > 0:
             progress(min(float(segment.end) / duration, 1.0))
+    return _result(segments, info, duration, bool(options.get("word_timestamps")))
+
+
+def transcribe_batched(
+    model: Any,
+    samples: np.ndarray,
+    options: dict[str, Any],
+    progress: Callable[[float], None],
+    batch_size: int,
+) -> dict[str, Any]:
+    """faster-whisper's ``BatchedInferencePipeline``: Silero VAD cuts the input
+    into chunks of speech up to 30 s, decoded ``batch_size`` at a time.
+
+    Each chunk is decoded on its own (no previous text, no temperature
+    fallback), so one misheard window cannot start a loop that repeats or
+    skips the lines after it. Chunks are decoded without timestamp tokens: with
+    them the pipeline drops whatever follows a chunk's last timestamp. Words
+    are always timed (cross-attention, as on the sequential path) and cut each
+    chunk into segments at sentence ends and pauses; they stay in the result
+    only when asked for.
+    """
+    from faster_whisper import BatchedInferencePipeline
+
+    duration = samples.shape[-1] / SAMPLE_RATE
+    kwargs = {
+        key: value
+        for key, value in options.items()
+        if key not in ("vad_filter", "condition_on_previous_text", *SEQUENTIAL_ONLY)
+    }
+    kwargs.update(word_timestamps=True, without_timestamps=True, vad_filter=True)
+    if "vad_parameters" in kwargs:  # the pipeline pops from it: keep the request's own
+        kwargs["vad_parameters"] = dict(kwargs["vad_parameters"])
+    segments_iter, info = BatchedInferencePipeline(model).transcribe(
+        samples, batch_size=batch_size, **kwargs
+    )
+    segments: list[dict[str, Any]] = []
+    for chunk in segments_iter:
+        if not chunk.words and chunk.text.strip():
+            # Text without timed words (the alignment found none): keep it whole.
+            segments.append({**_segment(chunk, len(segments)), "words": []})
+        for words in split_at_pauses(chunk.words or []):
+            entry = {
+                "id": len(segments),
+                "start": round(float(words[0].start), 3),
+                "end": round(float(words[-1].end), 3),
+                "text": "".join(w.word for w in words),
+                "avg_logprob": round(float(chunk.avg_logprob), 4),
+                "no_speech_prob": round(float(chunk.no_speech_prob), 4),
+                "words": [_word(w) for w in words],
+            }
+            segments.append(entry)
+        if duration > 0:
+            progress(min(float(chunk.end) / duration, 1.0))
+    want_words = bool(options.get("word_timestamps"))
+    if not want_words:
+        for entry in segments:
+            del entry["words"]
+    return _result(segments, info, duration, want_words)
+
+
+def split_at_pauses(words: list[Any]) -> list[list[Any]]:
+    """A chunk's words in runs that end a sentence or stop before a pause;
+    a run still longer than a subtitle line is cut at its longest gaps."""
+    runs: list[list[Any]] = []
+    for word in words:
+        if (
+            not runs
+            or runs[-1][-1].word.strip().endswith(SENTENCE_ENDS)
+            or float(word.start) - float(runs[-1][-1].end) >= SEGMENT_PAUSE_SECONDS
+        ):
+            runs.append([])
+        runs[-1].append(word)
+    return [piece for run in runs for piece in _cut_long(run)]
+
+
+def _cut_long(run: list[Any]) -> list[list[Any]]:
+    if len(run) < 2 or float(run[-1].end) - float(run[0].start) <= SEGMENT_MAX_SECONDS:
+        return [run]
+    gaps = [float(b.start) - float(a.end) for a, b in pairwise(run)]
+    # The longest gap, the one nearest the middle among equals.
+    cut = max(range(len(gaps)), key=lambda i: (gaps[i], -abs(i - len(gaps) / 2))) + 1
+    return _cut_long(run[:cut]) + _cut_long(run[cut:])
+
+
+def _segment(segment: Any, number: int) -> dict[str, Any]:
+    return {
+        "id": number,
+        "start": round(float(segment.start), 3),
+        "end": round(float(segment.end), 3),
+        "text": segment.text,
+        "avg_logprob": round(float(segment.avg_logprob), 4),
+        "no_speech_prob": round(float(segment.no_speech_prob), 4),
+    }
+
+
+def _word(word: Any) -> dict[str, Any]:
+    return {
+        "start": round(float(word.start), 3),
+        "end": round(float(word.end), 3),
+        "word": word.word,
+        "probability": round(float(word.probability), 4),
+    }
+
+
+def _result(
+    segments: list[dict[str, Any]], info: Any, duration: float, with_words: bool
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "text": "".join(s["text"] for s in segments).strip(),
         "language": info.language,
@@ -263,9 +395,31 @@ def _transcribe(
         "duration": round(duration, 3),
         "segments": segments,
     }
-    if options.get("word_timestamps"):
-        result["words"] = words
+    if with_words:
+        result["words"] = [w for s in segments for w in s.get("words", [])]
     return result
+
+
+def choose_decoding(
+    requested: str, duration: float, options: Mapping[str, Any], min_seconds: float
+) -> str:
+    """``sequential`` or ``batched`` for a request's ``decoding`` and an input's
+    duration: ``auto`` batches long inputs, unless the request set an option
+    only the sequential decoder honours."""
+    if requested != "auto":
+        return requested
+    if any(field in options for field in SEQUENTIAL_ONLY):
+        return "sequential"
+    return "batched" if duration >= min_seconds else "sequential"
+
+
+def default_batch_size(device: str, config: Mapping[str, Any]) -> int:
+    """``WHISPER_BATCH_SIZE``, else 4 on CPU (docs/architecture.md: no faster
+    than 8 there, and progress moves twice as often) and 16 on a GPU."""
+    configured = int(config.get("WHISPER_BATCH_SIZE") or 0)
+    if configured > 0:
+        return configured
+    return 16 if device.startswith("cuda") else 4
 
 
 def decoding_options(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -309,16 +463,52 @@ def check_fits(model: Any, name: str, options: Mapping[str, Any]) -> None:
         )
 
 
-class WhisperTranscriber:
-    """A loaded Whisper model and the decoding options of one request."""
+def check_batchable(options: Mapping[str, Any]) -> None:
+    """``decoding=batched`` with an option the batched pipeline ignores is
+    refused rather than run without it (the API's schema says so first)."""
+    ignored = [field for field in SEQUENTIAL_ONLY if field in options]
+    if ignored:
+        raise ServiceError(
+            f"{', '.join(ignored)} only apply to sequential decoding; "
+            "leave them out or use decoding=sequential.",
+            code="invalid_parameter",
+            status=422,
+        )
 
-    def __init__(self, model: Any, options: dict[str, Any], device: str) -> None:
+
+class WhisperTranscriber:
+    """A loaded Whisper model and the decoding options of one request.
+
+    ``metrics`` says, once it has run, which decoder ran and with how many
+    threads and chunks per batch: the job's metrics carry it."""
+
+    def __init__(
+        self,
+        model: Any,
+        options: dict[str, Any],
+        device: str,
+        decoding: str = "auto",
+        batch_size: int = 4,
+        batched_min_seconds: float = 120.0,
+    ) -> None:
         self.model = model
         self.options = options
         self.device = device
+        self.decoding = decoding
+        self.batch_size = batch_size
+        self.batched_min_seconds = batched_min_seconds
+        self.metrics: dict[str, Any] = {}
 
     def __call__(self, samples: np.ndarray, progress: Callable[[float], None]) -> dict[str, Any]:
-        return transcribe(self.model, samples, self.options, progress)
+        duration = samples.shape[-1] / SAMPLE_RATE
+        path = choose_decoding(self.decoding, duration, self.options, self.batched_min_seconds)
+        batch_size = self.batch_size if path == "batched" else None
+        self.metrics = {
+            "decoding": path,
+            "threads": getattr(self.model, "cpu_threads", None),
+            "batch_size": batch_size,
+        }
+        return transcribe(self.model, samples, self.options, progress, batch_size)
 
 
 def _facts(name: str) -> catalogue_facts.Facts:
@@ -336,6 +526,23 @@ class WhisperEngine(TranscriptionEngine):
     label = "Whisper"
     sample_rate = SAMPLE_RATE
     OPTIONS = (
+        Option(
+            "decoding",
+            "string",
+            "sequential: 30 s windows one after another, each conditioned on the last; "
+            "batched: VAD speech chunks decoded several at a time, each on its own; "
+            "auto: batched for long inputs.",
+            default="auto",
+            choices=DECODING_MODES,
+        ),
+        Option(
+            "batch_size",
+            "integer",
+            "Chunks decoded together when decoding is batched; default from the server "
+            "(WHISPER_BATCH_SIZE: 4 on CPU, 16 on a GPU).",
+            minimum=1,
+            maximum=64,
+        ),
         Option(
             "beam_size",
             "integer",
@@ -488,4 +695,14 @@ class WhisperEngine(TranscriptionEngine):
         options = decoding_options(params)
         model, device = self.model(name, config, params.get("compute_type"))
         check_fits(model, name, options)
-        return WhisperTranscriber(model, options, device)
+        decoding = params.get("decoding") or "auto"
+        if decoding == "batched":
+            check_batchable(options)
+        return WhisperTranscriber(
+            model,
+            options,
+            device,
+            decoding=decoding,
+            batch_size=int(params.get("batch_size") or default_batch_size(device, config)),
+            batched_min_seconds=float(config.get("WHISPER_BATCHED_MIN_SECONDS", 120.0)),
+        )

@@ -188,6 +188,20 @@ class MetricsSchema(Schema):
     )
     device = fields.String(metadata={"example": "cpu"})
     attempt = fields.Integer()
+    decoding = fields.String(
+        metadata={
+            "description": "Transcription and karaoke: the Whisper decoder that ran.",
+            "enum": ["sequential", "batched"],
+        }
+    )
+    threads = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Transcription and karaoke: CTranslate2's CPU threads."},
+    )
+    batch_size = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Transcription and karaoke: chunks per batch when batched."},
+    )
 
 
 class WebhookSchema(Schema):

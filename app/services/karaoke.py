@@ -119,6 +119,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     duration = float(info.get("duration") or 0.0)
     language = params.get("language")
     words: list[dict[str, Any]] = []
+    transcribed: dict[str, Any] = {}
     aligned_lines: list[lyrics.Line] | None = None
     alignment_summary: dict[str, Any] | None = None
     if params.get("lyrics"):
@@ -152,6 +153,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         )
         language = result.get("language") or language
         words = result.get("words", [])
+        transcribed = result.get("metrics") or {}
     song_analysis = None
     if params.get("analyze"):
         from app.services.analysis import analyze_path
@@ -206,6 +208,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         "lines": [line.to_dict() for line in lines],
         "tags": tags,
         "device": device,
+        "metrics": transcribed,
         "separation_model": vocals_by,
         "lyrics_source": "aligned" if alignment_summary is not None else "transcribed",
         **({"alignment": alignment_summary} if alignment_summary is not None else {}),

@@ -53,6 +53,8 @@ def transcribe_file(
     )
     report.stage("transcribing", 0.05)
     result = transcriber(samples[0], lambda f: report(0.05 + 0.95 * f))
+    # The runner moves these into the job's metrics (how it ran, not what it found).
+    result["metrics"] = dict(getattr(transcriber, "metrics", {}))
     return result, transcriber.device
 
 
