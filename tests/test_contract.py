@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
+from schemathesis.generation.jsonschema import strategy
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -33,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.transport.serialization import Binary
 
 from app.extensions import db
 from app.records import WorkerHeartbeat, utcnow
@@ -75,6 +77,33 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("app.services.auth._hasher", PasswordHasher(time_cost=1, memory_cost=1024))
         yield app
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with schemathesis's ``Binary`` (a ``str`` subclass standing
+    for a file's bytes) as the plain string it stands for in JSON Schema."""
+    if isinstance(value, Binary):
+        return ""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+@pytest.fixture(autouse=True)
+def _binary_tolerant_filters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Schemathesis 4.32.5 filters generated values with jsonschema-rs, which
+    raises "Unsupported type: 'Binary'" on a multipart form holding a file
+    (whether it does depends on the draw): the value is checked as JSON
+    Schema sees it instead, a file field as a string."""
+    real = strategy._validator
+
+    def validator(schema: Any) -> Any:
+        is_valid = real(schema)
+        return lambda value: is_valid(_plain(value))
+
+    monkeypatch.setattr(strategy, "_validator", validator)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +152,10 @@ def test_api_honours_its_openapi_document(fuzz_app: Flask, fuzz_headers: dict[st
     # Schemathesis also draws literals from the app's Python source: any edit
     # of the code would change the requests. They come from the document alone.
     schema.config.analysis.constants.enabled = False
+    # An invalid request refused as too large (413: a form of too many parts,
+    # an oversized field) is refused all the same.
+    rejection = schema.config.checks.negative_data_rejection
+    rejection.expected_statuses = [*rejection.expected_statuses, "413"]
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20, "the document lists the API's operations"
     failures = [

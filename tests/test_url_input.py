@@ -127,6 +127,38 @@ def test_every_kind_that_takes_a_file_takes_a_url(url_app: Flask, media: MediaSe
     assert {f["name"] for f in job["result"]["files"]} == {"chords.txt", "chords.lab"}
 
 
+def test_the_openai_compatible_route_takes_a_url(url_app: Flask, media: MediaServer) -> None:
+    """Not OpenAI's field, but the route creates a job like the others: the
+    transcript comes back as OpenAI answers it; a refused address is a 422."""
+    from tests.support.speech import REFERENCES, SPEECH, words_of
+
+    media.file("/talk/clip5.wav", (SPEECH / "clip5.wav").read_bytes())
+    client = url_app.test_client()
+    headers = register_and_login(client)
+    answer = client.post(
+        "/v1/audio/transcriptions",
+        data={"model": "whisper-1", "url": media.url("/talk/clip5.wav")},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert set(words_of(REFERENCES["clip5.wav"])) <= set(words_of(answer.json["text"]))
+    refused = client.post(
+        "/v1/audio/transcriptions",
+        data={"model": "whisper-1", "url": "http://10.0.0.1/clip.wav"},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert refused.status_code == 422 and "url" in refused.json["errors"], refused.json
+    neither = client.post(
+        "/v1/audio/transcriptions",
+        data={"model": "whisper-1"},
+        headers=headers,
+        content_type="multipart/form-data",
+    )
+    assert neither.status_code == 422 and {"file", "url"} <= set(neither.json["errors"])
+
+
 @pytest.mark.parametrize("where", ["loopback", "metadata"])
 def test_a_redirect_inward_is_refused(
     url_app: Flask, media: MediaServer, where: str, tmp_path: Path

@@ -20,6 +20,7 @@ from app.access import auth_required, current_user
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload
 from app.blueprints.jobs import client_gone_check
+from app.blueprints.jobs.schemas import with_url_input
 from app.blueprints.transcriptions import TranscriptionOptionsSchema, check_english_only
 from app.errors_http import error_response
 from app.ratelimits import limit_job_creation
@@ -71,6 +72,8 @@ def _params(form: dict[str, Any], task: str) -> dict[str, Any]:
         "word_timestamps": "word" in form.get("timestamp_granularities", []),
         "decoding": form.get("decoding"),
         "batch_size": form.get("batch_size"),
+        # Not OpenAI's: the audio's address instead of the file, as on every job route.
+        "url": form.get("url"),
     }
     try:
         check_english_only(params)
@@ -149,9 +152,10 @@ def _answer(job: Job, response_format: str) -> Any:
 
 
 def _handle(form: dict[str, Any], task: str) -> Any:
-    upload = form.pop("file")
+    upload = form.pop("file", None)
     params = _params(form, task)
-    job = transcription.submit(current_user, params, upload.stream, upload.filename)
+    stream, filename = (upload.stream, upload.filename) if upload else (None, None)
+    job = transcription.submit(current_user, params, stream, filename)
     seconds = float(current_app.config["OPENAI_WAIT_SECONDS"])
     # OpenAI's API answers with the transcript: this route waits, in one of the
     # places for waiting requests; past their caps it answers 202 and the job URL.
@@ -164,7 +168,7 @@ def _handle(form: dict[str, Any], task: str) -> Any:
 @blp.route("/transcriptions", methods=["POST"])
 @auth_required()
 @limit_job_creation
-@blp.arguments(OpenAITranscriptionSchema, location="multipart")
+@blp.arguments(with_url_input(OpenAITranscriptionSchema), location="multipart")
 @blp.response(200, description="The transcript in `response_format`.")
 @blp.alt_response(202, description="Still running after OPENAI_WAIT_SECONDS: poll `url`.")
 def openai_transcriptions(form: dict[str, Any]) -> Any:
@@ -179,7 +183,7 @@ class OpenAITranslationSchema(OpenAITranscriptionSchema):
 @blp.route("/translations", methods=["POST"])
 @auth_required()
 @limit_job_creation
-@blp.arguments(OpenAITranslationSchema, location="multipart")
+@blp.arguments(with_url_input(OpenAITranslationSchema), location="multipart")
 @blp.response(200, description="English text in `response_format`.")
 @blp.alt_response(202, description="Still running after OPENAI_WAIT_SECONDS: poll `url`.")
 def openai_translations(form: dict[str, Any]) -> Any:

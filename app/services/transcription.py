@@ -29,8 +29,10 @@ def prepare(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, vocals_model.with_choice(params, current_app.config)
 
 
-def submit(owner: User, params: dict[str, Any], upload: IO[bytes], filename: str | None) -> Job:
-    """Queue a transcription of ``upload`` with validated ``params``."""
+def submit(
+    owner: User, params: dict[str, Any], upload: IO[bytes] | None, filename: str | None
+) -> Job:
+    """Queue a transcription of ``upload`` (or of ``params["url"]``) with validated ``params``."""
     name, params = prepare(params)
     return jobs.submit(owner, KIND, name, params, upload, filename)
 
