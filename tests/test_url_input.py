@@ -95,6 +95,29 @@ def test_a_wav_at_a_url_is_separated(
     assert usage["stored_bytes"] >= job["input"]["size"] > 0
 
 
+def test_the_download_is_timed_apart_from_the_work(url_app: Flask, media: MediaServer) -> None:
+    """``metrics.run_seconds`` is the separation alone, so its real-time factor
+    compares with an upload's; ``fetch_seconds`` is the download."""
+    song = wav_bytes(sine_and_clicks(1.0))
+    media.trickle("/slow.wav", song, every=0.25, step=len(song) // 8 + 1)  # 8 steps: >= 1.75 s
+    client = url_app.test_client()
+    headers = register_and_login(client)
+    job = _job(client, headers, _submit(client, headers, media.url("/slow.wav")))
+    assert job["status"] == "succeeded", job
+    metrics = job["metrics"]
+    assert metrics["fetch_seconds"] >= 1.75, metrics
+    assert metrics["run_seconds"] < metrics["fetch_seconds"], metrics  # 1 s of hpss
+    assert metrics["real_time_factor"] == pytest.approx(
+        metrics["run_seconds"] / metrics["audio_seconds"], abs=1e-3
+    )
+    uploaded = _job(
+        client,
+        headers,
+        _submit(client, headers, None, file=(io.BytesIO(song), "song.wav")),
+    )
+    assert "fetch_seconds" not in uploaded["metrics"], uploaded["metrics"]
+
+
 def test_redirects_are_followed_and_content_disposition_names_the_file(
     url_app: Flask, media: MediaServer
 ) -> None:

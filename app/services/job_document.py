@@ -181,7 +181,12 @@ class ResultSchema(Schema):
 
 class MetricsSchema(Schema):
     queue_seconds = fields.Float(metadata={"description": "Time spent waiting for a worker."})
-    run_seconds = fields.Float(metadata={"description": "Time the worker spent on the job."})
+    run_seconds = fields.Float(
+        metadata={"description": "Time the worker spent on the job (an input's download apart)."}
+    )
+    fetch_seconds = fields.Float(
+        metadata={"description": "Input by URL: time the worker spent downloading it."}
+    )
     audio_seconds = fields.Float(metadata={"description": "Duration of the input audio."})
     real_time_factor = fields.Float(
         allow_none=True, metadata={"description": "run_seconds / audio_seconds."}

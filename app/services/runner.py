@@ -266,16 +266,19 @@ def execute(job_id: str, work: Work, *, device: str = "cpu") -> str | None:
         attempt.workdir.mkdir(parents=True)
         report = ProgressReporter(attempt)
         job = retry_while_unavailable(lambda: _snapshot(job_id), f"job {job_id}: reading it")
-        began = time.monotonic()
+        fetch_seconds = None
         if url_input.pending_url(job):
             # Input by URL: fetched here, in the job's turn, before any work.
             fetch_share = url_input.PROGRESS_SHARE
+            fetch_began = time.monotonic()
             if not url_input.fetch_input(job, SubProgress(report, 0.0, fetch_share)):
                 raise JobCanceled(job_id)
+            fetch_seconds = time.monotonic() - fetch_began
             report.begin_at(fetch_share)
+        began = time.monotonic()
         outcome = work(job, attempt, report)
         report(1.0, "finishing", force=True)
-        return _commit(job, attempt, outcome, time.monotonic() - began, device)
+        return _commit(job, attempt, outcome, time.monotonic() - began, device, fetch_seconds)
     except JobCanceled:
         log.info("job %s attempt %s stopped: canceled or superseded", job_id, attempt.number)
         return _lost(job_id, attempt)
@@ -382,8 +385,16 @@ def _lost(job_id: str, attempt: Attempt) -> str | None:
 
 
 def _commit(
-    job: Job, attempt: Attempt, outcome: dict[str, Any], run_seconds: float, device: str
+    job: Job,
+    attempt: Attempt,
+    outcome: dict[str, Any],
+    run_seconds: float,
+    device: str,
+    fetch_seconds: float | None = None,
 ) -> str | None:
+    """Publish the attempt's results and record the job's success with its
+    metrics: ``run_seconds`` is the work itself, the download of an input by
+    URL (``fetch_seconds``) apart, so real-time factors compare."""
     started = job.started_at or utcnow()
     # Audio processed: the input's length, or what a generator says it made.
     audio_seconds = float(
@@ -392,6 +403,7 @@ def _commit(
     metrics = {
         "queue_seconds": round((started - job.created_at).total_seconds(), 3),
         "run_seconds": round(run_seconds, 3),
+        **({"fetch_seconds": round(fetch_seconds, 3)} if fetch_seconds is not None else {}),
         "audio_seconds": round(audio_seconds, 3),
         "real_time_factor": round(run_seconds / audio_seconds, 4) if audio_seconds else None,
         "device": outcome.pop("device", device),
