@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validates_schema
 
 from app.blueprints import Blueprint
 from app.blueprints.fields import FileUpload, LyricsText, allow_lyrics_field
 from app.blueprints.jobs import CallbackSchema, upload_route
 from app.blueprints.transcriptions import (
-    LANGUAGES,
     check_english_only,
-    known_separator,
+    check_vocals_model,
     known_whisper,
+    language_field,
+    vocals_model_field,
 )
-from app.models import registry
 from app.services import alignment
 
 PREFIX = "/alignments"
@@ -61,22 +60,14 @@ class AlignmentFormSchema(CallbackSchema):
         validate=known_whisper,
         metadata={"description": "Whisper model (default tiny.en, works offline)."},
     )
-    language = fields.String(
-        load_default=None,
-        validate=validate.OneOf(LANGUAGES),
-        metadata={"description": "Language of the lyrics; detected when left out."},
-    )
+    language = language_field()
     isolate_vocals = fields.Boolean(
         load_default=False,
         metadata={"description": "Separate the vocals first (separation_model), then align."},
     )
-    separation_model = fields.String(
-        load_default=None,
-        validate=known_separator,
-        metadata={
-            "description": "Model for isolate_vocals, one with a vocals stem. Default: the "
-            "best vocals model this server can run (`vocals_default` in GET /api/v1/models)."
-        },
+    separation_model = vocals_model_field(
+        "Model for isolate_vocals, one with a vocals stem. Default: the best vocals model "
+        "this server can run (`vocals_default` in GET /api/v1/models)."
     )
 
     @validates_schema
@@ -84,10 +75,7 @@ class AlignmentFormSchema(CallbackSchema):
         check_english_only(data)
         if data.get("separation_model") and not data.get("isolate_vocals"):
             raise ValidationError("Only with isolate_vocals=true.", "separation_model")
-        name = data.get("separation_model")
-        entry = registry.describe("separation", name, current_app.config) if name else None
-        if entry and entry.get("stems") and "vocals" not in entry["stems"]:
-            raise ValidationError("This model has no vocals stem.", "separation_model")
+        check_vocals_model(data)
 
 
 create_alignment = upload_route(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app import audio
@@ -16,7 +15,12 @@ from app.blueprints.fields import (
     check_output_format,
 )
 from app.blueprints.jobs import CallbackSchema, upload_route
-from app.blueprints.transcriptions import LANGUAGES, known_separator, known_whisper
+from app.blueprints.transcriptions import (
+    check_vocals_model,
+    known_whisper,
+    language_field,
+    vocals_model_field,
+)
 from app.models import registry
 from app.services import karaoke
 
@@ -27,27 +31,19 @@ blp.before_request(allow_lyrics_field)
 
 class KaraokeFormSchema(CallbackSchema):
     file = FileUpload(required=True, metadata={"description": "The song."})
-    separation_model = fields.String(
-        load_default=None,
-        validate=known_separator,
-        metadata={
-            "description": "Model that removes the vocals, one with a vocals stem. Default: "
-            "the best vocals model this server can run (`vocals_default` in GET "
-            "/api/v1/models): the highest published vocals SDR on Multisong whose weights "
-            f"are here or downloadable, else {registry.DEFAULTS['separation']}. The job's "
-            "`params.separation_model` says which ran, `params.separation_model_choice` why."
-        },
+    separation_model = vocals_model_field(
+        "Model that removes the vocals, one with a vocals stem. Default: the best vocals "
+        "model this server can run (`vocals_default` in GET /api/v1/models): the highest "
+        "published vocals SDR on Multisong whose weights are here or downloadable, else "
+        f"{registry.DEFAULTS['separation']}. The job's `params.separation_model` says which "
+        "ran, `params.separation_model_choice` why."
     )
     whisper_model = fields.String(
         load_default=None,
         validate=known_whisper,
         metadata={"description": "Model that transcribes the lyrics (default tiny.en)."},
     )
-    language = fields.String(
-        load_default=None,
-        validate=validate.OneOf(LANGUAGES),
-        metadata={"description": "Language of the lyrics; detected when left out."},
-    )
+    language = language_field()
     analyze = fields.Boolean(
         load_default=False,
         metadata={
@@ -82,10 +78,7 @@ class KaraokeFormSchema(CallbackSchema):
     @validates_schema
     def _check(self, data: dict[str, Any], **_: Any) -> None:
         check_output_format(data)
-        name = data.get("separation_model")
-        entry = registry.describe("separation", name, current_app.config) if name else None
-        if entry and entry.get("stems") and "vocals" not in entry["stems"]:
-            raise ValidationError("This model has no vocals stem.", "separation_model")
+        check_vocals_model(data)
         whisper = data.get("whisper_model") or registry.DEFAULTS["transcription"]
         if whisper.endswith(".en") and data.get("language") not in (None, "en"):
             raise ValidationError(f"{whisper} is English-only.", "language")

@@ -53,6 +53,32 @@ class TranscriptionResultSchema(Schema):
 known_whisper = known_model("transcription")
 known_separator = known_model("separation", "separation model")
 
+LYRICS_LANGUAGE = "Language of the lyrics; detected when left out."
+
+
+def language_field(description: str = LYRICS_LANGUAGE, **metadata: Any) -> fields.String:
+    """``language``: a code Whisper knows, or left out to detect it."""
+    return fields.String(
+        load_default=None,
+        validate=validate.OneOf(LANGUAGES),
+        metadata={"description": description, **metadata},
+    )
+
+
+def vocals_model_field(description: str) -> fields.String:
+    """``separation_model``: the model that isolates vocals (karaoke, lyrics)."""
+    return fields.String(
+        load_default=None, validate=known_separator, metadata={"description": description}
+    )
+
+
+def check_vocals_model(data: dict[str, Any]) -> None:
+    """A ``separation_model`` that cannot isolate vocals is refused, naming it."""
+    name = data.get("separation_model")
+    entry = registry.describe("separation", name, current_app.config) if name else None
+    if entry and entry.get("stems") and "vocals" not in entry["stems"]:
+        raise ValidationError("This model has no vocals stem.", "separation_model")
+
 
 class TranscriptionOptionsSchema(Schema):
     """Options shared by the native and the OpenAI-compatible routes."""
@@ -65,11 +91,7 @@ class TranscriptionOptionsSchema(Schema):
             "example": "tiny.en",
         },
     )
-    language = fields.String(
-        load_default=None,
-        validate=validate.OneOf(LANGUAGES),
-        metadata={"description": "ISO 639-1 code; detected when left out.", "example": "en"},
-    )
+    language = language_field("ISO 639-1 code; detected when left out.", example="en")
     temperature = fields.Float(
         load_default=None,
         validate=validate.Range(min=0.0, max=1.0),
@@ -183,14 +205,9 @@ class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
             "those: lyrics."
         },
     )
-    separation_model = fields.String(
-        load_default=None,
-        validate=known_separator,
-        metadata={
-            "description": "Model for isolate_vocals, one with a vocals stem. Default: the "
-            "best vocals model this server can run, as for karaoke (`vocals_default` in GET "
-            "/api/v1/models)."
-        },
+    separation_model = vocals_model_field(
+        "Model for isolate_vocals, one with a vocals stem. Default: the best vocals model "
+        "this server can run, as for karaoke (`vocals_default` in GET /api/v1/models)."
     )
 
     @validates_schema
@@ -202,10 +219,7 @@ class TranscriptionFormSchema(TranscriptionOptionsSchema, CallbackSchema):
             )
         if data.get("separation_model") and not data.get("isolate_vocals"):
             raise ValidationError("Only with isolate_vocals=true.", "separation_model")
-        if data.get("isolate_vocals") and data.get("separation_model"):
-            entry = registry.describe("separation", data["separation_model"], current_app.config)
-            if entry and entry.get("stems") and "vocals" not in entry["stems"]:
-                raise ValidationError("This model has no vocals stem.", "separation_model")
+        check_vocals_model(data)
 
 
 def check_english_only(data: dict[str, Any]) -> None:
