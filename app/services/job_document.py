@@ -188,6 +188,19 @@ class MetricsSchema(Schema):
     )
     device = fields.String(metadata={"example": "cpu"})
     attempt = fields.Integer()
+    separation_path = fields.String(
+        metadata={
+            "description": "Separations: how the model ran: `batched` (several chunks per "
+            "network call) or `plain` (one at a time, as the demucs CLI).",
+            "example": "batched",
+        }
+    )
+    batch_size = fields.Integer(
+        metadata={"description": "Separations: chunks per network call.", "example": 4}
+    )
+    threads = fields.Integer(
+        metadata={"description": "Separations: torch's intra-op threads in the worker."}
+    )
 
 
 class WebhookSchema(Schema):

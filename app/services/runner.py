@@ -396,6 +396,8 @@ def _commit(
         "real_time_factor": round(run_seconds / audio_seconds, 4) if audio_seconds else None,
         "device": outcome.pop("device", device),
         "attempt": attempt.number,
+        # What the work itself says about how it ran (a separation's path).
+        **(outcome.pop("metrics", None) or {}),
     }
     job_id = job.id
     folder = storage.publish_results(job_id, attempt.number)
