@@ -192,11 +192,11 @@ class MetricsSchema(Schema):
         metadata={
             "description": "Separations: how the model ran: `batched` (several chunks per "
             "network call) or `plain` (one at a time, as the demucs CLI).",
-            "example": "batched",
+            "example": "plain",
         }
     )
     batch_size = fields.Integer(
-        metadata={"description": "Separations: chunks per network call.", "example": 4}
+        metadata={"description": "Separations: chunks per network call.", "example": 1}
     )
     threads = fields.Integer(
         metadata={"description": "Separations: torch's intra-op threads in the worker."}
