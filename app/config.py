@@ -104,6 +104,10 @@ def from_environment() -> dict[str, Any]:
         "OPENAI_WAIT_SECONDS": env_float("OPENAI_WAIT_SECONDS", 300.0),
         "SEPARATION_WINDOW_SECONDS": env_float("SEPARATION_WINDOW_SECONDS", 60.0),
         "SEPARATION_OVERLAP_SECONDS": env_float("SEPARATION_OVERLAP_SECONDS", 4.0),
+        # Chunks per network call (app/models/batching.py); 1 runs them one at
+        # a time, as the demucs CLI does. The stems are the same either way;
+        # on the CPUs measured, batches did not pay (docs/architecture.md).
+        "SEPARATION_BATCH_SIZE": env_int("SEPARATION_BATCH_SIZE", 1),
         "SSE_POLL_SECONDS": env_float("SSE_POLL_SECONDS", 0.5),
         # GET /jobs/{id}?wait= and Prefer: wait: each holds a server thread.
         "MAX_WAIT_SECONDS": env_float("MAX_WAIT_SECONDS", 60.0),

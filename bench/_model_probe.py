@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import secrets
 import shutil
@@ -92,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="NAME=VALUE, a job parameter (repeatable), e.g. ensemble_algorithm=avg_wave",
     )
+    parser.add_argument(
+        "--shift-seed",
+        type=int,
+        help="seed Python's random module just before separate_file: demucs draws its random "
+        "shift from it, so a CLI run seeded the same way gives comparable stems",
+    )
+    parser.add_argument(
+        "--stems-dir", type=Path, help="keep the stems in this folder (default: deleted)"
+    )
     args = parser.parse_args(argv)
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -150,14 +160,20 @@ def main(argv: list[str] | None = None) -> int:
         result["rss_after_load_mib"] = round(rss_kib() / 1024, 1)
         result["peak_reset"] = reset_peak()
 
-        out = Path(tempfile.mkdtemp(prefix="stems-", dir=args.data_dir))
+        out = args.stems_dir or Path(tempfile.mkdtemp(prefix="stems-", dir=args.data_dir))
+        out.mkdir(parents=True, exist_ok=True)
+        facts: dict[str, Any] = {}
+        if args.shift_seed is not None:
+            random.seed(args.shift_seed)
         stages = Stages()
         sampler = Sampler()
         sampler.start()
         print(f"probe: separating, RSS {result['rss_after_load_mib']:.0f} MiB", flush=True)
         cpu, started = cpu_seconds(), time.perf_counter()
         try:
-            stems, paths, rate, device = separate_file(args.input, info, name, params, out, stages)
+            stems, paths, rate, device = separate_file(
+                args.input, info, name, params, out, stages, facts
+            )
         finally:
             sampler.stop.set()
             sampler.join()
@@ -170,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 "stem_bytes": sum(p.stat().st_size for p in paths),
                 "sample_rate": rate,
                 "device": device,
+                "facts": facts,
+                "stem_paths": [str(p) for p in paths],
                 "stages": stages.stages,
                 # Linux reports ru_maxrss in KiB: the process's peak, model load included.
                 "ru_maxrss_mib": round(
@@ -180,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 **sampler.summary(),
             }
         )
-        shutil.rmtree(out, ignore_errors=True)
+        if args.stems_dir is None:
+            shutil.rmtree(out, ignore_errors=True)
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 

@@ -324,6 +324,10 @@ class Separator:
     and length, so ``two_stems`` (``mix - stem``) and the cross-fades at the
     window joins work for every engine. It reports progress within the window
     (0..1); whatever ``progress`` raises (a cancel) must propagate.
+
+    ``facts``, if given, says how the windows ran (``separation_path``,
+    ``batch_size``, ``threads``): asked once the last window is done, since an
+    out-of-memory retry may change them, and recorded in the job's metrics.
     """
 
     separate: WindowFn
@@ -331,6 +335,7 @@ class Separator:
     channels: int
     sources: list[str]
     device: str
+    facts: Callable[[], dict[str, Any]] | None = None
 
 
 class Progress(Protocol):

@@ -454,4 +454,18 @@ class EnsembleEngine(SeparationEngine):
         rate, channels = members[0].rate, members[0].channels
         devices = ",".join(dict.fromkeys(m.plan.device for m in members))
         separator = EnsembleSeparator(members, stems, algorithm, rate, channels)
-        return Separator(separator, rate, channels, stems, devices)
+
+        def facts() -> dict[str, Any]:
+            # Each member's own: names joined as ``device`` joins the devices,
+            # numbers (batch size, threads) their largest.
+            each = [m.plan.facts() for m in members if m.plan.facts is not None]
+            joined: dict[str, Any] = {}
+            for key in dict.fromkeys(k for f in each for k in f):
+                values = list(dict.fromkeys(f[key] for f in each if key in f))
+                if all(isinstance(v, int) for v in values):
+                    joined[key] = max(values)
+                else:
+                    joined[key] = ",".join(map(str, values))
+            return joined
+
+        return Separator(separator, rate, channels, stems, devices, facts=facts)

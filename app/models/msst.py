@@ -217,6 +217,11 @@ class WindowSeparator:
     with ``out_of_memory``. The chunk size is the model's own (its network
     was trained on it, and MDX23C needs it), so unlike Demucs's segment it is
     not shortened.
+
+    Chunks go through the network ``batch_size`` at a time (as ZFTurbo's
+    ``inference.batch_size``): the same chunks and weights, fewer, larger
+    calls. Out of GPU memory with more than one, the batch is split and the
+    rest of the window runs one chunk at a time before anything else is tried.
     """
 
     def __init__(
@@ -225,9 +230,11 @@ class WindowSeparator:
         device: str,
         overlap: float,
         allow_cpu: Callable[[], bool] | None = None,
+        batch_size: int = 1,
     ) -> None:
         self.model = model
         self.device = device
+        self.batch_size = max(1, int(batch_size))
         self.step = max(1, round(model.chunk_size * (1.0 - overlap)))
         if allow_cpu is None:
             from app.models.oom import cpu_fallback_allowed
@@ -244,7 +251,7 @@ class WindowSeparator:
         return self.model.net(piece.to(device))
 
     def _chunk(self, piece: Any, device: str) -> tuple[np.ndarray, str]:
-        """One chunk's outputs, and the device the next chunk runs on."""
+        """A batch of chunks' outputs, and the device the next batch runs on."""
         import torch
 
         from app.models.oom import is_cuda_out_of_memory
@@ -253,11 +260,23 @@ class WindowSeparator:
         while True:
             try:
                 out = self._forward(piece, device)
-                return out[0].to("cpu", torch.float32).numpy(), device
+                return out.to("cpu", torch.float32).numpy(), device
             except Exception as exc:
                 if not (device.startswith("cuda") and is_cuda_out_of_memory(exc)):
                     raise
                 torch.cuda.empty_cache()
+                if piece.shape[0] > 1:
+                    log.warning(
+                        "CUDA out of memory on %s with %d chunks per batch; one at a time now",
+                        device,
+                        piece.shape[0],
+                    )
+                    self.batch_size = 1
+                    outs = []
+                    for index in range(piece.shape[0]):
+                        single, device = self._chunk(piece[index : index + 1], device)
+                        outs.append(single)
+                    return np.concatenate(outs), device
                 tries += 1
                 if tries == 1:
                     log.warning("CUDA out of memory on %s; running the chunk again", device)
@@ -271,6 +290,16 @@ class WindowSeparator:
                 log.warning("CUDA out of memory on %s again; the window goes on on the CPU", device)
                 device = "cpu"
                 self.model.net.to(device)
+
+    def facts(self) -> dict[str, Any]:
+        """How the separation runs, for the job's metrics."""
+        import torch
+
+        return {
+            "separation_path": "batched" if self.batch_size > 1 else "plain",
+            "batch_size": self.batch_size,
+            "threads": torch.get_num_threads(),
+        }
 
     def __call__(self, window: np.ndarray, progress: Callable[[float], None]) -> np.ndarray:
         import torch
@@ -287,13 +316,19 @@ class WindowSeparator:
         device = self.device
         try:
             with torch.inference_mode():
-                for index, start in enumerate(starts):
-                    piece = torch.from_numpy(mix[None, :, start : start + chunk])
+                index = 0
+                while index < len(starts):
+                    group = starts[index : index + self.batch_size]
+                    piece = torch.from_numpy(
+                        np.stack([mix[:, start : start + chunk] for start in group])
+                    )
                     out, device = self._chunk(piece, device)
-                    w = chunk_weights(chunk, index == 0, index == len(starts) - 1)
-                    summed[..., start : start + chunk] += out * w
-                    weight[start : start + chunk] += w
-                    progress((index + 1) / len(starts))
+                    for offset, start in enumerate(group, start=index):
+                        w = chunk_weights(chunk, offset == 0, offset == len(starts) - 1)
+                        summed[..., start : start + chunk] += out[offset - index] * w
+                        weight[start : start + chunk] += w
+                    index += len(group)
+                    progress(index / len(starts))
         finally:
             if device != self.device:
                 model.net.to(self.device)  # the cached model goes back to its GPU
@@ -534,5 +569,17 @@ class MsstEngine(SeparationEngine):
         overlap = options.get("overlap")
         if overlap is None:
             overlap = 1.0 - 1.0 / model.num_overlap
-        separator = WindowSeparator(model, device, float(overlap))
-        return Separator(separator, model.sample_rate, model.channels, list(model.sources), device)
+        separator = WindowSeparator(
+            model,
+            device,
+            float(overlap),
+            batch_size=int(config.get("SEPARATION_BATCH_SIZE") or 1),
+        )
+        return Separator(
+            separator,
+            model.sample_rate,
+            model.channels,
+            list(model.sources),
+            device,
+            facts=separator.facts,
+        )

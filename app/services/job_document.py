@@ -199,13 +199,27 @@ class MetricsSchema(Schema):
             "enum": ["sequential", "batched"],
         }
     )
+    separation_path = fields.String(
+        metadata={
+            "description": "Separations: how the model ran: `batched` (several chunks per "
+            "network call) or `plain` (one at a time, as the demucs CLI).",
+            "example": "plain",
+        }
+    )
     threads = fields.Integer(
         allow_none=True,
-        metadata={"description": "Transcription and karaoke: CTranslate2's CPU threads."},
+        metadata={
+            "description": "CPU threads the model ran with: CTranslate2's for Whisper "
+            "(transcription, karaoke), torch's intra-op threads for separations."
+        },
     )
     batch_size = fields.Integer(
         allow_none=True,
-        metadata={"description": "Transcription and karaoke: chunks per batch when batched."},
+        metadata={
+            "description": "Chunks per batch: Whisper's when batched (null when sequential); "
+            "a separation's chunks per network call.",
+            "example": 1,
+        },
     )
 
 

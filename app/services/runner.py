@@ -408,7 +408,8 @@ def _commit(
         "real_time_factor": round(run_seconds / audio_seconds, 4) if audio_seconds else None,
         "device": outcome.pop("device", device),
         "attempt": attempt.number,
-        # What an engine says about how it ran (Whisper: decoding, threads, batch_size).
+        # What the work says about how it ran: Whisper's decoding, threads and
+        # batch size; a separation's path, batch size and threads.
         **(outcome.pop("metrics", None) or {}),
     }
     job_id = job.id

@@ -202,12 +202,14 @@ def separate_file(
     params: dict[str, Any],
     folder: Path,
     report: Progress,
+    facts: dict[str, Any] | None = None,
 ) -> tuple[list[str], list[Path], int, str]:
     """Separate one audio file into stem files in ``folder``.
 
     Returns the stem names, their paths, the output sample rate and the device.
     Shared by separation jobs and the pipelines built on them (vocals for
-    lyrics, karaoke).
+    lyrics, karaoke). ``facts``, if given, receives how the engine ran (its
+    ``Separator.facts``), for the job's metrics.
     """
     config = current_app.config
     engine = registry.engine(KIND, model, config)
@@ -245,6 +247,8 @@ def separate_file(
             )
             for piece in pieces:
                 writers.write(piece)
+        if facts is not None and plan.facts is not None:
+            facts.update(plan.facts())
         report.stage("encoding", 0.9)
         paths = writers.finish(lambda f: report(0.9 + 0.1 * f))
     except BaseException:
@@ -278,6 +282,7 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
     params = job.params or {}
     source = storage.input_path(job.id)
     analyze = bool(params.get("analyze"))
+    facts: dict[str, Any] = {}
     names, paths, rate, device = separate_file(
         source,
         job.input or {},
@@ -285,12 +290,14 @@ def run(job: Job, attempt: Attempt, report: ProgressReporter) -> dict[str, Any]:
         params,
         attempt.workdir,
         SubProgress(report, 0.0, 0.9) if analyze else report,
+        facts,
     )
     result: dict[str, Any] = {
         "files": describe_files(names, paths),
         "stems": names,
         "sample_rate": rate,
         "device": device,
+        "metrics": facts,
     }
     if analyze:
         from app.services.analysis import analyze_path, write_chart_files
