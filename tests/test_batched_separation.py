@@ -4,7 +4,6 @@ metrics say which path ran."""
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from flask import Flask
 
 from tests.support.apps import register_and_login
 from tests.support.audio import sine_and_clicks, wav_bytes
+from tests.support.separation import post_song
 
 MIN_SNR_DB = 40.0  # the default path's promise against the demucs CLI's stems
 
@@ -194,10 +194,7 @@ def test_job_metrics_show_the_path_that_ran(
     )
     client = app.test_client()
     headers = register_and_login(client)
-    payload = {"file": (io.BytesIO(wav_bytes(sine_and_clicks(seconds=2.0))), "song.wav")}
-    response = client.post(
-        "/api/v1/separations", data=payload, headers=headers, content_type="multipart/form-data"
-    )
+    response = post_song(client, headers, wav_bytes(sine_and_clicks(seconds=2.0)))
     assert response.status_code == 202, response.json
     job = client.get(response.headers["Location"], headers=headers)
     assert job.status_code == 200

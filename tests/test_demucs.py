@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,25 +13,7 @@ from flask.testing import FlaskClient
 
 from tests.support.apps import register_and_login
 from tests.support.audio import SR, sine_and_clicks, wav_bytes
-
-
-def _separate(client: FlaskClient, headers: dict, data: bytes, **form) -> dict:
-    payload = {"file": (io.BytesIO(data), "song.wav"), **{k: str(v) for k, v in form.items()}}
-    response = client.post(
-        "/api/v1/separations", data=payload, headers=headers, content_type="multipart/form-data"
-    )
-    assert response.status_code == 202, response.json
-    return client.get(response.headers["Location"], headers=headers).json
-
-
-def _stems(client: FlaskClient, headers: dict, job: dict) -> dict[str, np.ndarray]:
-    stems = {}
-    for entry in job["result"]["files"]:
-        body = client.get(entry["url"], headers=headers).data
-        data, sr = sf.read(io.BytesIO(body), always_2d=True, dtype="float32")
-        assert sr == entry["sample_rate"]
-        stems[entry["stem"]] = data.T
-    return stems
+from tests.support.separation import downloaded_stems, post_song, separate_song
 
 
 @pytest.fixture
@@ -68,12 +49,12 @@ def test_local_repo_models_are_listed_and_available(client: FlaskClient) -> None
 def test_default_model_gives_four_stems_at_the_input_length(
     client: FlaskClient, headers: dict
 ) -> None:
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=2.0)))
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=2.0)))
     assert job["status"] == "succeeded", job
     assert job["model"] == "htdemucs"
     assert job["params"]["shifts"] == 1 and job["params"]["overlap"] == 0.25
     assert job["result"]["stems"] == ["drums", "bass", "other", "vocals"]
-    stems = _stems(client, headers, job)
+    stems = downloaded_stems(client, headers, job)
     for data in stems.values():
         assert data.shape == (2, 2 * SR)
     assert {f["sample_rate"] for f in job["result"]["files"]} == {SR}
@@ -84,7 +65,7 @@ def test_other_rates_and_channel_counts_come_out_at_the_model_rate(
     client: FlaskClient, headers: dict
 ) -> None:
     mono_48k = wav_bytes(sine_and_clicks(seconds=1.5, sr=48000, channels=1), sr=48000)
-    job = _separate(client, headers, mono_48k, model="mdx", output_format="flac")
+    job = separate_song(client, headers, mono_48k, model="mdx", output_format="flac")
     assert job["status"] == "succeeded", job
     for entry in job["result"]["files"]:
         assert entry["sample_rate"] == SR and entry["channels"] == 2
@@ -93,22 +74,22 @@ def test_other_rates_and_channel_counts_come_out_at_the_model_rate(
 
 def test_two_stems_sum_back_to_the_mix(client: FlaskClient, headers: dict) -> None:
     mix = sine_and_clicks(seconds=2.0)
-    job = _separate(
+    job = separate_song(
         client, headers, wav_bytes(mix, subtype="FLOAT"), two_stems="vocals", bit_depth="32f",
         clip_mode="none",
     )  # fmt: skip
     assert job["status"] == "succeeded", job
     assert [f["name"] for f in job["result"]["files"]] == ["vocals.wav", "no_vocals.wav"]
-    stems = _stems(client, headers, job)
+    stems = downloaded_stems(client, headers, job)
     assert np.max(np.abs(stems["vocals"] + stems["no_vocals"] - mix)) < 1e-4
 
 
 def test_stem_subset_six_sources_and_bags(client: FlaskClient, headers: dict) -> None:
     song = wav_bytes(sine_and_clicks(seconds=1.0))
-    six = _separate(client, headers, song, model="htdemucs_6s", stems="guitar,piano")
+    six = separate_song(client, headers, song, model="htdemucs_6s", stems="guitar,piano")
     assert six["status"] == "succeeded", six
     assert [f["stem"] for f in six["result"]["files"]] == ["guitar", "piano"]
-    bag = _separate(client, headers, song, model="mybag", output_format="mp3", mp3_bitrate=192)
+    bag = separate_song(client, headers, song, model="mybag", output_format="mp3", mp3_bitrate=192)
     assert bag["status"] == "succeeded", bag
     assert [f["name"] for f in bag["result"]["files"]] == [
         "drums.mp3", "bass.mp3", "other.mp3", "vocals.mp3",
@@ -127,10 +108,7 @@ def test_options_are_validated(client: FlaskClient, headers: dict) -> None:
         "model": {"model": "../../etc/passwd"},
     }
     for field, form in cases.items():
-        payload = {"file": (io.BytesIO(song), "s.wav"), **{k: str(v) for k, v in form.items()}}
-        response = client.post(
-            "/api/v1/separations", data=payload, headers=headers, content_type="multipart/form-data"
-        )
+        response = post_song(client, headers, song, **form)
         assert response.status_code == 422, (field, response.json)
         assert field in response.json["errors"], (field, response.json)
     assert client.get("/api/v1/jobs", headers=headers).json["total"] == 0
@@ -139,7 +117,9 @@ def test_options_are_validated(client: FlaskClient, headers: dict) -> None:
 def test_missing_weights_fail_the_job_with_model_unavailable(
     client: FlaskClient, headers: dict
 ) -> None:
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model="htdemucs_ft")
+    job = separate_song(
+        client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model="htdemucs_ft"
+    )
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_unavailable"
     assert "htdemucs_ft" in job["error"]["message"]
@@ -152,7 +132,7 @@ def test_missing_weights_with_downloads_allowed_but_no_network(
     app = eager_app(tmp_path / "d", MODELS_DIR=str(tmp_path / "empty"), ALLOW_MODEL_DOWNLOAD=True)
     client = app.test_client()
     headers = register_and_login(client)
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)))
+    job = separate_song(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)))
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_unavailable"
     assert "htdemucs" in job["error"]["message"]
@@ -163,7 +143,7 @@ def test_progress_is_monotonic_through_the_stages(
 ) -> None:
     seen = progress_log
     song = wav_bytes(sine_and_clicks(seconds=6.0))
-    job = _separate(client, headers, song, model="mdx", segment=2, overlap=0.25)
+    job = separate_song(client, headers, song, model="mdx", segment=2, overlap=0.25)
     assert job["status"] == "succeeded", job
     values = [p for p, _ in seen]
     assert values == sorted(values)
@@ -180,7 +160,7 @@ def test_a_second_job_reuses_the_loaded_model(client: FlaskClient, headers: dict
 
     song = wav_bytes(sine_and_clicks(seconds=1.0))
     for _ in range(2):
-        assert _separate(client, headers, song)["status"] == "succeeded"
+        assert separate_song(client, headers, song)["status"] == "succeeded"
     cache = get_cache()
     assert cache.loads == {("separation", "htdemucs", "cpu"): 1}
     loaded = client.get("/api/v1/models").json["loaded"]
@@ -191,9 +171,11 @@ def test_clip_modes(client: FlaskClient, headers: dict) -> None:
     loud = wav_bytes(1.6 * sine_and_clicks(seconds=1.0), subtype="FLOAT")
     peaks = {}
     for mode in ("rescale", "clamp", "none"):
-        job = _separate(client, headers, loud, model="hpss", clip_mode=mode, bit_depth="32f")
+        job = separate_song(client, headers, loud, model="hpss", clip_mode=mode, bit_depth="32f")
         assert job["status"] == "succeeded", job
-        peaks[mode] = max(float(np.max(np.abs(s))) for s in _stems(client, headers, job).values())
+        peaks[mode] = max(
+            float(np.max(np.abs(s))) for s in downloaded_stems(client, headers, job).values()
+        )
     assert peaks["none"] > 1.2
     assert peaks["clamp"] == pytest.approx(1.0)
     assert peaks["rescale"] < 1.0 and peaks["rescale"] > 0.9
@@ -209,12 +191,12 @@ def test_long_input_is_separated_in_windows_without_seams(
     mix = np.stack([tone, tone]).astype(np.float32)
     path = tmp_path / "long.flac"
     sf.write(path, mix.T, SR, subtype="PCM_16")
-    job = _separate(
+    job = separate_song(
         client, headers, path.read_bytes(), model="mdx", two_stems="vocals",
         bit_depth="32f", clip_mode="none", shifts=0,
     )  # fmt: skip
     assert job["status"] == "succeeded", job
-    stems = _stems(client, headers, job)
+    stems = downloaded_stems(client, headers, job)
     vocals = stems["vocals"]
     assert vocals.shape == (2, seconds * SR)
     mix16 = sf.read(path, always_2d=True, dtype="float32")[0].T
@@ -260,7 +242,9 @@ def test_models_download_writes_a_local_repo(
     app.extensions["celery"].conf.task_always_eager = True
     client = app.test_client()
     headers = register_and_login(client)
-    job = _separate(client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model="htdemucs_ft")
+    job = separate_song(
+        client, headers, wav_bytes(sine_and_clicks(seconds=1.0)), model="htdemucs_ft"
+    )
     assert job["status"] == "succeeded", job
     assert job["result"]["stems"] == ["drums", "bass", "other", "vocals"]
 
