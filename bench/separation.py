@@ -101,6 +101,9 @@ TINY_NAME = "bench_tiny"
 # source), by the service's model names.
 ROFORMER_CONFIGS = Path(__file__).with_name("configs")
 ROFORMERS = ("bs_roformer_viperx_1297", "mel_band_roformer_kim")
+# The published MDX23C config there too (by request: --compare-models
+# htdemucs,mdx23c_vocals_zfturbo; it takes several times htdemucs's time).
+MDX23CS = ("mdx23c_vocals_zfturbo",)
 ENSEMBLE = "+".join(ROFORMERS)
 ENSEMBLE_PARAMS = {"ensemble_algorithm": "avg_wave"}
 COMPARE_MODELS = ("htdemucs", *ROFORMERS, ENSEMBLE)
@@ -204,6 +207,38 @@ def build_roformer(
         + f", STFT {model['stft_n_fft']}/{model['stft_hop_length']}"
         + f", chunk_size {settings['audio']['chunk_size']}"
         + f", num_overlap {settings['inference']['num_overlap']}",
+    }
+    del net
+    gc.collect()
+    return info
+
+
+def build_mdx23c(models: Path, name: str, seed: int) -> dict[str, Any]:
+    """A randomly initialised MDX23C in the service's layout,
+    ``MODELS_DIR/mdx23c/<name>/config.yaml`` + ``model.ckpt``, from
+    ``bench/configs/<name>.yaml`` as published."""
+    import torch
+
+    from app.models.mdx23c_engine import Mdx23cEngine
+    from app.models.msst import read_config
+
+    folder = models / "mdx23c" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROFORMER_CONFIGS / f"{name}.yaml", folder / "config.yaml")
+    settings = read_config(folder / "config.yaml")
+    torch.manual_seed(seed)
+    net = Mdx23cEngine().build("mdx23c", settings)
+    torch.save(net.state_dict(), folder / "model.ckpt")
+    model, audio = settings["model"], settings["audio"]
+    info = {
+        "name": name,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "digest": state_digest(net),
+        "file_mb": (folder / "model.ckpt").stat().st_size / 1e6,
+        "summary": f"num_channels {model['num_channels']}, num_scales {model['num_scales']}, "
+        f"growth {model['growth']}, num_subbands {model['num_subbands']}, "
+        f"STFT {audio['n_fft']}/{audio['hop_length']}, chunk_size {audio['chunk_size']}, "
+        f"num_overlap {settings['inference']['num_overlap']}",
     }
     del net
     gc.collect()
@@ -761,6 +796,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{' with ' + str(shrink) if shrink else ' (the published config)'}:"
                 f" {info['summary']}; {info['parameters'] / 1e6:.2f} M parameters,"
                 f" random init seed {seed}, state sha256 {info['digest']}"
+            )
+        for offset, name in enumerate(
+            m for m in MDX23CS if any(m in c.split("+") for c in compared)
+        ):
+            seed = args.seed + 10 + offset
+            info = build_mdx23c(models, name, seed)
+            say(
+                f"  model {name!r} (mdx23c/{name}/model.ckpt, {info['file_mb']:.0f} MB): "
+                f"MDX23C from bench/configs/{name}.yaml (the published config): "
+                f"{info['summary']}; {info['parameters'] / 1e6:.2f} M parameters, random init "
+                f"seed {seed}, state sha256 {info['digest']}"
             )
         cli_env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         if not args.skip_speed:

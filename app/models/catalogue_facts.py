@@ -185,11 +185,27 @@ ENSEMBLE: dict[str, Facts] = {
     "vocals_ensemble": Facts(real_time_factor=15.466, measured=ENSEMBLE_RUN),
 }
 
+# bench/separation.py's model comparison for MDX23C (random weights from the
+# published config, bench/configs/mdx23c_vocals_zfturbo.yaml): a 15 s input,
+# since the 60 s one takes this model over 10 minutes; htdemucs ran 0.700 in
+# the same run (its padding weighs more on 15 s), so its ratio to htdemucs is
+# 13.6.
+MDX23C_RUN = (
+    "bench/separation.py model comparison, 2026-12-05 08:19, 2-core CPU, 15 s stereo "
+    "44.1 kHz through separate_file, model resident, its config's num_overlap 4 "
+    "(htdemucs 0.700 in the same run)"
+)
+
 # ZFTurbo's "MDX23C" vocals row (model_vocals_mdx23c_sdr_10.17.ckpt). No source
 # states a figure for UVR's MDX23C-8KFFT-InstVoc_HQ weights. Neither publisher
 # states a licence for the weights (ZFTurbo's repository licenses its code, MIT).
 MDX23C: dict[str, Facts] = {
-    "mdx23c_vocals_zfturbo": Facts(quality=_multisong(vocals=10.17), license=NOT_STATED),
+    "mdx23c_vocals_zfturbo": Facts(
+        quality=_multisong(vocals=10.17),
+        license=NOT_STATED,
+        real_time_factor=9.524,
+        measured=MDX23C_RUN,
+    ),
     "mdx23c_instvoc_hq": Facts(quality=None, license=NOT_STATED),
 }
 MDX23C_LOCAL = Facts(license=NOT_STATED)
