@@ -4,6 +4,7 @@ Run by hand (not part of the test suite), from the repository root:
 
     .venv/bin/python bench/model_speed.py              # hpss, htdemucs, htdemucs_ft: ~5 min on 2 cores
     .venv/bin/python bench/model_speed.py --seconds 30 --models hpss htdemucs
+    .venv/bin/python bench/model_speed.py --models htdemucs htdemucs_6s
 
 Times one separation of a synthesised stereo 44.1 kHz signal (``bench/separation.py``'s
 ``synth``) as a worker runs it, without HTTP, upload or model load: hpss with its
@@ -33,8 +34,11 @@ if str(ROOT) not in sys.path:
 
 from bench.separation import HTDEMUCS_KWARGS, SOURCES, SR, synth  # noqa: E402
 
+# htdemucs_6s (5c90dfd2) is the same HTDemucs with two more sources.
+SIX_SOURCES = [*SOURCES, "guitar", "piano"]
 
-def _demucs(bag: int, seed: int) -> object:
+
+def _demucs(bag: int, seed: int, sources: list[str] | None = None) -> object:
     import torch
     from demucs.apply import BagOfModels
     from demucs.htdemucs import HTDemucs
@@ -42,7 +46,7 @@ def _demucs(bag: int, seed: int) -> object:
     models = []
     for k in range(bag):
         torch.manual_seed(seed + k)
-        models.append(HTDemucs(sources=list(SOURCES), **HTDEMUCS_KWARGS).eval())
+        models.append(HTDemucs(sources=list(sources or SOURCES), **HTDEMUCS_KWARGS).eval())
     return BagOfModels(models)
 
 
@@ -56,7 +60,8 @@ def measure(name: str, audio: np.ndarray, seed: int) -> float:
         return time.perf_counter() - start
     from app.models.demucs_engine import WindowSeparator
 
-    model = _demucs(4 if name == "htdemucs_ft" else 1, seed)
+    sources = SIX_SOURCES if name == "htdemucs_6s" else None
+    model = _demucs(4 if name == "htdemucs_ft" else 1, seed, sources)
     separator = WindowSeparator(
         model, "cpu", shifts=1, overlap=0.25, segment=None, ref_mean=0.0, ref_std=1.0
     )

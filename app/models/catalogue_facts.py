@@ -134,8 +134,16 @@ DEMUCS: dict[str, Facts] = {
         real_time_factor=3.615,
     ),
     # ZFTurbo's "HTDemucs4 (6 stems)" row, weights 5c90dfd2: no figure for
-    # other, piano or guitar.
-    "htdemucs_6s": _demucs(quality=_multisong(vocals=8.05, drums=10.22, bass=11.22)),
+    # other, piano or guitar. Speed: bench/model_speed.py, htdemucs timed
+    # before and after it in the same run.
+    "htdemucs_6s": _demucs(
+        quality=_multisong(vocals=8.05, drums=10.22, bass=11.22),
+        real_time_factor=0.736,
+        measured=(
+            "bench/model_speed.py, 2026-12-05 08:24, 2-core CPU, 30 s stereo 44.1 kHz, "
+            "shifts 1 (htdemucs 0.727 before and 0.672 after it in the same run)"
+        ),
+    ),
     # ZFTurbo's "Demucs3 mmi" row, weights 75fc33f5 (the hdemucs_mmi bag's one model).
     "hdemucs_mmi": _demucs(
         quality=(
