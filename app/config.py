@@ -19,6 +19,8 @@ from app import job_kinds, localbus, worker_settings
 from app.env import env_bool, env_float, env_int, env_list
 
 MIN_SECRET_BYTES = 32
+# SEPARATION_PRECISION's choices (app/models/precision.py resolves them).
+PRECISIONS = ("auto", "float32", "bfloat16")
 # Webhook deliveries: each waits on someone else's server, so they get a
 # worker of their own rather than a place in line behind (or before) jobs.
 WEBHOOK_QUEUE = "webhooks"
@@ -108,6 +110,9 @@ def from_environment() -> dict[str, Any]:
         # a time, as the demucs CLI does. The stems are the same either way;
         # on the CPUs measured, batches did not pay (docs/architecture.md).
         "SEPARATION_BATCH_SIZE": env_int("SEPARATION_BATCH_SIZE", 1),
+        # The network's number format on a CPU (app/models/precision.py):
+        # auto is bfloat16 where the cores multiply it natively, else float32.
+        "SEPARATION_PRECISION": (os.environ.get("SEPARATION_PRECISION") or "auto").lower(),
         "SSE_POLL_SECONDS": env_float("SSE_POLL_SECONDS", 0.5),
         # GET /jobs/{id}?wait= and Prefer: wait: each holds a server thread.
         "MAX_WAIT_SECONDS": env_float("MAX_WAIT_SECONDS", 60.0),
@@ -202,6 +207,8 @@ def finalise(config: dict[str, Any]) -> dict[str, Any]:
 
     if int(config["MAX_RUNNING_JOBS"]) < 1:
         raise RuntimeError("MAX_RUNNING_JOBS must be 1 or more (jobs of one user a queue holds)")
+    if str(config.get("SEPARATION_PRECISION") or "auto").lower() not in PRECISIONS:
+        raise RuntimeError(f"SEPARATION_PRECISION must be one of {', '.join(PRECISIONS)}")
     if int(config.get("TRUSTED_PROXY_HOPS") or 0) < 0:
         raise RuntimeError("TRUSTED_PROXY_HOPS must be 0 (no proxy) or more")
     config["MAX_CONTENT_LENGTH"] = int(config["MAX_UPLOAD_MB"]) * 1024 * 1024 + 64 * 1024

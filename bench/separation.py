@@ -303,7 +303,10 @@ SEEDED_CLI = (
     "import random, sys; random.seed(int(sys.argv.pop(1))); "
     "from demucs.separate import main; main()"
 )
-MIN_SNR_DB = 40.0  # per stem, ours against the CLI's
+MIN_SNR_DB = 40.0  # per stem, ours against the CLI's, in float32
+# ... and where the network ran in bfloat16 (SEPARATION_PRECISION, the faster
+# mode the issue allows to trade precision down to this).
+FASTER_MODE_MIN_SNR_DB = 30.0
 
 
 def run_cli(
@@ -470,15 +473,20 @@ def speed(
     metrics = second["metrics"]
     say(
         "  path that ran (the second job's metrics): "
-        + ", ".join(f"{k} {metrics.get(k)}" for k in ("separation_path", "batch_size", "threads"))
+        + ", ".join(
+            f"{k} {metrics.get(k)}"
+            for k in ("separation_path", "batch_size", "threads", "precision")
+        )
     )
     snr = stems_snr(cli_stems, probe["stems_dir"])
+    precision = probe["facts"].get("precision", "float32")
+    goal = MIN_SNR_DB if precision == "float32" else FASTER_MODE_MIN_SNR_DB
     say(
-        f"\n  Per-stem SNR of ours (separate_file, random shift seeded {args.seed} as the CLI's)"
-        f" against the CLI's stems, both 16-bit WAV; goal >= {MIN_SNR_DB:g} dB"
+        f"\n  Per-stem SNR of ours (separate_file in {precision}, random shift seeded {args.seed}"
+        f" as the CLI's) against the CLI's stems, both 16-bit WAV; goal >= {goal:g} dB"
     )
     for stem, value in snr.items():
-        say(f"  {stem:10}{value:8.1f} dB  {'PASS' if value >= MIN_SNR_DB else 'MISS'}")
+        say(f"  {stem:10}{value:8.1f} dB  {'PASS' if value >= goal else 'MISS'}")
     say("\n  Our requests in detail (seconds)")
     say(f"  {'':10}{'upload':>8}{'queue+run':>11}{'download':>10}{METRICS_HEADER}")
     for label, result in (("first", first), ("second", second)):
@@ -704,7 +712,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "on a 5- and a 60-minute input.",
         epilog="Goals: ours/CLI < 1.1 for the first request (model load included), < 0.75 for "
         "the second (model resident) and for separate_file; per-stem SNR against the CLI's "
-        ">= 40 dB; peak RSS 60 min / 5 min < 2.0.",
+        ">= 40 dB in float32, >= 30 dB where the network ran in bfloat16 "
+        "(SEPARATION_PRECISION, auto by default: bfloat16 on a CPU with AMX or AVX-512 BF16); "
+        "peak RSS 60 min / 5 min < 2.0.",
     )
     parser.add_argument("--skip-speed", action="store_true", help="skip the CLI/service timing")
     parser.add_argument(

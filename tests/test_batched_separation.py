@@ -185,12 +185,17 @@ def test_out_of_gpu_memory_with_a_batch_retries_one_chunk_at_a_time(
     assert chunks.batch_size == 1
 
 
-@pytest.mark.parametrize(("batch_size", "path"), [(2, "batched"), (1, "plain")])
+@pytest.mark.parametrize(
+    ("batch_size", "path", "precision"), [(2, "batched", "float32"), (1, "plain", "bfloat16")]
+)
 def test_job_metrics_show_the_path_that_ran(
-    eager_app: Callable[..., Flask], models_dir: Path, batch_size: int, path: str
+    eager_app: Callable[..., Flask], models_dir: Path, batch_size: int, path: str, precision: str
 ) -> None:
     app = eager_app(
-        MODELS_DIR=str(models_dir), ALLOW_MODEL_DOWNLOAD=False, SEPARATION_BATCH_SIZE=batch_size
+        MODELS_DIR=str(models_dir),
+        ALLOW_MODEL_DOWNLOAD=False,
+        SEPARATION_BATCH_SIZE=batch_size,
+        SEPARATION_PRECISION=precision,
     )
     client = app.test_client()
     headers = register_and_login(client)
@@ -203,5 +208,6 @@ def test_job_metrics_show_the_path_that_ran(
     metrics = body["metrics"]
     assert metrics["separation_path"] == path
     assert metrics["batch_size"] == batch_size
+    assert metrics["precision"] == precision
     assert isinstance(metrics["threads"], int) and metrics["threads"] >= 1
     assert "metrics" not in body["result"]

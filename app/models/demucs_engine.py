@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from app.errors import ServiceError
-from app.models import catalogue_facts
+from app.models import catalogue_facts, precision
 from app.models.engines import (
     Option,
     Progress,
@@ -224,9 +224,11 @@ class WindowSeparator:
         ref_mean: float,
         ref_std: float,
         batch_size: int = 1,
+        precision: str = "float32",
     ) -> None:
         self.model = model
         self.batch_size = max(1, int(batch_size))
+        self.precision = precision
         self.device = device
         self.shifts = shifts
         self.overlap = overlap
@@ -317,6 +319,7 @@ class WindowSeparator:
         from demucs.apply import apply_model
 
         from app.models.batching import ChunkBatcher
+        from app.models.precision import cpu_autocast
 
         total = self.steps(mix.shape[-1], segment)
         done = 0
@@ -328,7 +331,7 @@ class WindowSeparator:
                 progress(min(done / total, 1.0))
 
         pool = ChunkBatcher(self.batch_size) if self.batch_size > 1 else None
-        with torch.inference_mode():
+        with torch.inference_mode(), cpu_autocast(self.precision, device):
             return apply_model(
                 self.model,
                 mix[None],
@@ -351,6 +354,7 @@ class WindowSeparator:
             "separation_path": "batched" if self.batch_size > 1 else "plain",
             "batch_size": self.batch_size,
             "threads": torch.get_num_threads(),
+            "precision": self.precision,
         }
 
 
@@ -547,6 +551,7 @@ class DemucsEngine(SeparationEngine):
             ref_mean=mean,
             ref_std=std,
             batch_size=int(config.get("SEPARATION_BATCH_SIZE") or 1),
+            precision=precision.resolve(config.get("SEPARATION_PRECISION"), device),
         )
         return Separator(
             separator,

@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from app.errors import ServiceError
+from app.models import precision
 from app.models.catalogue_facts import Facts
 from app.models.engines import (
     Option,
@@ -231,10 +232,12 @@ class WindowSeparator:
         overlap: float,
         allow_cpu: Callable[[], bool] | None = None,
         batch_size: int = 1,
+        precision: str = "float32",
     ) -> None:
         self.model = model
         self.device = device
         self.batch_size = max(1, int(batch_size))
+        self.precision = precision
         self.step = max(1, round(model.chunk_size * (1.0 - overlap)))
         if allow_cpu is None:
             from app.models.oom import cpu_fallback_allowed
@@ -245,10 +248,13 @@ class WindowSeparator:
     def _forward(self, piece: Any, device: str) -> Any:
         import torch
 
+        from app.models.precision import cpu_autocast
+
         if device.startswith("cuda") and self.model.use_amp:
             with torch.autocast("cuda", dtype=torch.float16):
                 return self.model.net(piece.to(device))
-        return self.model.net(piece.to(device))
+        with cpu_autocast(self.precision, device):
+            return self.model.net(piece.to(device))
 
     def _chunk(self, piece: Any, device: str) -> tuple[np.ndarray, str]:
         """A batch of chunks' outputs, and the device the next batch runs on."""
@@ -299,6 +305,11 @@ class WindowSeparator:
             "separation_path": "batched" if self.batch_size > 1 else "plain",
             "batch_size": self.batch_size,
             "threads": torch.get_num_threads(),
+            "precision": (
+                "float16"
+                if self.device.startswith("cuda") and self.model.use_amp
+                else self.precision
+            ),
         }
 
     def __call__(self, window: np.ndarray, progress: Callable[[float], None]) -> np.ndarray:
@@ -574,6 +585,7 @@ class MsstEngine(SeparationEngine):
             device,
             float(overlap),
             batch_size=int(config.get("SEPARATION_BATCH_SIZE") or 1),
+            precision=precision.resolve(config.get("SEPARATION_PRECISION"), device),
         )
         return Separator(
             separator,

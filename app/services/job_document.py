@@ -206,6 +206,15 @@ class MetricsSchema(Schema):
             "example": "plain",
         }
     )
+    precision = fields.String(
+        metadata={
+            "description": "Separations: the number format the network ran in: `float32`, "
+            "`bfloat16` (on a CPU that multiplies it natively, `SEPARATION_PRECISION`) or "
+            "`float16` (a RoFormer/MDX23C model's mixed precision on a GPU). An ensemble "
+            "whose members differ lists theirs, comma-separated.",
+            "example": "float32",
+        }
+    )
     threads = fields.Integer(
         allow_none=True,
         metadata={
