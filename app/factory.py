@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -21,7 +23,7 @@ from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
 from app import config as config_module
-from app.bodies import BoundedBody, CloseAfterUnreadBody
+from app.bodies import BoundedBody, CloseAfterUnreadBody, StartResponse, WsgiApp
 from app.extensions import cors, db, jwt, migrate
 from app.json_bodies import JSONProvider
 from app.openapi import ErrorResponses, ServiceApi
@@ -83,6 +85,35 @@ class UploadRequest(Request):
         return stream
 
 
+class ServiceFlask(Flask):
+    """Flask, with ``ensure_sync`` remembered per function.
+
+    Flask asks ``inspect.iscoroutinefunction`` of every hook and view on every
+    request (about ten a request here) to learn whether to run it through
+    ``async_to_sync``; the answer never changes for a function. Bounded, for
+    per-request callables (``after_this_request``).
+    """
+
+    SYNC_CACHE_SIZE = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Any, Any] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return cast(Callable[..., Any], self._sync[func])
+        except (KeyError, TypeError):  # TypeError: an unhashable callable
+            sync = super().ensure_sync(func)
+        try:
+            if len(self._sync) >= self.SYNC_CACHE_SIZE:
+                self._sync.clear()
+            self._sync[func] = sync
+        except TypeError:
+            pass
+        return sync
+
+
 class NoSessions(SecureCookieSessionInterface):
     """No cookie sessions: the API authenticates every request by its bearer
     credentials and keeps nothing in ``flask.session``. Flask's default reads
@@ -130,11 +161,52 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
+LIVENESS_PATH = "/healthz"
+
+
+def liveness_first(app: Flask, wsgi_app: WsgiApp) -> WsgiApp:
+    """``GET``/``HEAD /healthz`` answered before Flask dispatches: the answer
+    the health blueprint's route gives (its body, the security headers, an
+    ``X-Request-ID``), with its latency sample and (DEBUG) log line, but
+    without a request context, URL matching and the before/after hooks.
+    Probes and load balancers ask every few seconds per API process, and
+    the dispatch cost several times what this answer does. Anything else
+    (another method, a trailing slash) goes to Flask, which answers as the
+    route and the OpenAPI document say.
+    """
+    from app import observability
+    from app.logs import request_id_from
+
+    with app.app_context():  # the JSON the route's response would carry
+        body = cast(Response, app.json.response({"status": "ok"})).get_data()
+    fixed = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        *SECURITY_HEADERS.items(),
+        ("Content-Security-Policy", API_CSP),
+    ]
+
+    def serve(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        if environ.get("PATH_INFO") != LIVENESS_PATH or method not in ("GET", "HEAD"):
+            return wsgi_app(environ, start_response)
+        started = time.perf_counter()
+        request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
+        start_response("200 OK", [*fixed, (observability.REQUEST_ID_HEADER, request_id)])
+        observability.record(
+            method, LIVENESS_PATH, LIVENESS_PATH, 200, started,
+            remote_addr=environ.get("REMOTE_ADDR"),
+        )  # fmt: skip
+        return [b""] if method == "HEAD" else [body]
+
+    return serve
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the application; ``config`` overrides settings read from the environment."""
     # The package's name, not this module's: the app's name, logger and root
     # path (app/static) stay what they were when the factory lived in app/__init__.py.
-    app = Flask("app")
+    app = ServiceFlask("app")
     app.request_class = UploadRequest
     app.session_interface = NoSessions()
     app.json = JSONProvider(app)
@@ -205,5 +277,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     register_cli(app)
     app.after_request(_security_headers)
+    app.wsgi_app = liveness_first(app, app.wsgi_app)  # type: ignore[method-assign, assignment]  # Flask documents wrapping wsgi_app for middleware
     app.wsgi_app = CloseAfterUnreadBody(app.wsgi_app)  # type: ignore[method-assign]  # Flask documents wrapping wsgi_app for middleware
     return app

@@ -54,30 +54,53 @@ def _finish(response: Response) -> Response:
     started = g.get("request_started")
     if started is None:
         return response
-    seconds = time.perf_counter() - started
     response.headers[REQUEST_ID_HEADER] = g.request_id
-    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-    metrics.observe_request(method_label(request.method), route, response.status_code, seconds)
-    level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+    req = request._get_current_object()  # type: ignore[attr-defined]  # a LocalProxy: read it once
+    record(
+        req.method,
+        req.path,
+        req.url_rule.rule if req.url_rule is not None else "<unmatched>",
+        response.status_code,
+        started,
+        remote_addr=req.remote_addr,
+        bytes_in=req.content_length,
+    )
+    return response
+
+
+def record(
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    started: float,
+    *,
+    remote_addr: str | None,
+    bytes_in: int | None = None,
+) -> None:
+    """The latency sample and the log line of one answered request (also for
+    the answers given before Flask sees a request, ``liveness_first``)."""
+    seconds = time.perf_counter() - started
+    metrics.observe_request(method_label(method), route, status, seconds)
+    level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
     if log.isEnabledFor(level):
         log.log(
             level,
             "%s %s %s %.1f ms",
-            request.method,
-            request.path,
-            response.status_code,
+            method,
+            path,
+            status,
             seconds * 1000,
             extra={
-                "method": request.method,
-                "path": request.path,
+                "method": method,
+                "path": path,
                 "route": route,
-                "status": response.status_code,
+                "status": status,
                 "duration_ms": round(seconds * 1000, 2),
-                "remote_addr": request.remote_addr,
-                "bytes_in": request.content_length,
+                "remote_addr": remote_addr,
+                "bytes_in": bytes_in,
             },
         )
-    return response
 
 
 def _reset(_exc: BaseException | None = None) -> None:

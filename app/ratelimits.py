@@ -16,9 +16,11 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, g, request
+from flask.globals import request_ctx
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter, RateLimitExceeded
 
@@ -144,6 +146,34 @@ def init_app(app: Flask) -> None:
         # request (status polls, probes) time for nothing.
         hooks = app.before_request_funcs.get(None, [])
         app.before_request_funcs[None] = [h for h in hooks if h != limiter._check_request_limit]
+    # Its after-request hook (conditional deductions, rate-limit headers) and
+    # its teardown only have work where a limit was checked, which is where
+    # it left its state on the request context; elsewhere they created that
+    # state to find it empty, on every request.
+    after = app.after_request_funcs.setdefault(None, [])
+    after[:] = [_when_limited(h, _limiter_hook(h)) for h in after]
+    teardown = app.teardown_request_funcs.setdefault(None, [])
+    teardown[:] = [_when_limited(h, _limiter_hook(h)) for h in teardown]
+
+
+def _limiter_hook(hook: Any) -> bool:
+    """Whether ``hook`` is one Flask-Limiter registered (its method, or a partial of one)."""
+    func = hook.func if isinstance(hook, partial) else hook
+    return getattr(func, "__qualname__", "").startswith(f"{Limiter.__name__}.")
+
+
+def _when_limited(hook: Any, applies: bool) -> Any:
+    if not applies:
+        return hook
+
+    @functools.wraps(hook)
+    def run(value: Any) -> Any:
+        ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]  # a LocalProxy
+        if not hasattr(ctx, "_limiter_request_context"):
+            return value
+        return hook(value)
+
+    return run
 
 
 def _app_wide_limits(app: Flask) -> bool:

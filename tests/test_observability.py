@@ -117,6 +117,34 @@ def test_http_latency_histogram_moves_per_route_template(
     assert value(after, count, **unmatched) - value(before, count, **unmatched) == 1
 
 
+def test_liveness_is_answered_before_flask_as_its_route_answers(
+    app: Flask, client: FlaskClient
+) -> None:
+    """``/healthz`` skips Flask's dispatch (app/factory.py ``liveness_first``):
+    the same answer as the health blueprint's route, still counted and timed."""
+    from werkzeug.test import Client
+
+    routed = Client(lambda environ, start: Flask.wsgi_app(app, environ, start))
+    sent = {"X-Request-ID": "probe-1"}
+    labels = {"method": "GET", "route": "/healthz", "status": "200"}
+    count = "aimusic_http_request_duration_seconds_count"
+    before = scrape(client)
+    early = client.get("/healthz", headers=sent)
+    assert value(scrape(client), count, **labels) - value(before, count, **labels) == 1
+    flask = routed.get("/healthz", headers=sent)
+    assert early.status_code == flask.status_code == 200
+    assert early.get_data() == flask.get_data() == b'{"status":"ok"}\n'
+    assert sorted(early.headers.items()) == sorted(flask.headers.items())
+    head = client.head("/healthz")
+    assert head.status_code == 200 and head.get_data() == b""
+    assert head.headers["Content-Length"] == early.headers["Content-Length"]
+    assert len(head.headers["X-Request-ID"]) == 32
+    # Other methods and paths are Flask's: the JSON 405 and 404 of every route.
+    refused = client.post("/healthz")
+    assert refused.status_code == 405 and refused.json["code"] == "method_not_allowed"
+    assert client.get("/healthz/").status_code == 404
+
+
 def test_metrics_token_guards_the_endpoint(tmp_path: Path) -> None:
     token = secrets.token_urlsafe(24)
     client = make_app(tmp_path / "data", METRICS_TOKEN=token).test_client()
