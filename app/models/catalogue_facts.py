@@ -111,6 +111,26 @@ def _demucs(
     return Facts(quality, "MIT", DEMUCS_README + "#license", real_time_factor, measured)
 
 
+# bench/model_speed.py's run for the Demucs v3 models (random weights of the
+# architectures its V3_BAGS comment derives from demucs's training config and
+# docs; each bag with its published model list, per-source weights and segment
+# 44 s), htdemucs timed before and after them. Another engineer's benchmark
+# shared the 2 cores (load average 1.4-2.9, ours at nice 19), so every figure
+# of this run, htdemucs's too, is higher than on an idle machine: compare them
+# with the htdemucs figures in this string, not with htdemucs's own entry.
+DEMUCS_V3_RUN = (
+    "bench/model_speed.py, 2026-12-05 10:06 UTC, 2-core CPU shared with another benchmark "
+    "(load average 1.4-2.9), 30 s stereo 44.1 kHz, shifts 1, the bag's segment 44 s "
+    "(htdemucs 1.607 before and 1.054 after them in the same run)"
+)
+# mdx_q and mdx_extra_q hold the same networks quantised with diffq; demucs
+# unpacks them into float weights when it loads them, so they compute what
+# mdx and mdx_extra do and carry those figures.
+DEMUCS_V3_QUANTISED = (
+    "as {plain}: diffq-quantised weights of the same networks, unpacked to float at load, "
+    "so the same compute; timed as {plain} in "
+)
+
 DEMUCS: dict[str, Facts] = {
     # ZFTurbo's "HTDemucs4" row, weights 955717e8 (the htdemucs bag's one model).
     "htdemucs": _demucs(
@@ -145,16 +165,27 @@ DEMUCS: dict[str, Facts] = {
         ),
     ),
     # ZFTurbo's "Demucs3 mmi" row, weights 75fc33f5 (the hdemucs_mmi bag's one model).
+    # Speed: one HDemucs (48 channels, depth 6, nfft 4096), in DEMUCS_V3_RUN.
     "hdemucs_mmi": _demucs(
         quality=(
             *_multisong(vocals=8.22, drums=10.70, bass=11.17, other=5.42),
             Sdr("average", 8.88, MULTISONG, ZFTURBO),
         ),
+        real_time_factor=1.047,
+        measured=DEMUCS_V3_RUN,
     ),
-    "mdx": _demucs(),
-    "mdx_extra": _demucs(),
-    "mdx_q": _demucs(),
-    "mdx_extra_q": _demucs(),
+    # Two 64-channel time-domain Demucs and two HDemucs (MDX 2021 track A).
+    "mdx": _demucs(real_time_factor=2.335, measured=DEMUCS_V3_RUN),
+    # Four HDemucs (MDX 2021 track B).
+    "mdx_extra": _demucs(real_time_factor=2.490, measured=DEMUCS_V3_RUN),
+    "mdx_q": _demucs(
+        real_time_factor=2.335,
+        measured=DEMUCS_V3_QUANTISED.format(plain="mdx") + DEMUCS_V3_RUN,
+    ),
+    "mdx_extra_q": _demucs(
+        real_time_factor=2.490,
+        measured=DEMUCS_V3_QUANTISED.format(plain="mdx_extra") + DEMUCS_V3_RUN,
+    ),
 }
 # A model in the local repo: nothing is known about where its weights came from.
 DEMUCS_LOCAL = Facts(license=NOT_STATED)
