@@ -77,6 +77,22 @@ def test_models_without_published_figures_say_null(client: FlaskClient) -> None:
         assert models[name]["license"] == "MIT"
 
 
+def test_every_published_separation_model_has_a_speed_measured_here(
+    client: FlaskClient,
+) -> None:
+    """A relative speed for every separation model the catalogue offers, each
+    naming the bench/ script and the 2-core machine that measured it."""
+    separation = [m for m in _models(client).values() if m["kind"] == "separation"]
+    assert {"hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q"} <= {
+        m["name"] for m in separation
+    }
+    for model in separation:
+        speed = model["speed"]
+        assert speed is not None, model["name"]
+        assert speed["real_time_factor"] > 0, model["name"]
+        assert "bench/" in speed["measured"] and "2-core CPU" in speed["measured"]
+
+
 def test_demucs_v3_speeds_come_from_one_run_with_htdemucs_and_quantised_share_them(
     client: FlaskClient,
 ) -> None:
