@@ -118,6 +118,8 @@ def _demucs(
 # shared the 2 cores (load average 1.4-2.9, ours at nice 19), so every figure
 # of this run, htdemucs's too, is higher than on an idle machine: compare them
 # with the htdemucs figures in this string, not with htdemucs's own entry.
+# A second run in the reverse order (bench/README.md) gave hdemucs_mmi 0.724,
+# mdx 2.496, mdx_extra 2.011 with htdemucs 1.413 before and 0.676 after.
 DEMUCS_V3_RUN = (
     "bench/model_speed.py, 2026-12-05 10:06 UTC, 2-core CPU shared with another benchmark "
     "(load average 1.4-2.9), 30 s stereo 44.1 kHz, shifts 1, the bag's segment 44 s "
