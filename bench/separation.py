@@ -101,9 +101,10 @@ TINY_NAME = "bench_tiny"
 # source), by the service's model names.
 ROFORMER_CONFIGS = Path(__file__).with_name("configs")
 ROFORMERS = ("bs_roformer_viperx_1297", "mel_band_roformer_kim")
-# The published MDX23C config there too (by request: --compare-models
-# htdemucs,mdx23c_vocals_zfturbo; it takes several times htdemucs's time).
-MDX23CS = ("mdx23c_vocals_zfturbo",)
+# The published MDX23C configs there too (by request: --compare-models
+# htdemucs,mdx23c_vocals_zfturbo; they take many times htdemucs's time, UVR's
+# mdx23c_instvoc_hq with num_overlap 8 about twice ZFTurbo's).
+MDX23CS = ("mdx23c_vocals_zfturbo", "mdx23c_instvoc_hq")
 ENSEMBLE = "+".join(ROFORMERS)
 ENSEMBLE_PARAMS = {"ensemble_algorithm": "avg_wave"}
 COMPARE_MODELS = ("htdemucs", *ROFORMERS, ENSEMBLE)
@@ -539,6 +540,8 @@ def compare(args: argparse.Namespace, procs: Processes, work: Path, models: Path
     env = service_env(work / "compare-data", models)
     rows: dict[str, dict[str, Any]] = {}
     for name in args.compare_models:
+        # a name given twice (htdemucs before and after a slow model) runs twice
+        label = name if name not in rows else f"{name} (again)"
         params = ENSEMBLE_PARAMS if "+" in name else {}
         data = work / f"compare-{len(rows)}"
         data.mkdir()
@@ -558,9 +561,9 @@ def compare(args: argparse.Namespace, procs: Processes, work: Path, models: Path
             continue
         if result["exit"] != 0 or "separate_seconds" not in result:
             raise RuntimeError(f"{name} failed (exit {result['exit']}):\n{tail(log)}")
-        rows[name] = result
+        rows[label] = result
         say(
-            f"  {name}: separate_file {result['separate_seconds']:.1f} s wall,"
+            f"  {label}: separate_file {result['separate_seconds']:.1f} s wall,"
             f" {result['separate_cpu_seconds']:.1f} s CPU,"
             f" RTF {result['separate_seconds'] / args.seconds:.3f};"
             f" load {result['load_seconds']:.1f} s; peak RSS {result['ru_maxrss_mib']:.0f} MiB"

@@ -74,8 +74,42 @@ def test_models_without_published_figures_say_null(client: FlaskClient) -> None:
     models = _models(client)
     for name in ("mdx", "mdx_extra", "mdx_q", "mdx_extra_q"):
         assert models[name]["quality"] is None
-        assert models[name]["speed"] is None
         assert models[name]["license"] == "MIT"
+
+
+def test_every_published_separation_model_has_a_speed_measured_here(
+    client: FlaskClient,
+) -> None:
+    """A relative speed for every separation model the catalogue offers, each
+    naming the bench/ script and the 2-core machine that measured it."""
+    separation = [m for m in _models(client).values() if m["kind"] == "separation"]
+    assert {"hdemucs_mmi", "mdx", "mdx_extra", "mdx_q", "mdx_extra_q"} <= {
+        m["name"] for m in separation
+    }
+    for model in separation:
+        speed = model["speed"]
+        assert speed is not None, model["name"]
+        assert speed["real_time_factor"] > 0, model["name"]
+        assert "bench/" in speed["measured"] and "2-core CPU" in speed["measured"]
+
+
+def test_demucs_v3_speeds_come_from_one_run_with_htdemucs_and_quantised_share_them(
+    client: FlaskClient,
+) -> None:
+    """hdemucs_mmi and the mdx bags were timed in one bench/model_speed.py run
+    with htdemucs; the diffq-quantised bags run the same float networks, so
+    they carry their unquantised bag's figure and say so."""
+    models = _models(client)
+    speeds = {n: models[n]["speed"] for n in ("hdemucs_mmi", "mdx", "mdx_extra")}
+    assert len({s["measured"] for s in speeds.values()}) == 1
+    assert "htdemucs" in speeds["mdx"]["measured"]
+    # bags of four cost more than the one-model hdemucs_mmi
+    assert speeds["mdx"]["real_time_factor"] > speeds["hdemucs_mmi"]["real_time_factor"]
+    assert speeds["mdx_extra"]["real_time_factor"] > speeds["hdemucs_mmi"]["real_time_factor"]
+    for quantised, plain in (("mdx_q", "mdx"), ("mdx_extra_q", "mdx_extra")):
+        speed = models[quantised]["speed"]
+        assert speed["real_time_factor"] == speeds[plain]["real_time_factor"]
+        assert "diffq" in speed["measured"]
 
 
 def test_hpss_has_no_weights_no_published_sdr_and_the_inputs_rate(client: FlaskClient) -> None:
