@@ -114,16 +114,13 @@ def _demucs(
 # bench/model_speed.py's run for the Demucs v3 models (random weights of the
 # architectures its V3_BAGS comment derives from demucs's training config and
 # docs; each bag with its published model list, per-source weights and segment
-# 44 s), htdemucs timed before and after them. Another engineer's benchmark
-# shared the 2 cores (load average 1.4-2.9, ours at nice 19), so every figure
-# of this run, htdemucs's too, is higher than on an idle machine: compare them
-# with the htdemucs figures in this string, not with htdemucs's own entry.
-# A second run in the reverse order (bench/README.md) gave hdemucs_mmi 0.724,
-# mdx 2.496, mdx_extra 2.011 with htdemucs 1.413 before and 0.676 after.
+# 44 s), on an otherwise idle machine, htdemucs timed twice before them (the
+# first model a process runs is slower) and once after. Two earlier runs on a
+# machine shared with another benchmark are in bench/README.md.
 DEMUCS_V3_RUN = (
-    "bench/model_speed.py, 2026-12-05 10:06 UTC, 2-core CPU shared with another benchmark "
-    "(load average 1.4-2.9), 30 s stereo 44.1 kHz, shifts 1, the bag's segment 44 s "
-    "(htdemucs 1.607 before and 1.054 after them in the same run)"
+    "bench/model_speed.py, 2026-12-05 10:36 UTC, 2-core CPU, 30 s stereo 44.1 kHz, "
+    "shifts 1, the bag's segment 44 s (htdemucs 0.618 before and 0.643 after them in the "
+    "same run)"
 )
 # mdx_q and mdx_extra_q hold the same networks quantised with diffq; demucs
 # unpacks them into float weights when it loads them, so they compute what
@@ -173,19 +170,19 @@ DEMUCS: dict[str, Facts] = {
             *_multisong(vocals=8.22, drums=10.70, bass=11.17, other=5.42),
             Sdr("average", 8.88, MULTISONG, ZFTURBO),
         ),
-        real_time_factor=1.047,
+        real_time_factor=0.336,
         measured=DEMUCS_V3_RUN,
     ),
     # Two 64-channel time-domain Demucs and two HDemucs (MDX 2021 track A).
-    "mdx": _demucs(real_time_factor=2.335, measured=DEMUCS_V3_RUN),
+    "mdx": _demucs(real_time_factor=2.370, measured=DEMUCS_V3_RUN),
     # Four HDemucs (MDX 2021 track B).
-    "mdx_extra": _demucs(real_time_factor=2.490, measured=DEMUCS_V3_RUN),
+    "mdx_extra": _demucs(real_time_factor=1.702, measured=DEMUCS_V3_RUN),
     "mdx_q": _demucs(
-        real_time_factor=2.335,
+        real_time_factor=2.370,
         measured=DEMUCS_V3_QUANTISED.format(plain="mdx") + DEMUCS_V3_RUN,
     ),
     "mdx_extra_q": _demucs(
-        real_time_factor=2.490,
+        real_time_factor=1.702,
         measured=DEMUCS_V3_QUANTISED.format(plain="mdx_extra") + DEMUCS_V3_RUN,
     ),
 }
@@ -239,15 +236,13 @@ MDX23C_RUN = (
 
 # The same comparison for UVR's MDX23C (bench/configs/mdx23c_instvoc_hq.yaml:
 # ZFTurbo's network and STFT, num_overlap 8 instead of 4) on a 15 s input,
-# htdemucs before and after it. Another engineer's benchmark shared the 2 cores
-# (load average 2.0-3.7, ours at nice 19), so this run's wall figures, htdemucs's
-# too, are higher than on an idle machine: 12.0x and 19.3x htdemucs's in the
-# same run (15.3x and 19.1x in CPU seconds, 31.4 CPU s per audio second).
+# htdemucs before and after it, on an otherwise idle machine: 23x htdemucs in
+# wall time and in CPU seconds. An earlier run on a machine shared with another
+# benchmark is in bench/README.md.
 MDX23C_INSTVOC_RUN = (
-    "bench/separation.py model comparison, 2026-12-05 10:11 UTC, 2-core CPU shared with "
-    "another benchmark (load average 2.0-3.7), 15 s stereo 44.1 kHz through separate_file, "
-    "model resident, its config's num_overlap 8 (htdemucs 2.143 before and 1.328 after it "
-    "in the same run)"
+    "bench/separation.py model comparison, 2026-12-05 10:38 UTC, 2-core CPU, 15 s stereo "
+    "44.1 kHz through separate_file, model resident, its config's num_overlap 8 "
+    "(htdemucs 0.679 before and 0.714 after it in the same run)"
 )
 
 # ZFTurbo's "MDX23C" vocals row (model_vocals_mdx23c_sdr_10.17.ckpt). No source
@@ -263,7 +258,7 @@ MDX23C: dict[str, Facts] = {
     "mdx23c_instvoc_hq": Facts(
         quality=None,
         license=NOT_STATED,
-        real_time_factor=25.669,
+        real_time_factor=15.738,
         measured=MDX23C_INSTVOC_RUN,
     ),
 }
