@@ -319,7 +319,6 @@ class WindowSeparator:
         from demucs.apply import apply_model
 
         from app.models.batching import ChunkBatcher
-        from app.models.precision import cpu_autocast
 
         total = self.steps(mix.shape[-1], segment)
         done = 0
@@ -331,7 +330,7 @@ class WindowSeparator:
                 progress(min(done / total, 1.0))
 
         pool = ChunkBatcher(self.batch_size) if self.batch_size > 1 else None
-        with torch.inference_mode(), cpu_autocast(self.precision, device):
+        with torch.inference_mode(), precision.cpu_autocast(self.precision, device):
             return apply_model(
                 self.model,
                 mix[None],

@@ -248,12 +248,10 @@ class WindowSeparator:
     def _forward(self, piece: Any, device: str) -> Any:
         import torch
 
-        from app.models.precision import cpu_autocast
-
         if device.startswith("cuda") and self.model.use_amp:
             with torch.autocast("cuda", dtype=torch.float16):
                 return self.model.net(piece.to(device))
-        with cpu_autocast(self.precision, device):
+        with precision.cpu_autocast(self.precision, device):
             return self.model.net(piece.to(device))
 
     def _chunk(self, piece: Any, device: str) -> tuple[np.ndarray, str]:

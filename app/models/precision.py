@@ -2,8 +2,8 @@
 
 On a CPU whose cores multiply bfloat16 natively (AMX tiles, or AVX-512 BF16),
 torch's CPU autocast runs the convolutions, matrix products and attention in
-bfloat16 and leaves the STFT, norms and overlap-add in float32. The stems move
-away from float32's by less than the 30 dB a faster mode may trade
+bfloat16 and leaves the STFT, norms and overlap-add in float32. The stems stay
+more than 30 dB (SNR) from float32's, the precision a faster mode may trade
 (``bench/separation.py`` prints the figure for each run), and the network takes
 markedly less time. On a CPU without those instructions bfloat16 is emulated and
 slower, so ``auto`` keeps float32 there. GPUs keep what they ran before: Demucs
@@ -14,12 +14,13 @@ in float32, the MSST families in float16 where their config trains so
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
-from typing import Any
 
 from app.config import PRECISIONS
 
 
+@functools.cache
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX or AVX-512 BF16).
 
@@ -71,10 +72,3 @@ def cpu_autocast(precision: str, device: str) -> Iterator[None]:
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         yield
-
-
-def as_float32(tensor: Any) -> Any:
-    """Outputs leave the network in float32 whatever it ran in."""
-    import torch
-
-    return tensor.to(torch.float32) if tensor.dtype != torch.float32 else tensor
