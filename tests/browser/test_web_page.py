@@ -745,7 +745,16 @@ def test_the_model_description_helps_choose(page: Any, server: LiveServer) -> No
     assert "s per second of audio" in fact("speed").inner_text()
 
     page.locator("#sep-model").select_option("mdx")
-    assert fact("speed").inner_text() == "Speed here: not measured"
+    assert fact("quality").inner_text() == "Published SDR: none for these weights"
+    speed = fact("speed").inner_text()
+    assert "2.37 s per second of audio" in speed and "bench/model_speed.py" in speed
+
+    # A generation model: its weights' licence, and no speed line (none measured).
+    page.locator("input[name=kind][value=generation]").check()
+    page.locator("#gen-model").select_option("facebook/musicgen-medium")
+    gen = page.locator('[data-describes="gen-model"]')
+    gen.locator('[data-fact="license"]', has_text="CC-BY-NC-4.0").wait_for()
+    assert gen.locator('[data-fact="speed"]').count() == 0
 
 
 def test_a_registered_engine_is_offered_with_its_options(
