@@ -18,13 +18,22 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from flask import g, request
-from flask_jwt_extended import get_current_user, verify_jwt_in_request
+from flask_jwt_extended import decode_token, get_current_user, verify_jwt_in_request
+from flask_jwt_extended.exceptions import JWTExtendedException
+from flask_jwt_extended.internal_utils import (
+    custom_verification_for_token,
+    verify_token_not_blocklisted,
+    verify_token_type,
+)
 from flask_smorest import Blueprint
+from jwt import PyJWTError
 from werkzeug.local import LocalProxy
 
 from app.errors import ServiceError
+from app.extensions import unverified_header
 from app.records import User
 from app.services import api_keys
+from app.services import auth as auth_service
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,12 +74,48 @@ def unenforced_schemes(config: Any) -> set[str]:
     return set() if config.get("METRICS_TOKEN") else {METRICS_SCHEME}
 
 
-def _bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
+def bearer_token(header: str) -> str | None:
+    """The credentials of an ``Authorization: Bearer <token>`` header (the
+    scheme read case-insensitively, RFC 9110), None for any other header."""
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def _bearer_token() -> str | None:
+    return bearer_token(request.headers.get("Authorization", ""))
+
+
+def caller_for_token(token: str) -> str | None:
+    """The id of the account ``token`` authenticates on a route that takes
+    API keys, when every check ``authenticate_request`` makes passes, else
+    None. Needs an app context only, not a request: the status poll answered
+    before Flask's dispatch (``app/blueprints/jobs/polling.py``) authenticates
+    with it, and gives every None to the route, whose answer says what is wrong.
+
+    The JWT checks are flask-jwt-extended's, in the order its
+    ``verify_jwt_in_request`` makes them for an access token in the header:
+    signature, algorithm, expiry and claims, the token's type, revocation,
+    our claims check; then the user, as our user loader
+    (``app/auth_callbacks.py``) finds it, but without loading it.
+    """
+    if api_keys.looks_like_key(token):
+        try:
+            user, _key = api_keys.authenticate(token)
+        except ServiceError:
+            return None
+        return str(user.id)
+    try:
+        payload = decode_token(token)
+        header = unverified_header(token)
+        verify_token_type(payload, refresh=False)
+        verify_token_not_blocklisted(header, payload)
+        custom_verification_for_token(header, payload)
+    except (JWTExtendedException, PyJWTError):
+        return None
+    user_id = payload["sub"]
+    return user_id if auth_service.user_exists(user_id) else None
 
 
 def authenticate_request(

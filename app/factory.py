@@ -28,7 +28,8 @@ from app.extensions import cors, db, jwt, migrate
 from app.json_bodies import JSONProvider
 from app.openapi import ErrorResponses, ServiceApi
 from app.schema_version import MIGRATIONS_DIR
-from app.security_headers import API_CSP, HTML_CSP, SECURITY_HEADERS
+from app.security_headers import API_CSP, SECURITY_HEADERS, add_security_headers
+from app.security_headers import HTML_CSP as HTML_CSP  # re-exported: app.HTML_CSP
 
 
 class UploadRequest(Request):
@@ -143,24 +144,6 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     logs.configure(level, log_format)
 
 
-def _security_headers(response: Response) -> Response:
-    """``SECURITY_HEADERS``, and a content security policy: our pages may load
-    their own scripts and styles, anything else loads nothing. A header the
-    route set itself is kept."""
-    headers = response.headers
-    # One pass over the headers instead of a scan per name (``setdefault``):
-    # this runs on every answer, probes and status polls included.
-    present = {name.lower() for name, _value in headers.items()}
-    for name, value in SECURITY_HEADERS.items():
-        if name.lower() not in present:
-            headers.add(name, value)
-    if "content-security-policy" not in present:
-        headers.add(
-            "Content-Security-Policy", HTML_CSP if response.mimetype == "text/html" else API_CSP
-        )
-    return response
-
-
 LIVENESS_PATH = "/healthz"
 
 
@@ -215,15 +198,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings.update(config or {})
     app.config.update(config_module.finalise(settings))
     configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
-    hops = int(app.config.get("TRUSTED_PROXY_HOPS") or 0)
-    if hops:
-        # Behind a proxy every request comes from the proxy's address: rate
-        # limits per address and the access log need the client's. Only the
-        # last `hops` entries are believed, the ones our own proxies appended.
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]  # Flask documents wrapping wsgi_app for middleware
-            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
-        )
-
     from app import observability
 
     observability.init_app(app)
@@ -276,7 +250,19 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.cli import register_cli
 
     register_cli(app)
-    app.after_request(_security_headers)
+    app.after_request(add_security_headers)
+    from app.blueprints.jobs.polling import status_first
+
+    app.wsgi_app = status_first(app, app.wsgi_app)  # type: ignore[method-assign, assignment]  # Flask documents wrapping wsgi_app for middleware
+    hops = int(app.config.get("TRUSTED_PROXY_HOPS") or 0)
+    if hops:
+        # Behind a proxy every request comes from the proxy's address: rate
+        # limits per address and the access log need the client's. Only the
+        # last `hops` entries are believed, the ones our own proxies appended.
+        # Outside the status poll's answer, which logs the client's address.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]  # Flask documents wrapping wsgi_app for middleware
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
+        )
     app.wsgi_app = liveness_first(app, app.wsgi_app)  # type: ignore[method-assign, assignment]  # Flask documents wrapping wsgi_app for middleware
     app.wsgi_app = CloseAfterUnreadBody(app.wsgi_app)  # type: ignore[method-assign]  # Flask documents wrapping wsgi_app for middleware
     return app

@@ -139,7 +139,7 @@ def _rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
 def init_app(app: Flask) -> None:
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, _rate_limited)
-    if not _app_wide_limits(app):
+    if not app_wide_limits(app):
         # Flask-Limiter also checks every request before its view, for limits
         # that apply to all routes. We set none: our limits are decorators,
         # which check themselves. Without any, that check only cost every
@@ -176,9 +176,10 @@ def _when_limited(hook: Any, applies: bool) -> Any:
     return run
 
 
-def _app_wide_limits(app: Flask) -> bool:
+def app_wide_limits(app: Flask) -> bool:
     """Whether any limit needs Flask-Limiter's check before every request:
-    default, application-wide or meta limits (from the limiter or the config)."""
+    default, application-wide or meta limits (from the limiter or the config).
+    Answers given before Flask's dispatch are given only without them."""
     manager = limiter.limit_manager
     configured = any(
         app.config.get(name)

@@ -15,6 +15,7 @@ import pytest
 from flask import Flask
 from flask_jwt_extended import create_access_token
 from marshmallow import Schema
+from werkzeug.test import Client
 
 from app.extensions import db, jwt
 from app.ratelimits import limiter
@@ -163,12 +164,15 @@ def test_the_compiled_dump_is_the_schemas_dump(queued_app: Flask, state: str) ->
         # Same keys in the same order, same types (1 and 1.0 compare equal).
         assert list(fast) == list(marshmallow)
         assert [type(v) for v in fast.values()] == [type(v) for v in marshmallow.values()]
-    # And what a client receives is that dump.
+    # And what a client receives is that dump, answered before Flask's
+    # dispatch (app/blueprints/jobs/polling.py) as the route answers it.
     response = client.get(f"/api/v1/jobs/{job_id}", headers=headers)
     assert response.status_code == 200
     with queued_app.test_request_context():
         job = db.session.get(Job, job_id)
         assert response.json == Schema.dump(JobSchema(), job)
+    routed = Client(lambda environ, start: Flask.wsgi_app(queued_app, environ, start))
+    assert routed.get(f"/api/v1/jobs/{job_id}", headers=headers).get_data() == (response.get_data())
 
 
 @pytest.mark.parametrize("script_root", ["", "/behind/a/prefix"])
@@ -188,6 +192,24 @@ def test_job_paths_are_what_the_url_map_builds(app: Flask, script_root: str) -> 
         for endpoint in endpoints:
             job_id = str(uuid.uuid4())
             assert job_path(endpoint, job_id) == path_for(endpoint, job_id=job_id)
+
+
+@pytest.mark.parametrize("script_root", ["", "/behind/a/prefix"])
+def test_file_paths_are_what_the_url_map_builds(app: Flask, script_root: str) -> None:
+    """File names are quoted as the URL map quotes them, each kept apart."""
+    from flask import url_for
+
+    from app.services.job_document import _PLACEHOLDER, job_path
+
+    names = [f["name"] for f in FILES] + ["a/b.wav", "100%?#.mp3", _PLACEHOLDER + ".wav"]
+    job_id = str(uuid.uuid4())
+    with app.test_request_context(base_url=f"http://localhost{script_root}/"):
+        for name in names * 2:  # built, then from its template
+            expected = url_for("jobs.get_file", job_id=job_id, name=name)
+            assert job_path("jobs.get_file", job_id, name=name) == expected
+        assert job_path("jobs.get_file", "a b", name="x.wav") == url_for(
+            "jobs.get_file", job_id="a b", name="x.wav"
+        )
 
 
 def test_a_schema_the_compiler_cannot_reproduce_keeps_marshmallows_dump() -> None:
@@ -348,13 +370,13 @@ def test_the_limiter_checks_no_request_it_has_no_limit_for(app: Flask) -> None:
 def test_app_wide_limits_keep_the_check() -> None:
     # Judged on a bare app: initialising the limiter with default limits would
     # leave them in the process-wide limiter for every later app.
-    from app.ratelimits import _app_wide_limits
+    from app.ratelimits import app_wide_limits
 
     for name in ("RATELIMIT_DEFAULT", "RATELIMIT_APPLICATION", "RATELIMIT_META"):
         bare = Flask("bare")
-        assert not _app_wide_limits(bare)
+        assert not app_wide_limits(bare)
         bare.config[name] = "2/minute"
-        assert _app_wide_limits(bare)
+        assert app_wide_limits(bare)
 
 
 def test_access_lines_are_built_only_when_written(monkeypatch: pytest.MonkeyPatch) -> None:

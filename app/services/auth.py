@@ -300,6 +300,13 @@ def load_user(user_id: str) -> User | None:
     return user
 
 
+def user_exists(user_id: str) -> bool:
+    """What ``load_user`` answers about the account a token names, for a
+    caller that needs only the id: within ``AUTH_CACHE_SECONDS`` of having
+    read it, without touching the session at all."""
+    return auth_facts().user_seen(user_id) or load_user(user_id) is not None
+
+
 def _refresh_lifetime() -> Any:
     return current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
 

@@ -31,22 +31,30 @@ _PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
 _JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def job_path(endpoint: str, job_id: str) -> str:
-    """``path_for(endpoint, job_id=job_id)``, from a template built once per
-    app, endpoint and script root: every job answer carries several such
-    paths, and building each through the URL map cost more than the rest of
-    the document. A job id is a UUID, which a URL carries as it is; anything
-    else is built the usual way."""
+# Templates kept per app: (endpoint, script root, other values) -> the path
+# around the job id. File names are the only other values, a handful per kind.
+_JOB_PATH_TEMPLATES = 1024
+
+
+def job_path(endpoint: str, job_id: str, **values: str) -> str:
+    """``path_for(endpoint, job_id=job_id, **values)``, from a template built
+    once per app, endpoint, script root and other values: every job answer
+    carries several such paths, and building each through the URL map cost
+    more than the rest of the document. A job id is a UUID, which a URL
+    carries as it is; anything else is built the usual way."""
     if not _JOB_ID.fullmatch(job_id):
-        return path_for(endpoint, job_id=job_id)
+        return path_for(endpoint, job_id=job_id, **values)
     root = request.script_root if has_request_context() else None
     templates = current_app.extensions.setdefault("job_paths", {})
-    template = templates.get((endpoint, root))
+    key = (endpoint, root, *sorted(values.items()))
+    template = templates.get(key)
     if template is None:
-        template = path_for(endpoint, job_id=_PLACEHOLDER).split(_PLACEHOLDER)
-        templates[(endpoint, root)] = template
+        template = path_for(endpoint, job_id=_PLACEHOLDER, **values).split(_PLACEHOLDER)
+        if len(templates) >= _JOB_PATH_TEMPLATES:
+            templates.clear()
+        templates[key] = template
     if len(template) != 2:
-        return path_for(endpoint, job_id=job_id)
+        return path_for(endpoint, job_id=job_id, **values)
     return f"{template[0]}{job_id}{template[1]}"
 
 
@@ -318,7 +326,7 @@ class JobSchema(Schema):
             return None
         result = dict(job.result)
         result["files"] = [
-            {**f, "url": path_for("jobs.get_file", job_id=job.id, name=f["name"])}
+            {**f, "url": job_path("jobs.get_file", job.id, name=f["name"])}
             for f in result.get("files", [])
         ]
         if result["files"]:
