@@ -326,6 +326,19 @@ def test_limits_on_every_route_apply_to_polls(
     assert statuses[-1] == 429 and path in dispatched
 
 
+def test_tokens_read_from_elsewhere_are_the_routes_to_check(
+    eager_app: Callable[..., Flask], dispatched: list[str]
+) -> None:
+    app = eager_app()
+    client = app.test_client()
+    headers = register_and_login(client)
+    path = f"/api/v1/jobs/{_job(app, headers)}"
+    app.config["JWT_TOKEN_LOCATION"] = ["query_string"]
+    dispatched.clear()
+    refused = client.get(path, headers=headers)
+    assert refused.status_code == 401 and dispatched == [path]
+
+
 def test_behind_a_proxy_the_line_names_the_client(
     eager_app: Callable[..., Flask], dispatched: list[str]
 ) -> None:

@@ -13,7 +13,8 @@ Only the plain poll is answered here. Everything else goes to Flask, whose
 answer says what the route says: another method or path, any query string,
 ``Prefer``, ``Origin`` (CORS), a request body, a script root, credentials that
 do not pass, a job that is not the caller's, an error of any kind (the
-database down is Flask's 503), rate limits that apply to every route, or hooks
+database down is Flask's 503), rate limits that apply to every route, tokens
+configured to come from elsewhere than the ``Authorization`` header, or hooks
 registered after ``create_app`` (this answer stands in for the ones it knows).
 """
 
@@ -61,6 +62,17 @@ def _hooks(app: Flask) -> tuple[Any, ...]:
     )
 
 
+def _header_tokens(config: Any) -> bool:
+    """Whether flask-jwt-extended reads tokens where this answer does, the
+    ``Authorization: Bearer`` header (its defaults, which the API keeps)."""
+    locations = config.get("JWT_TOKEN_LOCATION", ("headers",))
+    return (
+        "headers" in ([locations] if isinstance(locations, str) else locations)
+        and config.get("JWT_HEADER_NAME", "Authorization") == "Authorization"
+        and config.get("JWT_HEADER_TYPE", "Bearer") == "Bearer"
+    )
+
+
 def status_first(app: Flask, wsgi_app: WsgiApp) -> WsgiApp:
     """``wsgi_app`` behind the plain status poll's answer. Call it once
     ``create_app`` has registered the blueprints and every hook."""
@@ -97,7 +109,12 @@ def status_first(app: Flask, wsgi_app: WsgiApp) -> WsgiApp:
         ):
             return None
         token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
-        if token is None or _hooks(app) != hooks or app_wide_limits(app):
+        if (
+            token is None
+            or _hooks(app) != hooks
+            or app_wide_limits(app)
+            or not _header_tokens(app.config)
+        ):
             return None
         return matched.group(1), token
 
