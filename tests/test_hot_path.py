@@ -199,9 +199,9 @@ def test_file_paths_are_what_the_url_map_builds(app: Flask, script_root: str) ->
     """File names are quoted as the URL map quotes them, each kept apart."""
     from flask import url_for
 
-    from app.services.job_document import _PLACEHOLDER, job_path
+    from app.services.job_document import PLACEHOLDER_ID, job_path
 
-    names = [f["name"] for f in FILES] + ["a/b.wav", "100%?#.mp3", _PLACEHOLDER + ".wav"]
+    names = [f["name"] for f in FILES] + ["a/b.wav", "100%?#.mp3", PLACEHOLDER_ID + ".wav"]
     job_id = str(uuid.uuid4())
     with app.test_request_context(base_url=f"http://localhost{script_root}/"):
         for name in names * 2:  # built, then from its template

@@ -27,8 +27,9 @@ def path_for(endpoint: str, **values: Any) -> str:
     return current_app.url_map.bind("localhost").build(endpoint, values)
 
 
-_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
-_JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# A job id no job has, where templates put the real one; and the ids jobs get.
+PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 # Templates kept per app: (endpoint, script root, other values) -> the path
@@ -42,14 +43,14 @@ def job_path(endpoint: str, job_id: str, **values: str) -> str:
     carries several such paths, and building each through the URL map cost
     more than the rest of the document. A job id is a UUID, which a URL
     carries as it is; anything else is built the usual way."""
-    if not _JOB_ID.fullmatch(job_id):
+    if not JOB_ID.fullmatch(job_id):
         return path_for(endpoint, job_id=job_id, **values)
     root = request.script_root if has_request_context() else None
     templates = current_app.extensions.setdefault("job_paths", {})
     key = (endpoint, root, *sorted(values.items()))
     template = templates.get(key)
     if template is None:
-        template = path_for(endpoint, job_id=_PLACEHOLDER, **values).split(_PLACEHOLDER)
+        template = path_for(endpoint, job_id=PLACEHOLDER_ID, **values).split(PLACEHOLDER_ID)
         if len(templates) >= _JOB_PATH_TEMPLATES:
             templates.clear()
         templates[key] = template

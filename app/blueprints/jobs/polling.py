@@ -35,14 +35,11 @@ from app.logs import request_id_from, request_id_var
 from app.ratelimits import app_wide_limits
 from app.security_headers import add_security_headers
 from app.services import jobs as job_service
-from app.services.job_document import JobSchema
+from app.services.job_document import JOB_ID, PLACEHOLDER_ID, JobSchema, path_for
 
 log = logging.getLogger(__name__)
 
 ENDPOINT = "jobs.get_job"
-_PLACEHOLDER = "00000000-0000-0000-0000-000000000000"
-# The ids jobs get (``uuid4()`` as text); any other spelling goes to Flask.
-_JOB_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def _hooks(app: Flask) -> tuple[Any, ...]:
@@ -78,12 +75,9 @@ def status_first(app: Flask, wsgi_app: WsgiApp) -> WsgiApp:
     ``create_app`` has registered the blueprints and every hook."""
     with app.app_context():
         route = next(r for r in app.url_map.iter_rules(ENDPOINT) if "GET" in (r.methods or ()))
-        prefix, _, suffix = (
-            app.url_map.bind("localhost")
-            .build(ENDPOINT, {"job_id": _PLACEHOLDER})
-            .partition(_PLACEHOLDER)
-        )
-    path_pattern = re.compile(re.escape(prefix) + f"({_JOB_ID})" + re.escape(suffix))
+        prefix, _, suffix = path_for(ENDPOINT, job_id=PLACEHOLDER_ID).partition(PLACEHOLDER_ID)
+    # The ids jobs get (``uuid4()`` as text); any other spelling goes to Flask.
+    path_pattern = re.compile(re.escape(prefix) + f"({JOB_ID.pattern})" + re.escape(suffix))
     hooks = _hooks(app)
     # What Flask's after-request hook adds to the route's JSON: the same on every poll.
     with app.app_context():
